@@ -1,0 +1,53 @@
+"""The Mosaic wire protocol: messages, framing, signing. Sans-IO.
+
+Nothing here touches sockets, files, trio, libp2p or torch; it is bytes in,
+messages (or typed errors) out.  See docs/protocol.md.
+"""
+
+from .codec import MAX_MESSAGE_SIZE, decode, encode
+from .errors import (
+    BadSignature,
+    DecodeError,
+    ExpiredRecord,
+    InvalidPeerId,
+    InvalidValue,
+    MessageTooLarge,
+    MissingField,
+    ProtocolError,
+    ReplayedRecord,
+    UnknownMessageType,
+    UnsupportedVersion,
+    WrongType,
+)
+from .framing import FrameDecoder, encode_frame
+from .identity import Identity, peer_id_from_public_key, public_key_from_peer_id, verify_signature
+from .messages import (
+    ALL_MESSAGE_TYPES,
+    PROTOCOL_VERSION,
+    AdapterInfo,
+    Cancel,
+    CapabilityRecord,
+    ChatMessage,
+    ErrorMessage,
+    GenerateRequest,
+    GenerateResult,
+    Message,
+    NextTokenRequest,
+    NextTokenResult,
+    RecordBatch,
+    SamplingParams,
+    ScoreRequest,
+    ScoreResult,
+    SignedRecord,
+    TokenChunk,
+    Usage,
+)
+from .records import Accepted, RecordBook, sign_record, verify_record
+
+# libp2p protocol ids spoken by Mosaic nodes (docs/protocol.md).
+CAPABILITIES_TOPIC = "/mosaic/capabilities/1"
+DHT_NAMESPACE = "mosaic-cap"
+INFER_PROTOCOL = "/mosaic/infer/1"
+RECORD_PROTOCOL = "/mosaic/record/1"
+
+__all__ = [name for name in dir() if not name.startswith("_")]

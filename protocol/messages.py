@@ -1,0 +1,221 @@
+"""Message types of the Mosaic wire protocol (version 1).
+
+Each message is a frozen msgspec Struct encoded as a msgpack map that carries
+``v`` (protocol version) and ``t`` (type tag) next to its fields.  Field-level
+caps (string lengths, list lengths, numeric ranges) are part of the type, so a
+decoded message is already validated.  Cross-field rules live in
+``__post_init__``, which msgspec runs on decode as well.
+
+Unknown *fields* are ignored (a newer minor revision may add optional ones);
+an unknown *version* or *type* is an error.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+PROTOCOL_VERSION = 1
+
+# Caps.  They bound memory per message; frames carry a separate byte cap.
+Short = Annotated[str, Meta(max_length=128)]
+Name = Annotated[str, Meta(min_length=1, max_length=64)]
+Text = Annotated[str, Meta(max_length=256 * 1024)]
+RequestId = Annotated[str, Meta(min_length=1, max_length=64)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+Seconds = Annotated[float, Meta(ge=0.0, le=86_400.0)]
+TokenIds = Annotated[tuple[Annotated[int, Meta(ge=0, lt=2**31)], ...], Meta(max_length=32_768)]
+LogProbs = Annotated[tuple[float, ...], Meta(max_length=32_768)]
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="t"):
+    """Base of every top-level wire message."""
+
+    v: int = PROTOCOL_VERSION
+
+
+# --------------------------------------------------------------------------- capability records
+
+
+class AdapterInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A LoRA adapter an expert serves on top of its base model."""
+
+    name: Name
+    cid: Short | None = None
+    description: Annotated[str, Meta(max_length=512)] = ""
+
+
+class CapabilityRecord(Message, frozen=True, kw_only=True, tag="cap"):
+    """What a node offers, signed by the node's identity key (see records.py).
+
+    ``seq`` must grow with every record a node issues (nodes use milliseconds
+    since the epoch so it also grows across restarts); receivers drop a record
+    whose ``seq`` is lower than one they accepted (replay).
+    """
+
+    peer_id: Short
+    multiaddrs: Annotated[tuple[Annotated[str, Meta(max_length=256)], ...], Meta(max_length=16)] = ()
+    name: Name
+    description: Annotated[str, Meta(max_length=1024)] = ""
+    tags: Annotated[tuple[Annotated[str, Meta(min_length=1, max_length=32)], ...], Meta(max_length=32)] = ()
+    base_model: Annotated[str, Meta(max_length=256)] = ""
+    base_model_cid: Short | None = None
+    adapters: Annotated[tuple[AdapterInfo, ...], Meta(max_length=32)] = ()
+    tokenizer: Annotated[str, Meta(max_length=256)] = ""
+    max_context: NonNegInt = 0
+    device: Annotated[str, Meta(max_length=32)] = "cpu"
+    load: Annotated[float, Meta(ge=0.0)] = 0.0
+    queue_depth: NonNegInt = 0
+    seq: NonNegInt
+    issued_at: Annotated[float, Meta(ge=0.0)]
+    ttl: Annotated[float, Meta(gt=0.0, le=86_400.0)]
+
+    def expires_at(self) -> float:
+        return self.issued_at + self.ttl
+
+
+class SignedRecord(Message, frozen=True, kw_only=True, tag="signed"):
+    """An encoded :class:`CapabilityRecord` and the issuer's Ed25519 signature over it.
+
+    The signature covers the exact payload bytes (plus a domain prefix), so
+    verification never depends on re-encoding.
+    """
+
+    payload: Annotated[bytes, Meta(max_length=16 * 1024)]
+    signature: Annotated[bytes, Meta(min_length=64, max_length=64)]
+
+
+class RecordBatch(Message, frozen=True, kw_only=True, tag="batch"):
+    """Several signed records in one gossip message (GossipSub drops bursts; batch instead)."""
+
+    records: Annotated[tuple[SignedRecord, ...], Meta(max_length=64)]
+
+
+# --------------------------------------------------------------------------- inference
+
+
+class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
+    role: Literal["system", "user", "assistant"]
+    content: Text
+
+
+class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
+    max_new_tokens: Annotated[int, Meta(ge=1, le=4096)] = 64
+    temperature: Annotated[float, Meta(ge=0.0, le=5.0)] = 0.0
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] = 1.0
+    stop: Annotated[tuple[Annotated[str, Meta(min_length=1, max_length=64)], ...], Meta(max_length=8)] = ()
+    seed: Annotated[int, Meta(ge=0, le=2**63 - 1)] | None = None
+
+
+class _Prompted(Message, frozen=True, kw_only=True):
+    """Either a raw ``prompt`` or chat ``messages`` (rendered with the chat template)."""
+
+    prompt: Text | None = None
+    messages: Annotated[tuple[ChatMessage, ...], Meta(max_length=256)] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("exactly one of `prompt` and `messages` is required")
+
+
+class GenerateRequest(_Prompted, frozen=True, kw_only=True, tag="generate"):
+    request_id: RequestId
+    adapter: Name | None = None
+    sampling: SamplingParams = SamplingParams()
+    timeout_s: Annotated[float, Meta(gt=0.0, le=3600.0)] = 120.0
+    stream: bool = True
+
+
+class TokenChunk(Message, frozen=True, kw_only=True, tag="chunk"):
+    """Text produced since the previous chunk (tokens detokenized in context)."""
+
+    request_id: RequestId
+    index: NonNegInt
+    text: Text
+    token_ids: TokenIds = ()
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    prompt_tokens: NonNegInt
+    completion_tokens: NonNegInt
+    seconds: Seconds
+    first_token_seconds: Seconds | None = None
+
+
+class GenerateResult(Message, frozen=True, kw_only=True, tag="result"):
+    request_id: RequestId
+    text: Text
+    finish_reason: Literal["stop", "length", "cancelled"]
+    usage: Usage
+    model: Annotated[str, Meta(max_length=256)] = ""
+    adapter: Name | None = None
+    served_by: Short = ""
+
+
+class ScoreRequest(_Prompted, frozen=True, kw_only=True, tag="score"):
+    """Ask for the log-probability of each token of ``continuation`` after the prompt."""
+
+    request_id: RequestId
+    continuation: Annotated[str, Meta(min_length=1, max_length=64 * 1024)]
+    adapter: Name | None = None
+
+
+class ScoreResult(Message, frozen=True, kw_only=True, tag="score_result"):
+    request_id: RequestId
+    token_ids: TokenIds
+    logprobs: LogProbs
+
+
+class NextTokenRequest(_Prompted, frozen=True, kw_only=True, tag="next_token"):
+    """Ask for the top-k next-token log-probabilities after the prompt."""
+
+    request_id: RequestId
+    adapter: Name | None = None
+    top_k: Annotated[int, Meta(ge=1, le=256)] = 20
+
+
+class NextTokenResult(Message, frozen=True, kw_only=True, tag="next_token_result"):
+    request_id: RequestId
+    token_ids: TokenIds
+    logprobs: LogProbs
+    tokens: Annotated[tuple[Annotated[str, Meta(max_length=256)], ...], Meta(max_length=256)] = ()
+
+
+class Cancel(Message, frozen=True, kw_only=True, tag="cancel"):
+    request_id: RequestId
+
+
+ErrorCode = Literal[
+    "bad_request",  # the message decoded but asks for something invalid
+    "not_found",  # unknown adapter / model / expert
+    "busy",  # queue full: retry elsewhere or later (backpressure)
+    "timeout",  # deadline passed
+    "too_large",  # frame or prompt over a cap
+    "cancelled",
+    "unavailable",  # no expert can serve this
+    "internal",  # a bug on the remote side; no traceback is sent
+]
+
+
+class ErrorMessage(Message, frozen=True, kw_only=True, tag="error"):
+    code: ErrorCode
+    message: Annotated[str, Meta(max_length=2048)]
+    request_id: Annotated[str, Meta(max_length=64)] = ""
+
+
+ALL_MESSAGE_TYPES: tuple[type[Message], ...] = (
+    CapabilityRecord,
+    SignedRecord,
+    RecordBatch,
+    GenerateRequest,
+    TokenChunk,
+    GenerateResult,
+    ScoreRequest,
+    ScoreResult,
+    NextTokenRequest,
+    NextTokenResult,
+    Cancel,
+    ErrorMessage,
+)
