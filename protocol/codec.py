@@ -70,7 +70,7 @@ def decode(data, expected=None, *, max_size=MAX_MESSAGE_SIZE):
         envelope = _envelope_decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise _classify(exc, "envelope") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecodeError(f"not a msgpack message: {exc}") from None
     if envelope.v != PROTOCOL_VERSION:
         raise UnsupportedVersion(f"protocol version {envelope.v!r}; this node speaks {PROTOCOL_VERSION}")
@@ -86,7 +86,7 @@ def decode(data, expected=None, *, max_size=MAX_MESSAGE_SIZE):
         return _DECODERS[cls].decode(data)
     except msgspec.ValidationError as exc:
         raise _classify(exc, envelope.t) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecodeError(f"malformed {envelope.t!r} message: {exc}") from None
     except RecursionError:
         raise DecodeError("message nests too deeply") from None
