@@ -34,6 +34,10 @@ from .messages import (
     Message,
     NextTokenRequest,
     NextTokenResult,
+    Provenance,
+    QueryChunk,
+    QueryRequest,
+    QueryResult,
     RecordBatch,
     SamplingParams,
     ScoreRequest,
@@ -48,6 +52,7 @@ from .records import Accepted, RecordBook, sign_record, verify_record
 CAPABILITIES_TOPIC = "/mosaic/capabilities/1"
 DHT_NAMESPACE = "mosaic-cap"
 INFER_PROTOCOL = "/mosaic/infer/1"
+QUERY_PROTOCOL = "/mosaic/query/1"
 RECORD_PROTOCOL = "/mosaic/record/1"
 
 __all__ = [name for name in dir() if not name.startswith("_")]

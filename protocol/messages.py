@@ -205,6 +205,59 @@ class ErrorMessage(Message, frozen=True, kw_only=True, tag="error"):
     request_id: Annotated[str, Meta(max_length=64)] = ""
 
 
+
+# --------------------------------------------------------------------------- queries (/mosaic/query/1)
+
+Tag = Annotated[str, Meta(min_length=1, max_length=32)]
+
+
+class Provenance(msgspec.Struct, frozen=True, kw_only=True):
+    """Which peer, model and adapter produced (part of) an answer."""
+
+    served_by: Short
+    expert: Annotated[str, Meta(max_length=64)] = ""
+    model: Annotated[str, Meta(max_length=256)] = ""
+    adapter: Name | None = None
+    adapter_cid: Short | None = None
+    role: Annotated[str, Meta(max_length=32)] = "answer"
+
+
+class QueryRequest(_Prompted, frozen=True, kw_only=True, tag="query"):
+    """A client's question to any peer, which coordinates the answer.
+
+    ``model`` pins an expert (its name or peer id) or names a virtual model
+    such as ``mosaic/route``; ``None`` lets the strategy choose.
+    """
+
+    request_id: RequestId
+    strategy: Name = "route"
+    tags: Annotated[tuple[Tag, ...], Meta(max_length=32)] = ()
+    model: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    sampling: SamplingParams = SamplingParams()
+    timeout_s: Annotated[float, Meta(gt=0.0, le=3600.0)] = 120.0
+    stream: bool = True
+
+
+class QueryChunk(Message, frozen=True, kw_only=True, tag="query_chunk"):
+    """Text of the answer produced since the previous chunk, with who produced it."""
+
+    request_id: RequestId
+    index: NonNegInt
+    text: Text
+    provenance: Provenance
+
+
+class QueryResult(Message, frozen=True, kw_only=True, tag="query_result"):
+    """The final answer; ``provenance`` lists every expert that contributed."""
+
+    request_id: RequestId
+    text: Text
+    finish_reason: Literal["stop", "length", "cancelled"]
+    usage: Usage
+    strategy: Name = "route"
+    provenance: Annotated[tuple[Provenance, ...], Meta(max_length=64)] = ()
+
+
 ALL_MESSAGE_TYPES: tuple[type[Message], ...] = (
     CapabilityRecord,
     SignedRecord,
@@ -218,4 +271,7 @@ ALL_MESSAGE_TYPES: tuple[type[Message], ...] = (
     NextTokenResult,
     Cancel,
     ErrorMessage,
+    QueryRequest,
+    QueryChunk,
+    QueryResult,
 )
