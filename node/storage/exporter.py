@@ -1,0 +1,86 @@
+"""Write a UnixFS DAG from the block store back to files, streaming.
+
+A file is written leaf by leaf into a temp name next to the destination and renamed
+when complete and size-checked, so a reader never sees a half-written weights file.
+Directory entry names were validated when the block was read (no ``/``, ``..``), so a
+hostile DAG cannot write outside ``dest``.
+
+Synchronous: call through ``trio.to_thread.run_sync``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from protocol.cid import CID
+from protocol.errors import ProtocolError
+from protocol.unixfs import NodeView, read_block
+
+from .blockstore import BlockStore, MissingBlock, StorageError
+from .importer import MAX_DEPTH
+
+
+def _view(store: BlockStore, cid: CID) -> NodeView:
+    try:
+        return read_block(cid, store.require(cid))
+    except ProtocolError as exc:
+        raise StorageError(f"block {cid} cannot be exported: {exc}") from None
+
+
+def export(store: BlockStore, root: CID, dest: str | os.PathLike[str]) -> Path:
+    """Write the file or directory at ``root`` to ``dest`` (replacing it); returns ``dest``."""
+    dest = Path(dest)
+    view = _view(store, root)
+    if view.kind == "directory":
+        _export_dir(store, view, dest, 0)
+    else:
+        _export_file(store, root, view, dest)
+    return dest
+
+
+def _export_dir(store: BlockStore, view: NodeView, dest: Path, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise StorageError("directory DAG nested too deep")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, child in view.links:
+        child_view = _view(store, child)
+        if child_view.kind == "directory":
+            _export_dir(store, child_view, dest / name, depth + 1)
+        else:
+            _export_file(store, child, child_view, dest / name)
+
+
+def iter_file(store: BlockStore, root: CID, view: NodeView | None = None):
+    """Yield the file's bytes in order, one block's worth at a time."""
+    stack: list[tuple[CID, NodeView | None]] = [(root, view)]
+    while stack:
+        cid, v = stack.pop()
+        v = v or _view(store, cid)
+        if v.kind == "directory":
+            raise StorageError(f"{cid} is a directory inside a file DAG")
+        if v.data:
+            yield v.data
+        stack.extend((c, None) for _, c in reversed(v.links))
+
+
+def _export_file(store: BlockStore, root: CID, view: NodeView, dest: Path) -> None:
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    tmp = dest.with_name(f".{dest.name}.part")
+    written = 0
+    try:
+        with open(tmp, "wb") as fh:
+            for piece in iter_file(store, root, view):
+                fh.write(piece)
+                written += len(piece)
+        if view.filesize is not None and written != view.filesize:
+            raise StorageError(f"{root}: wrote {written} bytes but the DAG declares {view.filesize}")
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+__all__ = ["MissingBlock", "export", "iter_file"]
