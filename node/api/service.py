@@ -1,0 +1,78 @@
+"""The HTTP API as a node :class:`Service`: hypercorn's trio worker in the node's nursery.
+
+Running hypercorn with ``hypercorn.trio.serve`` (not in a thread, not under
+asyncio) keeps the HTTP server inside the node's structured lifecycle: it
+starts with the node, stops when the node's nursery is cancelled, and its
+handlers await the coordinator on the same trio loop as libp2p.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from typing import Any
+
+import trio
+
+from node.config import HttpConfig
+from node.coordinator.service import coordinator_for
+
+from .app import MAX_BODY, MosaicApi
+
+log = logging.getLogger(__name__)
+
+
+def network_status(node: Any) -> dict[str, Any]:
+    """The node's view of the network for ``GET /status`` and ``python -m node status``."""
+    now = time.time()
+    coordinator = coordinator_for(node)
+    peers = []
+    for record in node.registry.all():
+        peers.append({
+            "peer_id": record.peer_id, "name": record.name, "description": record.description,
+            "tags": list(record.tags), "base_model": record.base_model,
+            "adapters": [a.name for a in record.adapters], "device": record.device,
+            "load": record.load, "queue_depth": record.queue_depth,
+            "latency_s": coordinator.observations.latency.get(record.peer_id),
+            "recent_failures": coordinator.observations.failures.get(record.peer_id, 0),
+            "expires_in_s": round(record.expires_at() - now, 1),
+            "multiaddrs": list(record.multiaddrs),
+            "self": record.peer_id == node.peer_id,
+        })
+    return {
+        "peer_id": node.peer_id,
+        "multiaddrs": [str(a) for a in node.full_multiaddrs()],
+        "strategies": list(coordinator.strategies()),
+        "peers": peers,
+    }
+
+
+class HttpService:
+    """Serves :class:`MosaicApi` on ``config.listen`` (``HOST:PORT``; port 0 picks a free one)."""
+
+    def __init__(self, config: HttpConfig, *, max_body: int = MAX_BODY) -> None:
+        self._config = config
+        self._max_body = max_body
+        self.url: str | None = None  # e.g. "http://127.0.0.1:8080", once started
+
+    def record_fields(self) -> dict[str, object]:
+        return {}
+
+    async def run(self, node: Any, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        from hypercorn.config import Config
+        from hypercorn.trio import serve
+
+        app = MosaicApi(coordinator_for(node), status=lambda: network_status(node), token=self._config.token,
+                        max_body=self._max_body)
+        config = Config()
+        config.bind = [self._config.listen]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")
+        config.graceful_timeout = 2.0
+        config.keep_alive_timeout = 30.0
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(serve, app, config))
+            self.url = binds[0]
+            log.info("event=http_listening url=%s auth=%s", self.url, "token" if self._config.token else "none")
+            task_status.started(self.url)

@@ -1,0 +1,75 @@
+"""``/mosaic/query/1`` server: any peer answers clients' queries as their coordinator.
+
+Exchange (docs/api.md): the client sends one :class:`QueryRequest`; the peer
+replies with :class:`QueryChunk` frames (only when ``stream`` is set) and a
+final :class:`QueryResult`, or one :class:`ErrorMessage`.  The client closing
+or resetting the stream cancels the query (and the expert's generation).
+"""
+
+from __future__ import annotations
+
+import weakref
+from contextlib import aclosing
+from functools import partial
+from typing import Any
+
+import trio
+
+from node.net.streams import FramedStream, serve
+from protocol import QUERY_PROTOCOL, ErrorMessage, QueryChunk, QueryRequest
+
+from .executor import Coordinator, QueryFailed
+
+# A query may stream for minutes; the request itself must arrive quickly (slowloris).
+MAX_QUERY_SECONDS = 3600.0
+FIRST_MESSAGE_TIMEOUT = 10.0
+
+_coordinators: weakref.WeakKeyDictionary[Any, Coordinator] = weakref.WeakKeyDictionary()
+
+
+def coordinator_for(node: Any) -> Coordinator:
+    """The node's one coordinator (shared by the query protocol and the HTTP API, so both
+    see the same latency and failure observations)."""
+    coordinator = _coordinators.get(node)
+    if coordinator is None:
+        from node.expert.client import generate  # the /mosaic/infer/1 client
+
+        coordinator = Coordinator(node.registry.experts, partial(generate, node.host))
+        _coordinators[node] = coordinator
+    return coordinator
+
+
+async def answer_stream(coordinator: Coordinator, stream: FramedStream) -> None:
+    """Serve one query on ``stream``; failures become one typed ErrorMessage."""
+    request = await stream.receive(QueryRequest)
+    try:
+        with trio.fail_after(request.timeout_s):
+            async with aclosing(coordinator.answer(request)) as events:
+                async for event in events:
+                    if isinstance(event, QueryChunk) and not request.stream:
+                        continue
+                    await stream.send(event)
+    except QueryFailed as exc:
+        await stream.send(ErrorMessage(code=exc.code, message=exc.message[:2048], request_id=request.request_id))
+    except trio.TooSlowError:
+        await stream.send(ErrorMessage(code="timeout", message=f"no answer within {request.timeout_s:g} s",
+                                       request_id=request.request_id))
+
+
+class QueryService:
+    """Registers the ``/mosaic/query/1`` handler on the node's host for the node's lifetime."""
+
+    def __init__(self, *, max_per_peer: int = 4, max_total: int = 64) -> None:
+        self._max_per_peer = max_per_peer
+        self._max_total = max_total
+
+    def record_fields(self) -> dict[str, object]:
+        return {}
+
+    async def run(self, node: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        coordinator = coordinator_for(node)
+        serve(node.host, QUERY_PROTOCOL, partial(answer_stream, coordinator),
+              first_message_timeout=FIRST_MESSAGE_TIMEOUT, deadline=MAX_QUERY_SECONDS + 5.0,
+              max_per_peer=self._max_per_peer, max_total=self._max_total)
+        task_status.started()
+        await trio.sleep_forever()

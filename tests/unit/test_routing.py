@@ -1,0 +1,106 @@
+"""Pure expert scoring: which peer answers, and in which failover order."""
+
+from __future__ import annotations
+
+import pytest
+
+import protocol as p
+from node.coordinator.routing import Candidate, Need, NoExpertAvailable, model_ids, rank
+
+
+def expert(peer: str, name: str, *, tags=(), adapters=(), queue=0, load=0.0) -> p.CapabilityRecord:
+    return p.CapabilityRecord(
+        peer_id=peer, name=name, tags=tuple(tags), seq=1, issued_at=0.0, ttl=60.0, queue_depth=queue, load=load,
+        adapters=tuple(p.AdapterInfo(name=a) for a in adapters), base_model="SmolLM2-135M",
+    )
+
+
+def peers(routes):
+    return [r.peer_id for r in routes]
+
+
+def test_tag_match_wins():
+    general = Candidate(expert("A", "general"))
+    math = Candidate(expert("B", "mathy", tags=("math",)))
+    assert peers(rank([general, math], Need(tags=("math",)))) == ["B", "A"]
+
+
+def test_partial_tag_match_ranks_between():
+    full = Candidate(expert("A", "a", tags=("math", "proof")))
+    half = Candidate(expert("B", "b", tags=("math",)))
+    none = Candidate(expert("C", "c", tags=("law",)))
+    assert peers(rank([none, half, full], Need(tags=("Math", "proof")))) == ["A", "B", "C"]
+
+
+def test_adapter_named_after_tag_is_chosen():
+    routes = rank([Candidate(expert("A", "smol", adapters=("law", "math")))], Need(tags=("math",)))
+    assert routes[0].adapter == "math"
+
+
+def test_load_breaks_ties_then_queue_depth():
+    idle = Candidate(expert("A", "a", tags=("x",)))
+    queued = Candidate(expert("B", "b", tags=("x",), queue=3))
+    loaded = Candidate(expert("C", "c", tags=("x",), load=0.9))
+    assert peers(rank([loaded, queued, idle], Need(tags=("x",)))) == ["A", "C", "B"]
+
+
+def test_deep_queue_loses_to_idle_generalist():
+    busy = Candidate(expert("A", "a", tags=("x",), queue=20))
+    idle = Candidate(expert("B", "b"))
+    assert peers(rank([busy, idle], Need(tags=("x",)))) == ["B", "A"]
+
+
+def test_observed_latency_and_failures_count():
+    slow = Candidate(expert("A", "a"), latency_s=2.0)
+    fast = Candidate(expert("B", "b"), latency_s=0.1)
+    failing = Candidate(expert("C", "c"), recent_failures=1)
+    assert peers(rank([slow, failing, fast], Need())) == ["B", "A", "C"]
+
+
+def test_ties_are_stable_by_peer_id():
+    cands = [Candidate(expert(pid, pid)) for pid in ("C", "A", "B")]
+    assert peers(rank(cands, Need())) == ["A", "B", "C"]
+
+
+def test_exclude_removes_failed_peers():
+    cands = [Candidate(expert("A", "a")), Candidate(expert("B", "b"))]
+    assert peers(rank(cands, Need(), exclude={"A"})) == ["B"]
+    assert rank(cands, Need(), exclude={"A", "B"}) == []
+
+
+def test_pinned_model_by_name_peer_or_adapter():
+    cands = [Candidate(expert("A", "alpha", adapters=("law",))), Candidate(expert("B", "beta", tags=("law",)))]
+    assert peers(rank(cands, Need(model="alpha", tags=("law",)))) == ["A"]
+    assert peers(rank(cands, Need(model="B"))) == ["B"]
+    routes = rank(cands, Need(model="alpha/law"))
+    assert peers(routes) == ["A"] and routes[0].adapter == "law"
+
+
+def test_pinned_unknown_model_raises():
+    with pytest.raises(NoExpertAvailable):
+        rank([Candidate(expert("A", "alpha"))], Need(model="gamma"))
+    with pytest.raises(NoExpertAvailable):
+        rank([Candidate(expert("A", "alpha", adapters=("law",)))], Need(model="alpha/math"))
+
+
+def test_pinned_model_all_excluded_is_empty_not_unknown():
+    assert rank([Candidate(expert("A", "alpha"))], Need(model="alpha"), exclude={"A"}) == []
+
+
+def test_virtual_model_is_not_a_pin():
+    cands = [Candidate(expert("A", "a")), Candidate(expert("B", "b", tags=("math",)))]
+    assert peers(rank(cands, Need(model="mosaic/route", tags=("math",)))) == ["B", "A"]
+
+
+def test_required_adapter_filters():
+    cands = [Candidate(expert("A", "a", adapters=("law",))), Candidate(expert("B", "b"))]
+    routes = rank(cands, Need(adapter="law"))
+    assert peers(routes) == ["A"] and routes[0].adapter == "law"
+
+
+def test_no_experts_is_empty():
+    assert rank([], Need(tags=("x",))) == []
+
+
+def test_model_ids_lists_adapters():
+    assert model_ids(expert("A", "smol", adapters=("law", "math"))) == ["smol", "smol/law", "smol/math"]
