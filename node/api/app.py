@@ -12,7 +12,8 @@ code; nothing a client sends produces a traceback or stops the server.
 from __future__ import annotations
 
 import hmac
-import logging
+
+from node.logs import get_logger
 import time
 from collections.abc import Callable
 from contextlib import aclosing
@@ -29,7 +30,7 @@ from . import openai_schema as oai
 from . import sse
 from .errors import ApiError, from_code, method_not_allowed, model_not_found, not_found, too_large, unauthorized
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__.removeprefix("node."))
 
 MAX_BODY = 1024 * 1024
 BODY_READ_TIMEOUT = 30.0  # a client that trickles its body (slowloris) is cut off

@@ -9,6 +9,8 @@ handlers await the coordinator on the same trio loop as libp2p.
 from __future__ import annotations
 
 import logging
+
+from node.logs import get_logger
 import time
 from functools import partial
 from typing import Any
@@ -20,7 +22,7 @@ from node.coordinator.service import coordinator_for
 
 from .app import MAX_BODY, MosaicApi
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__.removeprefix("node."))
 
 
 def network_status(node: Any) -> dict[str, Any]:

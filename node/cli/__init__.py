@@ -11,7 +11,7 @@ import argparse
 import importlib
 
 # Order is the order shown in --help.
-COMMANDS = ("start", "peers")
+COMMANDS = ("start", "peers", "query", "status")
 
 
 def build_parser() -> argparse.ArgumentParser:

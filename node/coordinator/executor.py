@@ -16,7 +16,8 @@ is replaced instead of eating the query's whole budget.
 
 from __future__ import annotations
 
-import logging
+
+from node.logs import get_logger
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -38,7 +39,7 @@ from protocol import (
 
 from .routing import Candidate, Need, NoExpertAvailable, Route, rank
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__.removeprefix("node."))
 
 QueryEvent = QueryChunk | QueryResult
 

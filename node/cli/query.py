@@ -1,0 +1,113 @@
+"""`python -m node query --peer MULTIADDR "question"`: ask any peer, stream the answer to the terminal.
+
+The CLI runs a bare libp2p client host (fresh identity, loopback listen) --
+not a full node: the peer it dials coordinates the query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("query", help="ask a question to the network through any peer",
+                       description="Send a query over /mosaic/query/1 and stream the answer.")
+    p.add_argument("question", help="the question (a user chat message; see --raw)")
+    p.add_argument("--peer", required=True, metavar="MULTIADDR", help="any peer: /ip4/.../tcp/.../p2p/<peer id>")
+    p.add_argument("--strategy", default="route", help="collaboration strategy (default: route)")
+    p.add_argument("--tags", default="", help="comma-separated capability tags, e.g. math,proof")
+    p.add_argument("--model", default=None, help="pin an expert (name, name/adapter or peer id)")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--system", default=None, help="an optional system message")
+    p.add_argument("--raw", action="store_true", help="send the question as a raw prompt, no chat template")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole answer")
+    p.add_argument("--json", action="store_true", help="print the final result (with provenance) as JSON")
+    p.set_defaults(run=run)
+
+
+def build_request(args: argparse.Namespace):
+    """The QueryRequest for the CLI arguments; raises ``protocol.ProtocolError`` when out of range."""
+    import uuid
+
+    import protocol
+
+    fields: dict[str, object] = {
+        "v": protocol.PROTOCOL_VERSION, "t": "query", "request_id": f"cli-{uuid.uuid4().hex[:20]}",
+        "strategy": args.strategy, "tags": [t.strip() for t in args.tags.split(",") if t.strip()],
+        "sampling": {"max_new_tokens": args.max_tokens, "temperature": args.temperature},
+        "timeout_s": args.timeout, "stream": True,
+    }
+    if args.model:
+        fields["model"] = args.model
+    if args.raw:
+        fields["prompt"] = args.question
+    else:
+        messages = [{"role": "system", "content": args.system}] if args.system else []
+        fields["messages"] = messages + [{"role": "user", "content": args.question}]
+    # Round-trip through the strict decoder: the CLI validates exactly as the remote peer will.
+    import msgspec
+
+    return protocol.decode(msgspec.msgpack.encode(fields), protocol.QueryRequest)
+
+
+def run(args: argparse.Namespace) -> int:
+    import trio
+
+    import protocol
+
+    try:
+        request = build_request(args)
+    except protocol.ProtocolError as exc:
+        print(f"error: invalid query: {exc}", file=sys.stderr)
+        return 2
+    return trio.run(_main, args, request)
+
+
+async def _main(args: argparse.Namespace, request) -> int:
+    from contextlib import aclosing
+
+    import msgspec
+    import trio
+
+    from node.coordinator.client import ask
+    from node.coordinator.executor import QueryFailed
+    from node.net.discovery import DialError, dial
+    from node.net.host import build_host, listen_multiaddrs
+    from node.net.keys import libp2p_key_pair
+    from protocol import Identity, QueryChunk, QueryResult
+
+    listen = ["/ip4/127.0.0.1/tcp/0"]
+    host = build_host(libp2p_key_pair(Identity.generate()), listen)
+    result = None
+    async with host.run(listen_addrs=listen_multiaddrs(listen)):
+        try:
+            peer_id = await dial(host, args.peer)
+            with trio.fail_after(args.timeout + 5):
+                async with aclosing(ask(host, peer_id, request)) as events:
+                    async for event in events:
+                        if isinstance(event, QueryChunk) and not args.json:
+                            sys.stdout.write(event.text)
+                            sys.stdout.flush()
+                        elif isinstance(event, QueryResult):
+                            result = event
+        except DialError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 3
+        except QueryFailed as exc:
+            print(f"\nerror: {exc.code}: {exc.message}", file=sys.stderr)
+            return 4
+        except trio.TooSlowError:
+            print(f"\nerror: no answer within {args.timeout:g} s", file=sys.stderr)
+            return 4
+    if args.json:
+        print(msgspec.json.encode(msgspec.to_builtins(result)).decode())
+    else:
+        print()
+        for prov in result.provenance:
+            adapter = f" + adapter {prov.adapter}" if prov.adapter else ""
+            print(f"-- served by {prov.served_by} ({prov.expert}: {prov.model}{adapter}); "
+                  f"{result.usage.completion_tokens} tokens in {result.usage.seconds:.2f} s, "
+                  f"finish={result.finish_reason}", file=sys.stderr)
+    return 0

@@ -1,0 +1,120 @@
+"""`python -m node status`: a readable table of the network as one peer sees it.
+
+``--peer MULTIADDR`` asks the peer over libp2p (``/mosaic/record/1``: its
+signed capability table, verified here); ``--http URL`` reads the node's
+``GET /status`` (which adds the coordinator's observed latency and failures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="show the peers, capabilities and load of the network",
+                       description="Print a table of the network as seen by one peer.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--peer", metavar="MULTIADDR", help="ask this peer over libp2p")
+    src.add_argument("--http", metavar="URL", help="read GET /status from a node's HTTP API, e.g. http://127.0.0.1:8080")
+    p.add_argument("--token", default=None, help="bearer token for --http")
+    p.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        status = _from_http(args) if args.http else _from_peer(args)
+    except StatusUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(render(status))
+    return 0
+
+
+class StatusUnavailable(Exception):
+    """The peer or HTTP endpoint could not be asked."""
+
+
+def _from_http(args: argparse.Namespace) -> dict[str, Any]:
+    import httpx
+
+    headers = {"authorization": f"Bearer {args.token}"} if args.token else {}
+    try:
+        reply = httpx.get(args.http.rstrip("/") + "/status", headers=headers, timeout=args.timeout)
+    except httpx.HTTPError as exc:
+        raise StatusUnavailable(f"GET {args.http}/status failed: {exc}") from None
+    if reply.status_code != 200:
+        raise StatusUnavailable(f"GET {args.http}/status answered {reply.status_code}: {reply.text[:300]}")
+    return reply.json()
+
+
+def _from_peer(args: argparse.Namespace) -> dict[str, Any]:
+    import trio
+
+    return trio.run(_ask_peer, args)
+
+
+async def _ask_peer(args: argparse.Namespace) -> dict[str, Any]:
+    from node.net.discovery import DialError, dial
+    from node.net.exchange import ExchangeRefused, fetch_table
+    from node.net.host import build_host, listen_multiaddrs
+    from node.net.keys import libp2p_key_pair
+    from protocol import Identity, ProtocolError, verify_record
+
+    listen = ["/ip4/127.0.0.1/tcp/0"]
+    host = build_host(libp2p_key_pair(Identity.generate()), listen)
+    async with host.run(listen_addrs=listen_multiaddrs(listen)):
+        try:
+            peer_id = await dial(host, args.peer, timeout=args.timeout)
+            signed = await fetch_table(host, peer_id, None, timeout=args.timeout)
+        except (DialError, ExchangeRefused, trio.TooSlowError) as exc:
+            raise StatusUnavailable(str(exc) or "timed out") from None
+    now = time.time()
+    peers = []
+    for item in signed:
+        try:
+            record = verify_record(item, now)
+        except ProtocolError:
+            continue  # forged or expired: not part of the network we show
+        peers.append({
+            "peer_id": record.peer_id, "name": record.name, "tags": list(record.tags),
+            "base_model": record.base_model, "adapters": [a.name for a in record.adapters],
+            "device": record.device, "load": record.load, "queue_depth": record.queue_depth,
+            "expires_in_s": round(record.expires_at() - now, 1), "self": record.peer_id == peer_id,
+        })
+    return {"peer_id": peer_id, "peers": peers}
+
+
+def render(status: dict[str, Any]) -> str:
+    """A fixed-width table: one row per peer, the answering peer marked with '*'."""
+    columns = ("", "PEER", "NAME", "MODEL", "ADAPTERS", "TAGS", "LOAD", "QUEUE", "LATENCY", "TTL")
+    rows = []
+    for peer in sorted(status.get("peers", []), key=lambda p: (not p.get("self"), p.get("name", ""))):
+        latency = peer.get("latency_s")
+        rows.append((
+            "*" if peer.get("self") else "",
+            "…" + peer["peer_id"][-10:],
+            peer.get("name", ""),
+            peer.get("base_model") or "(no expert)",
+            ",".join(peer.get("adapters", [])) or "-",
+            ",".join(peer.get("tags", [])) or "-",
+            f"{peer.get('load', 0.0):.2f}",
+            str(peer.get("queue_depth", 0)),
+            "-" if latency is None else f"{latency * 1000:.0f}ms",
+            f"{peer.get('expires_in_s', 0):.0f}s",
+        ))
+    widths = [max(len(str(r[i])) for r in [columns, *rows]) for i in range(len(columns))]
+    lines = [f"network as seen by {status.get('peer_id', '?')}: {len(rows)} peer(s)"]
+    if status.get("strategies"):
+        lines.append("strategies: " + ", ".join(f"mosaic/{s}" for s in status["strategies"]))
+    for row in [columns, *rows]:
+        lines.append("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
