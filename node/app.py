@@ -1,0 +1,294 @@
+"""The :class:`Node`: one libp2p host, its DHT, GossipSub, registry and services.
+
+Task tree (one trio nursery owned by :meth:`Node.run`; cancelling it stops
+everything, innermost first)::
+
+    Node.run
+    ├── host.run(listen)                 libp2p swarm, listeners
+    ├── background_trio_service(dht)     KadDHT server (our validator registered)
+    ├── background_trio_service(pubsub)  Pubsub peer queues, validators
+    ├── background_trio_service(router)  GossipSub heartbeat (1 s, B4)
+    └── nursery
+        ├── registry.run_expiry          drops records when their TTL lapses
+        ├── announcer.run                gossip receive loop + paced publish loop
+        ├── _on_connections              record exchange + routing table per new peer
+        ├── _gossip_loop                 re-announce every net.announce_interval
+        ├── _dht_publish_loop            re-put our record every net.dht_republish_interval
+        ├── _dht_sync_loop               fetch records of known peers we lack (DHT = truth)
+        ├── _routing_refresh_loop        refresh_routing_table every net.routing_refresh_interval
+        └── service.run(node) ...        expert, HTTP API, storage (node.services)
+"""
+
+from __future__ import annotations
+
+import time
+import typing
+from collections.abc import Sequence
+
+import trio
+from libp2p.tools.anyio_service import background_trio_service
+
+from protocol import CapabilityRecord, SignedRecord, sign_record
+
+from .config import NodeConfig
+from .logs import event, get_logger
+from .net.dht import build_dht, fetch_record, put_record
+from .net.discovery import (
+    ConnectionWatcher,
+    DialError,
+    add_to_routing_table,
+    connected_peers,
+    dial,
+    refresh_routing_table,
+    routing_table_peers,
+)
+from .net.exchange import fetch_table, serve_records
+from .net.gossip import Announcer, build_pubsub
+from .net.host import build_host, listen_multiaddrs
+from .net.keys import libp2p_key_pair, load_or_create_identity
+from .registry import Registry
+
+log = get_logger("node")
+
+# Re-sign our record when it is older than this fraction of its TTL.
+_RESIGN_FRACTION = 0.25
+
+
+class Service(typing.Protocol):
+    """Something a node runs next to networking (expert, HTTP API, storage)."""
+
+    def record_fields(self) -> dict[str, object]:
+        """Extra ``CapabilityRecord`` fields (``base_model``, ``adapters``, ``tags`` to add, ...)."""
+        ...
+
+    async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Register stream handlers on ``node.host``, call ``task_status.started()``, run until cancelled."""
+        ...
+
+
+class Node:
+    """A Mosaic peer. ``async with trio.open_nursery() as n: node = await n.start(Node(cfg).run)``."""
+
+    def __init__(self, config: NodeConfig, *, services: Sequence[Service] = ()) -> None:
+        self.config = config.validate()
+        self.services = list(services)
+        self.identity = load_or_create_identity(config.data_path)
+        self.peer_id = self.identity.peer_id
+        self.host = build_host(libp2p_key_pair(self.identity), config.net.listen, mdns=config.net.mdns)
+        self.dht = build_dht(self.host)
+        self.router, self.pubsub = build_pubsub(self.host)
+        self.registry = Registry()
+        self.announcer = Announcer(
+            self.pubsub,
+            on_record=lambda signed: self.registry.offer(signed, source="gossip"),
+            on_reject=lambda reason: self.registry.note_rejected(reason, "gossip"),
+        )
+        self._signed: SignedRecord | None = None
+        self._seq = 0
+        self._started = trio.Event()
+        self.table_exchange = True  # tests of the DHT path switch the direct exchange off
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        net = self.config.net
+        send, receive = trio.open_memory_channel[str](256)
+        self.host.get_network().register_notifee(ConnectionWatcher(send))
+        async with (
+            self.host.run(listen_addrs=listen_multiaddrs(net.listen)),
+            background_trio_service(self.dht),
+            background_trio_service(self.pubsub),
+            background_trio_service(self.router),
+            trio.open_nursery() as nursery,
+        ):
+            await self.pubsub.wait_until_ready()
+            serve_records(
+                self.host,
+                own_record=lambda: self._signed,
+                table=self.registry.signed_records,
+                on_record=lambda signed, sender: self.registry.offer(signed, source="stream", from_peer=sender),
+            )
+            await nursery.start(self.registry.run_expiry)
+            await nursery.start(self.announcer.run)
+            for service in self.services:
+                await nursery.start(service.run, self)
+            self._sign()
+            nursery.start_soon(self._on_connections, receive)
+            await self._bootstrap()
+            await self.announce_now()
+            nursery.start_soon(self._gossip_loop)
+            nursery.start_soon(self._dht_publish_loop)
+            nursery.start_soon(self._dht_sync_loop)
+            nursery.start_soon(self._routing_refresh_loop)
+            event(log, "node_started", peer=self.peer_id, name=self.config.name, addrs=",".join(self.full_multiaddrs()))
+            self._started.set()
+            task_status.started(self)
+            await trio.sleep_forever()
+
+    def full_multiaddrs(self) -> list[str]:
+        """Our listen addresses with ``/p2p/<peer id>`` (what other nodes pass to ``--bootstrap``)."""
+        out = []
+        for addr in self.host.get_addrs():
+            text = str(addr)
+            if "/p2p/" not in text:
+                text = f"{text}/p2p/{self.peer_id}"
+            out.append(text)
+        return out
+
+    async def connect(self, multiaddr: str) -> str:
+        """Dial ``multiaddr``, add the peer to the routing table; return its peer id."""
+        peer_id = await dial(self.host, multiaddr)
+        await add_to_routing_table(self.dht, peer_id)
+        return peer_id
+
+    # ------------------------------------------------------------------ our record
+
+    def own_record(self) -> CapabilityRecord | None:
+        return self.registry.get(self.peer_id)
+
+    def signed_record(self) -> SignedRecord | None:
+        return self._signed
+
+    def _sign(self) -> SignedRecord:
+        """Build and sign a fresh record (seq strictly increasing, in ms so it grows across restarts)."""
+        fields: dict[str, object] = {}
+        tags = list(self.config.tags)
+        for service in self.services:
+            extra = dict(service.record_fields())
+            for tag in extra.pop("tags", ()) or ():
+                if tag not in tags:
+                    tags.append(tag)
+            fields.update(extra)
+        now = time.time()
+        self._seq = max(self._seq + 1, int(now * 1000))
+        record = CapabilityRecord(
+            peer_id=self.peer_id,
+            multiaddrs=tuple((self.config.net.announce_addrs + self.full_multiaddrs())[:16]),
+            name=self.config.name,
+            description=self.config.description,
+            tags=tuple(tags[:32]),
+            seq=self._seq,
+            issued_at=now,
+            ttl=self.config.net.record_ttl,
+            **fields,  # type: ignore[arg-type]
+        )
+        self._signed = sign_record(record, self.identity)
+        self.registry.offer(self._signed, source="self")
+        return self._signed
+
+    def _fresh_signed(self) -> SignedRecord:
+        record = self.own_record()
+        if self._signed is None or record is None or time.time() - record.issued_at > _RESIGN_FRACTION * record.ttl:
+            return self._sign()
+        return self._signed
+
+    async def announce_now(self) -> None:
+        """Re-sign our record and publish it on gossip and in the DHT."""
+        signed = self._sign()
+        self.announcer.enqueue(signed)
+        await self._put_in_dht(signed)
+
+    async def _put_in_dht(self, signed: SignedRecord) -> None:
+        try:
+            with trio.move_on_after(10):
+                await put_record(self.dht, signed)
+        except Exception as exc:  # retried on the next republish
+            event(log, "dht_put_failed", error=f"{type(exc).__name__}: {exc}"[:160])
+
+    # ------------------------------------------------------------------ discovery
+
+    async def _bootstrap(self) -> None:
+        peers = []
+        for addr in self.config.net.bootstrap:
+            try:
+                peer_id = await self.connect(addr)
+            except DialError as exc:
+                event(log, "bootstrap_failed", addr=addr, error=str(exc)[:200])
+                continue
+            peers.append(peer_id)
+            event(log, "bootstrap_connected", peer=peer_id)
+        if peers:
+            await refresh_routing_table(self.dht)
+            event(log, "routing_table_filled", size=self.dht.get_routing_table_size())
+            await self.sync_from_dht()
+
+    async def _on_connections(self, receive: trio.MemoryReceiveChannel[str]) -> None:
+        async with trio.open_nursery() as nursery:
+            async for peer_id in receive:
+                nursery.start_soon(self._greet, peer_id)
+
+    async def _greet(self, peer_id: str) -> None:
+        """Exchange records with a newly connected peer and route to it if it is a Mosaic node."""
+        event(log, "peer_connected", peer=peer_id)
+        if not self.table_exchange:
+            await add_to_routing_table(self.dht, peer_id)
+            return
+        try:
+            records = await fetch_table(self.host, peer_id, self._signed)
+        except Exception as exc:  # not a Mosaic node (e.g. the peers CLI), busy, or gone
+            event(log, "exchange_failed", peer=peer_id, error=f"{type(exc).__name__}: {exc}"[:160])
+            return
+        for signed in records:
+            self.registry.offer(signed, source="stream")
+        if peer_id in self.registry:
+            await add_to_routing_table(self.dht, peer_id)
+
+    async def sync_from_dht(self) -> int:
+        """Fetch from the DHT the record of every known peer we lack or hold a stale copy of.
+
+        Kademlia cannot list keys, so the peer ids come from the routing table and
+        the live connections; returns how many records were new.
+        """
+        now = time.time()
+        wanted = []
+        for peer_id in (routing_table_peers(self.dht) | connected_peers(self.host)) - {self.peer_id}:
+            record = self.registry.get(peer_id)
+            if record is None or record.expires_at() - now < record.ttl / 2:
+                wanted.append(peer_id)
+        fresh = 0
+
+        async def one(peer_id: str) -> None:
+            nonlocal fresh
+            signed = await fetch_record(self.dht, peer_id)
+            if signed is not None and self.registry.offer(signed, source="dht") is not None:
+                fresh += 1
+
+        async with trio.open_nursery() as nursery:
+            for peer_id in wanted:
+                nursery.start_soon(one, peer_id)
+        if wanted:
+            event(log, "dht_sync", asked=len(wanted), new=fresh)
+        return fresh
+
+    # ------------------------------------------------------------------ periodic upkeep
+
+    def _interval(self, seconds: float) -> float:
+        """Upkeep intervals never exceed half a TTL, or live peers would flap out of tables."""
+        return min(seconds, self.config.net.record_ttl / 2)
+
+    async def _gossip_loop(self) -> None:
+        if self.config.net.announce_interval <= 0:
+            return
+        while True:
+            await trio.sleep(self._interval(self.config.net.announce_interval))
+            self.announcer.enqueue(self._fresh_signed())
+
+    async def _dht_publish_loop(self) -> None:
+        while True:
+            interval = self.config.net.dht_republish_interval or self.config.net.record_ttl
+            await trio.sleep(self._interval(interval))
+            await self._put_in_dht(self._fresh_signed())
+
+    async def _dht_sync_loop(self) -> None:
+        if self.config.net.dht_sync_interval <= 0:
+            return
+        while True:
+            await trio.sleep(self._interval(self.config.net.dht_sync_interval))
+            await self.sync_from_dht()
+
+    async def _routing_refresh_loop(self) -> None:
+        if self.config.net.routing_refresh_interval <= 0:
+            return
+        while True:
+            await trio.sleep(self.config.net.routing_refresh_interval)
+            await refresh_routing_table(self.dht)

@@ -1,0 +1,258 @@
+"""Node configuration: one dataclass tree, from TOML, then ``MOSAIC_*`` env vars, then CLI flags.
+
+Precedence (lowest to highest): defaults < TOML file < environment < flags.
+:func:`NodeConfig.validate` runs at start and raises :class:`ConfigError`
+naming the bad key (``net.record_ttl``), so a typo never becomes a traceback
+deep inside libp2p.
+
+Environment variables map onto keys with ``__`` between sections:
+``MOSAIC_NET__RECORD_TTL=30``, ``MOSAIC_NAME=alice``; ``MOSAIC_DATA_DIR`` sets
+the data dir.  Lists are comma separated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA_DIR = "~/.mosaic"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range; names the key."""
+
+
+@dataclass
+class NetConfig:
+    listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
+    bootstrap: list[str] = field(default_factory=list)
+    mdns: bool = False
+    # Seconds a capability record stays valid; re-announced well before it lapses.
+    record_ttl: float = 300.0
+    # Seconds between gossip re-announcements (gossip is lossy: B3); 0 disables them.
+    announce_interval: float = 60.0
+    # Seconds between DHT re-puts of our own record (the DHT is the source of truth).
+    dht_republish_interval: float = 120.0
+    # Seconds between sweeps of the DHT for records gossip may have missed; 0 disables.
+    dht_sync_interval: float = 30.0
+    # Seconds between DHT routing-table refreshes (connections do not fill it: B5).
+    routing_refresh_interval: float = 60.0
+    # Extra multiaddrs to put in our record (e.g. a public address behind NAT).
+    announce_addrs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExpertConfig:
+    enabled: bool = True
+    model: str | None = None  # None: the embedded default (SmolLM2-135M-Instruct GGUF)
+    adapters: dict[str, str] = field(default_factory=dict)  # NAME -> path or CID
+    device: str = "auto"
+    max_batch: int = 8
+    queue_size: int = 64
+    max_new_tokens_cap: int = 1024
+
+
+@dataclass
+class HttpConfig:
+    enabled: bool = True
+    listen: str = "127.0.0.1:8080"
+    token: str | None = None
+
+
+@dataclass
+class StorageConfig:
+    ipfs_api: str | None = None
+
+
+@dataclass
+class NodeConfig:
+    data_dir: str = DEFAULT_DATA_DIR
+    name: str = "mosaic-node"
+    description: str = ""
+    tags: list[str] = field(default_factory=list)
+    log_level: str = "info"
+    net: NetConfig = field(default_factory=NetConfig)
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    def validate(self) -> NodeConfig:
+        """Check every field's type and range; raise :class:`ConfigError` naming the key."""
+        _check_types(self, "")
+        if not 1 <= len(self.name) <= 64:
+            raise ConfigError("name: must be 1-64 characters")
+        if len(self.description) > 1024:
+            raise ConfigError("description: at most 1024 characters")
+        if len(self.tags) > 32 or any(not 1 <= len(t) <= 32 for t in self.tags):
+            raise ConfigError("tags: at most 32 tags of 1-32 characters each")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log_level: one of debug, info, warning, error")
+        net = self.net
+        if not net.listen:
+            raise ConfigError("net.listen: at least one multiaddr is required")
+        from multiaddr import Multiaddr  # light: no libp2p host import
+
+        for key in ("listen", "bootstrap", "announce_addrs"):
+            for addr in getattr(net, key):
+                try:
+                    Multiaddr(addr)
+                except Exception as exc:  # multiaddr raises several types
+                    raise ConfigError(f"net.{key}: {addr!r} is not a multiaddr ({exc})") from None
+                if key == "bootstrap" and "/p2p/" not in addr:
+                    raise ConfigError(f"net.bootstrap: {addr!r} must end with /p2p/<peer id>")
+        if not 0 < net.record_ttl <= 86_400:
+            raise ConfigError("net.record_ttl: must be in (0, 86400] seconds")
+        for key in ("announce_interval", "dht_republish_interval", "dht_sync_interval", "routing_refresh_interval"):
+            if getattr(net, key) < 0:
+                raise ConfigError(f"net.{key}: must be >= 0 seconds (0 disables)")
+        ex = self.expert
+        for key in ("max_batch", "queue_size", "max_new_tokens_cap"):
+            if getattr(ex, key) < 1:
+                raise ConfigError(f"expert.{key}: must be >= 1")
+        host, _, port = self.http.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"http.listen: {self.http.listen!r} is not HOST:PORT")
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, env: typing.Mapping[str, str] | None = None) -> NodeConfig:
+    """Defaults, then the TOML file at ``path`` (if any), then ``MOSAIC_*`` variables."""
+    config = NodeConfig()
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        apply_mapping(config, data)
+    apply_env(config, os.environ if env is None else env)
+    return config
+
+
+def apply_mapping(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    """Merge a nested dict (parsed TOML) into the dataclass ``obj``; unknown keys are errors."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        dotted = f"{prefix}{name}"
+        if name not in fields:
+            raise ConfigError(f"{dotted}: unknown setting")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted}: must be a table")
+            apply_mapping(current, value, prefix=f"{dotted}.")
+        else:
+            setattr(obj, name, _coerce(value, _field_type(obj, name), dotted))
+
+
+def apply_env(config: NodeConfig, env: typing.Mapping[str, str]) -> None:
+    for var, raw in env.items():
+        if not var.startswith("MOSAIC_"):
+            continue
+        path = var[len("MOSAIC_") :].lower().split("__")
+        obj: Any = config
+        for part in path[:-1]:
+            if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
+                obj = None
+                break
+            obj = getattr(obj, part)
+        leaf = path[-1]
+        if obj is None or not dataclasses.is_dataclass(obj) or leaf not in {f.name for f in dataclasses.fields(obj)}:
+            continue  # other MOSAIC_* variables (e.g. test switches) are not config keys
+        if dataclasses.is_dataclass(getattr(obj, leaf)):
+            continue
+        setattr(obj, leaf, _parse_text(raw, _field_type(obj, leaf), ".".join(path)))
+
+
+def _field_type(obj: Any, name: str) -> Any:
+    return typing.get_type_hints(type(obj))[name]
+
+
+def _parse_text(raw: str, hint: Any, key: str) -> Any:
+    """Parse an environment string into the field's type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if raw.lower() in ("", "none", "null"):
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: {raw!r} is not a boolean")
+    if origin is list:
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if origin is dict:
+        out: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in raw.split(","))):
+            name, sep, value = part.partition("=")
+            if not sep:
+                raise ConfigError(f"{key}: {part!r} is not NAME=VALUE")
+            out[name.strip()] = value.strip()
+        return out
+    return _coerce(raw, hint, key)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+        elif hint is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, str):
+                return float(value)
+        elif hint is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, str):
+                return int(value)
+        elif hint is str:
+            if isinstance(value, str):
+                return value
+        elif origin is list:
+            if isinstance(value, str):
+                value = [value]
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return list(value)
+        elif origin is dict:
+            if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+                return {str(k): v for k, v in value.items()}
+    except ValueError:
+        pass
+    raise ConfigError(f"{key}: {value!r} is not a valid {getattr(hint, '__name__', hint)}")
+
+
+def _check_types(obj: Any, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_types(value, f"{prefix}{f.name}.")
+        else:
+            setattr(obj, f.name, _coerce(value, _field_type(obj, f.name), f"{prefix}{f.name}"))

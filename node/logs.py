@@ -1,0 +1,64 @@
+"""Structured logging: one ``key=value`` line per event on stderr, peer ids shortened.
+
+Library code calls :func:`event` (never ``print``); the CLI calls :func:`setup`
+once.  stdout stays free for the one line the multi-process test harness parses
+(``mosaic node <peer id> listening on <multiaddr>``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+_ROOT = "mosaic"
+
+
+def short_id(peer_id: object) -> str:
+    """The last 8 characters of a peer id: enough to tell peers apart in logs."""
+    text = str(peer_id)
+    return text[-8:] if len(text) > 8 else text
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(f"{_ROOT}.{name}")
+
+
+def _format_value(value: object) -> str:
+    text = str(value)
+    if not text or any(c in text for c in " \"=\n\t"):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return text
+
+
+def event(logger: logging.Logger, event_name: str, /, level: int = logging.INFO, **fields: object) -> None:
+    """Log one event: ``event=<name> k=v ...``; values named ``peer``/``*_peer`` are shortened."""
+    if not logger.isEnabledFor(level):
+        return
+    parts = [f"event={event_name}"]
+    for key, value in fields.items():
+        if key == "peer" or key.endswith("_peer"):
+            value = short_id(value)
+        parts.append(f"{key}={_format_value(value)}")
+    logger.log(level, " ".join(parts))
+
+
+class _LineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line = f"ts={stamp}.{int(record.msecs):03d}Z level={record.levelname.lower()} logger={record.name} {record.getMessage()}"
+        if record.exc_info:
+            # Keep one line per event even for errors: the exception type and message only.
+            exc = record.exc_info[1]
+            line += f" exc={_format_value(type(exc).__name__ + ': ' + str(exc))}"
+        return line
+
+
+def setup(level: str = "info", *, libp2p_level: str = "warning") -> None:
+    """Route our loggers (and libp2p's, at a quieter level) to stderr as single lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LineFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(libp2p_level.upper())
+    logging.getLogger(_ROOT).setLevel(level.upper())

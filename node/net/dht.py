@@ -1,0 +1,134 @@
+"""KadDHT storage of capability records: ``/mosaic-cap/<peer id>`` -> encoded ``SignedRecord``.
+
+The DHT is the source of truth for discovery (gossip is lossy, B3).  Each node
+re-puts its own record periodically; a reader asks the network, not its local
+copy:
+
+* py-libp2p's ``get_value`` returns the local copy whenever one exists and never
+  asks the network (B5, read in the code), so a node that stored a record once
+  keeps serving that stale version.  :func:`fetch_record` queries the closest
+  peers itself and keeps the highest ``seq``.
+* A namespaced key with no validator is accepted with only a warning (B5):
+  :class:`CapabilityRecordValidator` is registered for ``protocol.DHT_NAMESPACE``
+  and rejects bad signatures, expired records and records stored under another
+  peer's key; ``select`` prefers the highest ``seq`` so a replayed old record
+  never replaces a newer one on a DHT server.
+
+Which keys exist?  Kademlia cannot enumerate keys, so a node learns *peer ids*
+from its routing table and peerstore (bootstrap + ``refresh_routing_table``
+fill them) and fetches ``/mosaic-cap/<peer id>`` for each one it has no fresh
+record for (see :mod:`node.net.discovery`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import trio
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
+from libp2p.records.validator import Validator
+
+from protocol import DHT_NAMESPACE, ProtocolError, SignedRecord, decode, encode, verify_record
+
+from ..logs import event, get_logger
+
+log = get_logger("net.dht")
+
+KEY_PREFIX = f"/{DHT_NAMESPACE}/"
+# Per-peer GET budget: one slow or dead DHT server must not stall a sweep.
+_GET_TIMEOUT = 3.0
+# Closest peers asked per fetch; with k=20 replication every node holds a copy in small nets.
+_FETCH_FANOUT = 6
+
+
+def record_key(peer_id: str) -> str:
+    """The DHT key of ``peer_id``'s capability record: ``/mosaic-cap/<peer id>``."""
+    return f"{KEY_PREFIX}{peer_id}"
+
+
+def check_value(key: str, value: bytes, now: float | None = None) -> SignedRecord:
+    """Decode and verify a DHT value; raise ``ProtocolError`` unless it is ``key``'s valid record."""
+    signed = decode(value, SignedRecord)
+    record = verify_record(signed, time.time() if now is None else now)
+    if key != record_key(record.peer_id):
+        raise ProtocolError(f"record of {record.peer_id[-8:]} stored under another key")
+    return signed
+
+
+def _seq(key: str, value: bytes) -> int:
+    try:
+        signed = check_value(key, value)
+    except ProtocolError:
+        return -1
+    return decode(signed.payload).seq  # type: ignore[attr-defined]
+
+
+class CapabilityRecordValidator(Validator):
+    """libp2p record validator for ``/mosaic-cap/``: signature, expiry, key match, newest wins."""
+
+    def validate(self, key: str, value: bytes) -> None:
+        # Raising anything rejects the PUT / GET answer (the DHT catches Exception).
+        check_value(key, value)
+
+    def select(self, key: str, values: list[bytes]) -> int:
+        if not values:
+            raise ValueError("no values to select from")
+        seqs = [_seq(key, v) for v in values]
+        return max(range(len(values)), key=lambda i: seqs[i])
+
+
+def build_dht(host: object) -> KadDHT:
+    """A server-mode KadDHT (every Mosaic node stores records) with our validator registered."""
+    dht = KadDHT(host, DHTMode.SERVER)
+    dht.register_validator(DHT_NAMESPACE, CapabilityRecordValidator())
+    return dht
+
+
+async def put_record(dht: KadDHT, signed: SignedRecord) -> None:
+    """Store our own record locally and at the closest peers."""
+    record = decode(signed.payload)
+    await dht.put_value(record_key(record.peer_id), encode(signed))  # type: ignore[attr-defined]
+
+
+async def fetch_record(dht: KadDHT, peer_id: str) -> SignedRecord | None:
+    """Ask the network (not just the local store) for ``peer_id``'s newest valid record."""
+    key = record_key(peer_id)
+    key_bytes = key.encode()
+    candidates: list[bytes] = []
+    local = dht.value_store.get(key_bytes)
+    if local is not None:
+        candidates.append(local.value)
+    try:
+        peers = await dht.peer_routing.find_closest_peers_network(key_bytes)
+    except Exception as exc:  # a lookup failure is a miss, not a crash
+        event(log, "dht_lookup_failed", peer=peer_id, error=type(exc).__name__)
+        peers = []
+    me = dht.local_peer_id
+
+    async def ask(peer: ID) -> None:
+        with trio.move_on_after(_GET_TIMEOUT):
+            try:
+                result = await dht.value_store._get_from_peer(peer, key_bytes, return_record=True)
+            except Exception:
+                return
+            value = getattr(result, "value", None)
+            if value:
+                candidates.append(value)
+
+    async with trio.open_nursery() as nursery:
+        for peer in [p for p in peers if p != me][:_FETCH_FANOUT]:
+            nursery.start_soon(ask, peer)
+
+    best: SignedRecord | None = None
+    best_seq = -1
+    for value in candidates:
+        try:
+            signed = check_value(key, value)
+        except ProtocolError as exc:
+            event(log, "dht_value_rejected", peer=peer_id, reason=type(exc).__name__)
+            continue
+        seq = decode(signed.payload).seq  # type: ignore[attr-defined]
+        if seq > best_seq:
+            best, best_seq = signed, seq
+    return best

@@ -1,0 +1,103 @@
+"""Finding peers: bootstrap dials, connection events, DHT routing-table upkeep.
+
+* ``bootstrap=`` in ``new_host`` only connects to the bootstrap node; hosts do
+  not meet each other and connections do not fill the DHT routing table (B5).
+  We dial bootstrap peers ourselves, ``add_peer`` them and call
+  ``refresh_routing_table()``, which walks the DHT and fills the table.
+* Every new connection (bootstrap, mDNS, inbound) is reported by
+  :class:`ConnectionWatcher` on a channel; the node answers it with a record
+  exchange (:mod:`node.net.exchange`) and adds Mosaic peers to the routing table.
+"""
+
+from __future__ import annotations
+
+import trio
+from libp2p.abc import INotifee
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from multiaddr import Multiaddr
+
+from ..logs import event, get_logger
+
+log = get_logger("net.discovery")
+
+DIAL_TIMEOUT = 10.0
+
+
+class DialError(Exception):
+    """A multiaddr is malformed or the peer could not be reached / authenticated."""
+
+
+def peer_info_from_multiaddr(addr: str) -> PeerInfo:
+    """Parse ``/ip4/.../tcp/.../p2p/<id>``; raise :class:`DialError` on anything else."""
+    try:
+        return info_from_p2p_addr(Multiaddr(addr))
+    except Exception as exc:  # multiaddr / libp2p raise several unrelated types
+        raise DialError(f"{addr!r} is not a dialable multiaddr with /p2p/<peer id>: {exc}") from None
+
+
+async def dial(host: object, addr: str, *, timeout: float = DIAL_TIMEOUT) -> str:
+    """Connect to ``addr`` (Noise-authenticated); return the peer id."""
+    info = peer_info_from_multiaddr(addr)
+    try:
+        with trio.fail_after(timeout):
+            await host.connect(info)  # type: ignore[attr-defined]
+    except trio.TooSlowError:
+        raise DialError(f"dial {addr} timed out after {timeout:.0f}s") from None
+    except Exception as exc:  # SwarmException, OpenConnectionError, handshake failures
+        raise DialError(f"dial {addr} failed: {type(exc).__name__}: {exc}") from None
+    return info.peer_id.to_base58()
+
+
+async def add_to_routing_table(dht: object, peer_id: str) -> bool:
+    """Add a known Mosaic (DHT server) peer to the routing table without the identify check."""
+    try:
+        return bool(await dht.add_peer(ID.from_base58(peer_id), skip_server_mode_check=True))  # type: ignore[attr-defined]
+    except Exception as exc:
+        event(log, "routing_add_failed", peer=peer_id, error=type(exc).__name__)
+        return False
+
+
+async def refresh_routing_table(dht: object) -> None:
+    try:
+        await dht.refresh_routing_table()  # type: ignore[attr-defined]
+    except Exception as exc:  # a failed refresh is retried on the next interval
+        event(log, "routing_refresh_failed", error=f"{type(exc).__name__}: {exc}"[:160])
+
+
+def routing_table_peers(dht: object) -> set[str]:
+    return {pid.to_base58() for pid in dht.routing_table.get_peer_ids()}  # type: ignore[attr-defined]
+
+
+def connected_peers(host: object) -> set[str]:
+    return {pid.to_base58() for pid in host.get_connected_peers()}  # type: ignore[attr-defined]
+
+
+class ConnectionWatcher(INotifee):
+    """Forwards "peer connected" events to a trio channel (never blocks the swarm)."""
+
+    def __init__(self, send: trio.MemorySendChannel[str]) -> None:
+        self._send = send
+
+    async def connected(self, network: object, conn: object) -> None:
+        peer_id = conn.muxed_conn.peer_id.to_base58()  # type: ignore[attr-defined]
+        try:
+            self._send.send_nowait(peer_id)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            # A full queue only delays discovery: the periodic DHT sync catches up.
+            event(log, "connection_event_dropped", peer=peer_id)
+
+    async def disconnected(self, network: object, conn: object) -> None:
+        pass
+
+    async def opened_stream(self, network: object, stream: object) -> None:
+        pass
+
+    async def closed_stream(self, network: object, stream: object) -> None:
+        pass
+
+    async def listen(self, network: object, multiaddr: object) -> None:
+        pass
+
+    async def listen_close(self, network: object, multiaddr: object) -> None:
+        pass

@@ -1,0 +1,139 @@
+"""Capability announcements over GossipSub: batched, paced, verified before relay.
+
+GossipSub in py-libp2p 0.8.1 drops messages silently (research/libp2p.md B3):
+a 10 msg/s per-forwarder spam limit, 32-slot outbound queues and 32-slot
+subscription channels.  So:
+
+* records go out in :class:`protocol.RecordBatch` messages (several per message),
+* publishes are paced (:data:`PUBLISH_PACE` between two),
+* the subscription is drained by a dedicated task that never blocks on work,
+* the node re-announces periodically and keeps the DHT as the source of truth.
+
+A topic validator verifies every record *before* GossipSub relays the message,
+so a forged batch is neither delivered nor forwarded (``on_reject`` counts it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import trio
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+
+from protocol import CAPABILITIES_TOPIC, ProtocolError, RecordBatch, SignedRecord, decode, encode, verify_record
+
+from ..logs import event, get_logger
+
+log = get_logger("net.gossip")
+
+# Seconds between two publishes from this node (B3: <= 10 msg/s with spam protection).
+PUBLISH_PACE = 0.2
+MAX_BATCH = 64  # protocol.RecordBatch cap
+# Max gossip message size we accept: 64 signed records of <= 16 KiB plus framing.
+MAX_GOSSIP_MESSAGE = 1024 * 1024
+
+
+def build_pubsub(host: object, *, heartbeat_interval: int = 1, max_messages_per_second: float = 100.0) -> tuple[GossipSub, Pubsub]:
+    """GossipSub with a 1 s heartbeat (default 120 s, B4) and a spam limit sized for N announcers.
+
+    The default 10 msg/s per forwarding peer drops relays as soon as more than
+    ten peers announce in the same second (B3.1); batching + pacing keeps us far
+    below the raised limit.
+    """
+    router = GossipSub(
+        protocols=[PROTOCOL_ID_V12],
+        degree=6,
+        degree_low=4,
+        degree_high=12,
+        heartbeat_interval=heartbeat_interval,
+        max_messages_per_topic_per_second=max_messages_per_second,
+        # All test peers share 127.0.0.1: IP-diversity checks would starve the mesh.
+        eclipse_protection_enabled=False,
+    )
+    return router, Pubsub(host, router)
+
+
+def verify_batch(data: bytes, now: float | None = None) -> RecordBatch:
+    """Decode a gossip payload and verify every record in it; raise ``ProtocolError`` otherwise."""
+    batch = decode(data, RecordBatch, max_size=MAX_GOSSIP_MESSAGE)
+    when = time.time() if now is None else now
+    for signed in batch.records:
+        verify_record(signed, when)
+    return batch
+
+
+class Announcer:
+    """Publishes queued records as paced batches and feeds received ones to the registry."""
+
+    def __init__(
+        self,
+        pubsub: Pubsub,
+        on_record: Callable[[SignedRecord], object],
+        on_reject: Callable[[str], object],
+        *,
+        topic: str = CAPABILITIES_TOPIC,
+        pace: float = PUBLISH_PACE,
+    ) -> None:
+        """``on_record`` gets every record of every valid batch (the registry does replay
+        checks); ``on_reject`` gets the error type name of every rejected batch."""
+        self.pubsub = pubsub
+        self.on_record = on_record
+        self.on_reject = on_reject
+        self.topic = topic
+        self.pace = pace
+        self._pending: dict[str, SignedRecord] = {}
+        self._wakeup = trio.Event()
+        self.published = 0
+
+    def enqueue(self, signed: SignedRecord) -> None:
+        """Queue ``signed`` for the next batch (a newer record of the same peer replaces it)."""
+        peer_id = decode(signed.payload).peer_id  # type: ignore[attr-defined]
+        self._pending[peer_id] = signed
+        self._wakeup.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.pubsub.set_topic_validator(self.topic, self._validate, False)
+        subscription = await self.pubsub.subscribe(self.topic)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._receive_loop, subscription)
+            nursery.start_soon(self._publish_loop)
+            task_status.started()
+
+    def _validate(self, forwarder: object, message: object) -> bool:
+        """GossipSub topic validator: reject (do not deliver, do not relay) bad batches."""
+        try:
+            verify_batch(message.data)  # type: ignore[attr-defined]
+        except ProtocolError as exc:
+            reason = type(exc).__name__
+            self.on_reject(reason)
+            event(log, "gossip_rejected", forwarder=str(forwarder)[-8:], reason=reason, detail=str(exc)[:160])
+            return False
+        return True
+
+    async def _receive_loop(self, subscription: object) -> None:
+        while True:
+            message = await subscription.get()  # type: ignore[attr-defined]
+            try:
+                batch = decode(message.data, RecordBatch, max_size=MAX_GOSSIP_MESSAGE)
+            except ProtocolError as exc:  # validator already checked; belt and braces
+                event(log, "gossip_rejected", reason=type(exc).__name__)
+                continue
+            for signed in batch.records:
+                self.on_record(signed)
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            while self._pending:
+                records = list(self._pending.values())[:MAX_BATCH]
+                for signed in records:
+                    self._pending.pop(decode(signed.payload).peer_id, None)  # type: ignore[attr-defined]
+                try:
+                    await self.pubsub.publish(self.topic, encode(RecordBatch(records=tuple(records))))
+                    self.published += 1
+                except Exception as exc:  # a failed publish is retried by the periodic re-announce
+                    event(log, "gossip_publish_failed", error=f"{type(exc).__name__}: {exc}"[:160])
+                await trio.sleep(self.pace)

@@ -1,0 +1,274 @@
+"""Framed request/response streams over libp2p with deadlines and per-peer limits.
+
+Why not ``libp2p.request_response``: its inbound limit is global per protocol,
+so one peer holding idle streams starves every other peer (research/libp2p.md
+B10), and custom ``set_stream_handler`` handlers get no read deadline at all (a
+silent stream stayed blocked in ``read()`` for 150 s).  :func:`serve` adds both:
+a per-peer and a total in-flight cap, a first-message deadline and an overall
+deadline, and it always answers with a typed :class:`protocol.ErrorMessage`
+(never a traceback).
+
+Framing is :mod:`protocol.framing` (unsigned-varint length + msgpack body, the
+same as libp2p msgio), decoding is :func:`protocol.decode`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import trio
+from libp2p.custom_types import TProtocol
+from libp2p.io.exceptions import IOException
+from libp2p.peer.id import ID
+from libp2p.stream_muxer.exceptions import MuxedConnError, MuxedStreamError
+
+import protocol
+from protocol import ErrorMessage, FrameDecoder, Message, MessageTooLarge, ProtocolError, encode, encode_frame
+
+from ..logs import event, get_logger
+
+log = get_logger("net.streams")
+
+_READ_CHUNK = 64 * 1024
+# Best effort for the goodbye error frame: a peer that does not read must not hold us.
+_ERROR_SEND_TIMEOUT = 1.0
+
+# Everything libp2p / trio raise when the other side went away mid-stream.
+_TRANSPORT_ERRORS = (
+    IOException,
+    MuxedStreamError,
+    MuxedConnError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    EOFError,
+    ConnectionError,
+)
+
+
+class StreamClosed(Exception):
+    """The peer closed or reset the stream (or it could not be opened)."""
+
+
+class FramedStream:
+    """A libp2p stream carrying varint-framed protocol messages (protocol.framing + protocol.codec)."""
+
+    def __init__(self, stream: object, *, max_frame: int = protocol.MAX_MESSAGE_SIZE) -> None:
+        self._stream = stream
+        self.remote_peer: str = str(stream.muxed_conn.peer_id)  # type: ignore[attr-defined]
+        self.max_frame = max_frame
+        self._decoder = FrameDecoder(max_frame)
+        self._ready: list[bytes] = []
+        self._eof = False
+        self._closed = False
+        # Absolute trio time by which the first frame must arrive (set by serve()).
+        self.first_frame_deadline: float = math.inf
+        self.frames_received = 0
+
+    @property
+    def raw(self) -> object:
+        """The underlying libp2p ``INetStream`` (for protocol ids, stats)."""
+        return self._stream
+
+    async def send(self, message: Message) -> None:
+        data = encode_frame(encode(message), self.max_frame)
+        try:
+            await self._stream.write(data)  # type: ignore[attr-defined]
+        except _TRANSPORT_ERRORS as exc:
+            raise StreamClosed(f"stream to {self.remote_peer[-8:]} closed while sending: {type(exc).__name__}") from None
+
+    async def receive(self, expected: type | tuple[type, ...] | None = None) -> Message:
+        """Next message; ``ProtocolError`` on bad bytes, :class:`StreamClosed` on EOF/reset."""
+        frame = await self._next_frame()
+        return protocol.decode(frame, expected, max_size=self.max_frame)
+
+    async def _next_frame(self) -> bytes:
+        if self.frames_received == 0 and self.first_frame_deadline != math.inf:
+            with trio.fail_at(self.first_frame_deadline):
+                frame = await self._read_frame()
+        else:
+            frame = await self._read_frame()
+        self.frames_received += 1
+        return frame
+
+    async def _read_frame(self) -> bytes:
+        while not self._ready:
+            if self._eof:
+                raise StreamClosed(f"stream from {self.remote_peer[-8:]} ended")
+            try:
+                chunk = await self._stream.read(_READ_CHUNK)  # type: ignore[attr-defined]
+            except _TRANSPORT_ERRORS as exc:
+                self._eof = True
+                if self._decoder.pending:
+                    raise StreamClosed(f"stream from {self.remote_peer[-8:]} ended mid-frame") from None
+                raise StreamClosed(f"stream from {self.remote_peer[-8:]} closed: {type(exc).__name__}") from None
+            if not chunk:
+                self._eof = True
+                continue
+            self._ready.extend(self._decoder.feed(chunk))  # may raise MessageTooLarge / DecodeError
+        return self._ready.pop(0)
+
+    async def aclose(self) -> None:
+        """Close our side (write half-close on yamux); the peer sees EOF after our last frame."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._stream.close()  # type: ignore[attr-defined]
+        except _TRANSPORT_ERRORS:
+            pass
+
+    async def reset(self) -> None:
+        self._closed = True
+        try:
+            await self._stream.reset()  # type: ignore[attr-defined]
+        except _TRANSPORT_ERRORS:
+            pass
+
+
+async def open_stream(host: object, peer_id: str, protocol_id: str, *, max_frame: int = protocol.MAX_MESSAGE_SIZE) -> FramedStream:
+    """Open a new stream to ``peer_id`` (which must be connected or dialable from the peerstore)."""
+    try:
+        raw = await host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol_id)])  # type: ignore[attr-defined]
+    except trio.Cancelled:
+        raise
+    except Exception as exc:  # libp2p raises StreamFailure, SwarmException, IOException, ...
+        raise StreamClosed(f"cannot open {protocol_id} to {peer_id[-8:]}: {type(exc).__name__}: {exc}") from None
+    return FramedStream(raw, max_frame=max_frame)
+
+
+Handler = Callable[[FramedStream], Awaitable[None]]
+
+
+def _leaf_errors(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for inner in exc.exceptions:
+            out.extend(_leaf_errors(inner))
+        return out
+    return [exc]
+
+
+def _error_reply(exc: BaseException) -> ErrorMessage | None:
+    """The typed answer for a failed handler, or ``None`` when the peer is gone."""
+    leaves = [e for e in _leaf_errors(exc) if not isinstance(e, trio.Cancelled)] or [exc]
+    first = leaves[0]
+    if isinstance(first, StreamClosed):
+        return None
+    if isinstance(first, MessageTooLarge):
+        return ErrorMessage(code="too_large", message=str(first)[:2048])
+    if isinstance(first, ProtocolError):
+        return ErrorMessage(code="bad_request", message=f"{type(first).__name__}: {first}"[:2048])
+    if isinstance(first, trio.TooSlowError):
+        return ErrorMessage(code="timeout", message="deadline passed")
+    return ErrorMessage(code="internal", message="internal error")
+
+
+class _Limits:
+    """In-flight accounting for one served protocol (B10: libp2p's limit is per protocol only)."""
+
+    def __init__(self, max_per_peer: int, max_total: int) -> None:
+        self.max_per_peer = max_per_peer
+        self.max_total = max_total
+        self.per_peer: Counter[str] = Counter()
+        self.total = 0
+
+    def try_acquire(self, peer: str) -> bool:
+        if self.total >= self.max_total or self.per_peer[peer] >= self.max_per_peer:
+            return False
+        self.per_peer[peer] += 1
+        self.total += 1
+        return True
+
+    def release(self, peer: str) -> None:
+        self.total -= 1
+        self.per_peer[peer] -= 1
+        if self.per_peer[peer] <= 0:
+            del self.per_peer[peer]
+
+
+def serve(
+    host: object,
+    protocol_id: str,
+    handler: Handler,
+    *,
+    first_message_timeout: float = 10.0,
+    deadline: float = 60.0,
+    max_per_peer: int = 4,
+    max_total: int = 64,
+    max_frame: int = protocol.MAX_MESSAGE_SIZE,
+) -> None:
+    """Register ``handler`` for ``protocol_id`` on ``host`` behind deadlines and limits.
+
+    * A peer with ``max_per_peer`` streams in flight on this protocol (or the
+      protocol at ``max_total``) gets ``ErrorMessage(code="busy")`` at once and the
+      new stream is closed: one peer's idle streams cannot starve the others.
+    * The first frame must arrive within ``first_message_timeout`` (slowloris);
+      the whole exchange within ``deadline``.
+    * ``ProtocolError`` -> ``bad_request`` / ``too_large``; deadline -> ``timeout``;
+      anything else is logged here and answered ``internal``.
+    * The stream is always closed (or reset) at the end.
+    """
+    limits = _Limits(max_per_peer, max_total)
+
+    async def _on_stream(raw: object) -> None:
+        stream = FramedStream(raw, max_frame=max_frame)
+        peer = stream.remote_peer
+        if not limits.try_acquire(peer):
+            event(log, "stream_busy", protocol=protocol_id, peer=peer, in_flight=limits.per_peer[peer], total=limits.total)
+            await _say_goodbye(stream, ErrorMessage(code="busy", message="too many streams in flight; retry later"))
+            return
+        started = trio.current_time()
+        stream.first_frame_deadline = started + first_message_timeout
+        try:
+            with trio.fail_after(deadline):
+                await handler(stream)
+        except trio.Cancelled:
+            await _hard_reset(stream)
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes a typed reply
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            reply = _error_reply(exc)
+            if reply is not None and reply.code == "internal":
+                log.error("event=handler_failed protocol=%s peer=%s", protocol_id, peer[-8:], exc_info=exc)
+            else:
+                event(
+                    log,
+                    "stream_failed",
+                    protocol=protocol_id,
+                    peer=peer,
+                    code=reply.code if reply else "closed",
+                    after_s=f"{trio.current_time() - started:.3f}",
+                    detail=str(_leaf_errors(exc)[0])[:200],
+                )
+            if reply is None:
+                await _hard_reset(stream)
+            else:
+                await _say_goodbye(stream, reply)
+        else:
+            await stream.aclose()
+        finally:
+            limits.release(peer)
+
+    host.set_stream_handler(TProtocol(protocol_id), _on_stream)  # type: ignore[attr-defined]
+
+
+async def _say_goodbye(stream: FramedStream, reply: ErrorMessage) -> None:
+    """Send ``reply`` (bounded in time) then close; reset if the peer does not take it."""
+    with trio.move_on_after(_ERROR_SEND_TIMEOUT) as scope:
+        try:
+            await stream.send(reply)
+            await stream.aclose()
+        except StreamClosed:
+            await stream.reset()
+            return
+    if scope.cancelled_caught:
+        await _hard_reset(stream)
+
+
+async def _hard_reset(stream: FramedStream) -> None:
+    # Reset even when we are being cancelled: shielded and bounded.
+    with trio.CancelScope(shield=True), trio.move_on_after(_ERROR_SEND_TIMEOUT):
+        await stream.reset()

@@ -1,0 +1,20 @@
+"""The services a node runs next to networking (expert, HTTP API, storage, ...).
+
+Each engineer adds their service here; :func:`default_services` is what
+``python -m node start`` runs.  A service is anything matching
+:class:`node.app.Service`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .config import NodeConfig
+
+if TYPE_CHECKING:
+    from .app import Service
+
+
+def default_services(config: NodeConfig) -> list[Service]:
+    services: list[Service] = []
+    return services
