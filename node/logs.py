@@ -46,7 +46,11 @@ def event(logger: logging.Logger, event_name: str, /, level: int = logging.INFO,
 class _LineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line = f"ts={stamp}.{int(record.msecs):03d}Z level={record.levelname.lower()} logger={record.name} {record.getMessage()}"
+        message = record.getMessage()
+        if not message.startswith("event="):
+            # Third-party (libp2p) messages span lines; keep one line per event.
+            message = "msg=" + _format_value(" | ".join(p.strip() for p in message.splitlines() if p.strip()))
+        line = f"ts={stamp}.{int(record.msecs):03d}Z level={record.levelname.lower()} logger={record.name} {message}"
         if record.exc_info:
             # Keep one line per event even for errors: the exception type and message only.
             exc = record.exc_info[1]
@@ -54,11 +58,21 @@ class _LineFormatter(logging.Formatter):
         return line
 
 
-def setup(level: str = "info", *, libp2p_level: str = "warning") -> None:
-    """Route our loggers (and libp2p's, at a quieter level) to stderr as single lines."""
+def setup(level: str = "info", *, libp2p_level: str = "error") -> None:
+    """Route our loggers (and libp2p's, at a quieter level) to stderr as single lines.
+
+    py-libp2p's own setup detaches its "libp2p" logger (propagate=False, no
+    handler), so its warnings would reach stderr unformatted via logging's
+    last-resort handler; we give it our handler and a quieter level instead
+    (its shutdown and DHT-miss warnings are routine on a live network).
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LineFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(libp2p_level.upper())
+    root.setLevel(logging.WARNING)
     logging.getLogger(_ROOT).setLevel(level.upper())
+    libp2p = logging.getLogger("libp2p")
+    libp2p.handlers[:] = [handler]
+    libp2p.propagate = False
+    libp2p.setLevel(libp2p_level.upper())
