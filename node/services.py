@@ -17,4 +17,11 @@ if TYPE_CHECKING:
 
 def default_services(config: NodeConfig) -> list[Service]:
     services: list[Service] = []
+    from .coordinator.service import QueryService  # every peer coordinates queries
+
+    services.append(QueryService())
+    if config.http.enabled:
+        from .api.service import HttpService
+
+        services.append(HttpService(config.http))
     return services

@@ -9,6 +9,7 @@ or resetting the stream cancels the query (and the expert's generation).
 from __future__ import annotations
 
 import weakref
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from functools import partial
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import trio
 
 from node.net.streams import FramedStream, serve
-from protocol import QUERY_PROTOCOL, ErrorMessage, QueryChunk, QueryRequest
+from protocol import QUERY_PROTOCOL, ErrorMessage, GenerateRequest, GenerateResult, QueryChunk, QueryRequest, TokenChunk
 
 from .executor import Coordinator, QueryFailed
 
@@ -32,11 +33,16 @@ def coordinator_for(node: Any) -> Coordinator:
     see the same latency and failure observations)."""
     coordinator = _coordinators.get(node)
     if coordinator is None:
-        from node.expert.client import generate  # the /mosaic/infer/1 client
-
-        coordinator = Coordinator(node.registry.experts, partial(generate, node.host))
+        coordinator = Coordinator(node.registry.experts, partial(_infer, node.host))
         _coordinators[node] = coordinator
     return coordinator
+
+
+def _infer(host: Any, peer_id: str, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
+    # Imported per call, not at start: a coordinator-only node never loads the expert package.
+    from node.expert.client import generate  # the /mosaic/infer/1 client
+
+    return generate(host, peer_id, request)
 
 
 async def answer_stream(coordinator: Coordinator, stream: FramedStream) -> None:
