@@ -1,0 +1,88 @@
+"""DHT provider records for content we hold: provide, re-provide, find (de-duplicated).
+
+py-libp2p 0.8.1 quirks handled here (research/libp2p.md B5):
+
+- ``find_providers`` returns duplicates (20 entries for 2 providers): we keep one
+  entry per peer id, merging their addresses;
+- ``provide()`` is fire-and-forget and returns before remote nodes stored the
+  record, and records expire: :class:`Reprovider` provides again periodically;
+- lookups may hang on a dead DHT server: every call has a deadline.
+
+Keys are the root CID's multihash (py-libp2p's ``_encode_key``), so a CIDv0 and
+the CIDv1 of the same DAG find the same providers, as in Kubo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import trio
+from libp2p.peer.peerinfo import PeerInfo
+
+from protocol.cid import CID
+
+from ..logs import event, get_logger
+
+log = get_logger("storage.providers")
+
+PROVIDE_TIMEOUT = 10.0
+FIND_TIMEOUT = 10.0
+DEFAULT_REPROVIDE_INTERVAL = 600.0
+
+
+async def provide(dht: object, cid: CID) -> bool:
+    try:
+        with trio.move_on_after(PROVIDE_TIMEOUT):
+            return bool(await dht.provide(str(cid)))  # type: ignore[attr-defined]
+    except Exception as exc:  # the DHT raises a variety of transport errors; retried later
+        event(log, "provide_failed", cid=str(cid), error=f"{type(exc).__name__}: {exc}"[:160])
+    return False
+
+
+def dedupe_providers(infos: Iterable[PeerInfo], exclude: Iterable[str] = ()) -> list[PeerInfo]:
+    """One :class:`PeerInfo` per peer id (first-seen order), addresses merged."""
+    skip = set(exclude)
+    merged: dict[str, PeerInfo] = {}
+    for info in infos:
+        key = str(info.peer_id)
+        if key in skip:
+            continue
+        if key not in merged:
+            merged[key] = PeerInfo(info.peer_id, list(info.addrs))
+        else:
+            have = merged[key].addrs
+            have.extend(a for a in info.addrs if a not in have)
+    return list(merged.values())
+
+
+async def find_providers(dht: object, cid: CID, *, count: int = 20, exclude: Iterable[str] = ()) -> list[PeerInfo]:
+    try:
+        with trio.move_on_after(FIND_TIMEOUT):
+            found = await dht.find_providers(str(cid), count)  # type: ignore[attr-defined]
+            return dedupe_providers(found, exclude)
+    except Exception as exc:
+        event(log, "find_providers_failed", cid=str(cid), error=f"{type(exc).__name__}: {exc}"[:160])
+    return []
+
+
+class Reprovider:
+    """Keeps provider records for a set of roots alive."""
+
+    def __init__(self, dht: object, interval: float = DEFAULT_REPROVIDE_INTERVAL) -> None:
+        self.dht = dht
+        self.interval = interval
+        self.roots: set[CID] = set()
+        self._wake = trio.Event()
+
+    def add(self, cid: CID) -> None:
+        self.roots.add(cid)
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            with trio.move_on_after(self.interval):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            for cid in list(self.roots):
+                await provide(self.dht, cid)

@@ -1,0 +1,196 @@
+"""The storage service of a node: serve, provide, publish and fetch content by CID.
+
+Task tree (inside the node's nursery)::
+
+    StorageService.run
+    ├── BlockServer          /mosaic/blocks/1 handler (fast path between Mosaic nodes)
+    ├── Bitswap              /ipfs/bitswap/1.x handlers, Kubo reply fix (interop path)
+    └── Reprovider.run       provide every pinned root now and every reprovide_interval
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+from libp2p.peer.peerinfo import PeerInfo
+
+from protocol.cid import CID, parse_cid
+from protocol.errors import ProtocolError
+from protocol.unixfs import AddOptions, Entry
+
+from ..logs import event, get_logger
+from .bitswap import Bitswap
+from .blocks_protocol import BlockServer
+from .blockstore import BlockStore, StorageError
+from .exporter import export
+from .fetch import FetchError, FetchStats, Progress, fetch_dag
+from .importer import import_path
+from .providers import DEFAULT_REPROVIDE_INTERVAL, Reprovider, find_providers, provide
+
+log = get_logger("storage")
+
+CONNECT_TIMEOUT = 10.0
+_MARKER = ".mosaic-cid"
+
+
+@dataclass(frozen=True)
+class Published:
+    cid: CID
+    size: int  # file bytes
+    dag_size: int  # bytes of all blocks
+
+
+class StorageService:
+    """Implements :class:`node.app.Service`; also usable by CLI commands and other services."""
+
+    def __init__(self, store: BlockStore, *, reprovide_interval: float = DEFAULT_REPROVIDE_INTERVAL) -> None:
+        self.store = store
+        self.server = BlockServer(store)
+        self.reprovide_interval = reprovide_interval
+        self.node: object | None = None
+        self.bitswap: Bitswap | None = None
+        self.reprovider: Reprovider | None = None
+        self._started = trio.Event()
+
+    @classmethod
+    def from_config(cls, config: object) -> StorageService:
+        return cls(BlockStore.for_data_dir(config.data_path))  # type: ignore[attr-defined]
+
+    def record_fields(self) -> dict[str, object]:
+        # Model and adapter CIDs travel in the expert's fields (base_model_cid, AdapterInfo.cid).
+        return {}
+
+    async def run(self, node: object, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.node = node
+        self.server.register(node.host)  # type: ignore[attr-defined]
+        async with trio.open_nursery() as nursery:
+            self.bitswap = Bitswap(node.host, self.store)  # type: ignore[attr-defined]
+            await self.bitswap.start(nursery)
+            self.reprovider = Reprovider(node.dht, self.reprovide_interval)  # type: ignore[attr-defined]
+            for pin in self.store.pins():
+                self.reprovider.roots.add(parse_cid(pin.cid))
+            await nursery.start(self.reprovider.run)
+            self._started.set()
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await self.bitswap.stop()
+
+    # ------------------------------------------------------------------ publish
+
+    async def publish(self, path: str | os.PathLike[str], options: AddOptions = AddOptions(), *, announce: bool = True) -> Published:
+        """Import ``path`` (file or directory) into the store, pin it and provide it."""
+        entry: Entry = await trio.to_thread.run_sync(import_path, self.store, Path(path), options)
+        await trio.to_thread.run_sync(self.store.pin, entry.cid, Path(path).name)
+        if announce:
+            await self.announce(entry.cid)
+        event(log, "published", cid=str(entry.cid), bytes=entry.filesize, path=str(path))
+        return Published(entry.cid, entry.filesize, entry.tsize)
+
+    async def announce(self, cid: CID) -> None:
+        if self.node is None:
+            return
+        if self.reprovider is not None:
+            self.reprovider.roots.add(cid)
+        await provide(self.node.dht, cid)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ fetch
+
+    async def connect_providers(self, infos: Iterable[PeerInfo]) -> list[str]:
+        """Dial providers (in parallel, each bounded); returns the peer ids reached."""
+        host = self.node.host  # type: ignore[union-attr]
+        reached: list[str] = []
+
+        async def one(info: PeerInfo) -> None:
+            with trio.move_on_after(CONNECT_TIMEOUT):
+                try:
+                    await host.connect(info)
+                    reached.append(str(info.peer_id))
+                except Exception as exc:  # libp2p raises many dial error types
+                    event(log, "provider_unreachable", peer=str(info.peer_id), error=type(exc).__name__)
+
+        async with trio.open_nursery() as nursery:
+            for info in infos:
+                nursery.start_soon(one, info)
+        return reached
+
+    async def fetch(
+        self,
+        cid: CID | str,
+        *,
+        peers: Iterable[str] = (),
+        progress: Progress | None = None,
+        pin: bool = True,
+        window: int = 16,
+    ) -> FetchStats:
+        """Make the whole DAG of ``cid`` local: from ``peers`` (ids of connected peers) and
+        from DHT providers; pin it and provide it ourselves afterwards."""
+        root = parse_cid(cid) if isinstance(cid, str) else cid
+        node = self.node
+        if node is None:
+            raise StorageError("the storage service is not running")
+        candidates = list(peers)
+        if self.store.missing(root):
+            found = await find_providers(node.dht, root, exclude=[node.peer_id, *candidates])  # type: ignore[attr-defined]
+            candidates += await self.connect_providers(found)
+        stats = await fetch_dag(
+            node.host, self.store, root, candidates, bitswap=self.bitswap, progress=progress, window=window  # type: ignore[attr-defined]
+        )  # type: ignore[attr-defined]
+        if pin:
+            await trio.to_thread.run_sync(self.store.pin, root)
+            await self.announce(root)
+        return stats
+
+    async def export(self, cid: CID | str, dest: str | os.PathLike[str]) -> Path:
+        root = parse_cid(cid) if isinstance(cid, str) else cid
+        return await trio.to_thread.run_sync(export, self.store, root, Path(dest))
+
+
+def _find_service(node: object) -> StorageService | None:
+    for service in getattr(node, "services", ()):
+        if isinstance(service, StorageService):
+            return service
+    return None
+
+
+async def ensure_local(node: object, cid: CID | str, dest_dir: str | os.PathLike[str] | None = None, *, peers: Iterable[str] = ()) -> Path:
+    """Return a local path holding the content of ``cid``, fetching what is missing.
+
+    A directory DAG (a model or adapter dir) is exported *as* ``dest_dir``; a single
+    file is exported to ``dest_dir/<cid>``.  Default ``dest_dir``:
+    ``<data_dir>/content/<cid>``.  Repeated calls are cheap: a marker file records
+    which CID an export holds.  Raises :class:`FetchError` if no provider can supply
+    it, :class:`protocol.ProtocolError` for a malformed CID.
+    """
+    root = parse_cid(cid) if isinstance(cid, str) else cid
+    service = _find_service(node)
+    if service is None:
+        raise StorageError("this node runs no StorageService (add it to its services)")
+    await service._started.wait()
+    dest = Path(dest_dir) if dest_dir is not None else node.config.data_path / "content" / str(root)  # type: ignore[attr-defined]
+    marker = dest / _MARKER
+    if marker.is_file() and marker.read_text().strip() == str(root):
+        return _content_path(service.store, root, dest)
+    await service.fetch(root, peers=peers)
+    dest.mkdir(parents=True, exist_ok=True)
+    out = _content_path(service.store, root, dest)
+    await service.export(root, out)
+    marker.write_text(str(root))
+    event(log, "content_ready", cid=str(root), path=str(out))
+    return out
+
+
+def _content_path(store: BlockStore, root: CID, dest: Path) -> Path:
+    from protocol.unixfs import read_block
+
+    try:
+        kind = read_block(root, store.require(root)).kind
+    except ProtocolError as exc:
+        raise FetchError(f"{root} is not UnixFS content: {exc}") from None
+    return dest if kind == "directory" else dest / str(root)
