@@ -28,13 +28,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 LISTEN_LINE = re.compile(r"^mosaic node (\S+) listening on (\S+)$")
 
 
-def test_seed(index: int) -> bytes:
+def fixed_seed(index: int) -> bytes:
     return hashlib.sha256(b"mosaic-test-node-%d" % index).digest()
 
 
-def test_identity(index: int) -> Identity:
+def fixed_identity(index: int) -> Identity:
     """The fixed identity of test node ``index`` (its peer id is known ahead of time)."""
-    return Identity.from_seed(test_seed(index))
+    return Identity.from_seed(fixed_seed(index))
 
 
 def node_config(data_dir: Path, index: int, *, bootstrap: Sequence[str] = (), **net: object) -> NodeConfig:
@@ -56,7 +56,7 @@ def node_config(data_dir: Path, index: int, *, bootstrap: Sequence[str] = (), **
 
 def prepare_data_dir(root: Path, index: int) -> Path:
     data_dir = root / f"node-{index}"
-    write_identity(data_dir, test_identity(index))
+    write_identity(data_dir, fixed_identity(index))
     return data_dir
 
 
