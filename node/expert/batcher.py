@@ -1,0 +1,364 @@
+"""The inference worker: one thread that owns the model and batches requests continuously.
+
+torch must never run on the trio thread (a 135M forward takes tens of ms and
+would stall every libp2p stream), so a dedicated thread owns the model and
+talks to trio only through :class:`~node.expert.jobs.Job` objects: a bounded
+queue in (``submit`` raises :class:`Busy` when it is full: backpressure with
+bounded memory) and each job's non-blocking ``emit`` callback out.
+
+The loop is continuous batching, not HF ``generate``: between two decode
+steps, score / next-token jobs run (one forward each), new generations are
+prefilled alone and merged into the running batch (see batch_cache.py), and
+finished, cancelled or expired rows leave.  Every row may use a different
+LoRA adapter: peft's ``adapter_names=[...]`` forward kwarg mixes adapters
+within one batch.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from protocol import ErrorMessage, GenerateRequest, GenerateResult, NextTokenRequest, TokenChunk, Usage
+
+from ..logs import get_logger
+from .errors import Busy, Cancelled, ExpertStopped, PromptTooLong, RequestRejected, UnknownAdapter
+from .jobs import Job
+from .loader import LoadedExpert
+from .prompts import PromptBuilder
+
+log = get_logger("expert.worker")
+
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in adapter_names
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A generation in the running batch."""
+
+    job: Job
+    request: GenerateRequest
+    sampler: Any
+    text: Any  # CompletionText
+    prompt_tokens: int
+    max_new_tokens: int
+    position: int  # position id of `next_token` (advanced by _accept when a token is chosen)
+    next_token: int = -1
+    generated: int = 0
+    chunks: int = 0
+    first_token_at: float | None = None
+
+
+class InferenceWorker:
+    """Owns the model on a dedicated thread; see the module docstring."""
+
+    def __init__(
+        self,
+        expert: LoadedExpert,
+        *,
+        max_batch: int = 8,
+        queue_size: int = 64,
+        max_new_tokens_cap: int = 1024,
+        threads: int | None = None,
+        served_by: str = "",
+    ) -> None:
+        self.expert = expert
+        self.max_batch = max_batch
+        self.queue_size = queue_size
+        self.max_new_tokens_cap = max_new_tokens_cap
+        self.served_by = served_by
+        self._threads = threads
+        self._prompts = PromptBuilder(expert.tokenizer)
+        self._eos = _eos_ids(expert)
+        self._pending: collections.deque[Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._slots: list[_Slot] = []
+        self._batch: Any = None  # BatchCache, created on the worker thread
+        self._thread: threading.Thread | None = None
+        self.steps = 0  # decode steps run (for tests and metrics)
+
+    # ------------------------------------------------------------------ trio-side API (any thread)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    @property
+    def active(self) -> int:
+        return len(self._slots)
+
+    def load(self) -> float:
+        """Busy fraction: running + queued generations over the batch size (may exceed 1)."""
+        return (len(self._slots) + len(self._pending)) / self.max_batch
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mosaic-inference", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Finish the current step, fail queued jobs with `unavailable`, join the thread (blocking)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, job: Job) -> None:
+        """Queue a job or raise :class:`RequestRejected` (busy / unknown adapter / stopped) at once."""
+        adapter = job.adapter
+        if adapter is not None and adapter not in self.expert.adapters:
+            served = ", ".join(sorted(self.expert.adapters)) or "none"
+            raise UnknownAdapter(f"unknown adapter {adapter!r} (served: {served})", request_id=job.request_id)
+        with self._cond:
+            if self._stopping:
+                raise ExpertStopped("the expert is shutting down", request_id=job.request_id)
+            if len(self._pending) >= self.queue_size:
+                raise Busy(f"queue full ({self.queue_size} waiting); retry later", request_id=job.request_id)
+            self._pending.append(job)
+            self._cond.notify()
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _run(self) -> None:
+        import torch
+
+        from .batch_cache import BatchCache
+
+        if self._threads:
+            torch.set_num_threads(self._threads)
+        self._batch = BatchCache()
+        # Grad mode is thread-local: inference_mode must be entered on this thread.
+        with torch.inference_mode():
+            while True:
+                work = self._take_work()
+                if work is None:
+                    break
+                try:
+                    for job in work:
+                        self._start_job(job)
+                    if self._slots:
+                        self._decode_step()
+                except Exception as exc:  # a bug or OOM must not kill the worker silently
+                    log.exception("inference step failed")
+                    self._fail_all(f"inference failed: {type(exc).__name__}")
+        self._fail_all("the expert is shutting down", code="unavailable")
+        for job in self._drain_pending():
+            self._emit_error(job, ExpertStopped("the expert is shutting down", request_id=job.request_id))
+
+    def _take_work(self) -> list[Job] | None:
+        """Jobs to start before the next step: all quick jobs, generations while slots are free."""
+        with self._cond:
+            while not self._stopping and not self._pending and not self._slots:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            free = self.max_batch - len(self._slots)
+            taken, kept = [], collections.deque()
+            for job in self._pending:
+                if not job.is_generation or free > 0:
+                    taken.append(job)
+                    free -= job.is_generation
+                else:
+                    kept.append(job)
+            self._pending = kept
+            return taken
+
+    def _drain_pending(self) -> list[Job]:
+        with self._cond:
+            jobs = list(self._pending)
+            self._pending.clear()
+            return jobs
+
+    def _start_job(self, job: Job) -> None:
+        if job.cancelled:
+            self._emit_error(job, Cancelled("cancelled before it started", request_id=job.request_id))
+            return
+        if job.expired():
+            self._emit_error(job, _timeout(job))
+            return
+        try:
+            if isinstance(job.request, GenerateRequest):
+                self._admit(job, job.request)
+            elif isinstance(job.request, NextTokenRequest):
+                job.emit(self._forward_tools().next_token(job.request))
+            else:
+                job.emit(self._forward_tools().score(job.request))
+        except RequestRejected as exc:
+            self._emit_error(job, exc)
+
+    def _forward_tools(self) -> Any:
+        from .scoring import Scorer
+
+        if not hasattr(self, "_scorer"):
+            self._scorer = Scorer(self.expert, self._prompts, self._adapter_kwargs)
+        return self._scorer
+
+    def _admit(self, job: Job, request: GenerateRequest) -> None:
+        import torch
+
+        from .batch_cache import mergeable
+        from .detokenize import CompletionText
+        from .sampling import TokenSampler
+
+        ids = self._prompts.token_ids(request)
+        context = self.expert.max_context
+        if len(ids) >= context:
+            raise PromptTooLong(
+                f"prompt is {len(ids)} tokens; this expert's context is {context}", request_id=job.request_id
+            )
+        max_new = min(request.sampling.max_new_tokens, self.max_new_tokens_cap, context - len(ids))
+        slot = _Slot(
+            job=job,
+            request=request,
+            sampler=TokenSampler(request.sampling, self.expert.device),
+            text=CompletionText(self.expert.tokenizer, request.sampling.stop),
+            prompt_tokens=len(ids),
+            max_new_tokens=max_new,
+            position=len(ids) - 1,  # _accept advances it to the first generated token's position
+        )
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.expert.device)
+        out = self.expert.model(
+            input_ids=input_ids, use_cache=True, logits_to_keep=1, **self._adapter_kwargs([request.adapter])
+        )
+        from .sampling import choose_tokens
+
+        if not self._accept(slot, choose_tokens(out.logits[:, -1, :], [slot.sampler])[0]):
+            return
+        if self._slots and not mergeable(out.past_key_values):
+            raise RuntimeError("model cache cannot be batched")  # guarded by max_batch=1 in the service
+        self._batch.add(out.past_key_values, len(ids))
+        self._slots.append(slot)
+
+    def _decode_step(self) -> None:
+        import torch
+
+        from .sampling import choose_tokens
+
+        now = time.monotonic()
+        self._drop([i for i, s in enumerate(self._slots) if s.job.cancelled or s.job.expired(now)])
+        if not self._slots:
+            return
+        slots = self._slots
+        device = self.expert.device
+        input_ids = torch.tensor([[s.next_token] for s in slots], dtype=torch.long, device=device)
+        position_ids = torch.tensor([[s.position] for s in slots], dtype=torch.long, device=device)
+        out = self.expert.model(
+            input_ids=input_ids,
+            attention_mask=self._batch.step_mask(),
+            position_ids=position_ids,
+            past_key_values=self._batch.cache,
+            use_cache=True,
+            **self._adapter_kwargs([s.request.adapter for s in slots]),
+        )
+        self._batch.cache = out.past_key_values
+        self.steps += 1
+        tokens = choose_tokens(out.logits[:, -1, :], [s.sampler for s in slots])
+        self._remove([i for i, (s, t) in enumerate(zip(slots, tokens)) if not self._accept(s, t)])
+
+    def _accept(self, slot: _Slot, token: int) -> bool:
+        """Record and stream one chosen token; return False when the generation is over."""
+        slot.position += 1
+        if slot.first_token_at is None:
+            slot.first_token_at = time.monotonic()
+        if token in self._eos:
+            self._finish(slot, "stop")
+            return False
+        slot.generated += 1
+        slot.next_token = token
+        piece = slot.text.push(token)
+        if slot.request.stream:
+            slot.job.emit(
+                TokenChunk(request_id=slot.job.request_id, index=slot.chunks, text=piece, token_ids=(token,))
+            )
+            slot.chunks += 1
+        if slot.text.stopped:
+            self._finish(slot, "stop")
+            return False
+        if slot.generated >= slot.max_new_tokens:
+            self._finish(slot, "length")
+            return False
+        return True
+
+    def _finish(self, slot: _Slot, reason: str) -> None:
+        tail = slot.text.finish() if not slot.text.stopped else ""
+        if tail and slot.request.stream:
+            slot.job.emit(TokenChunk(request_id=slot.job.request_id, index=slot.chunks, text=tail))
+            slot.chunks += 1
+        now = time.monotonic()
+        start = slot.job.enqueued_at
+        usage = Usage(
+            prompt_tokens=slot.prompt_tokens,
+            completion_tokens=slot.generated,
+            seconds=now - start,
+            first_token_seconds=None if slot.first_token_at is None else slot.first_token_at - start,
+        )
+        slot.job.emit(
+            GenerateResult(
+                request_id=slot.job.request_id,
+                text=slot.text.text,
+                finish_reason=reason,
+                usage=usage,
+                model=self.expert.model_id,
+                adapter=slot.request.adapter,
+                served_by=self.served_by,
+            )
+        )
+
+    def _drop(self, rows: list[int]) -> None:
+        """Remove cancelled / expired rows; each still gets its one terminal message."""
+        for i in rows:
+            slot = self._slots[i]
+            if slot.job.cancelled:
+                self._finish(slot, "cancelled")
+            else:
+                self._emit_error(slot.job, _timeout(slot.job))
+        self._remove(rows)
+
+    def _remove(self, rows: list[int]) -> None:
+        if not rows:
+            return
+        gone = set(rows)
+        keep = [i for i in range(len(self._slots)) if i not in gone]
+        self._slots = [self._slots[i] for i in keep]
+        self._batch.keep(keep)
+
+    def _fail_all(self, message: str, code: str = "internal") -> None:
+        for slot in self._slots:
+            slot.job.emit(ErrorMessage(code=code, message=message, request_id=slot.job.request_id))
+        self._slots = []
+        if self._batch is not None:
+            self._batch.keep([])
+
+    def _adapter_kwargs(self, adapters: list[str | None]) -> dict[str, Any]:
+        if not self.expert.has_adapters:
+            return {}
+        return {"adapter_names": [a or BASE_ADAPTER for a in adapters]}
+
+    @staticmethod
+    def _emit_error(job: Job, exc: RequestRejected) -> None:
+        exc.request_id = exc.request_id or job.request_id
+        job.emit(exc.to_message())
+
+
+def _timeout(job: Job) -> RequestRejected:
+    from .errors import DeadlineExceeded
+
+    return DeadlineExceeded("deadline passed before the generation finished", request_id=job.request_id)
+
+
+def _eos_ids(expert: LoadedExpert) -> frozenset[int]:
+    ids: set[int] = set()
+    config = getattr(expert.model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos:
+        ids.update(eos)
+    if expert.tokenizer.eos_token_id is not None:
+        ids.add(expert.tokenizer.eos_token_id)
+    return frozenset(ids)
+

@@ -1,0 +1,110 @@
+"""Client side of ``/mosaic/infer/1`` (used by coordinators, the CLI and tests).
+
+``generate`` is an async generator: use it under ``contextlib.aclosing`` so
+leaving early resets the stream, which makes the expert cancel the job and
+free its batch slot.  Errors from the expert raise :class:`ExpertError` with
+the wire ``code`` (``busy`` -> try another expert, ``not_found``, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import trio
+
+from protocol import (
+    INFER_PROTOCOL,
+    Cancel,
+    ErrorMessage,
+    GenerateRequest,
+    GenerateResult,
+    NextTokenRequest,
+    NextTokenResult,
+    ScoreRequest,
+    ScoreResult,
+    TokenChunk,
+)
+
+from ..net.streams import FramedStream, StreamClosed, open_stream
+from .local import DEFAULT_CALL_TIMEOUT, ExpertError
+
+# The expert enforces request.timeout_s; the client waits a little longer for its terminal message.
+_CLIENT_GRACE = 10.0
+
+
+async def generate(host: object, peer_id: str, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
+    """Stream ``TokenChunk``s then the ``GenerateResult`` from expert ``peer_id``.
+
+    Raises :class:`ExpertError` (expert's ErrorMessage), ``StreamClosed``
+    (transport) or ``trio.TooSlowError`` (no result within the request's timeout).
+    """
+    # No yield inside a cancel scope (trio forbids it in async generators): each wait gets the deadline.
+    deadline = trio.current_time() + request.timeout_s + _CLIENT_GRACE
+    stream = await open_stream(host, peer_id, INFER_PROTOCOL)
+    finished = False
+    try:
+        with trio.fail_at(deadline):
+            await stream.send(request)
+        while True:
+            with trio.fail_at(deadline):
+                message = await stream.receive((TokenChunk, GenerateResult, ErrorMessage))
+            if isinstance(message, ErrorMessage):
+                finished = True
+                raise ExpertError.from_message(message)
+            if isinstance(message, GenerateResult):
+                finished = True
+                yield message
+                return
+            yield message
+    finally:
+        await _close(stream, graceful=finished)
+
+
+async def cancel_and_collect(stream: FramedStream, request_id: str) -> GenerateResult | None:
+    """Send ``Cancel`` on an open generation stream and wait for the (cancelled) result."""
+    await stream.send(Cancel(request_id=request_id))
+    while True:
+        message = await stream.receive((TokenChunk, GenerateResult, ErrorMessage))
+        if isinstance(message, ErrorMessage):
+            raise ExpertError.from_message(message)
+        if isinstance(message, GenerateResult):
+            return message
+
+
+async def score(host: object, peer_id: str, request: ScoreRequest, *, timeout: float = DEFAULT_CALL_TIMEOUT) -> ScoreResult:
+    """Per-token log-probabilities of ``request.continuation`` after the prompt."""
+    return await _call(host, peer_id, request, ScoreResult, timeout)  # type: ignore[return-value]
+
+
+async def next_token(
+    host: object, peer_id: str, request: NextTokenRequest, *, timeout: float = DEFAULT_CALL_TIMEOUT
+) -> NextTokenResult:
+    """Top-k log-probabilities of the token after the prompt."""
+    return await _call(host, peer_id, request, NextTokenResult, timeout)  # type: ignore[return-value]
+
+
+async def _call(host: object, peer_id: str, request: object, kind: type, timeout: float) -> object:
+    stream = await open_stream(host, peer_id, INFER_PROTOCOL)
+    finished = False
+    try:
+        with trio.fail_after(timeout + _CLIENT_GRACE):
+            await stream.send(request)  # type: ignore[arg-type]
+            message = await stream.receive((kind, ErrorMessage))
+        finished = True
+        if isinstance(message, ErrorMessage):
+            raise ExpertError.from_message(message)
+        return message
+    finally:
+        await _close(stream, graceful=finished)
+
+
+async def _close(stream: FramedStream, *, graceful: bool) -> None:
+    """Close after a terminal message; reset otherwise so the expert stops work at once."""
+    with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+        if graceful:
+            await stream.aclose()
+        else:
+            await stream.reset()
+
+
+__all__ = ["ExpertError", "StreamClosed", "cancel_and_collect", "generate", "next_token", "score"]

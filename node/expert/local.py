@@ -1,0 +1,120 @@
+"""The trio face of the inference worker: submit a request, await its messages.
+
+The worker thread emits protocol messages through ``TrioToken.run_sync_soon``
+(non-blocking: the worker never waits on the trio loop) into a per-request
+memory channel.  The channel is unbounded in type but bounded in practice: a
+job emits at most ``max_new_tokens`` chunks plus one terminal message, and
+``max_new_tokens`` is capped.  Exactly one terminal message (``GenerateResult``,
+``ScoreResult``, ``NextTokenResult`` or ``ErrorMessage``) ends every job.
+
+Leaving :meth:`LocalExpert.open` cancels the job, so a caller that stops
+reading (client gone, deadline) frees its batch slot at the next decode step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from protocol import (
+    ErrorMessage,
+    GenerateRequest,
+    GenerateResult,
+    Message,
+    NextTokenRequest,
+    NextTokenResult,
+    ScoreRequest,
+    ScoreResult,
+    TokenChunk,
+)
+
+from .batcher import InferenceWorker
+from .jobs import Job
+
+TERMINAL = (GenerateResult, ScoreResult, NextTokenResult, ErrorMessage)
+
+# Score / next-token calls have no timeout field of their own.
+DEFAULT_CALL_TIMEOUT = 60.0
+
+
+class ExpertError(Exception):
+    """The expert answered with an ``ErrorMessage``; ``code`` is its ErrorCode (busy, not_found, ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def from_message(cls, message: ErrorMessage) -> ExpertError:
+        return cls(message.code, message.message)
+
+
+class LocalExpert:
+    """Runs requests on this process's inference worker (used by the infer service and tests)."""
+
+    def __init__(self, worker: InferenceWorker) -> None:
+        self.worker = worker
+
+    @asynccontextmanager
+    async def open(
+        self, request: GenerateRequest | ScoreRequest | NextTokenRequest, *, timeout: float | None = None
+    ) -> AsyncIterator[tuple[Job, trio.MemoryReceiveChannel[Message]]]:
+        """Submit ``request``; yield the job and the channel of its messages.
+
+        Raises :class:`~node.expert.errors.RequestRejected` at once (busy,
+        unknown adapter) without queueing anything.
+        """
+        if timeout is None:
+            timeout = request.timeout_s if isinstance(request, GenerateRequest) else DEFAULT_CALL_TIMEOUT
+        send, receive = trio.open_memory_channel[Message](math.inf)
+        token = trio.lowlevel.current_trio_token()
+        job: Job
+
+        def deliver(message: Message) -> None:  # on the trio thread
+            try:
+                send.send_nowait(message)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                job.cancel()
+
+        def emit(message: Message) -> None:  # on the worker thread
+            try:
+                token.run_sync_soon(deliver, message)
+            except trio.RunFinishedError:
+                job.cancel()
+
+        job = Job(request=request, emit=emit, deadline=time.monotonic() + timeout)
+        self.worker.submit(job)
+        try:
+            async with receive:
+                yield job, receive
+        finally:
+            job.cancel()
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
+        """Chunks then the result; raises :class:`ExpertError` for an ``ErrorMessage``."""
+        async with self.open(request) as (_, messages):
+            async for message in messages:
+                if isinstance(message, ErrorMessage):
+                    raise ExpertError.from_message(message)
+                yield message  # type: ignore[misc]
+                if isinstance(message, GenerateResult):
+                    return
+
+    async def score(self, request: ScoreRequest) -> ScoreResult:
+        return await self._one(request, ScoreResult)
+
+    async def next_token(self, request: NextTokenRequest) -> NextTokenResult:
+        return await self._one(request, NextTokenResult)
+
+    async def _one(self, request: ScoreRequest | NextTokenRequest, kind: type) -> object:
+        async with self.open(request) as (_, messages):
+            message = await messages.receive()
+        if isinstance(message, ErrorMessage):
+            raise ExpertError.from_message(message)
+        assert isinstance(message, kind), message
+        return message

