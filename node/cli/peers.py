@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 async def _main(args: argparse.Namespace) -> int:
     import trio
 
-    from node.net.discovery import DialError, dial
+    from node.net.discovery import DialError, dial, peer_info_from_multiaddr
     from node.net.exchange import ExchangeRefused, fetch_table
     from node.net.host import build_host, listen_multiaddrs
     from node.net.keys import libp2p_key_pair
@@ -45,19 +45,28 @@ async def _main(args: argparse.Namespace) -> int:
     from node.registry import Registry
     from protocol import Identity, ProtocolError
 
+    try:
+        peer_info_from_multiaddr(args.connect)
+    except DialError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     listen = ["/ip4/127.0.0.1/tcp/0"]
     host = build_host(libp2p_key_pair(Identity.generate()), listen)
     registry = Registry()
-    try:
-        async with host.run(listen_addrs=listen_multiaddrs(listen)):
+    error = None
+    signed_records = []
+    async with host.run(listen_addrs=listen_multiaddrs(listen)):
+        # Errors are caught inside the host's nursery so they do not surface as an ExceptionGroup.
+        try:
             with trio.fail_after(args.timeout):
                 peer_id = await dial(host, args.connect, timeout=args.timeout)
                 signed_records = await fetch_table(host, peer_id, None, timeout=args.timeout)
-    except (DialError, StreamClosed, ExchangeRefused, ProtocolError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except trio.TooSlowError:
-        print(f"error: no answer from {args.connect} within {args.timeout:.0f}s", file=sys.stderr)
+        except (DialError, StreamClosed, ExchangeRefused, ProtocolError) as exc:
+            error = str(exc)
+        except trio.TooSlowError:
+            error = f"no answer from {args.connect} within {args.timeout:.0f}s"
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     for signed in signed_records:
         registry.offer(signed, source="stream")
