@@ -117,9 +117,19 @@ class InferenceWorker:
             if self._stopping:
                 raise ExpertStopped("the expert is shutting down", request_id=job.request_id)
             if len(self._pending) >= self.queue_size:
+                self._purge_cancelled()
+            if len(self._pending) >= self.queue_size:
                 raise Busy(f"queue full ({self.queue_size} waiting); retry later", request_id=job.request_id)
             self._pending.append(job)
             self._cond.notify()
+
+    def _purge_cancelled(self) -> None:
+        """Drop queued jobs whose caller already left: they must not hold queue room (lock held)."""
+        gone = [job for job in self._pending if job.cancelled]
+        if gone:
+            self._pending = collections.deque(job for job in self._pending if not job.cancelled)
+            for job in gone:
+                self._emit_error(job, Cancelled("cancelled while queued", request_id=job.request_id))
 
     # ------------------------------------------------------------------ worker thread
 
@@ -159,9 +169,9 @@ class InferenceWorker:
             free = self.max_batch - len(self._slots)
             taken, kept = [], collections.deque()
             for job in self._pending:
-                if not job.is_generation or free > 0:
+                if not job.is_generation or job.cancelled or free > 0:
                     taken.append(job)
-                    free -= job.is_generation
+                    free -= job.is_generation and not job.cancelled
                 else:
                     kept.append(job)
             self._pending = kept
