@@ -3,12 +3,15 @@
 We speak bitswap for interoperability with IPFS peers (Kubo); between Mosaic nodes
 the faster ``/mosaic/blocks/1`` is preferred (blocks_protocol.py).
 
-The fix (research/ipfs.md D, measured): py-libp2p 0.8.1 writes its replies to a
+Fix 1 (research/ipfs.md D, measured): py-libp2p 0.8.1 writes its replies to a
 wantlist back on the *inbound* stream the wantlist came on; Kubo v0.22 never reads
 blocks from that stream, so a Kubo fetch from us hung forever even for an 11-byte
 block.  Sending the replies on a new outbound stream made Kubo fetch 100 MB at
 42.5 MB/s.  We apply it as a subclass (not a process-wide monkeypatch), bounded by a
 deadline so a peer that does not read cannot pin the handler.
+
+Fix 2 (tests/interop/test_kubo.py): CIDv0 blocks get a proper bitswap 1.1 prefix
+instead of an empty one, which Kubo rejects.
 """
 
 from __future__ import annotations
@@ -69,9 +72,20 @@ class StoreAdapter(LibBlockStore):
         return []
 
 
+# Bitswap 1.1+ block prefix of a CIDv0: version 0, dag-pb, sha2-256, 32 bytes.
+CIDV0_PREFIX = bytes((0x00, 0x70, 0x12, 0x20))
+
+
 class KuboCompatibleBitswap(BitswapClient):
     async def _send_wantlist_responses_inline(self, stream, peer_id, v100, v110, presences):  # type: ignore[override]
-        """Reply on a new outbound stream (Kubo ignores replies on its inbound stream)."""
+        """Reply on a new outbound stream (Kubo ignores replies on its inbound stream).
+
+        Second fix, found by tests/interop: for a CIDv0 block py-libp2p sends an
+        *empty* prefix in bitswap 1.1+ ``payload`` entries; Kubo cannot parse it and
+        drops the block, so a Kubo fetch of a CIDv0 DAG (``ipfs add``'s default)
+        stalled after the wantlist.  We send the real v0 prefix.
+        """
+        v110 = [(prefix or CIDV0_PREFIX, data) for prefix, data in v110]
         with trio.move_on_after(REPLY_DEADLINE):
             out = await self.host.new_stream(peer_id, [stream.get_protocol()])
             try:
