@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 
 def default_services(config: NodeConfig) -> list[Service]:
     services: list[Service] = []
+    # Storage first: the expert (started later) may await ensure_local() for --model/--adapter CIDs.
+    from .storage import StorageService
+
+    services.append(StorageService.from_config(config))
     from .coordinator.service import QueryService  # every peer coordinates queries
 
     services.append(QueryService())
