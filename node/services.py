@@ -21,6 +21,10 @@ def default_services(config: NodeConfig) -> list[Service]:
     from .storage import StorageService
 
     services.append(StorageService.from_config(config))
+    if config.expert.enabled:
+        from .expert import ExpertService  # light import: torch loads when the service starts
+
+        services.append(ExpertService(config.expert))
     from .coordinator.service import QueryService  # every peer coordinates queries
 
     services.append(QueryService())

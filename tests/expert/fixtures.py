@@ -9,9 +9,12 @@ workers on it at the same time (tests run sequentially).
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import trio
 
 ADAPTER_NAME = "noisy"
 
@@ -59,3 +62,50 @@ def adapter_expert(expert_data_dir: Path, lora_adapter_dir: Path):
     from node.expert.loader import load_expert
 
     return load_expert(None, {ADAPTER_NAME: str(lora_adapter_dir)}, data_dir=expert_data_dir, device="cpu")
+
+
+@asynccontextmanager
+async def expert_pair(expert, **expert_config) -> AsyncIterator[tuple[object, object, object]]:
+    """Node 0 serves ``expert`` (a loaded model, shared); node 1 has no expert and bootstraps from node 0.
+
+    Yields ``(service, expert_node, client_node)``.
+    """
+    from node.config import ExpertConfig
+    from node.expert import ExpertService
+    from tests.cluster.harness import in_process_cluster
+
+    service = ExpertService(ExpertConfig(**expert_config), expert=expert, threads=2)
+    async with in_process_cluster(0) as cluster:
+        server = await cluster.add(0, services=[service])
+        client = await cluster.add(1)
+        yield service, server, client
+
+
+async def wait_idle(worker, timeout: float = 10.0) -> None:
+    """Wait until the worker has no running or queued generation (it is a thread: poll briefly)."""
+    with trio.fail_after(timeout):
+        while worker.active or worker.queue_depth:
+            await trio.sleep(0.02)
+
+
+def hf_greedy(expert, text: str, tokens: int = 12, adapter: str | None = None) -> str:
+    """Reference: HF generate on the same model, one request, no padding."""
+    import contextlib
+
+    import torch
+
+    tok = expert.tokenizer
+    prompt = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+    enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    model = expert.model
+    if expert.has_adapters:
+        if adapter is None:
+            ctx = model.disable_adapter()
+        else:
+            model.set_adapter(adapter)
+            ctx = contextlib.nullcontext()
+    else:
+        ctx = contextlib.nullcontext()
+    with torch.inference_mode(), ctx:
+        out = model.generate(**enc, max_new_tokens=tokens, do_sample=False)
+    return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)

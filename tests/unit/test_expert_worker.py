@@ -26,7 +26,7 @@ from protocol import (
     ScoreRequest,
     TokenChunk,
 )
-from tests.expert.fixtures import ADAPTER_NAME
+from tests.expert.fixtures import ADAPTER_NAME, hf_greedy
 
 PROMPTS = [
     "What is the capital of France?",
@@ -44,29 +44,6 @@ def chat(text: str, rid: str, *, tokens: int = TOKENS, adapter: str | None = Non
         adapter=adapter,
         sampling=SamplingParams(max_new_tokens=tokens, **sampling),
     )
-
-
-def hf_greedy(expert, text: str, tokens: int = TOKENS, adapter: str | None = None) -> str:
-    """Reference: HF generate on the same model, one request, no padding."""
-    import contextlib
-
-    import torch
-
-    tok = expert.tokenizer
-    prompt = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
-    enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
-    model = expert.model
-    if expert.has_adapters:
-        if adapter is None:
-            ctx = model.disable_adapter()
-        else:
-            model.set_adapter(adapter)
-            ctx = contextlib.nullcontext()
-    else:
-        ctx = contextlib.nullcontext()
-    with torch.inference_mode(), ctx:
-        out = model.generate(**enc, max_new_tokens=tokens, do_sample=False)
-    return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 @pytest.fixture
