@@ -66,6 +66,7 @@ class BlockStore:
         self._tmp = self.root / "tmp"
         for d in (self._blocks, self._pins, self._tmp):
             d.mkdir(parents=True, exist_ok=True)
+        self._made_dirs: set[str] = set()
 
     @classmethod
     def for_data_dir(cls, data_dir: str | os.PathLike[str]) -> BlockStore:
@@ -111,7 +112,9 @@ class BlockStore:
         path = self._path(cid)
         if path.exists():
             return False
-        path.parent.mkdir(exist_ok=True)
+        if path.parent.name not in self._made_dirs:  # one mkdir per fan-out dir, not per block
+            path.parent.mkdir(exist_ok=True)
+            self._made_dirs.add(path.parent.name)
         fd, tmp = tempfile.mkstemp(dir=self._tmp)
         try:
             with os.fdopen(fd, "wb") as fh:
