@@ -43,6 +43,9 @@ log = get_logger(__name__.removeprefix("node."))
 
 QueryEvent = QueryChunk | QueryResult
 
+# Floor of the adaptive first-token budget (see Coordinator.first_token_budget).
+MIN_FIRST_TOKEN_BUDGET = 3.0
+
 # Failures that another expert will not fix: do not fail over, tell the client.
 _CLIENT_ERRORS = {"bad_request", "too_large"}
 
@@ -94,7 +97,7 @@ class Coordinator:
         records: Callable[[], Iterable],
         generate: ExpertClient,
         *,
-        first_token_timeout: float = 30.0,
+        first_token_timeout: float = 20.0,
         max_attempts: int = 3,
     ) -> None:
         self._records = records
@@ -156,11 +159,25 @@ class Coordinator:
         code = "busy" if codes == {"busy"} else ("timeout" if codes == {"timeout"} else "unavailable")
         raise QueryFailed(code, "every expert tried failed: " + "; ".join(errors))
 
+    def first_token_budget(self, candidate: Candidate) -> float:
+        """How long to wait for an expert's first token before trying the next one.
+
+        A peer that vanished without closing its connection (paused, in-process
+        stop, network cut) leaves py-libp2p's stream open waiting ~10 s for
+        multistream negotiation (measured), so waiting the full budget would
+        stall the query.  When we have seen this expert answer, we allow a
+        generous multiple of its observed time to first token instead.
+        """
+        if candidate.latency_s is None:
+            return self._first_token_timeout
+        return min(self._first_token_timeout, max(MIN_FIRST_TOKEN_BUDGET, 4 * candidate.latency_s + 2.0))
+
     async def _first_event(self, events: AsyncIterator[QueryEvent], route: Route) -> QueryEvent:
-        with trio.move_on_after(self._first_token_timeout) as scope:
+        budget = self.first_token_budget(route.candidate)
+        with trio.move_on_after(budget) as scope:
             first = await events.__anext__()
         if scope.cancelled_caught:
-            raise _AttemptFailed("timeout", f"no token within {self._first_token_timeout:.0f} s")
+            raise _AttemptFailed("timeout", f"no token within {budget:.1f} s")
         return first
 
     async def _attempt(self, query: QueryRequest, route: Route, started: float) -> AsyncIterator[QueryEvent]:
