@@ -34,6 +34,8 @@ from .providers import DEFAULT_REPROVIDE_INTERVAL, Reprovider, find_providers, p
 log = get_logger("storage")
 
 CONNECT_TIMEOUT = 10.0
+DISCOVERY_TIMEOUT = 30.0
+FIND_ONCE_TIMEOUT = 10.0
 _MARKER = ".mosaic-cid"
 
 
@@ -137,8 +139,7 @@ class StorageService:
             raise StorageError("the storage service is not running")
         candidates = list(peers)
         if self.store.missing(root):
-            found = await find_providers(node.dht, root, exclude=[node.peer_id, *candidates])  # type: ignore[attr-defined]
-            candidates += await self.connect_providers(found)
+            candidates += await self._discover(root, exclude=[node.peer_id, *candidates], patient=not candidates)  # type: ignore[attr-defined]
         stats = await fetch_dag(
             node.host, self.store, root, candidates, bitswap=self.bitswap, progress=progress, window=window  # type: ignore[attr-defined]
         )  # type: ignore[attr-defined]
@@ -146,6 +147,21 @@ class StorageService:
             await trio.to_thread.run_sync(self.store.pin, root)
             await self.announce(root)
         return stats
+
+    async def _discover(self, root: CID, *, exclude: list[str], patient: bool) -> list[str]:
+        """Providers from the DHT, connected.  With no other candidate, keep asking until
+        ``DISCOVERY_TIMEOUT``: ``provide()`` returns before remote nodes store the record
+        (research/libp2p.md B5) and a node that just started may still be bootstrapping."""
+        delay = 0.25
+        with trio.move_on_after(DISCOVERY_TIMEOUT if patient else FIND_ONCE_TIMEOUT):
+            while True:
+                found = await find_providers(self.node.dht, root, exclude=exclude)  # type: ignore[union-attr]
+                reached = await self.connect_providers(found)
+                if reached or not patient:
+                    return reached
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        return []
 
     async def export(self, cid: CID | str, dest: str | os.PathLike[str]) -> Path:
         root = parse_cid(cid) if isinstance(cid, str) else cid

@@ -148,3 +148,73 @@ async def test_interrupted_fetch_resumes_without_refetching(tmp_path: Path) -> N
             stats = await c.fetch(published.cid, peers=peers)
             assert stats.blocks_already_local == have_before
             assert stats.blocks_fetched + stats.blocks_already_local == len(list(a.store.walk(published.cid)))
+
+
+class _ExpertWithAdapterByCid:
+    """What a node does for ``--adapter NAME=CID``: ensure_local(), then serve the expert.
+
+    (The expert service takes adapter *paths*; this wrapper is the glue the node's
+    start-up applies when a spec is a CID.)
+    """
+
+    def __init__(self, name: str, cid: str, expert_data_dir: Path) -> None:
+        self.name, self.cid, self.expert_data_dir = name, cid, expert_data_dir
+        self.expert_service = None
+        self.adapter_path: Path | None = None
+        self.serving = trio.Event()
+
+    def record_fields(self) -> dict[str, object]:
+        return self.expert_service.record_fields() if self.expert_service else {}
+
+    async def run(self, node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from node.config import ExpertConfig
+        from node.expert import ExpertService
+
+        # Node.run starts services *before* it bootstraps: fetching inside start-up would
+        # find no providers, so report started first and fetch + load in the background.
+        task_status.started()
+        self.adapter_path = await ensure_local(node, self.cid)
+        node.config.data_dir = str(self.expert_data_dir)  # reuse the session's converted base model
+        self.expert_service = ExpertService(ExpertConfig(adapters={self.name: str(self.adapter_path)}, device="cpu"), threads=2)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.expert_service.run, node)
+            await node.announce_now()  # the record now lists the adapter
+            self.serving.set()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_c_serves_generations_with_an_adapter_fetched_by_cid(
+    tmp_path: Path, lora_adapter_dir: Path, adapter_expert, expert_data_dir: Path
+) -> None:
+    from contextlib import aclosing
+
+    from protocol import ChatMessage, GenerateRequest, GenerateResult, SamplingParams
+    from tests.expert.fixtures import ADAPTER_NAME, hf_greedy
+
+    with trio.fail_after(240):
+        async with in_process_cluster() as cluster:
+            a, b = await _cluster_with_storage(cluster, 2)
+            published = await a.publish(lora_adapter_dir)
+            await b.fetch(published.cid, peers=[cluster.nodes[0].peer_id])
+            storage_c = StorageService(BlockStore(cluster.root / "store-2"))
+            expert_c = _ExpertWithAdapterByCid(ADAPTER_NAME, str(published.cid), expert_data_dir)
+            node_c = await cluster.add(2, services=[storage_c, expert_c])
+            await expert_c.serving.wait()
+
+            assert _same_tree(lora_adapter_dir, expert_c.adapter_path)
+            record = node_c.own_record()
+            assert [info.name for info in record.adapters] == [ADAPTER_NAME]
+            request = GenerateRequest(
+                request_id="lora-by-cid",
+                messages=(ChatMessage(role="user", content="What is the capital of France?"),),
+                adapter=ADAPTER_NAME,
+                sampling=SamplingParams(max_new_tokens=12),
+            )
+            result = None
+            async with aclosing(expert_c.expert_service.local.generate(request)) as events:
+                async for message in events:
+                    if isinstance(message, GenerateResult):
+                        result = message
+            assert result is not None and result.adapter == ADAPTER_NAME
+            assert result.text == hf_greedy(adapter_expert, "What is the capital of France?", adapter=ADAPTER_NAME)
