@@ -106,16 +106,18 @@ class Node:
                 self.host,
                 own_record=lambda: self._signed,
                 table=self.registry.signed_records,
-                on_record=lambda signed, sender: self.registry.offer(signed, source="stream", from_peer=sender),
+                on_record=self._on_direct_record,
             )
             await nursery.start(self.registry.run_expiry)
             await nursery.start(self.announcer.run)
             for service in self.services:
                 await nursery.start(service.run, self)
-            self._sign()
+            self.announcer.enqueue(self._sign())
             nursery.start_soon(self._on_connections, receive)
-            await self._bootstrap()
-            await self.announce_now()
+            joined = await self._dial_bootstrap()
+            # Routing-table walk, first DHT put and first DHT sync take seconds on big
+            # networks (B5: ~1.4 s per refresh at N=25): do them after we are up.
+            nursery.start_soon(self._join_dht, joined)
             nursery.start_soon(self._gossip_loop)
             nursery.start_soon(self._dht_publish_loop)
             nursery.start_soon(self._dht_sync_loop)
@@ -197,7 +199,7 @@ class Node:
 
     # ------------------------------------------------------------------ discovery
 
-    async def _bootstrap(self) -> None:
+    async def _dial_bootstrap(self) -> list[str]:
         peers = []
         for addr in self.config.net.bootstrap:
             try:
@@ -207,9 +209,16 @@ class Node:
                 continue
             peers.append(peer_id)
             event(log, "bootstrap_connected", peer=peer_id)
-        if peers:
+        return peers
+
+    async def _join_dht(self, bootstrap_peers: list[str]) -> None:
+        """Fill the routing table (connections do not, B5), put our record, fetch the others'."""
+        if bootstrap_peers:
             await refresh_routing_table(self.dht)
             event(log, "routing_table_filled", size=self.dht.get_routing_table_size())
+        if self._signed is not None:
+            await self._put_in_dht(self._signed)
+        if bootstrap_peers:
             await self.sync_from_dht()
 
     async def _on_connections(self, receive: trio.MemoryReceiveChannel[str]) -> None:
@@ -232,6 +241,15 @@ class Node:
             self.registry.offer(signed, source="stream")
         if peer_id in self.registry:
             await add_to_routing_table(self.dht, peer_id)
+
+    def _on_direct_record(self, signed: SignedRecord, sender: str) -> None:
+        """A peer sent us its own record directly (it just connected): relay it on gossip.
+
+        Its own first gossip announcement is often lost (it publishes before it has a
+        mesh), while ours has one; relaying makes a joiner visible network-wide in ~1 RTT.
+        """
+        if self.registry.offer(signed, source="stream", from_peer=sender) is not None:
+            self.announcer.enqueue(signed)
 
     async def sync_from_dht(self) -> int:
         """Fetch from the DHT the record of every known peer we lack or hold a stale copy of.

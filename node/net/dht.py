@@ -38,8 +38,10 @@ log = get_logger("net.dht")
 KEY_PREFIX = f"/{DHT_NAMESPACE}/"
 # Per-peer GET budget: one slow or dead DHT server must not stall a sweep.
 _GET_TIMEOUT = 3.0
-# Closest peers asked per fetch; with k=20 replication every node holds a copy in small nets.
-_FETCH_FANOUT = 6
+# Closest peers asked per fetch (Kademlia's k).  Values are stored at the k peers closest
+# to the key *when they are put*; peers that joined later hold nothing until the next
+# republish, so we ask k of them, plus the record's owner (below).
+_FETCH_FANOUT = 20
 
 
 def record_key(peer_id: str) -> str:
@@ -105,6 +107,12 @@ async def fetch_record(dht: KadDHT, peer_id: str) -> SignedRecord | None:
         event(log, "dht_lookup_failed", peer=peer_id, error=type(exc).__name__)
         peers = []
     me = dht.local_peer_id
+    # The owner always holds its own record (it put it first, locally): ask it too when it
+    # is reachable, so a record is found even before its first republish reached the k closest.
+    owner = ID.from_base58(peer_id)
+    reachable = set(dht.routing_table.get_peer_ids()) | set(dht.host.get_connected_peers())
+    if owner not in peers and owner in reachable:
+        peers = [*peers, owner]
 
     async def ask(peer: ID) -> None:
         with trio.move_on_after(_GET_TIMEOUT):
@@ -117,7 +125,10 @@ async def fetch_record(dht: KadDHT, peer_id: str) -> SignedRecord | None:
                 candidates.append(value)
 
     async with trio.open_nursery() as nursery:
-        for peer in [p for p in peers if p != me][:_FETCH_FANOUT]:
+        asked = [p for p in peers if p != me and p != owner][:_FETCH_FANOUT]
+        if owner in peers and owner != me:
+            asked.append(owner)
+        for peer in asked:
             nursery.start_soon(ask, peer)
 
     best: SignedRecord | None = None
