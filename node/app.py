@@ -44,7 +44,7 @@ from .net.discovery import (
 )
 from .net.exchange import fetch_table, serve_records
 from .net.gossip import Announcer, build_pubsub
-from .net.host import build_host, listen_multiaddrs
+from .net.host import build_host, expand_wildcard, listen_multiaddrs
 from .net.keys import libp2p_key_pair, load_or_create_identity
 from .registry import Registry
 
@@ -129,12 +129,15 @@ class Node:
 
     def full_multiaddrs(self) -> list[str]:
         """Our listen addresses with ``/p2p/<peer id>`` (what other nodes pass to ``--bootstrap``)."""
-        out = []
+        out: list[str] = []
         for addr in self.host.get_addrs():
             text = str(addr)
             if "/p2p/" not in text:
                 text = f"{text}/p2p/{self.peer_id}"
-            out.append(text)
+            # A wildcard listen address is not dialable: advertise the concrete interfaces.
+            for concrete in expand_wildcard(text):
+                if concrete not in out:
+                    out.append(concrete)
         return out
 
     async def connect(self, multiaddr: str) -> str:

@@ -12,6 +12,7 @@ py-libp2p 0.8.1 defaults are unsafe or slow (research/libp2p.md):
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 
 from libp2p import new_host
@@ -51,3 +52,23 @@ def build_host(key_pair: KeyPair, listen: Sequence[str], *, mdns: bool = False) 
 
 def listen_multiaddrs(listen: Sequence[str]) -> list[Multiaddr]:
     return [Multiaddr(a) for a in listen]
+
+
+def _local_ipv4() -> list[str]:
+    """This machine's primary IPv4 address (no packet is sent) and loopback."""
+    found = []
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("10.255.255.255", 1))  # UDP connect only picks a route
+            found.append(probe.getsockname()[0])
+    except OSError:
+        pass
+    return [ip for ip in found if ip != "127.0.0.1"] + ["127.0.0.1"]
+
+
+def expand_wildcard(addr: str) -> list[str]:
+    """``/ip4/0.0.0.0/...`` -> one address per local IPv4 interface; others unchanged."""
+    if not addr.startswith("/ip4/0.0.0.0/"):
+        return [addr]
+    rest = addr[len("/ip4/0.0.0.0/") :]
+    return [f"/ip4/{ip}/{rest}" for ip in _local_ipv4()]

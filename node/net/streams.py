@@ -150,6 +150,11 @@ def _leaf_errors(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+def _only_cancelled(exc: BaseException) -> bool:
+    leaves = _leaf_errors(exc)
+    return bool(leaves) and all(isinstance(e, trio.Cancelled) for e in leaves)
+
+
 def _error_reply(exc: BaseException) -> ErrorMessage | None:
     """The typed answer for a failed handler, or ``None`` when the peer is gone."""
     leaves = [e for e in _leaf_errors(exc) if not isinstance(e, trio.Cancelled)] or [exc]
@@ -228,7 +233,9 @@ def serve(
             await _hard_reset(stream)
             raise
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a typed reply
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)) or _only_cancelled(exc):
+                # We are being shut down (the handler's own nursery reported it): not the peer's fault.
+                await _hard_reset(stream)
                 raise
             reply = _error_reply(exc)
             if reply is not None and reply.code == "internal":
