@@ -44,7 +44,7 @@ from .net.discovery import (
 )
 from .net.exchange import fetch_table, serve_records
 from .net.gossip import Announcer, build_pubsub
-from .net.host import build_host, expand_wildcard, listen_multiaddrs
+from .net.host import build_host, disconnect_all, expand_wildcard, listen_multiaddrs
 from .net.keys import libp2p_key_pair, load_or_create_identity
 from .registry import Registry
 
@@ -125,7 +125,10 @@ class Node:
             event(log, "node_started", peer=self.peer_id, name=self.config.name, addrs=",".join(self.full_multiaddrs()))
             self._started.set()
             task_status.started(self)
-            await trio.sleep_forever()
+            try:
+                await trio.sleep_forever()
+            finally:
+                await disconnect_all(self.host)
 
     def full_multiaddrs(self) -> list[str]:
         """Our listen addresses with ``/p2p/<peer id>`` (what other nodes pass to ``--bootstrap``)."""

@@ -13,6 +13,8 @@ py-libp2p 0.8.1 defaults are unsafe or slow (research/libp2p.md):
 from __future__ import annotations
 
 import socket
+
+import trio
 from collections.abc import Sequence
 
 from libp2p import new_host
@@ -72,3 +74,19 @@ def expand_wildcard(addr: str) -> list[str]:
         return [addr]
     rest = addr[len("/ip4/0.0.0.0/") :]
     return [f"/ip4/{ip}/{rest}" for ip in _local_ipv4()]
+
+
+async def disconnect_all(host: object, *, timeout: float = 2.0) -> None:
+    """Close every connection, shielded and bounded: call before stopping pubsub/DHT services.
+
+    py-libp2p keeps reading pubsub streams in the swarm's tasks after the Pubsub
+    service has stopped; an RPC arriving in that window schedules work into the
+    service's closed nursery and the RuntimeError tears down the host (seen in
+    tests as "Nursery is closed to new arrivals").  No connections, no RPCs.
+    """
+    with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+        for peer_id in list(host.get_connected_peers()):  # type: ignore[attr-defined]
+            try:
+                await host.disconnect(peer_id)  # type: ignore[attr-defined]
+            except Exception:  # already gone
+                pass

@@ -20,7 +20,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from node.net.dht import fetch_record, record_key
 from node.net.discovery import add_to_routing_table, dial, refresh_routing_table
 from node.net.gossip import build_pubsub
-from node.net.host import build_host, listen_multiaddrs
+from node.net.host import build_host, disconnect_all, listen_multiaddrs
 from node.net.keys import libp2p_key_pair
 from protocol import (
     CAPABILITIES_TOPIC,
@@ -81,7 +81,10 @@ async def _attacker():
         background_trio_service(router),
     ):
         await pubsub.wait_until_ready()
-        yield identity, host, dht, pubsub
+        try:
+            yield identity, host, dht, pubsub
+        finally:
+            await disconnect_all(host)
 
 
 async def test_forged_replayed_and_expired_gossip_never_enters_a_registry() -> None:
