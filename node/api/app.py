@@ -312,6 +312,9 @@ async def _send_error(send: Callable, error: ApiError) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if error.retry_after is not None:
         headers.append((b"retry-after", str(int(max(1, error.retry_after))).encode()))
+    if error.status in (408, 413):
+        # The rest of the body was not read: the connection cannot carry another request.
+        headers.append((b"connection", b"close"))
     try:
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
