@@ -24,6 +24,11 @@ SAMPLES: list[p.Message] = [
     p.NextTokenResult(request_id="r4", token_ids=(19, 20), logprobs=(-0.1, -2.0), tokens=("4", "5")),
     p.Cancel(request_id="r1"),
     p.ErrorMessage(code="busy", message="queue full", request_id="r1"),
+    p.QueryRequest(request_id="q1", prompt="why?", tags=("math",), model="mosaic/route"),
+    p.QueryChunk(request_id="q1", index=0, text="be", provenance=p.Provenance(served_by="12D3KooWx", adapter="law")),
+    p.QueryResult(request_id="q1", text="because", finish_reason="stop",
+                  usage=p.Usage(prompt_tokens=3, completion_tokens=2, seconds=0.5),
+                  provenance=(p.Provenance(served_by="12D3KooWx", model="smol"),)),
 ]
 
 
