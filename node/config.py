@@ -40,8 +40,10 @@ class NetConfig:
     dht_republish_interval: float = 120.0
     # Seconds between sweeps of the DHT for records gossip may have missed; 0 disables.
     dht_sync_interval: float = 30.0
-    # Seconds between DHT routing-table refreshes (connections do not fill it: B5).
-    routing_refresh_interval: float = 60.0
+    # Seconds between DHT routing-table refreshes (connections do not fill it: B5).  A refresh
+    # walks the DHT (~1.4 s of CPU per node at N=25, research/libp2p.md), so not too often;
+    # go-libp2p refreshes every 10 min.
+    routing_refresh_interval: float = 600.0
     # Extra multiaddrs to put in our record (e.g. a public address behind NAT).
     announce_addrs: list[str] = field(default_factory=list)
 
@@ -55,6 +57,9 @@ class ExpertConfig:
     max_batch: int = 8
     queue_size: int = 64
     max_new_tokens_cap: int = 1024
+    # torch intra-op threads for the inference worker; 0 = torch's default (all cores).  On a
+    # shared CPU box use fewer: under contention 2 threads ran a batch-8 step 5x slower than 1.
+    threads: int = 0
 
 
 @dataclass
@@ -118,6 +123,8 @@ class NodeConfig:
         for key in ("max_batch", "queue_size", "max_new_tokens_cap"):
             if getattr(ex, key) < 1:
                 raise ConfigError(f"expert.{key}: must be >= 1")
+        if ex.threads < 0:
+            raise ConfigError("expert.threads: must be >= 0 (0: torch's default)")
         host, _, port = self.http.listen.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError(f"http.listen: {self.http.listen!r} is not HOST:PORT")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..logs import event, get_logger
-from .model_cache import ensure_converted, sha256_file
+from .model_cache import content_ids, ensure_converted, sha256_file
 
 log = get_logger("expert.loader")
 
@@ -51,6 +51,7 @@ class ModelSource:
     model_id: str  # a human-readable name announced in the capability record
     sha256: str  # hex digest of the GGUF file or of the safetensors weights
     directory: Path  # HF directory with config, tokenizer and *.safetensors
+    cid: str | None = None  # UnixFS CIDv1 of a GGUF source file (None for directories)
 
 
 @dataclass
@@ -66,6 +67,12 @@ class LoadedExpert:
     max_context: int
     tokenizer_id: str
     adapters: dict[str, str] = field(default_factory=dict)  # name -> sha256 of adapter weights
+    cid: str | None = None  # UnixFS CID of the GGUF the model came from, when it came from one
+
+    @property
+    def content_id(self) -> str:
+        """What ``base_model_cid`` announces: the GGUF's UnixFS CID, else the weights' sha256."""
+        return self.cid or self.sha256
 
     @property
     def has_adapters(self) -> bool:
@@ -95,16 +102,16 @@ def resolve_source(model: str | None, data_dir: Path) -> ModelSource:
     """Turn ``--model`` (None = embedded default, a GGUF file or an HF directory) into a safetensors dir."""
     if model is None:
         gguf = default_gguf_path()
-        digest = sha256_file(gguf)
-        return ModelSource(DEFAULT_MODEL_ID, digest, ensure_converted(gguf, digest, data_dir))
+        digest, cid = content_ids(gguf)
+        return ModelSource(DEFAULT_MODEL_ID, digest, ensure_converted(gguf, digest, data_dir), cid)
     path = Path(model).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             if path.suffix.lower() in _PICKLE_SUFFIXES:
                 raise PickledWeightsRefused(f"{path}: pickle weights are refused; convert them to safetensors")
             raise ModelLoadError(f"{path}: a model file must be .gguf (or pass an HF model directory)")
-        digest = sha256_file(path)
-        return ModelSource(_gguf_model_id(path), digest, ensure_converted(path, digest, data_dir))
+        digest, cid = content_ids(path)
+        return ModelSource(_gguf_model_id(path), digest, ensure_converted(path, digest, data_dir), cid)
     if path.is_dir():
         check_safetensors_dir(path, what="model")
         return ModelSource(path.resolve().name, _weights_digest(path), path)
@@ -200,6 +207,7 @@ def load_expert(
         max_context=context,
         tokenizer_id=tokenizer_fingerprint(tokenizer),
         adapters=adapter_digests,
+        cid=source.cid,
     )
 
 

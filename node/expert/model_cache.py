@@ -36,6 +36,25 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def content_ids(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """``(sha256 hex, UnixFS CIDv1)`` of a file in one read.
+
+    The CID is what ``ipfs add --cid-version=1`` (and our storage) gives the
+    same file, so a peer that sees it in a capability record can fetch the
+    exact weights; the sha256 names the conversion cache.
+    """
+    from protocol.unixfs import FileBuilder
+
+    digest = hashlib.sha256()
+    builder = FileBuilder()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+            builder.write(chunk)  # blocks are dropped: only the root CID is kept
+    _, root = builder.finish()
+    return digest.hexdigest(), str(root.cid)
+
+
 def cache_dir_for(digest: str, data_dir: Path) -> Path:
     return data_dir / "models" / digest[:16]
 

@@ -102,10 +102,20 @@ class ExpertService:
     named by ``config`` is loaded in a thread when the service starts.
     """
 
-    def __init__(self, config: ExpertConfig | None = None, *, expert: Any = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        config: ExpertConfig | None = None,
+        *,
+        expert: Any = None,
+        threads: int | None = None,
+        model_cache_dir: str | None = None,
+    ) -> None:
         self.config = config or ExpertConfig()
         self.expert = expert
         self.threads = threads
+        # Where converted GGUFs are cached (default: the node's data dir); tests share one.
+        self.model_cache_dir = model_cache_dir
+        self.adapter_cids: dict[str, str] = {}  # adapter name -> UnixFS CID (fetched or published)
         self.worker: Any = None
         self.local: LocalExpert | None = None
 
@@ -115,8 +125,11 @@ class ExpertService:
         expert, worker = self.expert, self.worker
         return {
             "base_model": expert.model_id,
-            "base_model_cid": expert.sha256,
-            "adapters": tuple(AdapterInfo(name=name, cid=digest) for name, digest in sorted(expert.adapters.items())),
+            "base_model_cid": expert.content_id,
+            "adapters": tuple(
+                AdapterInfo(name=name, cid=self.adapter_cids.get(name, digest))
+                for name, digest in sorted(expert.adapters.items())
+            ),
             "tokenizer": expert.tokenizer_id,
             "max_context": expert.max_context,
             "device": expert.device,
@@ -125,21 +138,44 @@ class ExpertService:
             "tags": ("expert",),
         }
 
-    async def run(self, node: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from .batcher import InferenceWorker
+    async def _load(self, node: Any) -> None:
+        """Fetch CID-named weights, load the model in a thread, publish local adapters."""
+        from .content import publish_adapter, resolve_reference
         from .loader import load_expert
 
         cfg = self.config
+        model = cfg.model
+        if model is not None:
+            model, _ = await resolve_reference(node, model)
+        adapters: dict[str, str] = {}
+        local_adapters: dict[str, str] = {}
+        for name, reference in cfg.adapters.items():
+            adapters[name], cid = await resolve_reference(node, reference)
+            if cid is None:
+                local_adapters[name] = adapters[name]
+            else:
+                self.adapter_cids[name] = cid
+        cache = self.model_cache_dir or node.config.data_path
+        self.expert = await trio.to_thread.run_sync(
+            lambda: load_expert(model, adapters, data_dir=cache, device=cfg.device)
+        )
+        for name, path in local_adapters.items():
+            cid = await publish_adapter(node, path)
+            if cid is not None:
+                self.adapter_cids[name] = cid
+
+    async def run(self, node: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from .batcher import InferenceWorker
+
+        cfg = self.config
         if self.expert is None:
-            self.expert = await trio.to_thread.run_sync(
-                lambda: load_expert(cfg.model, cfg.adapters, data_dir=node.config.data_path, device=cfg.device)
-            )
+            await self._load(node)
         self.worker = InferenceWorker(
             self.expert,
             max_batch=cfg.max_batch,
             queue_size=cfg.queue_size,
             max_new_tokens_cap=cfg.max_new_tokens_cap,
-            threads=self.threads,
+            threads=self.threads or cfg.threads or None,
             served_by=str(node.peer_id),
         )
         self.local = LocalExpert(self.worker)

@@ -62,7 +62,7 @@ async def test_remote_peer_gets_streamed_answer_identical_to_hf_generate(adapter
     assert tuned.text != result.text and tuned.adapter == ADAPTER_NAME
     assert tuned.text == hf_greedy(adapter_expert, QUESTION, adapter=ADAPTER_NAME)
     assert record.base_model == "SmolLM2-135M-Instruct"
-    assert record.base_model_cid == adapter_expert.sha256 and len(record.base_model_cid) == 64
+    assert record.base_model_cid == adapter_expert.content_id and record.base_model_cid.startswith("bafy")
     assert [a.name for a in record.adapters] == [ADAPTER_NAME]
     assert record.tokenizer.startswith("vocab-sha256:") and record.max_context == 8192
     assert record.device == "cpu" and "expert" in record.tags

@@ -1,0 +1,78 @@
+"""Models and adapters named by CID: fetched through the node's storage, and local adapters published.
+
+``--adapter NAME=PATH`` may name a local directory or a CID.  A CID is fetched
+with the node's :class:`~node.storage.service.StorageService` (multi-provider
+chunk fetch, exported to ``<data_dir>/content/<cid>``) before the model loads.
+A local adapter is published (imported, pinned, provided) when the node runs
+storage, so the CID in our capability record lets other peers fetch exactly
+these weights (adapter merge, reproduction).  Without storage we fall back to
+the sha256 of the adapter weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from protocol import ProtocolError
+from protocol.cid import parse_cid
+
+from ..logs import event, get_logger
+
+log = get_logger("expert.content")
+
+
+def _storage(node: object) -> object | None:
+    for service in getattr(node, "services", ()):
+        if hasattr(service, "publish") and hasattr(service, "fetch"):
+            return service
+    return None
+
+
+async def resolve_reference(node: object, reference: str) -> tuple[str, str | None]:
+    """``(local path, cid or None)`` for a path or a CID (fetched, or reused if already exported)."""
+    if Path(reference).expanduser().exists():
+        return reference, None
+    try:
+        cid = parse_cid(reference)
+    except ProtocolError:
+        return reference, None  # not a CID either: the loader reports the missing path clearly
+    from ..storage.service import ensure_local
+    from .loader import ModelLoadError
+
+    event(log, "fetching_weights", cid=reference)
+    try:
+        path = await ensure_local(node, cid, peers=await _join(node))
+    except Exception as exc:  # FetchError, StorageError (no storage service), transport errors
+        raise ModelLoadError(f"cannot fetch {reference}: {type(exc).__name__}: {exc}") from None
+    return str(path), str(cid)
+
+
+async def _join(node: object) -> list[str]:
+    """Dial the bootstrap peers now and return their ids as fetch candidates.
+
+    Services start before the node bootstraps (node/app.py), so without this a
+    CID-named adapter would find no connected peer and no DHT routing table.
+    """
+    peers: list[str] = []
+    for addr in getattr(node.config.net, "bootstrap", ()):  # type: ignore[attr-defined]
+        try:
+            with trio.move_on_after(10):
+                peers.append(await node.connect(addr))  # type: ignore[attr-defined]
+        except Exception as exc:  # unreachable bootstrap peer: DHT providers may still answer
+            event(log, "bootstrap_dial_failed", addr=addr, error=type(exc).__name__)
+    return peers
+
+
+async def publish_adapter(node: object, path: str) -> str | None:
+    """Publish a local adapter directory through the node's storage; its CID, or None without storage."""
+    storage = _storage(node)
+    if storage is None:
+        return None
+    try:
+        published = await storage.publish(path)  # type: ignore[attr-defined]
+    except (OSError, ProtocolError) as exc:
+        event(log, "adapter_publish_failed", path=path, error=f"{type(exc).__name__}: {exc}"[:160])
+        return None
+    return str(published.cid)
