@@ -167,9 +167,16 @@ class ExpertService:
     async def run(self, node: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from .batcher import InferenceWorker
 
+        from .loader import ModelLoadError
+
         cfg = self.config
         if self.expert is None:
-            await self._load(node)
+            try:
+                await self._load(node)
+            except ModelLoadError as exc:
+                # One clear line before the error unwinds the node (bad --model / --adapter).
+                event(log, "expert_load_failed", level=logging.ERROR, error=str(exc)[:500])
+                raise
         self.worker = InferenceWorker(
             self.expert,
             max_batch=cfg.max_batch,
