@@ -9,6 +9,7 @@ the wire ``code`` (``busy`` -> try another expert, ``not_found``, ...).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import trio
 
@@ -26,7 +27,7 @@ from protocol import (
 )
 
 from ..net.streams import FramedStream, StreamClosed, open_stream
-from .local import DEFAULT_CALL_TIMEOUT, ExpertError
+from .local import DEFAULT_CALL_TIMEOUT, ExpertError, LocalExpert, served_locally
 
 # The expert enforces request.timeout_s; the client waits a little longer for its terminal message.
 _CLIENT_GRACE = 10.0
@@ -38,6 +39,12 @@ async def generate(host: object, peer_id: str, request: GenerateRequest) -> Asyn
     Raises :class:`ExpertError` (expert's ErrorMessage), ``StreamClosed``
     (transport) or ``trio.TooSlowError`` (no result within the request's timeout).
     """
+    local = _local_target(host, peer_id)
+    if local is not None:
+        async with aclosing(local.generate(request)) as events:
+            async for message in events:
+                yield message
+        return
     # No yield inside a cancel scope (trio forbids it in async generators): each wait gets the deadline.
     deadline = trio.current_time() + request.timeout_s + _CLIENT_GRACE
     stream = await open_stream(host, peer_id, INFER_PROTOCOL)
@@ -84,6 +91,10 @@ async def next_token(
 
 
 async def _call(host: object, peer_id: str, request: object, kind: type, timeout: float) -> object:
+    local = _local_target(host, peer_id)
+    if local is not None:
+        with trio.fail_after(timeout + _CLIENT_GRACE):
+            return await local._one(request, kind)  # type: ignore[arg-type]
     stream = await open_stream(host, peer_id, INFER_PROTOCOL)
     finished = False
     try:
@@ -96,6 +107,14 @@ async def _call(host: object, peer_id: str, request: object, kind: type, timeout
         return message
     finally:
         await _close(stream, graceful=finished)
+
+
+def _local_target(host: object, peer_id: str) -> LocalExpert | None:
+    """Our own node's expert when ``peer_id`` is us (a host cannot open a stream to itself)."""
+    local = served_locally(host)
+    if local is not None and str(host.get_id()) == peer_id:  # type: ignore[attr-defined]
+        return local
+    return None
 
 
 async def _close(stream: FramedStream, *, graceful: bool) -> None:

@@ -118,3 +118,24 @@ class LocalExpert:
             raise ExpertError.from_message(message)
         assert isinstance(message, kind), message
         return message
+
+
+# Experts served by this process, by the serving node's peer id.  A libp2p host
+# cannot dial itself ("No known addresses to peer <self>"), so the infer client
+# sends requests addressed to our own node straight to its worker.
+_SERVED: dict[str, LocalExpert] = {}
+
+
+def register_local(peer_id: str, expert: LocalExpert) -> None:
+    _SERVED[peer_id] = expert
+
+
+def unregister_local(peer_id: str, expert: LocalExpert) -> None:
+    if _SERVED.get(peer_id) is expert:
+        del _SERVED[peer_id]
+
+
+def served_locally(host: object) -> LocalExpert | None:
+    """The expert this process serves as ``host``'s node, if any."""
+    get_id = getattr(host, "get_id", None)
+    return _SERVED.get(str(get_id())) if get_id is not None else None

@@ -37,7 +37,7 @@ from ..config import ExpertConfig
 from ..logs import event, get_logger
 from ..net.streams import FramedStream, StreamClosed, serve
 from .errors import RequestRejected
-from .local import TERMINAL, LocalExpert
+from .local import TERMINAL, LocalExpert, register_local, unregister_local
 
 log = get_logger("expert.service")
 
@@ -188,6 +188,7 @@ class ExpertService:
         self.local = LocalExpert(self.worker)
         self.worker.start()
         local = self.local
+        register_local(str(node.peer_id), local)
         try:
             serve(
                 node.host,
@@ -210,6 +211,7 @@ class ExpertService:
             task_status.started()
             await trio.sleep_forever()
         finally:
+            unregister_local(str(node.peer_id), local)
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.worker.stop)
             event(log, "expert_stopped", level=logging.INFO, steps=self.worker.steps)

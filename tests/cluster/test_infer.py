@@ -134,3 +134,16 @@ async def test_score_and_next_token_over_the_network(base_expert):
     assert len(top.token_ids) == 3 and top.tokens[0] == "The"
     assert scored.token_ids[0] == top.token_ids[0] and scored.logprobs[0] == pytest.approx(top.logprobs[0], abs=1e-4)
     assert len(scored.logprobs) == len(scored.token_ids) == 2
+
+
+async def test_a_node_reaches_its_own_expert_without_dialing_itself(base_expert):
+    # libp2p cannot open a stream to its own peer id; a coordinator asking its own node's
+    # expert must still get an answer (the client hands the request to the local worker).
+    with trio.fail_after(60):
+        async with expert_pair(base_expert) as (service, server, peer):
+            steps = service.worker.steps
+            chunks, result = await collect(server.host, server.peer_id, chat(QUESTION, "self", tokens=6))
+            top = await client.next_token(server.host, server.peer_id,
+                                          NextTokenRequest(request_id="n", prompt="The capital of France is"))
+    assert result.text == hf_greedy(base_expert, QUESTION, tokens=6) and chunks
+    assert service.worker.steps > steps and top.token_ids
