@@ -225,7 +225,9 @@ class Coordinator:
                                           finish_reason=message.finish_reason, usage=usage,
                                           strategy=query.strategy, provenance=(final,))
                         return
-            raise _expert_error("internal", "expert closed the stream without a result")
+            if sent_any:
+                raise QueryFailed("internal", f"expert {record.peer_id[-8:]} stopped mid-answer without a result")
+            raise _AttemptFailed("internal", "expert closed the stream without a result")
         except _AttemptFailed:
             raise
         except Exception as exc:  # the infer client's typed errors, transport errors
@@ -247,10 +249,6 @@ class _AttemptFailed(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def _expert_error(code: str, message: str) -> _AttemptFailed:
-    return _AttemptFailed(code, message)
 
 
 def _adapter_cid(record, adapter: str | None) -> str | None:

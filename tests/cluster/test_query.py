@@ -117,6 +117,11 @@ async def test_query_is_answered_by_the_best_remote_expert(base_expert, adapter_
             assert prov.served_by == c.noisy.peer_id and prov.adapter == "noisy" and prov.adapter_cid
             assert noisy.text == await direct_text(host, c.noisy, QUESTION, adapter="noisy")
 
+            # A peer that serves a model and coordinates routes to itself (in-process, not over libp2p).
+            base_id = await dial(host, c.base.full_multiaddrs()[0])
+            _, own = await ask_all(host, base_id, query(tags=("n1",)))
+            assert own.provenance[0].served_by == c.base.peer_id == base_id and own.text == result.text
+
             # Pinning an expert by name wins over tags; raw prompts work too.
             _, pinned = await ask_all(host, coordinator_id, query(model="node-2", tags=("n1",), messages=None,
                                                                   prompt="The capital of France is"))
