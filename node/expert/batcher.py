@@ -204,7 +204,7 @@ class InferenceWorker:
         from .scoring import Scorer
 
         if not hasattr(self, "_scorer"):
-            self._scorer = Scorer(self.expert, self._prompts, self._adapter_kwargs)
+            self._scorer = Scorer(self.expert, self._prompts, self._forward)
         return self._scorer
 
     def _admit(self, job: Job, request: GenerateRequest) -> None:
@@ -231,9 +231,7 @@ class InferenceWorker:
             position=len(ids) - 1,  # _accept advances it to the first generated token's position
         )
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.expert.device)
-        out = self.expert.model(
-            input_ids=input_ids, use_cache=True, logits_to_keep=1, **self._adapter_kwargs([request.adapter])
-        )
+        out = self._forward([request.adapter], input_ids=input_ids, use_cache=True, logits_to_keep=1)
         from .sampling import choose_tokens
 
         if not self._accept(slot, choose_tokens(out.logits[:, -1, :], [slot.sampler])[0]):
@@ -256,13 +254,13 @@ class InferenceWorker:
         device = self.expert.device
         input_ids = torch.tensor([[s.next_token] for s in slots], dtype=torch.long, device=device)
         position_ids = torch.tensor([[s.position] for s in slots], dtype=torch.long, device=device)
-        out = self.expert.model(
+        out = self._forward(
+            [s.request.adapter for s in slots],
             input_ids=input_ids,
             attention_mask=self._batch.step_mask(),
             position_ids=position_ids,
             past_key_values=self._batch.cache,
             use_cache=True,
-            **self._adapter_kwargs([s.request.adapter for s in slots]),
         )
         self._batch.cache = out.past_key_values
         self.steps += 1
@@ -343,10 +341,20 @@ class InferenceWorker:
         if self._batch is not None:
             self._batch.keep([])
 
-    def _adapter_kwargs(self, adapters: list[str | None]) -> dict[str, Any]:
+    def _forward(self, adapters: list[str | None], **inputs: Any) -> Any:
+        """One model forward; ``adapters`` names each row's LoRA adapter (None = the base model).
+
+        Rows may mix adapters (peft's ``adapter_names``).  A batch with no adapter at all
+        runs with the LoRA layers disabled: peft's per-forward hooks and sub-batch
+        routing cost ~1.5x on a 135M model (measured), for nothing.
+        """
+        model = self.expert.model
         if not self.expert.has_adapters:
-            return {}
-        return {"adapter_names": [a or BASE_ADAPTER for a in adapters]}
+            return model(**inputs)
+        if all(a is None for a in adapters):
+            with model.disable_adapter():
+                return model(**inputs)
+        return model(adapter_names=[a or BASE_ADAPTER for a in adapters], **inputs)
 
     @staticmethod
     def _emit_error(job: Job, exc: RequestRejected) -> None:

@@ -23,11 +23,11 @@ class Scorer:
         self,
         expert: LoadedExpert,
         prompts: PromptBuilder,
-        adapter_kwargs: Callable[[list[str | None]], dict[str, Any]],
+        forward: Callable[..., Any],
     ) -> None:
         self._expert = expert
         self._prompts = prompts
-        self._adapter_kwargs = adapter_kwargs
+        self._model_forward = forward  # the worker's adapter-aware forward
 
     def score(self, request: ScoreRequest) -> ScoreResult:
         import torch
@@ -64,9 +64,7 @@ class Scorer:
         )
 
     def _forward(self, ids: Any, adapter: str | None, *, logits_to_keep: int) -> Any:
-        out = self._expert.model(
-            input_ids=ids, use_cache=False, logits_to_keep=logits_to_keep, **self._adapter_kwargs([adapter])
-        )
+        out = self._model_forward([adapter], input_ids=ids, use_cache=False, logits_to_keep=logits_to_keep)
         return out.logits
 
     def _check_length(self, request_id: str, length: int) -> None:
