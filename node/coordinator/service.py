@@ -33,35 +33,17 @@ def coordinator_for(node: Any) -> Coordinator:
     see the same latency and failure observations)."""
     coordinator = _coordinators.get(node)
     if coordinator is None:
-        coordinator = Coordinator(node.registry.experts, partial(_infer, node))
+        coordinator = Coordinator(node.registry.experts, partial(_infer, node.host))
         _coordinators[node] = coordinator
     return coordinator
 
 
-def _infer(node: Any, peer_id: str, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
-    """Ask expert ``peer_id``; this node's own expert is called in-process.
-
-    py-libp2p cannot open a stream to its own peer id ("No known addresses"),
-    and a node that both serves a model and coordinates (the default) must be
-    able to route to itself.
-    """
-    if peer_id == node.peer_id:
-        local = _own_expert(node)
-        if local is not None:
-            return local.generate(request)
+def _infer(host: Any, peer_id: str, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
     # Imported per call, not at start: a coordinator-only node never loads the expert package.
+    # The client serves requests to our own peer id from the local worker (a host cannot dial itself).
     from node.expert.client import generate  # the /mosaic/infer/1 client
 
-    return generate(node.host, peer_id, request)
-
-
-def _own_expert(node: Any) -> Any:
-    from node.expert.service import ExpertService
-
-    for service in getattr(node, "services", ()):
-        if isinstance(service, ExpertService) and service.local is not None:
-            return service.local
-    return None
+    return generate(host, peer_id, request)
 
 
 async def answer_stream(coordinator: Coordinator, stream: FramedStream) -> None:
