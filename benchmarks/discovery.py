@@ -35,7 +35,7 @@ from protocol import Identity  # noqa: E402
 from tests.cluster.harness import in_process_cluster  # noqa: E402
 
 # Production upkeep intervals (NetConfig defaults) so the idle figure is what a deployment pays.
-PRODUCTION = dict(record_ttl=300.0, announce_interval=60.0, dht_republish_interval=120.0, dht_sync_interval=30.0, routing_refresh_interval=60.0)
+PRODUCTION = dict(record_ttl=300.0, announce_interval=60.0, dht_republish_interval=120.0, dht_sync_interval=30.0, routing_refresh_interval=600.0)
 
 
 def _cpu() -> float:

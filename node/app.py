@@ -42,7 +42,8 @@ from .net.discovery import (
     refresh_routing_table,
     routing_table_peers,
 )
-from .net.exchange import fetch_table, serve_records
+from .net.exchange import EXCHANGE_TIMEOUT, fetch_table, serve_records
+from .net.streams import StreamClosed
 from .net.gossip import Announcer, build_pubsub
 from .net.host import build_host, disconnect_all, expand_wildcard, listen_multiaddrs
 from .net.keys import libp2p_key_pair, load_or_create_identity
@@ -50,6 +51,8 @@ from .registry import Registry
 
 log = get_logger("node")
 
+# Record exchanges tried per new connection (a busy peer may time one out).
+EXCHANGE_ATTEMPTS = 3
 # Re-sign our record when it is older than this fraction of its TTL.
 _RESIGN_FRACTION = 0.25
 
@@ -92,7 +95,7 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         net = self.config.net
-        send, receive = trio.open_memory_channel[str](256)
+        send, receive = trio.open_memory_channel[tuple[str, bool | None]](256)
         self.host.get_network().register_notifee(ConnectionWatcher(send))
         async with (
             self.host.run(listen_addrs=listen_multiaddrs(net.listen)),
@@ -227,21 +230,37 @@ class Node:
         if bootstrap_peers:
             await self.sync_from_dht()
 
-    async def _on_connections(self, receive: trio.MemoryReceiveChannel[str]) -> None:
+    async def _on_connections(self, receive: trio.MemoryReceiveChannel[tuple[str, bool | None]]) -> None:
         async with trio.open_nursery() as nursery:
-            async for peer_id in receive:
-                nursery.start_soon(self._greet, peer_id)
+            async for peer_id, dialled_by_us in receive:
+                nursery.start_soon(self._greet, peer_id, dialled_by_us)
 
-    async def _greet(self, peer_id: str) -> None:
-        """Exchange records with a newly connected peer and route to it if it is a Mosaic node."""
-        event(log, "peer_connected", peer=peer_id)
+    async def _greet(self, peer_id: str, dialled_by_us: bool | None) -> None:
+        """Exchange records with a newly connected peer and route to it if it is a Mosaic node.
+
+        One exchange per connection is enough (the request carries the dialler's record,
+        the reply the listener's table), so only the dialling side starts it; the listener
+        waits for the dialler's record to arrive before adding it to the routing table.
+        """
+        event(log, "peer_connected", peer=peer_id, outbound=dialled_by_us)
         if not self.table_exchange:
             await add_to_routing_table(self.dht, peer_id)
             return
-        try:
-            records = await fetch_table(self.host, peer_id, self._signed)
-        except Exception as exc:  # not a Mosaic node (e.g. the peers CLI), busy, or gone
-            event(log, "exchange_failed", peer=peer_id, error=f"{type(exc).__name__}: {exc}"[:160])
+        if dialled_by_us is False:
+            with trio.move_on_after(2 * EXCHANGE_TIMEOUT):
+                await self.registry.wait_for(lambda r: peer_id in r)
+                await add_to_routing_table(self.dht, peer_id)
+            return
+        for attempt in range(EXCHANGE_ATTEMPTS):
+            try:
+                records = await fetch_table(self.host, peer_id, self._signed)
+                break
+            except Exception as exc:  # not a Mosaic node (e.g. the peers CLI), busy, slow, or gone
+                event(log, "exchange_failed", peer=peer_id, attempt=attempt + 1, error=f"{type(exc).__name__}: {exc}"[:160])
+                if isinstance(exc, StreamClosed) and "protocols not supported" in str(exc):
+                    return
+                await trio.sleep(0.5 * (attempt + 1))
+        else:
             return
         for signed in records:
             self.registry.offer(signed, source="stream")

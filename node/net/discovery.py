@@ -73,16 +73,27 @@ def connected_peers(host: object) -> set[str]:
     return {pid.to_base58() for pid in host.get_connected_peers()}  # type: ignore[attr-defined]
 
 
-class ConnectionWatcher(INotifee):
-    """Forwards "peer connected" events to a trio channel (never blocks the swarm)."""
+def _dialled_by_us(conn: object) -> bool | None:
+    muxed = getattr(conn, "muxed_conn", None)
+    value = getattr(muxed, "is_initiator_value", None)
+    if value is None:
+        value = getattr(getattr(muxed, "secured_conn", None), "is_initiator", None)
+    return None if value is None else bool(value)
 
-    def __init__(self, send: trio.MemorySendChannel[str]) -> None:
+
+class ConnectionWatcher(INotifee):
+    """Forwards "peer connected" events, ``(peer id, dialled by us?)``, to a trio channel.
+
+    ``send_nowait`` only: the swarm calls notifees inline and must never block on us.
+    """
+
+    def __init__(self, send: trio.MemorySendChannel[tuple[str, bool | None]]) -> None:
         self._send = send
 
     async def connected(self, network: object, conn: object) -> None:
         peer_id = conn.muxed_conn.peer_id.to_base58()  # type: ignore[attr-defined]
         try:
-            self._send.send_nowait(peer_id)
+            self._send.send_nowait((peer_id, _dialled_by_us(conn)))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             # A full queue only delays discovery: the periodic DHT sync catches up.
             event(log, "connection_event_dropped", peer=peer_id)

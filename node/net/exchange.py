@@ -6,8 +6,9 @@ stores that record (it must be signed by the stream's remote peer: a direct
 stream cannot relay someone else's record) and answers with its whole table as
 ``RecordBatch`` frames of at most 64 records, its own record first, then closes.
 
-Nodes run this on every new connection, so a joiner learns the table in one
-round trip instead of waiting for the gossip mesh to form (heartbeat 1 s).
+The dialling side of every new connection runs this, so a joiner learns the
+table in one round trip instead of waiting for the gossip mesh to form
+(heartbeat 1 s), and the listener learns the joiner.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .streams import FramedStream, StreamClosed, open_stream, serve
 log = get_logger("net.exchange")
 
 MAX_BATCH = 64
-EXCHANGE_TIMEOUT = 5.0
+EXCHANGE_TIMEOUT = 10.0
 
 
 def serve_records(
