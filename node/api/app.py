@@ -287,7 +287,9 @@ def _provenance_headers(prov: Provenance | None, query: QueryRequest) -> list[tu
                (b"x-mosaic-strategy", query.strategy.encode())]
     if prov is not None:
         headers += [(b"x-mosaic-served-by", _ascii(prov.served_by)), (b"x-mosaic-expert", _ascii(prov.expert)),
-                    (b"x-mosaic-model", _ascii(prov.model)), (b"x-mosaic-adapter", _ascii(prov.adapter or ""))]
+                    (b"x-mosaic-model", _ascii(prov.model))]
+        if prov.adapter:
+            headers.append((b"x-mosaic-adapter", _ascii(prov.adapter)))
         if prov.adapter_cid:
             headers.append((b"x-mosaic-adapter-cid", _ascii(prov.adapter_cid)))
     return headers
