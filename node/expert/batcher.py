@@ -234,7 +234,9 @@ class InferenceWorker:
         out = self._forward([request.adapter], input_ids=input_ids, use_cache=True, logits_to_keep=1)
         from .sampling import choose_tokens
 
-        if not self._accept(slot, choose_tokens(out.logits[:, -1, :], [slot.sampler])[0]):
+        reason = self._accept(slot, choose_tokens(out.logits[:, -1, :], [slot.sampler])[0])
+        if reason is not None:
+            self._finish(slot, reason)
             return
         if self._slots and not mergeable(out.past_key_values):
             raise RuntimeError("model cache cannot be batched")  # guarded by max_batch=1 in the service
@@ -265,16 +267,21 @@ class InferenceWorker:
         self._batch.cache = out.past_key_values
         self.steps += 1
         tokens = choose_tokens(out.logits[:, -1, :], [s.sampler for s in slots])
-        self._remove([i for i, (s, t) in enumerate(zip(slots, tokens)) if not self._accept(s, t)])
+        reasons = [self._accept(s, t) for s, t in zip(slots, tokens)]
+        done = [i for i, reason in enumerate(reasons) if reason is not None]
+        # Free the rows before the terminal messages go out: whoever receives a result
+        # may rely on its batch slot being free already.
+        self._remove(done)
+        for i in done:
+            self._finish(slots[i], reasons[i])  # type: ignore[arg-type]
 
-    def _accept(self, slot: _Slot, token: int) -> bool:
-        """Record and stream one chosen token; return False when the generation is over."""
+    def _accept(self, slot: _Slot, token: int) -> str | None:
+        """Record and stream one chosen token; return the finish reason when the generation is over."""
         slot.position += 1
         if slot.first_token_at is None:
             slot.first_token_at = time.monotonic()
         if token in self._eos:
-            self._finish(slot, "stop")
-            return False
+            return "stop"
         slot.generated += 1
         slot.next_token = token
         piece = slot.text.push(token)
@@ -284,12 +291,10 @@ class InferenceWorker:
             )
             slot.chunks += 1
         if slot.text.stopped:
-            self._finish(slot, "stop")
-            return False
+            return "stop"
         if slot.generated >= slot.max_new_tokens:
-            self._finish(slot, "length")
-            return False
-        return True
+            return "length"
+        return None
 
     def _finish(self, slot: _Slot, reason: str) -> None:
         tail = slot.text.finish() if not slot.text.stopped else ""
@@ -317,14 +322,14 @@ class InferenceWorker:
         )
 
     def _drop(self, rows: list[int]) -> None:
-        """Remove cancelled / expired rows; each still gets its one terminal message."""
-        for i in rows:
-            slot = self._slots[i]
+        """Remove cancelled / expired rows; each still gets its one terminal message (after removal)."""
+        slots = [self._slots[i] for i in rows]
+        self._remove(rows)
+        for slot in slots:
             if slot.job.cancelled:
                 self._finish(slot, "cancelled")
             else:
                 self._emit_error(slot.job, _timeout(slot.job))
-        self._remove(rows)
 
     def _remove(self, rows: list[int]) -> None:
         if not rows:
