@@ -65,6 +65,7 @@ CASES = [
     ("completion missing prompt", "POST", "/v1/completions", json.dumps({"model": "node-1"}).encode(), 400,
      "missing_required_parameter", "prompt"),
     ("body over 1 MiB", "POST", CHAT, b"x" * (MAX_BODY + 1), 413, "request_too_large", None),
+    ("deadline passes", "POST", CHAT, chat(timeout=0.001, max_tokens=64), 504, "timeout", None),
     ("wrong method", "GET", CHAT, None, 405, "method_not_allowed", None),
     ("unknown route", "GET", "/v1/engines", None, 404, "unknown_url", None),
     ("unknown model card", "GET", "/v1/models/nope", None, 404, "model_not_found", "model"),
