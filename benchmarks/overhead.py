@@ -63,8 +63,6 @@ async def routed_run(host, coordinator_id: str, query) -> tuple[float, float, st
 
 
 async def main(args: argparse.Namespace, expert) -> None:
-    import trio
-
     import protocol as p
     from node.coordinator.service import QueryService
     from node.expert.service import ExpertService

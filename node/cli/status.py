@@ -63,6 +63,8 @@ def _from_peer(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _ask_peer(args: argparse.Namespace) -> dict[str, Any]:
+    import trio
+
     from node.net.discovery import DialError, dial
     from node.net.exchange import ExchangeRefused, fetch_table
     from node.net.host import build_host, listen_multiaddrs
@@ -71,12 +73,15 @@ async def _ask_peer(args: argparse.Namespace) -> dict[str, Any]:
 
     listen = ["/ip4/127.0.0.1/tcp/0"]
     host = build_host(libp2p_key_pair(Identity.generate()), listen)
+    failure: str | None = None  # raised outside host.run(): its nursery would wrap it in an ExceptionGroup
     async with host.run(listen_addrs=listen_multiaddrs(listen)):
         try:
             peer_id = await dial(host, args.peer, timeout=args.timeout)
             signed = await fetch_table(host, peer_id, None, timeout=args.timeout)
         except (DialError, ExchangeRefused, trio.TooSlowError) as exc:
-            raise StatusUnavailable(str(exc) or "timed out") from None
+            failure = str(exc) or "timed out"
+    if failure is not None:
+        raise StatusUnavailable(failure)
     now = time.time()
     peers = []
     for item in signed:

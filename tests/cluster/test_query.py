@@ -193,3 +193,13 @@ async def test_cli_query_and_status(base_expert, adapter_expert):
             table = status.stdout.decode()
             assert "3 peer(s)" in table and "node-1" in table and "node-2" in table
             assert base_expert.model_id in table and "noisy" in table
+
+
+async def test_cli_reports_an_unreachable_peer():
+    dead = "/ip4/127.0.0.1/tcp/1/p2p/" + p.Identity.generate().peer_id
+    with trio.fail_after(60):
+        for command in (["query", "--peer", dead, "hi"], ["status", "--peer", dead, "--timeout", "5"]):
+            done = await trio.run_process([sys.executable, "-m", "node", *command], cwd=REPO_ROOT,
+                                          capture_stdout=True, capture_stderr=True, check=False)
+            assert done.returncode == 3, done.stderr.decode()[-1500:]
+            assert b"error: dial" in done.stderr and b"Traceback" not in done.stderr
