@@ -160,7 +160,11 @@ def resolve_device(device: str = "auto") -> tuple[str, Any]:
         return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device == "cpu":
         return "cpu", torch.float32
-    raise ModelLoadError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise ModelLoadError("--device mps: Apple MPS is not available on this machine")
+        return "mps", torch.float32
+    raise ModelLoadError(f"--device {device!r}: expected auto, cpu, cuda, cuda:N or mps")
 
 
 def load_expert(
