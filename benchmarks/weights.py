@@ -137,6 +137,15 @@ def main() -> None:
     import trio
 
     if args.serve:
+        if os.environ.get("MOSAIC_BENCH_PROFILE_SERVE"):  # provider profile written to this file
+            import cProfile
+
+            with cProfile.Profile() as prof:
+                try:
+                    trio.run(_serve, args.serve)
+                finally:
+                    prof.dump_stats(os.environ["MOSAIC_BENCH_PROFILE_SERVE"])
+            return
         trio.run(_serve, args.serve)
         return
     if args.fetch:
@@ -171,9 +180,13 @@ def main() -> None:
             many = _case(cid, procs, work, size)
         finally:
             for proc, _ in procs:
-                proc.stdin.close()
-                proc.kill()
-                proc.wait()
+                proc.stdin.close()  # EOF: the provider exits on its own
+            for proc, _ in procs:
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
     print(f"file: {args.mib} MiB, CID {cid}, {os.cpu_count()} CPU cores")
     for label, r, target in (("1 provider ", one, ">= 40 MiB/s"), (f"{args.providers} providers", many, "")):
         shares = ", ".join(f"{b / 2**20:.0f}" for b in r["by_peer"].values())

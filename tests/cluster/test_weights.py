@@ -123,7 +123,7 @@ async def test_corrupted_blocks_are_rejected_and_the_sender_dropped(tmp_path: Pa
                 cluster.nodes[2].host, c.store, published.cid,
                 [cluster.nodes[1].peer_id, cluster.nodes[0].peer_id], window=2,
             )
-            assert stats.rejected_blocks[cluster.nodes[1].peer_id] == 1
+            assert stats.rejected_blocks[cluster.nodes[1].peer_id] >= 1, stats
             assert cluster.nodes[1].peer_id in stats.dropped_peers
             export(c.store, published.cid, tmp_path / "on-c")
             assert _same_tree(src, tmp_path / "on-c")
