@@ -17,6 +17,7 @@ within one batch.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 
 from protocol import ErrorMessage, GenerateRequest, GenerateResult, NextTokenRequest, TokenChunk, Usage
 
-from ..logs import get_logger
+from ..logs import event, get_logger
 from .errors import Busy, Cancelled, ExpertStopped, PromptTooLong, RequestRejected, UnknownAdapter
 from .jobs import Job
 from .loader import LoadedExpert
@@ -80,6 +81,7 @@ class InferenceWorker:
         self._batch: Any = None  # BatchCache, created on the worker thread
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode steps run (for tests and metrics)
+        self._batchable: bool | None = None  # can prefilled caches merge into the batch? (batch_cache.py)
 
     # ------------------------------------------------------------------ trio-side API (any thread)
 
@@ -166,7 +168,9 @@ class InferenceWorker:
                 self._cond.wait()
             if self._stopping:
                 return None
-            free = self.max_batch - len(self._slots)
+            # Until the first prefill shows the model's KV cache can be merged, admit one at a time.
+            capacity = self.max_batch if self._batchable else 1
+            free = capacity - len(self._slots)
             taken, kept = [], collections.deque()
             for job in self._pending:
                 if not job.is_generation or job.cancelled or free > 0:
@@ -199,6 +203,10 @@ class InferenceWorker:
                 job.emit(self._forward_tools().score(job.request))
         except RequestRejected as exc:
             self._emit_error(job, exc)
+        except Exception as exc:  # a failed prefill must not take the running batch down with it
+            log.exception("request %s failed to start", job.request_id)
+            job.emit(ErrorMessage(code="internal", message=f"inference failed: {type(exc).__name__}",
+                                  request_id=job.request_id))
 
     def _forward_tools(self) -> Any:
         from .scoring import Scorer
@@ -238,8 +246,13 @@ class InferenceWorker:
         if reason is not None:
             self._finish(slot, reason)
             return
-        if self._slots and not mergeable(out.past_key_values):
-            raise RuntimeError("model cache cannot be batched")  # guarded by max_batch=1 in the service
+        if self._batchable is None:
+            self._batchable = mergeable(out.past_key_values)
+            if not self._batchable:
+                event(log, "batching_disabled", level=logging.WARNING, model=self.expert.model_id,
+                      reason="KV cache layers are not plain DynamicLayers (e.g. sliding window)")
+        if self._slots and not self._batchable:
+            raise RuntimeError("model cache cannot be batched")  # _take_work admits one at a time
         self._batch.add(out.past_key_values, len(ids))
         self._slots.append(slot)
 
