@@ -34,6 +34,7 @@ from .blockstore import BlockMismatch, BlockStore, StorageError
 
 log = get_logger("storage.fetch")
 
+IDLE_STALL_TIMEOUT = 120.0
 Progress = Callable[[int, int | None], None]  # (bytes fetched so far, expected total or None)
 
 
@@ -230,7 +231,13 @@ async def _wait_for_work(sched: _Scheduler, peer: str) -> bool:
                 return False
             if any(peer not in sched.lacking.get(c.digest, ()) for c in sched.queue):
                 return True
-            await sched.wait_changed()
+            # Safety net: other workers' blocks time out after block_timeout, so nothing
+            # changing for much longer means a bug, and a clear FetchError beats a hang.
+            with trio.move_on_after(IDLE_STALL_TIMEOUT) as stall:
+                await sched.wait_changed()
+            if stall.cancelled_caught:
+                event(log, "fetch_stalled", peer=peer, queued=len(sched.queue), in_flight=sched.in_flight)
+                return False
     finally:
         sched.idle.discard(peer)
 
