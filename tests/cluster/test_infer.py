@@ -147,3 +147,10 @@ async def test_a_node_reaches_its_own_expert_without_dialing_itself(base_expert)
                                           NextTokenRequest(request_id="n", prompt="The capital of France is"))
     assert result.text == hf_greedy(base_expert, QUESTION, tokens=6) and chunks
     assert service.worker.steps > steps and top.token_ids
+
+
+async def test_unstreamed_request_gets_only_the_result(base_expert):
+    with trio.fail_after(60):
+        async with expert_pair(base_expert) as (service, server, peer):
+            chunks, result = await collect(peer.host, server.peer_id, chat(QUESTION, "whole", tokens=6, stream=False))
+    assert chunks == [] and result.text == hf_greedy(base_expert, QUESTION, tokens=6)
