@@ -98,11 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(config) -> int:
-    import signal
-
-    import trio
-
     from node.app import Node
+    from node.expert.loader import ModelLoadError
     from node.logs import event, get_logger
     from node.net.keys import IdentityFileError
     from node.services import default_services
@@ -113,6 +110,37 @@ async def _main(config) -> int:
     except IdentityFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    load_failed = False
+    try:
+        await _serve(node, log)
+    except* ModelLoadError as group:
+        # A bad --model/--adapter is the operator's input: say which and why, no traceback.
+        for exc in _leaves(group):
+            print(f"error: {exc}", file=sys.stderr)
+        load_failed = True
+    if load_failed:
+        return 2
+    event(log, "stopped", peer=node.peer_id)
+    return 0
+
+
+def _leaves(group: BaseExceptionGroup):
+    """The exceptions inside ``group`` and its nested groups (nurseries nest them)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+async def _serve(node, log) -> None:
+    """Run ``node`` until SIGINT or SIGTERM."""
+    import signal
+
+    import trio
+
+    from node.logs import event
+
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
@@ -124,5 +152,3 @@ async def _main(config) -> int:
                 event(log, "shutdown", signal=signal.Signals(signum).name, peer=node.peer_id)
                 nursery.cancel_scope.cancel()
                 break
-    event(log, "stopped", peer=node.peer_id)
-    return 0

@@ -127,3 +127,16 @@ def test_start_rejects_a_bad_config_key(tmp_path) -> None:
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "net.record_ttl" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_start_refuses_pickled_weights_with_a_clear_error(tmp_path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    (model / "pytorch_model.bin").write_bytes(b"not loaded: pickle can execute code")
+    out = subprocess.run([sys.executable, "-m", "node", "start", "--model", str(model), "--no-http",
+                          "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir", str(tmp_path / "d")],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "pickle" in out.stderr and "safetensors" in out.stderr
+    assert "Traceback" not in out.stderr and "ExceptionGroup" not in out.stderr
