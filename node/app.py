@@ -51,6 +51,8 @@ from .registry import Registry
 
 log = get_logger("node")
 
+S = typing.TypeVar("S")
+
 # Record exchanges tried per new connection (a busy peer may time one out).
 EXCHANGE_ATTEMPTS = 3
 # Re-sign our record when it is older than this fraction of its TTL.
@@ -132,6 +134,10 @@ class Node:
                 await trio.sleep_forever()
             finally:
                 await disconnect_all(self.host)
+
+    def service(self, kind: type[S]) -> S | None:
+        """The service of type ``kind`` this node runs, if any (e.g. storage for CID fetches)."""
+        return next((s for s in self.services if isinstance(s, kind)), None)
 
     def full_multiaddrs(self) -> list[str]:
         """Our listen addresses with ``/p2p/<peer id>`` (what other nodes pass to ``--bootstrap``)."""

@@ -23,13 +23,6 @@ from ..logs import event, get_logger
 log = get_logger("expert.content")
 
 
-def _storage(node: object) -> object | None:
-    for service in getattr(node, "services", ()):
-        if hasattr(service, "publish") and hasattr(service, "fetch"):
-            return service
-    return None
-
-
 async def resolve_reference(node: object, reference: str) -> tuple[str, str | None]:
     """``(local path, cid or None)`` for a path or a CID (fetched, or reused if already exported)."""
     if Path(reference).expanduser().exists():
@@ -67,7 +60,9 @@ async def _join(node: object) -> list[str]:
 
 async def publish_adapter(node: object, path: str) -> str | None:
     """Publish a local adapter directory through the node's storage; its CID, or None without storage."""
-    storage = _storage(node)
+    from ..storage.service import StorageService
+
+    storage = node.service(StorageService)  # type: ignore[attr-defined]
     if storage is None:
         return None
     try:

@@ -168,13 +168,6 @@ class StorageService:
         return await trio.to_thread.run_sync(export, self.store, root, Path(dest))
 
 
-def _find_service(node: object) -> StorageService | None:
-    for service in getattr(node, "services", ()):
-        if isinstance(service, StorageService):
-            return service
-    return None
-
-
 async def ensure_local(node: object, cid: CID | str, dest_dir: str | os.PathLike[str] | None = None, *, peers: Iterable[str] = ()) -> Path:
     """Return a local path holding the content of ``cid``, fetching what is missing.
 
@@ -185,7 +178,7 @@ async def ensure_local(node: object, cid: CID | str, dest_dir: str | os.PathLike
     it, :class:`protocol.ProtocolError` for a malformed CID.
     """
     root = parse_cid(cid) if isinstance(cid, str) else cid
-    service = _find_service(node)
+    service = node.service(StorageService)  # type: ignore[attr-defined]
     if service is None:
         raise StorageError("this node runs no StorageService (add it to its services)")
     await service._started.wait()
