@@ -5,11 +5,17 @@ providers sent versus the file size, and the fetching process's peak RSS growth.
 Targets (issue #5): >= 40 MiB/s from one provider, >= 1.6x that from three, RSS
 growth <= 64 MiB.
 
+Two rounds: providers with no upload cap (on a 2-core machine one provider plus the
+fetcher already use both cores, so this round is CPU-bound and more providers
+cannot help), then providers capped at ``--uplink`` MiB/s each with the node's own
+``storage.upload_limit_mib`` (a home uplink: the provider-bound case that
+multi-provider fetching exists for).
+
 Every provider and the fetcher are separate OS processes (bare libp2p hosts:
 TCP + Noise + yamux via node.net.host, our /mosaic/blocks/1 server and client), so
 they do not share one Python interpreter's CPU; each process prints one JSON line.
 
-    .venv/bin/python benchmarks/weights.py [--mib 100] [--providers 3]
+    .venv/bin/python benchmarks/weights.py [--mib 100] [--providers 3] [--uplink 20]
 """
 
 from __future__ import annotations
@@ -44,15 +50,17 @@ def _host():
 # ------------------------------------------------------------------ provider process
 
 
-async def _serve(store_dir: str) -> None:
+async def _serve(store_dir: str, upload_limit_mib: float | None) -> None:
     import trio
     from multiaddr import Multiaddr
 
     from node.storage.blocks_protocol import BlockServer
     from node.storage.blockstore import BlockStore
+    from node.storage.upload_limit import UploadLimiter
 
     identity, host = _host()
-    server = BlockServer(BlockStore(store_dir))
+    rate = upload_limit_mib * 2**20 if upload_limit_mib else None
+    server = BlockServer(BlockStore(store_dir), upload_limit=UploadLimiter(rate))
     async with host.run(listen_addrs=[Multiaddr("/ip4/127.0.0.1/tcp/0")]):
         server.register(host)
         addr = f"{host.get_addrs()[0]}"
@@ -131,7 +139,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mib", type=int, default=100)
     parser.add_argument("--providers", type=int, default=3)
+    parser.add_argument("--uplink", type=float, default=20.0, metavar="MIB_S",
+                        help="per-provider upload cap for the second round (a home uplink; 0 skips it)")
     parser.add_argument("--serve", metavar="STORE")
+    parser.add_argument("--upload-limit", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--fetch", nargs="+", metavar=("CID", "STORE"))
     args = parser.parse_args()
     import trio
@@ -142,11 +153,11 @@ def main() -> None:
 
             with cProfile.Profile() as prof:
                 try:
-                    trio.run(_serve, args.serve)
+                    trio.run(_serve, args.serve, args.upload_limit)
                 finally:
                     prof.dump_stats(os.environ["MOSAIC_BENCH_PROFILE_SERVE"])
             return
-        trio.run(_serve, args.serve)
+        trio.run(_serve, args.serve, args.upload_limit)
         return
     if args.fetch:
         if os.environ.get("MOSAIC_BENCH_PROFILE"):  # where the fetcher's CPU goes, on stderr
@@ -171,29 +182,40 @@ def main() -> None:
                 fh.write(os.urandom(2**20))
         entry = import_path(BlockStore(work / "provider-store"), work / "weights.safetensors")
         cid = str(entry.cid)
-        procs = []
-        try:
-            for _ in range(args.providers):
-                proc = _spawn("--serve", str(work / "provider-store"))  # providers share one read-only store
-                procs.append((proc, json.loads(proc.stdout.readline())["multiaddr"]))
-            one = _case(cid, procs[:1], work, size)
-            many = _case(cid, procs, work, size)
-        finally:
-            for proc, _ in procs:
-                proc.stdin.close()  # EOF: the provider exits on its own
-            for proc, _ in procs:
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        rounds = [("unlimited providers (localhost: CPU-bound)", 0.0)]
+        if args.uplink:
+            rounds.append((f"providers capped at {args.uplink:g} MiB/s upload each (provider-bound)", args.uplink))
+        results = [(title, *_round(cid, work, size, args.providers, limit)) for title, limit in rounds]
     print(f"file: {args.mib} MiB, CID {cid}, {os.cpu_count()} CPU cores")
-    for label, r, target in (("1 provider ", one, ">= 40 MiB/s"), (f"{args.providers} providers", many, "")):
-        shares = ", ".join(f"{b / 2**20:.0f}" for b in r["by_peer"].values())
-        print(f"{label}: {r['mib_s']:6.1f} MiB/s ({r['seconds']:.2f} s) {target:>12}  sent/size {r['sent_over_size']:.3f}"
-              f"  RSS growth {r['rss_growth_mib']:.0f} MiB  fetcher CPU {r['fetcher_cpu_cores']:.2f} cores"
-              f"  MiB per provider [{shares}]")
-    print(f"ratio {args.providers}/1 providers: {many['mib_s'] / one['mib_s']:.2f}x (target >= 1.6x)")
+    for title, one, many in results:
+        print(f"-- {title}")
+        for label, r in (("1 provider ", one), (f"{args.providers} providers", many)):
+            shares = ", ".join(f"{b / 2**20:.0f}" for b in r["by_peer"].values())
+            print(f"{label}: {r['mib_s']:6.1f} MiB/s ({r['seconds']:.2f} s)  sent/size {r['sent_over_size']:.3f}"
+                  f"  RSS growth {r['rss_growth_mib']:.0f} MiB  fetcher CPU {r['fetcher_cpu_cores']:.2f} cores"
+                  f"  MiB per provider [{shares}]")
+        print(f"ratio {args.providers}/1 providers: {many['mib_s'] / one['mib_s']:.2f}x (target >= 1.6x)")
+    print("targets: >= 40 MiB/s from one unlimited provider, RSS growth <= 64 MiB")
+
+
+def _round(cid: str, work: Path, size: int, count: int, upload_limit: float) -> tuple[dict, dict]:
+    """Fetch from 1, then from ``count`` provider processes with the given upload cap."""
+    procs = []
+    try:
+        for _ in range(count):
+            # Providers share one read-only store.
+            proc = _spawn("--serve", str(work / "provider-store"), "--upload-limit", str(upload_limit))
+            procs.append((proc, json.loads(proc.stdout.readline())["multiaddr"]))
+        return _case(cid, procs[:1], work, size), _case(cid, procs, work, size)
+    finally:
+        for proc, _ in procs:
+            proc.stdin.close()  # EOF: the provider exits on its own
+        for proc, _ in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ class HttpConfig:
 @dataclass
 class StorageConfig:
     ipfs_api: str | None = None
+    # Cap on block uploads to other peers, MiB/s for the whole node (None: no cap).
+    upload_limit_mib: float | None = None
 
 
 @dataclass
@@ -128,6 +130,10 @@ class NodeConfig:
         host, _, port = self.http.listen.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError(f"http.listen: {self.http.listen!r} is not HOST:PORT")
+        limit = self.storage.upload_limit_mib
+        # Below 1 MiB/s one 16 MiB block request would outlast the server's request deadline.
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 1):
+            raise ConfigError("storage.upload_limit_mib: must be >= 1 (MiB/s), or unset for no cap")
         return self
 
 

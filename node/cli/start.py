@@ -34,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     http.add_argument("--http", metavar="HOST:PORT", help="OpenAI-compatible HTTP API address")
     http.add_argument("--no-http", action="store_true", help="do not serve HTTP")
     p.add_argument("--ipfs-api", metavar="MULTIADDR", help="external IPFS daemon API, e.g. /ip4/127.0.0.1/tcp/5001")
+    p.add_argument("--upload-limit", type=float, metavar="MIB_S", help="cap on serving weights to peers, MiB/s")
     p.set_defaults(run=run)
 
 
@@ -78,6 +79,8 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):
         config.http.enabled = False
     if args.ipfs_api:
         config.storage.ipfs_api = args.ipfs_api
+    if args.upload_limit is not None:
+        config.storage.upload_limit_mib = args.upload_limit
     return config.validate()
 
 

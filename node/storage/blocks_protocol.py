@@ -41,6 +41,7 @@ from protocol.unixfs import MAX_BLOCK_SIZE
 from ..logs import event, get_logger
 from ..net.streams import StreamClosed
 from .blockstore import BlockStore
+from .upload_limit import UploadLimiter
 
 log = get_logger("storage.blocks")
 
@@ -133,8 +134,10 @@ class BlockServer:
         max_total: int = 32,
         idle_timeout: float = 30.0,
         request_deadline: float = 60.0,
+        upload_limit: UploadLimiter | None = None,
     ) -> None:
         self.store = store
+        self.upload_limit = upload_limit or UploadLimiter(None)
         self.max_per_peer = max_per_peer
         self.max_total = max_total
         self.idle_timeout = idle_timeout
@@ -194,6 +197,7 @@ class BlockServer:
                         frame = encode_varint(len(data) + 1) + bytes((STATUS_BLOCK,)) + data
                         self.stats.blocks_served += 1
                         self.stats.bytes_served += len(data)
+                    await self.upload_limit.acquire(len(frame))
                     await stream.write(frame)  # type: ignore[attr-defined]
 
 

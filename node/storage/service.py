@@ -30,6 +30,7 @@ from .exporter import export
 from .fetch import FetchError, FetchStats, Progress, fetch_dag
 from .importer import import_path
 from .providers import DEFAULT_REPROVIDE_INTERVAL, Reprovider, find_providers, provide
+from .upload_limit import UploadLimiter
 
 log = get_logger("storage")
 
@@ -49,9 +50,16 @@ class Published:
 class StorageService:
     """Implements :class:`node.app.Service`; also usable by CLI commands and other services."""
 
-    def __init__(self, store: BlockStore, *, reprovide_interval: float = DEFAULT_REPROVIDE_INTERVAL) -> None:
+    def __init__(
+        self,
+        store: BlockStore,
+        *,
+        reprovide_interval: float = DEFAULT_REPROVIDE_INTERVAL,
+        upload_limit_mib: float | None = None,
+    ) -> None:
         self.store = store
-        self.server = BlockServer(store)
+        rate = upload_limit_mib * 1024 * 1024 if upload_limit_mib is not None else None
+        self.server = BlockServer(store, upload_limit=UploadLimiter(rate))
         self.reprovide_interval = reprovide_interval
         self.node: object | None = None
         self.bitswap: Bitswap | None = None
@@ -60,7 +68,10 @@ class StorageService:
 
     @classmethod
     def from_config(cls, config: object) -> StorageService:
-        return cls(BlockStore.for_data_dir(config.data_path))  # type: ignore[attr-defined]
+        return cls(
+            BlockStore.for_data_dir(config.data_path),  # type: ignore[attr-defined]
+            upload_limit_mib=config.storage.upload_limit_mib,  # type: ignore[attr-defined]
+        )
 
     def record_fields(self) -> dict[str, object]:
         # Model and adapter CIDs travel in the expert's fields (base_model_cid, AdapterInfo.cid).
