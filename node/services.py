@@ -1,7 +1,7 @@
 """The services a node runs next to networking (expert, HTTP API, storage, ...).
 
-Each engineer adds their service here; :func:`default_services` is what
-``python -m node start`` runs.  A service is anything matching
+:func:`default_services` builds the list ``python -m node start`` runs, in start
+order; which services are in it follows the config.  A service is anything matching
 :class:`node.app.Service`.
 """
 
