@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 from libp2p.peer.peerinfo import PeerInfo
@@ -31,6 +32,10 @@ from .fetch import FetchError, FetchStats, Progress, fetch_dag
 from .importer import import_path
 from .providers import DEFAULT_REPROVIDE_INTERVAL, Reprovider, find_providers, provide
 from .upload_limit import UploadLimiter
+
+if TYPE_CHECKING:
+    from ..app import Node
+    from ..config import NodeConfig
 
 log = get_logger("storage")
 
@@ -61,29 +66,29 @@ class StorageService:
         rate = upload_limit_mib * 1024 * 1024 if upload_limit_mib is not None else None
         self.server = BlockServer(store, upload_limit=UploadLimiter(rate))
         self.reprovide_interval = reprovide_interval
-        self.node: object | None = None
+        self.node: Node | None = None
         self.bitswap: Bitswap | None = None
         self.reprovider: Reprovider | None = None
         self._started = trio.Event()
 
     @classmethod
-    def from_config(cls, config: object) -> StorageService:
+    def from_config(cls, config: NodeConfig) -> StorageService:
         return cls(
-            BlockStore.for_data_dir(config.data_path),  # type: ignore[attr-defined]
-            upload_limit_mib=config.storage.upload_limit_mib,  # type: ignore[attr-defined]
+            BlockStore.for_data_dir(config.data_path),
+            upload_limit_mib=config.storage.upload_limit_mib,
         )
 
     def record_fields(self) -> dict[str, object]:
         # Model and adapter CIDs travel in the expert's fields (base_model_cid, AdapterInfo.cid).
         return {}
 
-    async def run(self, node: object, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.node = node
-        self.server.register(node.host)  # type: ignore[attr-defined]
+        self.server.register(node.host)
         async with trio.open_nursery() as nursery:
-            self.bitswap = Bitswap(node.host, self.store)  # type: ignore[attr-defined]
+            self.bitswap = Bitswap(node.host, self.store)
             await self.bitswap.start(nursery)
-            self.reprovider = Reprovider(node.dht, self.reprovide_interval)  # type: ignore[attr-defined]
+            self.reprovider = Reprovider(node.dht, self.reprovide_interval)
             for pin in self.store.pins():
                 self.reprovider.roots.add(parse_cid(pin.cid))
             await nursery.start(self.reprovider.run)
@@ -111,7 +116,7 @@ class StorageService:
             return
         if self.reprovider is not None:
             self.reprovider.roots.add(cid)
-        await provide(self.node.dht, cid)  # type: ignore[attr-defined]
+        await provide(self.node.dht, cid)
 
     # ------------------------------------------------------------------ fetch
 
@@ -150,10 +155,10 @@ class StorageService:
             raise StorageError("the storage service is not running")
         candidates = list(peers)
         if self.store.missing(root):
-            candidates += await self._discover(root, exclude=[node.peer_id, *candidates], patient=not candidates)  # type: ignore[attr-defined]
+            candidates += await self._discover(root, exclude=[node.peer_id, *candidates], patient=not candidates)
         stats = await fetch_dag(
-            node.host, self.store, root, candidates, bitswap=self.bitswap, progress=progress, window=window  # type: ignore[attr-defined]
-        )  # type: ignore[attr-defined]
+            node.host, self.store, root, candidates, bitswap=self.bitswap, progress=progress, window=window
+        )
         if pin:
             await trio.to_thread.run_sync(self.store.pin, root)
             await self.announce(root)
@@ -179,7 +184,7 @@ class StorageService:
         return await trio.to_thread.run_sync(export, self.store, root, Path(dest))
 
 
-async def ensure_local(node: object, cid: CID | str, dest_dir: str | os.PathLike[str] | None = None, *, peers: Iterable[str] = ()) -> Path:
+async def ensure_local(node: Node, cid: CID | str, dest_dir: str | os.PathLike[str] | None = None, *, peers: Iterable[str] = ()) -> Path:
     """Return a local path holding the content of ``cid``, fetching what is missing.
 
     A directory DAG (a model or adapter dir) is exported *as* ``dest_dir``; a single
@@ -189,11 +194,11 @@ async def ensure_local(node: object, cid: CID | str, dest_dir: str | os.PathLike
     it, :class:`protocol.ProtocolError` for a malformed CID.
     """
     root = parse_cid(cid) if isinstance(cid, str) else cid
-    service = node.service(StorageService)  # type: ignore[attr-defined]
+    service = node.service(StorageService)
     if service is None:
         raise StorageError("this node runs no StorageService (add it to its services)")
     await service._started.wait()
-    dest = Path(dest_dir) if dest_dir is not None else node.config.data_path / "content" / str(root)  # type: ignore[attr-defined]
+    dest = Path(dest_dir) if dest_dir is not None else node.config.data_path / "content" / str(root)
     marker = dest / _MARKER
     if marker.is_file() and marker.read_text().strip() == str(root):
         return _content_path(service.store, root, dest)
