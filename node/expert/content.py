@@ -12,6 +12,7 @@ the sha256 of the adapter weights.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -20,10 +21,13 @@ from protocol.cid import parse_cid
 
 from ..logs import event, get_logger
 
+if TYPE_CHECKING:
+    from ..app import Node
+
 log = get_logger("expert.content")
 
 
-async def resolve_reference(node: object, reference: str) -> tuple[str, str | None]:
+async def resolve_reference(node: Node, reference: str) -> tuple[str, str | None]:
     """``(local path, cid or None)`` for a path or a CID (fetched, or reused if already exported)."""
     if Path(reference).expanduser().exists():
         return reference, None
@@ -42,31 +46,31 @@ async def resolve_reference(node: object, reference: str) -> tuple[str, str | No
     return str(path), str(cid)
 
 
-async def _join(node: object) -> list[str]:
+async def _join(node: Node) -> list[str]:
     """Dial the bootstrap peers now and return their ids as fetch candidates.
 
     Services start before the node bootstraps (node/app.py), so without this a
     CID-named adapter would find no connected peer and no DHT routing table.
     """
     peers: list[str] = []
-    for addr in getattr(node.config.net, "bootstrap", ()):  # type: ignore[attr-defined]
+    for addr in node.config.net.bootstrap:
         try:
             with trio.move_on_after(10):
-                peers.append(await node.connect(addr))  # type: ignore[attr-defined]
+                peers.append(await node.connect(addr))
         except Exception as exc:  # unreachable bootstrap peer: DHT providers may still answer
             event(log, "bootstrap_dial_failed", addr=addr, error=type(exc).__name__)
     return peers
 
 
-async def publish_adapter(node: object, path: str) -> str | None:
+async def publish_adapter(node: Node, path: str) -> str | None:
     """Publish a local adapter directory through the node's storage; its CID, or None without storage."""
     from ..storage.service import StorageService
 
-    storage = node.service(StorageService)  # type: ignore[attr-defined]
+    storage = node.service(StorageService)
     if storage is None:
         return None
     try:
-        published = await storage.publish(path)  # type: ignore[attr-defined]
+        published = await storage.publish(path)
     except (OSError, ProtocolError) as exc:
         event(log, "adapter_publish_failed", path=path, error=f"{type(exc).__name__}: {exc}"[:160])
         return None
