@@ -25,7 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from .harness import LISTEN_LINE, REPO_ROOT, _read_line, fixed_identity, prepare_data_dir
+from .harness import (
+    LISTEN_LINE,
+    REPO_ROOT,
+    _read_line,
+    fixed_identity,
+    prepare_data_dir,
+)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -33,7 +39,7 @@ DISCOVERY_DEADLINE = 20.0  # measured: ~0.01-2 s; the margin is for 2 shared cor
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=False)
 
 
 @pytest.fixture
@@ -88,7 +94,7 @@ def _names(ns: str, node: NsNode) -> set[str]:
     """Names in ``node``'s capability table, read with `python -m node peers` inside ``ns``."""
     out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "node", "peers", "--timeout", "5",
                           "--connect", node.multiaddr, "--json"],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 0, out.stderr
     return {row["name"] for row in json.loads(out.stdout)}
 
