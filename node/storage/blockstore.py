@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.cid import CID, parse_cid
+from protocol.cid import RAW, CID, parse_cid
 from protocol.errors import ProtocolError
 from protocol.unixfs import MAX_BLOCK_SIZE, child_cids
 
@@ -136,8 +136,10 @@ class BlockStore:
 
     # ------------------------------------------------------------------ DAGs
 
-    def walk(self, root: CID, *, missing_ok: bool = False) -> Iterator[CID]:
-        """Every CID reachable from ``root`` (depth first, root first)."""
+    def _reachable(self, root: CID) -> Iterator[tuple[CID, bool]]:
+        """Every CID reachable from ``root`` once (depth first, root first, links in
+        order), with whether its block is in the store.  Raw leaves have no links, so
+        they are checked with a stat rather than read."""
         stack = [root]
         seen: set[bytes] = set()
         while stack:
@@ -145,32 +147,28 @@ class BlockStore:
             if cid.digest in seen:
                 continue
             seen.add(cid.digest)
+            if cid.codec == RAW:
+                yield cid, self.has(cid)
+                continue
             data = self.get(cid)
-            if data is None:
-                if missing_ok:
-                    continue
+            yield cid, data is not None
+            if data is not None:
+                try:
+                    stack.extend(reversed(child_cids(cid, data)))
+                except ProtocolError as exc:
+                    raise StorageError(f"block {cid} is not a valid dag-pb node: {exc}") from None
+
+    def walk(self, root: CID, *, missing_ok: bool = False) -> Iterator[CID]:
+        """Every CID reachable from ``root`` (depth first, root first)."""
+        for cid, present in self._reachable(root):
+            if present:
+                yield cid
+            elif not missing_ok:
                 raise MissingBlock(cid)
-            yield cid
-            try:
-                stack.extend(reversed(child_cids(cid, data)))
-            except ProtocolError as exc:
-                raise StorageError(f"block {cid} is not a valid dag-pb node: {exc}") from None
 
     def missing(self, root: CID) -> list[CID]:
         """CIDs below ``root`` that are referenced but absent (empty: the DAG is complete)."""
-        absent: list[CID] = []
-        stack, seen = [root], set()
-        while stack:
-            cid = stack.pop()
-            if cid.digest in seen:
-                continue
-            seen.add(cid.digest)
-            data = self.get(cid)
-            if data is None:
-                absent.append(cid)
-            else:
-                stack.extend(child_cids(cid, data))
-        return absent
+        return [cid for cid, present in self._reachable(root) if not present]
 
     def dag_size(self, root: CID) -> int:
         return sum(self.size(c) or 0 for c in self.walk(root, missing_ok=True))
