@@ -180,10 +180,8 @@ class BlockStore:
 
     def pin(self, cid: CID, name: str = "") -> Pin:
         """Recursively pin a complete DAG (raises :class:`MissingBlock` if incomplete)."""
-        absent = self.missing(cid)
-        if absent:
-            raise MissingBlock(absent[0])
-        pin = Pin(str(cid), name[:255], self.dag_size(cid), time.time())
+        size = sum(self.size(c) or 0 for c in self.walk(cid))  # walk raises MissingBlock
+        pin = Pin(str(cid), name[:255], size, time.time())
         tmp = self._tmp / f"pin-{os.getpid()}-{cid}"
         tmp.write_text(json.dumps(_pin_dict(pin)))
         os.replace(tmp, self._pin_path(cid))
