@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .publish import add_common, add_network, build_config
+from .publish import add_common, add_network, setup
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +31,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from node.config import ConfigError
     from protocol.cid import parse_cid
     from protocol.errors import ProtocolError
 
@@ -40,16 +39,11 @@ def run(args: argparse.Namespace) -> int:
     except ProtocolError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    try:
-        config = build_config(args)
-    except ConfigError as exc:
-        print(f"error: config: {exc}", file=sys.stderr)
+    config = setup(args)
+    if config is None:
         return 2
     if not args.listen:
         config.net.listen = ["/ip4/0.0.0.0/tcp/0"]
-    from node import logs
-
-    logs.setup(config.log_level, libp2p_level="critical")
     import trio
 
     return trio.run(_fetch, config, cid, args)

@@ -13,6 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from node.config import NodeConfig
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -26,7 +30,7 @@ def add_network(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
 
 
-def build_config(args: argparse.Namespace):
+def build_config(args: argparse.Namespace) -> NodeConfig:
     """Defaults < TOML < ``MOSAIC_*`` env < flags; raises ``ConfigError`` naming the bad key."""
     from node.config import load_config
 
@@ -46,6 +50,21 @@ def build_config(args: argparse.Namespace):
     return config.validate()
 
 
+def setup(args: argparse.Namespace) -> NodeConfig | None:
+    """:func:`build_config` with logging set up for a one-shot command; ``None`` after
+    printing the bad key to stderr (the caller exits 2)."""
+    from node import logs
+    from node.config import ConfigError
+
+    try:
+        config = build_config(args)
+    except ConfigError as exc:
+        print(f"error: config: {exc}", file=sys.stderr)
+        return None
+    logs.setup(config.log_level, libp2p_level="critical")
+    return config
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("publish", help="add a file or directory to the block store and provide it",
                        description=__doc__.split("\n\n")[0])
@@ -59,19 +78,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from node.config import ConfigError
-
     if not os.path.exists(args.path):
         print(f"error: {args.path} does not exist", file=sys.stderr)
         return 2
-    try:
-        config = build_config(args)
-    except ConfigError as exc:
-        print(f"error: config: {exc}", file=sys.stderr)
+    config = setup(args)
+    if config is None:
         return 2
-    from node import logs
-
-    logs.setup(config.log_level, libp2p_level="critical")
     from node.storage import BlockStore, StorageError
     from node.storage.importer import import_path
     from protocol.unixfs import AddOptions
