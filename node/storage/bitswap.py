@@ -17,6 +17,7 @@ instead of an empty one, which Kubo rejects.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import trio
 from libp2p.bitswap.block_store import BlockStore as LibBlockStore
@@ -29,6 +30,9 @@ from protocol.errors import ProtocolError
 
 from ..logs import event, get_logger
 from .blockstore import BlockStore, StorageError
+
+if TYPE_CHECKING:
+    from libp2p.abc import IHost
 
 log = get_logger("storage.bitswap")
 
@@ -98,7 +102,7 @@ class KuboCompatibleBitswap(BitswapClient):
 class Bitswap:
     """Owns a :class:`KuboCompatibleBitswap` bound to our store, for one host."""
 
-    def __init__(self, host: object, store: BlockStore) -> None:
+    def __init__(self, host: IHost, store: BlockStore) -> None:
         self.host = host
         self.store = store
         self.client = KuboCompatibleBitswap(host, StoreAdapter(store))  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 from libp2p.custom_types import TProtocol
@@ -42,6 +43,9 @@ from ..logs import event, get_logger
 from ..net.streams import StreamClosed
 from .blockstore import BlockStore
 from .upload_limit import UploadLimiter
+
+if TYPE_CHECKING:
+    from libp2p.abc import IHost, INetStream
 
 log = get_logger("storage.blocks")
 
@@ -91,7 +95,7 @@ def decode_request(payload: bytes) -> list[CID]:
 class FrameReader:
     """Reads capped varint frames from a libp2p stream; ``None`` at a clean EOF."""
 
-    def __init__(self, stream: object, max_frame: int) -> None:
+    def __init__(self, stream: INetStream, max_frame: int) -> None:
         self._stream = stream
         self._decoder = FrameDecoder(max_frame)
         self._ready: list[bytes] = []
@@ -104,7 +108,7 @@ class FrameReader:
                     raise StreamClosed("stream ended mid-frame")
                 return None
             try:
-                chunk = await self._stream.read(_READ_SIZE)  # type: ignore[attr-defined]
+                chunk = await self._stream.read(_READ_SIZE)
             except TRANSPORT_ERRORS:
                 chunk = b""
             if not chunk:
@@ -146,11 +150,11 @@ class BlockServer:
         self._per_peer: Counter[str] = Counter()
         self._total = 0
 
-    def register(self, host: object) -> None:
-        host.set_stream_handler(TProtocol(BLOCKS_PROTOCOL), self._on_stream)  # type: ignore[attr-defined]
+    def register(self, host: IHost) -> None:
+        host.set_stream_handler(TProtocol(BLOCKS_PROTOCOL), self._on_stream)
 
-    async def _on_stream(self, stream: object) -> None:
-        peer = str(stream.muxed_conn.peer_id)  # type: ignore[attr-defined]
+    async def _on_stream(self, stream: INetStream) -> None:
+        peer = str(stream.muxed_conn.peer_id)
         if self._total >= self.max_total or self._per_peer[peer] >= self.max_per_peer:
             self.stats.refused_streams += 1
             event(log, "blocks_stream_refused", peer=peer, in_flight=self._per_peer[peer])
@@ -168,7 +172,7 @@ class BlockServer:
             await _reset(stream)
         else:
             try:
-                await stream.close()  # type: ignore[attr-defined]
+                await stream.close()
             except TRANSPORT_ERRORS:
                 pass
         finally:
@@ -177,7 +181,7 @@ class BlockServer:
             if self._per_peer[peer] <= 0:
                 del self._per_peer[peer]
 
-    async def _serve(self, stream: object, peer: str) -> None:
+    async def _serve(self, stream: INetStream, peer: str) -> None:
         reader = FrameReader(stream, MAX_REQUEST_FRAME)
         while True:
             with trio.fail_after(self.idle_timeout):
@@ -198,13 +202,13 @@ class BlockServer:
                         self.stats.blocks_served += 1
                         self.stats.bytes_served += len(data)
                     await self.upload_limit.acquire(len(frame))
-                    await stream.write(frame)  # type: ignore[attr-defined]
+                    await stream.write(frame)
 
 
-async def _reset(stream: object) -> None:
+async def _reset(stream: INetStream) -> None:
     with trio.CancelScope(shield=True), trio.move_on_after(1.0):
         try:
-            await stream.reset()  # type: ignore[attr-defined]
+            await stream.reset()
         except TRANSPORT_ERRORS:
             pass
 
@@ -212,15 +216,15 @@ async def _reset(stream: object) -> None:
 class BlockStream:
     """Client side: pipelined requests to one provider."""
 
-    def __init__(self, stream: object, peer_id: str) -> None:
+    def __init__(self, stream: INetStream, peer_id: str) -> None:
         self._stream = stream
         self.peer_id = peer_id
         self._reader = FrameReader(stream, MAX_RESPONSE_FRAME)
 
     @classmethod
-    async def open(cls, host: object, peer_id: str) -> BlockStream:
+    async def open(cls, host: IHost, peer_id: str) -> BlockStream:
         try:
-            raw = await host.new_stream(ID.from_base58(peer_id), [TProtocol(BLOCKS_PROTOCOL)])  # type: ignore[attr-defined]
+            raw = await host.new_stream(ID.from_base58(peer_id), [TProtocol(BLOCKS_PROTOCOL)])
         except trio.Cancelled:
             raise
         except Exception as exc:  # libp2p raises StreamFailure, SwarmException, ...
@@ -229,7 +233,7 @@ class BlockStream:
 
     async def request(self, cids: list[CID]) -> None:
         try:
-            await self._stream.write(encode_request(cids))  # type: ignore[attr-defined]
+            await self._stream.write(encode_request(cids))
         except TRANSPORT_ERRORS as exc:
             raise StreamClosed(f"provider {self.peer_id[-8:]} went away: {type(exc).__name__}") from None
 
@@ -248,7 +252,7 @@ class BlockStream:
 
     async def aclose(self) -> None:
         try:
-            await self._stream.close()  # type: ignore[attr-defined]
+            await self._stream.close()
         except TRANSPORT_ERRORS:
             pass
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -31,6 +32,11 @@ from ..logs import event, get_logger
 from ..net.streams import StreamClosed
 from .blocks_protocol import MAX_CIDS_PER_REQUEST, BlockStream
 from .blockstore import BlockMismatch, BlockStore, StorageError
+
+if TYPE_CHECKING:
+    from libp2p.abc import IHost
+
+    from .bitswap import Bitswap
 
 log = get_logger("storage.fetch")
 
@@ -153,12 +159,12 @@ def _dag_size_hint(data: bytes, cid: CID) -> int | None:
 
 
 async def fetch_dag(
-    host: object,
+    host: IHost,
     store: BlockStore,
     root: CID,
     providers: Sequence[str],
     *,
-    bitswap: object | None = None,
+    bitswap: Bitswap | None = None,
     window: int = 16,
     block_timeout: float = 20.0,
     progress: Progress | None = None,
@@ -175,7 +181,7 @@ async def fetch_dag(
     sched.want(root)
     if sched.done:
         return stats
-    peers = list(dict.fromkeys(p for p in providers if p != str(getattr(host, "get_id", lambda: "")())))
+    peers = list(dict.fromkeys(p for p in providers if p != str(host.get_id())))
     if not peers:
         raise FetchError(f"no providers for {root}")
     sched.live.update(peers)
@@ -276,7 +282,7 @@ async def _blocks_worker(stream: BlockStream, sched: _Scheduler, window: int, bl
             sched.give_back(list(outstanding))
 
 
-async def _bitswap_worker(bitswap: object, peer: str, sched: _Scheduler, block_timeout: float) -> None:
+async def _bitswap_worker(bitswap: Bitswap, peer: str, sched: _Scheduler, block_timeout: float) -> None:
     """Fetch through bitswap (for Kubo peers); blocks land in the store via the adapter."""
     while True:
         batch = sched.take(peer, 32)
@@ -285,7 +291,7 @@ async def _bitswap_worker(bitswap: object, peer: str, sched: _Scheduler, block_t
                 return
             continue
         try:
-            got = await bitswap.get_blocks(batch, peer, timeout=block_timeout)  # type: ignore[attr-defined]
+            got = await bitswap.get_blocks(batch, peer, timeout=block_timeout)
         except BaseException:
             sched.give_back(batch)
             raise

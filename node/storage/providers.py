@@ -15,6 +15,7 @@ the CIDv1 of the same DAG find the same providers, as in Kubo.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import trio
 from libp2p.peer.peerinfo import PeerInfo
@@ -23,6 +24,9 @@ from protocol.cid import CID
 
 from ..logs import event, get_logger
 
+if TYPE_CHECKING:
+    from libp2p.kad_dht.kad_dht import KadDHT
+
 log = get_logger("storage.providers")
 
 PROVIDE_TIMEOUT = 10.0
@@ -30,10 +34,10 @@ FIND_TIMEOUT = 10.0
 DEFAULT_REPROVIDE_INTERVAL = 600.0
 
 
-async def provide(dht: object, cid: CID) -> bool:
+async def provide(dht: KadDHT, cid: CID) -> bool:
     try:
         with trio.move_on_after(PROVIDE_TIMEOUT):
-            return bool(await dht.provide(str(cid)))  # type: ignore[attr-defined]
+            return bool(await dht.provide(str(cid)))
     except Exception as exc:  # the DHT raises a variety of transport errors; retried later
         event(log, "provide_failed", cid=str(cid), error=f"{type(exc).__name__}: {exc}"[:160])
     return False
@@ -55,10 +59,10 @@ def dedupe_providers(infos: Iterable[PeerInfo], exclude: Iterable[str] = ()) -> 
     return list(merged.values())
 
 
-async def find_providers(dht: object, cid: CID, *, count: int = 20, exclude: Iterable[str] = ()) -> list[PeerInfo]:
+async def find_providers(dht: KadDHT, cid: CID, *, count: int = 20, exclude: Iterable[str] = ()) -> list[PeerInfo]:
     try:
         with trio.move_on_after(FIND_TIMEOUT):
-            found = await dht.find_providers(str(cid), count)  # type: ignore[attr-defined]
+            found = await dht.find_providers(str(cid), count)
             return dedupe_providers(found, exclude)
     except Exception as exc:
         event(log, "find_providers_failed", cid=str(cid), error=f"{type(exc).__name__}: {exc}"[:160])
@@ -68,7 +72,7 @@ async def find_providers(dht: object, cid: CID, *, count: int = 20, exclude: Ite
 class Reprovider:
     """Keeps provider records for a set of roots alive."""
 
-    def __init__(self, dht: object, interval: float = DEFAULT_REPROVIDE_INTERVAL) -> None:
+    def __init__(self, dht: KadDHT, interval: float = DEFAULT_REPROVIDE_INTERVAL) -> None:
         self.dht = dht
         self.interval = interval
         self.roots: set[CID] = set()
