@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -29,11 +30,14 @@ from protocol import (
 from ..net.streams import FramedStream, StreamClosed, open_stream
 from .local import DEFAULT_CALL_TIMEOUT, ExpertError, LocalExpert, served_locally
 
+if TYPE_CHECKING:
+    from libp2p.abc import IHost
+
 # The expert enforces request.timeout_s; the client waits a little longer for its terminal message.
 _CLIENT_GRACE = 10.0
 
 
-async def generate(host: object, peer_id: str, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
+async def generate(host: IHost, peer_id: str, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
     """Stream ``TokenChunk``s then the ``GenerateResult`` from expert ``peer_id``.
 
     Raises :class:`ExpertError` (expert's ErrorMessage), ``StreamClosed``
@@ -78,19 +82,19 @@ async def cancel_and_collect(stream: FramedStream, request_id: str) -> GenerateR
             return message
 
 
-async def score(host: object, peer_id: str, request: ScoreRequest, *, timeout: float = DEFAULT_CALL_TIMEOUT) -> ScoreResult:
+async def score(host: IHost, peer_id: str, request: ScoreRequest, *, timeout: float = DEFAULT_CALL_TIMEOUT) -> ScoreResult:
     """Per-token log-probabilities of ``request.continuation`` after the prompt."""
     return await _call(host, peer_id, request, ScoreResult, timeout)  # type: ignore[return-value]
 
 
 async def next_token(
-    host: object, peer_id: str, request: NextTokenRequest, *, timeout: float = DEFAULT_CALL_TIMEOUT
+    host: IHost, peer_id: str, request: NextTokenRequest, *, timeout: float = DEFAULT_CALL_TIMEOUT
 ) -> NextTokenResult:
     """Top-k log-probabilities of the token after the prompt."""
     return await _call(host, peer_id, request, NextTokenResult, timeout)  # type: ignore[return-value]
 
 
-async def _call(host: object, peer_id: str, request: object, kind: type, timeout: float) -> object:
+async def _call(host: IHost, peer_id: str, request: object, kind: type, timeout: float) -> object:
     local = _local_target(host, peer_id)
     if local is not None:
         with trio.fail_after(timeout + _CLIENT_GRACE):
@@ -109,12 +113,9 @@ async def _call(host: object, peer_id: str, request: object, kind: type, timeout
         await _close(stream, graceful=finished)
 
 
-def _local_target(host: object, peer_id: str) -> LocalExpert | None:
+def _local_target(host: IHost, peer_id: str) -> LocalExpert | None:
     """Our own node's expert when ``peer_id`` is us (a host cannot open a stream to itself)."""
-    local = served_locally(host)
-    if local is not None and str(host.get_id()) == peer_id:  # type: ignore[attr-defined]
-        return local
-    return None
+    return served_locally(host) if str(host.get_id()) == peer_id else None
 
 
 async def _close(stream: FramedStream, *, graceful: bool) -> None:

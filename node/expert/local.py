@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -34,6 +35,9 @@ from protocol import (
 
 from .batcher import InferenceWorker
 from .jobs import Job
+
+if TYPE_CHECKING:
+    from libp2p.abc import IHost
 
 TERMINAL = (GenerateResult, ScoreResult, NextTokenResult, ErrorMessage)
 
@@ -135,7 +139,6 @@ def unregister_local(peer_id: str, expert: LocalExpert) -> None:
         del _SERVED[peer_id]
 
 
-def served_locally(host: object) -> LocalExpert | None:
+def served_locally(host: IHost) -> LocalExpert | None:
     """The expert this process serves as ``host``'s node, if any."""
-    get_id = getattr(host, "get_id", None)
-    return _SERVED.get(str(get_id())) if get_id is not None else None
+    return _SERVED.get(str(host.get_id()))
