@@ -26,6 +26,7 @@ Text = Annotated[str, Meta(max_length=256 * 1024)]
 RequestId = Annotated[str, Meta(min_length=1, max_length=64)]
 NonNegInt = Annotated[int, Meta(ge=0)]
 Seconds = Annotated[float, Meta(ge=0.0, le=86_400.0)]
+RequestTimeout = Annotated[float, Meta(gt=0.0, le=3600.0)]  # a request's own deadline, at most an hour
 TokenIds = Annotated[tuple[Annotated[int, Meta(ge=0, lt=2**31)], ...], Meta(max_length=32_768)]
 LogProbs = Annotated[tuple[float, ...], Meta(max_length=32_768)]
 
@@ -124,7 +125,7 @@ class GenerateRequest(_Prompted, frozen=True, kw_only=True, tag="generate"):
     request_id: RequestId
     adapter: Name | None = None
     sampling: SamplingParams = SamplingParams()
-    timeout_s: Annotated[float, Meta(gt=0.0, le=3600.0)] = 120.0
+    timeout_s: RequestTimeout = 120.0
     stream: bool = True
 
 
@@ -234,7 +235,7 @@ class QueryRequest(_Prompted, frozen=True, kw_only=True, tag="query"):
     tags: Annotated[tuple[Tag, ...], Meta(max_length=32)] = ()
     model: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
     sampling: SamplingParams = SamplingParams()
-    timeout_s: Annotated[float, Meta(gt=0.0, le=3600.0)] = 120.0
+    timeout_s: RequestTimeout = 120.0
     stream: bool = True
 
 
