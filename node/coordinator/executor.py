@@ -60,7 +60,8 @@ class QueryFailed(Exception):
 
 
 class ExpertClient(Protocol):
-    """The expert engineer's ``/mosaic/infer/1`` client, bound to this node's host."""
+    """Streams one generation from an expert over ``/mosaic/infer/1``: in a node,
+    :func:`node.expert.client.generate` bound to the node's host (coordinator/service.py)."""
 
     def __call__(self, peer_id: str, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]: ...
 
