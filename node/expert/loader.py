@@ -133,7 +133,8 @@ def check_safetensors_dir(path: Path, *, what: str) -> list[Path]:
 
 
 def _weights_digest(path: Path) -> str:
-    """sha256 over the safetensors files (name + content), the model's content address for now."""
+    """sha256 over the safetensors files (name + content): the digest of a model given as
+    an HF directory (a GGUF model's comes from :func:`content_ids` of the file)."""
     digest = hashlib.sha256()
     for file in check_safetensors_dir(path, what="model"):
         digest.update(file.name.encode())
