@@ -13,7 +13,7 @@ import logging
 from node.logs import get_logger
 import time
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -22,10 +22,13 @@ from node.coordinator.service import coordinator_for
 
 from .app import MAX_BODY, MosaicApi
 
+if TYPE_CHECKING:
+    from node.app import Node
+
 log = get_logger(__name__.removeprefix("node."))
 
 
-def network_status(node: Any) -> dict[str, Any]:
+def network_status(node: Node) -> dict[str, Any]:
     """The node's view of the network for ``GET /status`` and ``python -m node status``."""
     now = time.time()
     coordinator = coordinator_for(node)
@@ -61,7 +64,7 @@ class HttpService:
     def record_fields(self) -> dict[str, object]:
         return {}
 
-    async def run(self, node: Any, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, node: Node, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         from hypercorn.config import Config
         from hypercorn.trio import serve
 

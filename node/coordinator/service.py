@@ -12,7 +12,7 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -21,14 +21,19 @@ from protocol import QUERY_PROTOCOL, ErrorMessage, GenerateRequest, GenerateResu
 
 from .executor import Coordinator, QueryFailed
 
+if TYPE_CHECKING:
+    from libp2p.abc import IHost
+
+    from node.app import Node
+
 # A query may stream for minutes; the request itself must arrive quickly (slowloris).
 MAX_QUERY_SECONDS = 3600.0
 FIRST_MESSAGE_TIMEOUT = 10.0
 
-_coordinators: weakref.WeakKeyDictionary[Any, Coordinator] = weakref.WeakKeyDictionary()
+_coordinators: weakref.WeakKeyDictionary[Node, Coordinator] = weakref.WeakKeyDictionary()
 
 
-def coordinator_for(node: Any) -> Coordinator:
+def coordinator_for(node: Node) -> Coordinator:
     """The node's one coordinator (shared by the query protocol and the HTTP API, so both
     see the same latency and failure observations)."""
     coordinator = _coordinators.get(node)
@@ -38,7 +43,7 @@ def coordinator_for(node: Any) -> Coordinator:
     return coordinator
 
 
-def _infer(host: Any, peer_id: str, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
+def _infer(host: IHost, peer_id: str, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
     # Imported per call, not at start: a coordinator-only node never loads the expert package.
     # The client serves requests to our own peer id from the local worker (a host cannot dial itself).
     from node.expert.client import generate  # the /mosaic/infer/1 client
@@ -73,7 +78,7 @@ class QueryService:
     def record_fields(self) -> dict[str, object]:
         return {}
 
-    async def run(self, node: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         coordinator = coordinator_for(node)
         serve(node.host, QUERY_PROTOCOL, partial(answer_stream, coordinator),
               first_message_timeout=FIRST_MESSAGE_TIMEOUT, deadline=MAX_QUERY_SECONDS + 5.0,
