@@ -37,6 +37,7 @@ from ..config import ExpertConfig
 from ..logs import event, get_logger
 from ..net.streams import FramedStream, StreamClosed, serve
 from .errors import RequestRejected
+from .jobs import Job
 from .local import TERMINAL, LocalExpert, register_local, unregister_local
 
 log = get_logger("expert.service")
@@ -77,7 +78,7 @@ async def handle_infer_stream(expert: LocalExpert, stream: FramedStream) -> None
         await stream.send(exc.to_message())
 
 
-async def _watch_client(stream: FramedStream, job: Any) -> None:
+async def _watch_client(stream: FramedStream, job: Job) -> None:
     """Cancel ``job`` when the client sends ``Cancel`` or goes away (EOF / reset)."""
     try:
         while True:
@@ -90,7 +91,7 @@ async def _watch_client(stream: FramedStream, job: Any) -> None:
         job.cancel()
 
 
-def _remaining(job: Any) -> float:
+def _remaining(job: Job) -> float:
     return max(0.0, job.deadline - time.monotonic())
 
 
