@@ -36,7 +36,7 @@ _READ_CHUNK = 64 * 1024
 _ERROR_SEND_TIMEOUT = 1.0
 
 # Everything libp2p / trio raise when the other side went away mid-stream.
-_TRANSPORT_ERRORS = (
+TRANSPORT_ERRORS = (
     IOException,
     MuxedStreamError,
     MuxedConnError,
@@ -75,7 +75,7 @@ class FramedStream:
         data = encode_frame(encode(message), self.max_frame)
         try:
             await self._stream.write(data)  # type: ignore[attr-defined]
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             raise StreamClosed(f"stream to {self.remote_peer[-8:]} closed while sending: {type(exc).__name__}") from None
 
     async def receive(self, expected: type | tuple[type, ...] | None = None) -> Message:
@@ -98,7 +98,7 @@ class FramedStream:
                 raise StreamClosed(f"stream from {self.remote_peer[-8:]} ended")
             try:
                 chunk = await self._stream.read(_READ_CHUNK)  # type: ignore[attr-defined]
-            except _TRANSPORT_ERRORS as exc:
+            except TRANSPORT_ERRORS as exc:
                 self._eof = True
                 if self._decoder.pending:
                     raise StreamClosed(f"stream from {self.remote_peer[-8:]} ended mid-frame") from None
@@ -116,14 +116,14 @@ class FramedStream:
         self._closed = True
         try:
             await self._stream.close()  # type: ignore[attr-defined]
-        except _TRANSPORT_ERRORS:
+        except TRANSPORT_ERRORS:
             pass
 
     async def reset(self) -> None:
         self._closed = True
         try:
             await self._stream.reset()  # type: ignore[attr-defined]
-        except _TRANSPORT_ERRORS:
+        except TRANSPORT_ERRORS:
             pass
 
 

@@ -30,9 +30,7 @@ from typing import TYPE_CHECKING
 
 import trio
 from libp2p.custom_types import TProtocol
-from libp2p.io.exceptions import IOException
 from libp2p.peer.id import ID
-from libp2p.stream_muxer.exceptions import MuxedConnError, MuxedStreamError
 
 from protocol.cid import CID, cid_from_bytes
 from protocol.errors import DecodeError, MessageTooLarge, ProtocolError
@@ -40,7 +38,7 @@ from protocol.framing import FrameDecoder, decode_varint, encode_varint
 from protocol.unixfs import MAX_BLOCK_SIZE
 
 from ..logs import event, get_logger
-from ..net.streams import StreamClosed
+from ..net.streams import TRANSPORT_ERRORS, StreamClosed
 from .blockstore import BlockStore
 from .upload_limit import UploadLimiter
 
@@ -56,16 +54,6 @@ MAX_RESPONSE_FRAME = MAX_BLOCK_SIZE + 1
 STATUS_BLOCK = 0
 STATUS_MISSING = 1
 _READ_SIZE = 1024 * 1024
-# What libp2p / trio raise when the other side went away mid-stream.
-TRANSPORT_ERRORS = (
-    IOException,
-    MuxedStreamError,
-    MuxedConnError,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-    EOFError,
-    ConnectionError,
-)
 
 
 def encode_request(cids: list[CID]) -> bytes:
