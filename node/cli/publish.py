@@ -37,8 +37,6 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
     config = load_config(args.config)
     if args.data_dir:
         config.data_dir = args.data_dir
-    elif config.data_dir == "~/.mosaic" and os.environ.get("MOSAIC_DATA_DIR"):
-        config.data_dir = os.environ["MOSAIC_DATA_DIR"]
     if getattr(args, "bootstrap", None):
         config.net.bootstrap = list(args.bootstrap)
     if getattr(args, "listen", None):

@@ -45,8 +45,6 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):
     config = load_config(args.config, env=os.environ if env is None else env)
     if args.data_dir:
         config.data_dir = args.data_dir
-    elif config.data_dir == "~/.mosaic" and (env or os.environ).get("MOSAIC_DATA_DIR"):
-        config.data_dir = (env or os.environ)["MOSAIC_DATA_DIR"]
     for attr in ("name", "description", "log_level"):
         if getattr(args, attr) is not None:
             setattr(config, attr, getattr(args, attr))

@@ -64,3 +64,13 @@ def test_defaults_validate() -> None:
     config = NodeConfig().validate()
     assert config.data_path.name == ".mosaic"
     assert config.net.record_ttl > config.net.announce_interval
+
+
+def test_start_takes_the_data_dir_from_the_environment_unless_a_flag_says_otherwise():
+    from node.cli import build_parser
+    from node.cli.start import build_config
+
+    env = {"MOSAIC_DATA_DIR": "/srv/mosaic"}
+    assert build_config(build_parser().parse_args(["start"]), env=env).data_dir == "/srv/mosaic"
+    flagged = build_parser().parse_args(["start", "--data-dir", "/tmp/elsewhere"])
+    assert build_config(flagged, env=env).data_dir == "/tmp/elsewhere"
