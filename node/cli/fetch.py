@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .publish import add_common, add_network, setup
+from .storage_options import add_common, add_network, setup
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

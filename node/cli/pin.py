@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .publish import add_common, build_config
+from .storage_options import add_common, build_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -13,54 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from node.config import NodeConfig
-
-
-def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="TOML config file (flags override it)")
-    p.add_argument("--data-dir", help="node data dir holding the block store (default ~/.mosaic or $MOSAIC_DATA_DIR)")
-
-
-def add_network(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="peer to join through, with /p2p/<id> (repeatable)")
-    p.add_argument("--listen", action="append", metavar="MULTIADDR", help="listen address (default from config)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
-
-
-def build_config(args: argparse.Namespace) -> NodeConfig:
-    """Defaults < TOML < ``MOSAIC_*`` env < flags; raises ``ConfigError`` naming the bad key."""
-    from node.config import load_config
-
-    config = load_config(args.config)
-    if args.data_dir:
-        config.data_dir = args.data_dir
-    if getattr(args, "bootstrap", None):
-        config.net.bootstrap = list(args.bootstrap)
-    if getattr(args, "listen", None):
-        config.net.listen = list(args.listen)
-    if getattr(args, "log_level", None):
-        config.log_level = args.log_level
-    config.expert.enabled = False
-    config.http.enabled = False
-    return config.validate()
-
-
-def setup(args: argparse.Namespace) -> NodeConfig | None:
-    """:func:`build_config` with logging set up for a one-shot command; ``None`` after
-    printing the bad key to stderr (the caller exits 2)."""
-    from node import logs
-    from node.config import ConfigError
-
-    try:
-        config = build_config(args)
-    except ConfigError as exc:
-        print(f"error: config: {exc}", file=sys.stderr)
-        return None
-    logs.setup(config.log_level, libp2p_level="critical")
-    return config
+from .storage_options import add_common, add_network, setup
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
