@@ -21,7 +21,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import aclosing
 from pathlib import Path
@@ -130,7 +129,7 @@ def cli() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the expert's worker")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--data-dir", default=None, help="where the converted model is cached (default: a temp dir)")
+    parser.add_argument("--data-dir", default=None, help="model cache root (default: the per-user cache, $MOSAIC_CACHE_DIR)")
     args = parser.parse_args()
 
     import logging
@@ -140,8 +139,9 @@ def cli() -> None:
     from node.expert.loader import load_expert
 
     logging.getLogger().setLevel(logging.ERROR)
-    data_dir = args.data_dir or os.environ.get("MOSAIC_TEST_DATA_DIR") or tempfile.mkdtemp(prefix="mosaic-bench-")
-    expert = load_expert(None, data_dir=Path(data_dir), device=args.device)
+    # Default: the per-user model cache ($MOSAIC_CACHE_DIR or the platform cache dir).
+    cache = args.data_dir or os.environ.get("MOSAIC_TEST_DATA_DIR")
+    expert = load_expert(None, cache_dir=cache, device=args.device)
     trio.run(main, args, expert)
 
 

@@ -22,7 +22,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -135,7 +134,7 @@ def main() -> int:
                              "decode step 5x slower than 1 thread under load, measured)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each mode keeps its best")
     parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--data-dir", default=None, help="where the converted model is cached (default: a temp dir)")
+    parser.add_argument("--data-dir", default=None, help="model cache root (default: the per-user cache, $MOSAIC_CACHE_DIR)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
@@ -144,9 +143,10 @@ def main() -> int:
     from node.expert.loader import load_expert
 
     torch.set_num_threads(args.threads)
-    data_dir = args.data_dir or os.environ.get("MOSAIC_TEST_DATA_DIR") or tempfile.mkdtemp(prefix="mosaic-bench-")
+    # Default: the per-user model cache ($MOSAIC_CACHE_DIR or the platform cache dir).
+    cache = args.data_dir or os.environ.get("MOSAIC_TEST_DATA_DIR")
     t0 = time.perf_counter()
-    expert = load_expert(None, data_dir=data_dir, device=args.device)
+    expert = load_expert(None, cache_dir=cache, device=args.device)
     print(f"model {expert.model_id} on {expert.device} ({expert.dtype}), torch threads {args.threads}, "
           f"loaded in {time.perf_counter() - t0:.1f} s; {len(PROMPTS)} prompts, max_new_tokens {args.tokens}")
 

@@ -7,7 +7,7 @@ deep inside libp2p.
 
 Environment variables map onto keys with ``__`` between sections:
 ``MOSAIC_NET__RECORD_TTL=30``, ``MOSAIC_NAME=alice``; ``MOSAIC_DATA_DIR`` sets
-the data dir.  Lists are comma separated.
+the data dir, ``MOSAIC_CACHE_DIR`` the per-user model cache.  Lists are comma separated.
 """
 
 from __future__ import annotations
@@ -21,6 +21,21 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_DATA_DIR = "~/.mosaic"
+CACHE_DIR_ENV = "MOSAIC_CACHE_DIR"
+
+
+def default_cache_dir(env: typing.Mapping[str, str] | None = None) -> Path:
+    """The per-user model cache: ``$MOSAIC_CACHE_DIR``, else the platform's user cache dir.
+
+    One cache per user, not per data dir: converting the embedded model takes
+    24-160 s and 517 MB, and every local node (each with its own data dir) shares it.
+    """
+    env = os.environ if env is None else env
+    if env.get(CACHE_DIR_ENV):
+        return Path(env[CACHE_DIR_ENV]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("mosaic"))
 
 
 class ConfigError(ValueError):
@@ -79,6 +94,8 @@ class StorageConfig:
 @dataclass
 class NodeConfig:
     data_dir: str = DEFAULT_DATA_DIR
+    # Converted models, shared by all local nodes (None: default_cache_dir()).
+    cache_dir: str | None = None
     name: str = "mosaic-node"
     description: str = ""
     tags: list[str] = field(default_factory=list)
@@ -91,6 +108,10 @@ class NodeConfig:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser()
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
 
     def validate(self) -> NodeConfig:
         """Check every field's type and range; raise :class:`ConfigError` naming the key."""

@@ -1,8 +1,24 @@
 import os
+import shutil
+import tempfile
 
 # Tests never reach a model hub: every model comes from an installed package.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# The model cache is per user (~/.cache/mosaic): tests must not write there.  Every
+# in-process expert and every `python -m node start` child shares one test cache:
+# $MOSAIC_TEST_DATA_DIR to reuse conversions across runs, else a session temp dir.
+_OWN_CACHE = None
+if not os.environ.get("MOSAIC_CACHE_DIR"):
+    _OWN_CACHE = os.environ.get("MOSAIC_TEST_DATA_DIR") or tempfile.mkdtemp(prefix="mosaic-test-cache-")
+    os.environ["MOSAIC_CACHE_DIR"] = _OWN_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE and not os.environ.get("MOSAIC_TEST_DATA_DIR"):
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
 
 # Expert fixtures (session-scoped model loads) live in tests/expert/fixtures.py.
 from tests.expert.fixtures import adapter_expert, base_expert, expert_data_dir, lora_adapter_dir  # noqa: E402,F401

@@ -9,7 +9,8 @@ Safety rules, enforced here because this is where untrusted files enter:
 * nothing is fetched from a model hub (``local_files_only=True`` everywhere).
 
 GGUF files are dequantized once and cached as a plain safetensors HF directory
-under ``<data_dir>/models/<sha256 prefix>/`` (see :mod:`node.expert.model_cache`):
+in the per-user model cache, ``<cache root>/models/<sha256 prefix>/`` (see
+:mod:`node.expert.model_cache`), shared by every local node:
 dequantizing costs ~18 s on 2 CPU cores, loading the cache ~0.3 s (measured).
 """
 
@@ -98,12 +99,12 @@ def default_gguf_path() -> Path:
     return path
 
 
-def resolve_source(model: str | None, data_dir: Path) -> ModelSource:
+def resolve_source(model: str | None, cache_dir: Path) -> ModelSource:
     """Turn ``--model`` (None = embedded default, a GGUF file or an HF directory) into a safetensors dir."""
     if model is None:
         gguf = default_gguf_path()
         digest, cid = content_ids(gguf)
-        return ModelSource(DEFAULT_MODEL_ID, digest, ensure_converted(gguf, digest, data_dir), cid)
+        return ModelSource(DEFAULT_MODEL_ID, digest, ensure_converted(gguf, digest, cache_dir), cid)
     path = Path(model).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":
@@ -111,7 +112,7 @@ def resolve_source(model: str | None, data_dir: Path) -> ModelSource:
                 raise PickledWeightsRefused(f"{path}: pickle weights are refused; convert them to safetensors")
             raise ModelLoadError(f"{path}: a model file must be .gguf (or pass an HF model directory)")
         digest, cid = content_ids(path)
-        return ModelSource(_gguf_model_id(path), digest, ensure_converted(path, digest, data_dir), cid)
+        return ModelSource(_gguf_model_id(path), digest, ensure_converted(path, digest, cache_dir), cid)
     if path.is_dir():
         check_safetensors_dir(path, what="model")
         return ModelSource(path.resolve().name, _weights_digest(path), path)
@@ -172,15 +173,22 @@ def load_expert(
     model: str | None = None,
     adapters: dict[str, str] | None = None,
     *,
-    data_dir: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] | None = None,
     device: str = "auto",
     max_context: int | None = None,
 ) -> LoadedExpert:
-    """Load a base model and its LoRA adapters (blocking: call from a worker thread)."""
+    """Load a base model and its LoRA adapters (blocking: call from a worker thread).
+
+    ``cache_dir`` is the model cache root (default: the per-user cache,
+    :func:`node.config.default_cache_dir`).
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = resolve_source(model, Path(data_dir).expanduser())
+    from ..config import default_cache_dir
+
+    root = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+    source = resolve_source(model, root)
     device, dtype = resolve_device(device)
     event(log, "expert_loading", model=source.model_id, path=source.directory, device=device)
     try:

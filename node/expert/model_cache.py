@@ -1,14 +1,23 @@
-"""GGUF -> plain safetensors HF directory, converted once and cached by content hash.
+"""The per-user model cache: converted models stored once, by content hash, for every local node.
 
 transformers can load GGUF directly but dequantizes on every load (~18 s for
 SmolLM2-135M on 2 cores, measured) and refuses to ``save_pretrained`` a model
 that still carries its ``quantization_config``.  We dequantize once, rebuild a
 plain model from the config without that key, and save it with the tokenizer
-to ``<data_dir>/models/<sha256[:16]>/``; later starts load that in ~0.3 s.
+to ``<cache root>/models/<sha256[:16]>/``; later starts load that in ~0.3 s.
 
-The directory is written under a temporary name and renamed into place, with
-a ``mosaic-source.json`` marker holding the full hash, so a crash mid-way
-never leaves a half-written cache that a later start would trust.
+The cache root is per user, not per data dir (:func:`node.config.default_cache_dir`:
+``$MOSAIC_CACHE_DIR`` or the platform cache dir): before, every data dir converted
+again (24-160 s) and kept its own 517 MB copy.  Several nodes may start at once on
+a cold cache: :func:`ensure_entry` builds an entry under a per-entry file lock
+(``<digest>.lock``, released by the OS if the process dies), so one builds and the
+others wait and reuse it (three concurrent first starts converted three times and
+took 183 s).  An entry is built in a staging directory and renamed into place,
+with a ``mosaic-source.json`` marker holding the full hash, so a crash mid-way
+never leaves a half-written entry that a later start would trust.
+
+Other model producers (e.g. a model catalog) use :func:`ensure_entry` with their
+own ``build`` function to get the same locking and atomicity.
 """
 
 from __future__ import annotations
@@ -18,7 +27,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+from filelock import FileLock
 
 from ..logs import event, get_logger
 
@@ -55,11 +67,13 @@ def content_ids(path: str | os.PathLike[str]) -> tuple[str, str]:
     return digest.hexdigest(), str(root.cid)
 
 
-def cache_dir_for(digest: str, data_dir: Path) -> Path:
-    return data_dir / "models" / digest[:16]
+def entry_dir(cache_root: Path, digest: str) -> Path:
+    """Where the entry for content hash ``digest`` lives (it may not exist yet)."""
+    return cache_root / "models" / digest[:16]
 
 
 def is_cached(directory: Path, digest: str) -> bool:
+    """True when ``directory`` is a complete entry for ``digest`` (marker written last)."""
     try:
         marker = json.loads((directory / MARKER).read_text())
     except (OSError, ValueError):
@@ -67,25 +81,42 @@ def is_cached(directory: Path, digest: str) -> bool:
     return marker.get("sha256") == digest and any(directory.glob("*.safetensors"))
 
 
-def ensure_converted(gguf: Path, digest: str, data_dir: Path) -> Path:
-    """Return the cached HF directory for ``gguf``, converting it first if needed (blocking)."""
-    target = cache_dir_for(digest, data_dir)
+def ensure_entry(cache_root: Path, digest: str, build: Callable[[Path], None], *, source: str) -> Path:
+    """Return the complete entry for ``digest``, calling ``build(staging_dir)`` first if needed.
+
+    ``build`` writes the model (``*.safetensors`` plus config/tokenizer files) into
+    the empty directory it is given.  Blocking: call from a worker thread.  Safe
+    across processes: the first caller builds, concurrent callers wait for it.
+    """
+    target = entry_dir(cache_root, digest)
     if is_cached(target, digest):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    event(log, "gguf_convert_start", gguf=gguf.name, sha256=digest[:16], target=target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        _convert(gguf, staging)
-        (staging / MARKER).write_text(json.dumps({"sha256": digest, "source": gguf.name}))
-        if target.exists():  # a stale or partial directory from an older run
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    event(log, "gguf_convert_done", target=target)
+    with FileLock(str(target.parent / f"{target.name}.lock")):
+        if is_cached(target, digest):  # another process built it while we waited
+            event(log, "model_cache_hit_after_wait", target=target)
+            return target
+        # Staging dirs of a build that was killed (Ctrl-C, OOM) are garbage now: we hold the lock.
+        for stale in target.parent.glob(f".{target.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        event(log, "model_cache_build_start", source=source, sha256=digest[:16], target=target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            build(staging)
+            (staging / MARKER).write_text(json.dumps({"sha256": digest, "source": source}))
+            if target.exists():  # a stale or partial directory from an older run
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    event(log, "model_cache_build_done", target=target)
     return target
+
+
+def ensure_converted(gguf: Path, digest: str, cache_root: Path) -> Path:
+    """Return the cached HF directory for ``gguf``, converting it first if needed (blocking)."""
+    return ensure_entry(cache_root, digest, lambda out: _convert(gguf, out), source=gguf.name)
 
 
 def _convert(gguf: Path, out: Path) -> None:

@@ -114,7 +114,7 @@ class ExpertService:
         self.config = config or ExpertConfig()
         self.expert = expert
         self.threads = threads
-        # Where converted GGUFs are cached (default: the node's data dir); tests share one.
+        # Where converted GGUFs are cached (default: the per-user cache of the node's config).
         self.model_cache_dir = model_cache_dir
         self.adapter_cids: dict[str, str] = {}  # adapter name -> UnixFS CID (fetched or published)
         self.worker: Any = None
@@ -156,9 +156,9 @@ class ExpertService:
                 local_adapters[name] = adapters[name]
             else:
                 self.adapter_cids[name] = cid
-        cache = self.model_cache_dir or node.config.data_path
+        cache = self.model_cache_dir or node.config.cache_path
         self.expert = await trio.to_thread.run_sync(
-            lambda: load_expert(model, adapters, data_dir=cache, device=cfg.device)
+            lambda: load_expert(model, adapters, cache_dir=cache, device=cfg.device)
         )
         for name, path in local_adapters.items():
             cid = await publish_adapter(node, path)

@@ -174,7 +174,7 @@ class _ExpertWithAdapterByCid:
         # find no providers, so report started first and fetch + load in the background.
         task_status.started()
         self.adapter_path = await ensure_local(node, self.cid)
-        node.config.data_dir = str(self.expert_data_dir)  # reuse the session's converted base model
+        node.config.cache_dir = str(self.expert_data_dir)  # reuse the session's converted base model
         self.expert_service = ExpertService(ExpertConfig(adapters={self.name: str(self.adapter_path)}, device="cpu"), threads=2)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.expert_service.run, node)

