@@ -11,7 +11,7 @@ import argparse
 import importlib
 
 # Order is the order shown in --help.
-COMMANDS = ("start", "peers", "query", "status", "publish", "fetch", "pin")
+COMMANDS = ("start", "peers", "query", "status", "publish", "fetch", "pin", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
