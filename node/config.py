@@ -82,6 +82,8 @@ class HttpConfig:
     enabled: bool = True
     listen: str = "127.0.0.1:8080"
     token: str | None = None
+    # Where `node eval` writes reports: the dashboard shows the newest one's plots.
+    report_dir: str | None = None
 
 
 @dataclass

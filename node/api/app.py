@@ -22,12 +22,14 @@ from typing import Any
 import msgspec
 import trio
 
+from node.activity import Activity
 from node.coordinator import Coordinator, QueryFailed
 from node.coordinator.routing import VIRTUAL_PREFIX, model_ids
 from protocol import Provenance, QueryChunk, QueryRequest, QueryResult
 
 from . import openai_schema as oai
 from . import sse
+from .dashboard import Dashboard
 from .errors import ApiError, from_code, method_not_allowed, model_not_found, not_found, too_large, unauthorized
 
 log = get_logger(__name__.removeprefix("node."))
@@ -56,8 +58,12 @@ class MosaicApi:
         token: str | None = None,
         max_body: int = MAX_BODY,
         default_timeout: float = 120.0,
+        activity: Activity | None = None,
+        dashboard: Dashboard | None = None,
     ) -> None:
         self.coordinator = coordinator
+        self._activity = activity
+        self._dashboard = dashboard
         self._status = status or (lambda: {})
         self._token = token.encode() if token else None
         self._max_body = max_body
@@ -84,6 +90,12 @@ class MosaicApi:
         if path == "/health":
             await _send_json(send, 200, {"ok": True})
             return
+        public = self._dashboard.public(path) if self._dashboard is not None else None
+        if public is not None:
+            if method != "GET":
+                raise method_not_allowed(method)
+            await public(scope, receive, send)
+            return
         routes = {
             "/v1/chat/completions": ("POST", self._chat),
             "/v1/completions": ("POST", self._completion),
@@ -92,6 +104,8 @@ class MosaicApi:
         }
         if path.startswith("/v1/models/"):
             routes[path] = ("GET", self._model)
+        if self._dashboard is not None:
+            routes.update(self._dashboard.routes(path))
         if path not in routes:
             raise not_found(path)
         self._authorize(scope)
@@ -166,6 +180,11 @@ class MosaicApi:
                 return "route", model
         raise model_not_found(model)
 
+    def _answer(self, query: QueryRequest):
+        """The coordinator's events for ``query``, recorded for /metrics and the dashboard."""
+        events = self.coordinator.answer(query)
+        return events if self._activity is None else self._activity.watch(query, events, protocol="http")
+
     async def _complete(self, request, *, chat: bool, receive, send) -> None:
         strategy, pinned = self._resolve(request.model)
         query = oai.to_query(request, strategy=strategy, model=pinned, default_timeout=self._default_timeout)
@@ -175,7 +194,7 @@ class MosaicApi:
         result = None
         try:
             with trio.fail_after(query.timeout_s):
-                async with aclosing(self.coordinator.answer(query)) as events:
+                async with aclosing(self._answer(query)) as events:
                     async for event in events:
                         if isinstance(event, QueryResult):
                             result = event
@@ -212,7 +231,7 @@ class MosaicApi:
             nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
             try:
                 with trio.fail_after(query.timeout_s):
-                    async with aclosing(self.coordinator.answer(query)) as events:
+                    async with aclosing(self._answer(query)) as events:
                         async for event in events:
                             if not started:
                                 prov = event.provenance if isinstance(event, QueryChunk) else (

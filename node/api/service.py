@@ -17,10 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from node.activity import activity_for
 from node.config import HttpConfig
+from node.metrics import metrics_for
 from node.coordinator.service import coordinator_for
 
 from .app import MAX_BODY, MosaicApi
+from .dashboard import Dashboard
+from .node_metrics import bind_node_state
 
 if TYPE_CHECKING:
     from node.app import Node
@@ -68,8 +72,11 @@ class HttpService:
         from hypercorn.config import Config
         from hypercorn.trio import serve
 
-        app = MosaicApi(coordinator_for(node), status=lambda: network_status(node), token=self._config.token,
-                        max_body=self._max_body)
+        coordinator, activity = coordinator_for(node), activity_for(node)
+        bind_node_state(metrics_for(node), node)
+        dashboard = Dashboard(node, coordinator, activity, metrics_for(node), report_dir=self._config.report_dir)
+        app = MosaicApi(coordinator, status=lambda: network_status(node), token=self._config.token,
+                        max_body=self._max_body, activity=activity, dashboard=dashboard)
         config = Config()
         config.bind = [self._config.listen]
         config.accesslog = None

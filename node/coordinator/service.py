@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from node.activity import Activity, activity_for
 from node.net.streams import FramedStream, serve
 from protocol import QUERY_PROTOCOL, ErrorMessage, GenerateRequest, GenerateResult, QueryChunk, QueryRequest, TokenChunk
 
@@ -51,12 +52,15 @@ def _infer(host: IHost, peer_id: str, request: GenerateRequest) -> AsyncIterator
     return generate(host, peer_id, request)
 
 
-async def answer_stream(coordinator: Coordinator, stream: FramedStream) -> None:
+async def answer_stream(coordinator: Coordinator, stream: FramedStream, activity: Activity | None = None) -> None:
     """Serve one query on ``stream``; failures become one typed ErrorMessage."""
     request = await stream.receive(QueryRequest)
     try:
         with trio.fail_after(request.timeout_s):
-            async with aclosing(coordinator.answer(request)) as events:
+            answer = coordinator.answer(request)
+            if activity is not None:  # recorded for /metrics and the dashboard
+                answer = activity.watch(request, answer, protocol="libp2p")
+            async with aclosing(answer) as events:
                 async for event in events:
                     if isinstance(event, QueryChunk) and not request.stream:
                         continue
@@ -80,7 +84,7 @@ class QueryService:
 
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         coordinator = coordinator_for(node)
-        serve(node.host, QUERY_PROTOCOL, partial(answer_stream, coordinator),
+        serve(node.host, QUERY_PROTOCOL, partial(answer_stream, coordinator, activity=activity_for(node)),
               first_message_timeout=FIRST_MESSAGE_TIMEOUT, deadline=MAX_QUERY_SECONDS + 5.0,
               max_per_peer=self._max_per_peer, max_total=self._max_total)
         task_status.started()

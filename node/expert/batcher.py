@@ -81,6 +81,7 @@ class InferenceWorker:
         self._batch: Any = None  # BatchCache, created on the worker thread
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode steps run (for tests and metrics)
+        self.busy_rejections = 0  # jobs refused because the queue was full (/metrics)
         self._batchable: bool | None = None  # can prefilled caches merge into the batch? (batch_cache.py)
 
     # ------------------------------------------------------------------ trio-side API (any thread)
@@ -121,6 +122,7 @@ class InferenceWorker:
             if len(self._pending) >= self.queue_size:
                 self._purge_cancelled()
             if len(self._pending) >= self.queue_size:
+                self.busy_rejections += 1
                 raise Busy(f"queue full ({self.queue_size} waiting); retry later", request_id=job.request_id)
             self._pending.append(job)
             self._cond.notify()

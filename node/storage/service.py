@@ -70,6 +70,7 @@ class StorageService:
         self.bitswap: Bitswap | None = None
         self.reprovider: Reprovider | None = None
         self._started = trio.Event()
+        self.bytes_fetched = 0  # block bytes fetched from peers, all fetches (/metrics)
 
     @classmethod
     def from_config(cls, config: NodeConfig) -> StorageService:
@@ -159,6 +160,7 @@ class StorageService:
         stats = await fetch_dag(
             node.host, self.store, root, candidates, bitswap=self.bitswap, progress=progress, window=window
         )
+        self.bytes_fetched += stats.bytes_fetched
         if pin:
             await trio.to_thread.run_sync(self.store.pin, root)
             await self.announce(root)

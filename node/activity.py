@@ -1,0 +1,210 @@
+"""What this node saw of the queries it coordinated: the dashboard's live feed and usage table.
+
+:meth:`Activity.watch` wraps a coordinator's event stream (one line at each
+call site: the HTTP API and ``/mosaic/query/1``).  It passes every event
+through unchanged and, on the side, moves the node's Prometheus metrics,
+keeps the last queries with their provenance and trace, counts per
+contributor how many answers it served and how often its answer was the one
+returned, and pushes ``query`` events to live subscribers (the dashboard's
+SSE stream).
+
+A subscriber that does not keep up loses events rather than slowing a query:
+publishing never blocks (the dashboard refetches the full state on reconnect).
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import trio
+
+from protocol import QueryChunk, QueryRequest, QueryResult
+
+from .metrics import NodeMetrics, metrics_for
+
+RECENT_QUERIES = 50
+PROMPT_EXCERPT = 240
+_SUBSCRIBER_BUFFER = 64
+# Keys under which a trace step (any shape, see docs/api.md) names the peer that did it.
+_PEER_KEYS = ("peer", "peer_id", "served_by")
+
+
+@dataclass
+class QueryView:
+    """One query as the dashboard shows it."""
+
+    request_id: str
+    protocol: str
+    strategy: str
+    model: str | None
+    prompt: str
+    started_at: float
+    status: str = "running"  # running, ok, error
+    first_token_s: float | None = None
+    seconds: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    answer: str = ""
+    provenance: list[Any] = field(default_factory=list)
+    trace: Any = None
+    error: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Contribution:
+    """One contributor's share of the answers this node coordinated."""
+
+    name: str = ""
+    served: int = 0  # queries in which it produced (part of) an answer
+    won: int = 0  # queries whose returned answer is its text
+    completion_tokens: int = 0
+
+
+class Activity:
+    """Recent queries, per-contributor usage and live subscribers of one node."""
+
+    def __init__(self, metrics: NodeMetrics) -> None:
+        self.metrics = metrics
+        self.recent: deque[QueryView] = deque(maxlen=RECENT_QUERIES)
+        self.usage: dict[str, Contribution] = {}
+        self._subscribers: set[trio.MemorySendChannel[dict[str, Any]]] = set()
+
+    # ------------------------------------------------------------------ reads
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"queries": [q.to_json() for q in self.recent],
+                "usage": {peer: c.__dict__ for peer, c in self.usage.items()}}
+
+    @contextmanager
+    def subscribe(self) -> Iterator[trio.MemoryReceiveChannel[dict[str, Any]]]:
+        """Live ``{"type": ..., ...}`` events until the ``with`` block ends."""
+        send, receive = trio.open_memory_channel[dict[str, Any]](_SUBSCRIBER_BUFFER)
+        self._subscribers.add(send)
+        try:
+            yield receive
+        finally:
+            self._subscribers.discard(send)
+            send.close()
+            receive.close()
+
+    def _publish(self, payload: dict[str, Any]) -> None:
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait(payload)
+            except trio.WouldBlock:
+                pass  # a slow dashboard misses this one; it resyncs on reconnect
+            except trio.ClosedResourceError:
+                self._subscribers.discard(channel)
+
+    # ------------------------------------------------------------------ the watcher
+
+    async def watch(self, query: QueryRequest, events: AsyncIterator[QueryChunk | QueryResult], *,
+                    protocol: str) -> AsyncIterator[QueryChunk | QueryResult]:
+        """``events`` unchanged, recorded on the side (see the module docstring)."""
+        view = QueryView(request_id=query.request_id, protocol=protocol, strategy=query.strategy,
+                         model=query.model, prompt=_excerpt(query), started_at=time.time())
+        self.recent.append(view)
+        self.metrics.requests.labels(protocol, query.strategy).inc()
+        self.metrics.in_flight.inc()
+        self._publish({"type": "query", "query": view.to_json()})
+        started = time.monotonic()
+        try:
+            async for item in events:
+                if view.first_token_s is None:
+                    view.first_token_s = time.monotonic() - started
+                    self.metrics.first_token.labels(query.strategy).observe(view.first_token_s)
+                if isinstance(item, QueryResult):
+                    self._finished(view, item, time.monotonic() - started)
+                yield item
+        except BaseException as exc:  # Cancelled (deadline, client gone) included: recorded, re-raised
+            if view.status == "running":
+                self._failed(view, exc, time.monotonic() - started, query.timeout_s)
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            if view.status == "running":  # the caller stopped iterating before the result
+                self._failed(view, None, time.monotonic() - started, query.timeout_s)
+
+    def _finished(self, view: QueryView, result: QueryResult, seconds: float) -> None:
+        view.status, view.seconds, view.answer = "ok", seconds, result.text[:4000]
+        view.prompt_tokens = result.usage.prompt_tokens
+        view.completion_tokens = result.usage.completion_tokens
+        view.provenance = msgspec.to_builtins(result.provenance)
+        view.trace = msgspec.to_builtins(getattr(result, "trace", None))
+        self.metrics.latency.labels(view.strategy).observe(seconds)
+        self.metrics.tokens.labels("prompt").inc(view.prompt_tokens)
+        self.metrics.tokens.labels("completion").inc(view.completion_tokens)
+        names = {p.served_by: p.expert for p in result.provenance}
+        winners = [p.served_by for p in result.provenance if p.role == "answer"] or [
+            p.served_by for p in result.provenance[:1]]
+        for peer in set(names) | trace_peers(view.trace):
+            entry = self.usage.setdefault(peer, Contribution())
+            entry.name = names.get(peer) or entry.name
+            entry.served += 1
+        for peer in set(winners):
+            entry = self.usage[peer]
+            entry.won += 1
+            entry.completion_tokens += view.completion_tokens
+        self._publish({"type": "query", "query": view.to_json()})
+        self._publish({"type": "usage", "usage": self.snapshot()["usage"]})
+
+    def _failed(self, view: QueryView, exc: BaseException | None, seconds: float, timeout_s: float) -> None:
+        if exc is None or isinstance(exc, (trio.Cancelled, GeneratorExit)):
+            # The caller owns the deadline (a cancel scope around the iteration): what reaches us
+            # is a cancellation, a timeout when the query's own budget ran out.
+            if seconds >= timeout_s:
+                code, message = "timeout", f"no complete answer within {timeout_s:g} s"
+            else:
+                code, message = "cancelled", "the client went away"
+        else:
+            code, message = str(getattr(exc, "code", None) or "internal"), str(exc)[:500]
+        view.status, view.seconds, view.error = "error", seconds, {"code": code, "message": message}
+        self.metrics.errors.labels(view.protocol, view.strategy, code).inc()
+        self._publish({"type": "query", "query": view.to_json()})
+
+
+def trace_peers(trace: Any) -> set[str]:
+    """Every peer id a trace names, whatever its shape (steps nest under any key)."""
+    found: set[str] = set()
+    stack = [trace]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key in _PEER_KEYS and isinstance(value, str) and value:
+                    found.add(value)
+                else:
+                    stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def _excerpt(query: QueryRequest) -> str:
+    if query.messages:
+        users = [m.content for m in query.messages if m.role == "user"]
+        text = users[-1] if users else query.messages[-1].content
+    else:
+        text = query.prompt or ""
+    return text[:PROMPT_EXCERPT]
+
+
+_by_owner: weakref.WeakKeyDictionary[Any, Activity] = weakref.WeakKeyDictionary()
+
+
+def activity_for(owner: Any) -> Activity:
+    """The :class:`Activity` of ``owner`` (a node), sharing the node's :func:`metrics_for`."""
+    activity = _by_owner.get(owner)
+    if activity is None:
+        activity = _by_owner[owner] = Activity(metrics_for(owner))
+    return activity
