@@ -139,7 +139,7 @@ class Activity:
         view.status, view.seconds, view.answer = "ok", seconds, result.text[:4000]
         view.prompt_tokens = result.usage.prompt_tokens
         view.completion_tokens = result.usage.completion_tokens
-        view.provenance = msgspec.to_builtins(result.provenance)
+        view.provenance = [msgspec.to_builtins(p) for p in result.provenance]
         view.trace = msgspec.to_builtins(getattr(result, "trace", None))
         self.metrics.latency.labels(view.strategy).observe(seconds)
         self.metrics.tokens.labels("prompt").inc(view.prompt_tokens)
@@ -185,7 +185,7 @@ def trace_peers(trace: Any) -> set[str]:
                     found.add(value)
                 else:
                     stack.append(value)
-        elif isinstance(item, list):
+        elif isinstance(item, (list, tuple)):
             stack.extend(item)
     return found
 

@@ -1,0 +1,119 @@
+"""node.activity without a network: what a watched query leaves in the feed, the usage table and the metrics."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+import protocol as p
+from node.activity import Activity, trace_peers
+from node.metrics import NodeMetrics
+
+A, B = "12D3KooWPeerA", "12D3KooWPeerB"
+QUERY = p.QueryRequest(request_id="q1", messages=(p.ChatMessage(role="user", content="2+2?"),), strategy="route",
+                       timeout_s=5.0)
+
+
+def result(*provenance: p.Provenance) -> p.QueryResult:
+    return p.QueryResult(request_id="q1", text="4", finish_reason="stop", strategy="route", provenance=provenance,
+                         usage=p.Usage(prompt_tokens=7, completion_tokens=3, seconds=0.5))
+
+
+async def events(*items, fail: Exception | None = None):
+    for item in items:
+        await trio.sleep(0)
+        yield item
+    if fail is not None:
+        raise fail
+
+
+def value(metrics: NodeMetrics, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+async def test_a_finished_query_is_recorded_and_passed_through_unchanged():
+    activity = Activity(NodeMetrics())
+    prov = p.Provenance(served_by=A, expert="math")
+    chunk = p.QueryChunk(request_id="q1", index=0, text="4", provenance=prov)
+    with activity.subscribe() as feed:
+        seen = [e async for e in activity.watch(QUERY, events(chunk, result(prov)), protocol="http")]
+        published = [feed.receive_nowait() for _ in range(3)]
+    assert seen == [chunk, result(prov)]
+    (view,) = activity.recent
+    assert view.status == "ok" and view.prompt == "2+2?" and view.completion_tokens == 3
+    assert view.provenance == [{"served_by": A, "expert": "math", "model": "", "adapter": None,
+                                "adapter_cid": None, "role": "answer"}]
+    assert activity.usage[A].served == 1 and activity.usage[A].won == 1 and activity.usage[A].name == "math"
+    assert [e["type"] for e in published] == ["query", "query", "usage"]
+    assert value(activity.metrics, "mosaic_requests_total", protocol="http", strategy="route") == 1
+    assert value(activity.metrics, "mosaic_tokens_total", kind="completion") == 3
+    assert value(activity.metrics, "mosaic_time_to_first_token_seconds_count", strategy="route") == 1
+    assert value(activity.metrics, "mosaic_queries_in_flight") == 0
+
+
+async def test_a_failed_query_counts_its_error_code_and_reraises():
+    activity = Activity(NodeMetrics())
+
+    class Failed(Exception):
+        code = "unavailable"
+
+    with pytest.raises(Failed):
+        async for _ in activity.watch(QUERY, events(fail=Failed("every expert failed")), protocol="libp2p"):
+            pass
+    (view,) = activity.recent
+    assert view.status == "error" and view.error == {"code": "unavailable", "message": "every expert failed"}
+    assert value(activity.metrics, "mosaic_request_errors_total", protocol="libp2p", strategy="route",
+                 code="unavailable") == 1
+    assert activity.usage == {}
+
+
+async def test_a_deadline_is_a_timeout_and_a_client_leaving_is_a_cancel():
+    activity = Activity(NodeMetrics())
+
+    async def silent():
+        await trio.sleep_forever()
+        yield  # pragma: no cover
+
+    quick = p.QueryRequest(request_id="q2", prompt="x", timeout_s=0.05)
+    with trio.move_on_after(0.05):
+        async for _ in activity.watch(quick, silent(), protocol="http"):
+            pass
+    with trio.move_on_after(0.01):
+        async for _ in activity.watch(QUERY, silent(), protocol="http"):
+            pass
+    assert [q.error["code"] for q in activity.recent] == ["timeout", "cancelled"]
+
+
+async def test_trace_peers_count_as_served_and_the_answer_wins():
+    activity = Activity(NodeMetrics())
+    traced = result(p.Provenance(served_by=A, expert="math"))
+    trace = {"strategy": "vote", "steps": [{"role": "proposer", "peer": A}, {"role": "proposer", "peer": B,
+                                                                           "children": [{"served_by": "C"}]}]}
+    assert trace_peers(trace) == {A, B, "C"}
+
+    class WithTrace:  # duck-typed like a QueryResult that carries a trace
+        def __init__(self, base: p.QueryResult) -> None:
+            self.__dict__.update({f: getattr(base, f) for f in base.__struct_fields__})
+            self.trace = trace
+
+    async for _ in activity.watch(QUERY, events(traced), protocol="http"):
+        pass
+    assert activity.usage[A].won == 1 and B not in activity.usage
+    view = activity.recent[-1]
+    activity._finished(view, WithTrace(traced), 1.0)  # type: ignore[arg-type]
+    assert activity.usage[B].served == 1 and activity.usage[B].won == 0 and activity.usage[A].won == 2
+
+
+async def test_a_slow_subscriber_loses_events_instead_of_blocking_queries():
+    activity = Activity(NodeMetrics())
+    prov = p.Provenance(served_by=A)
+    with activity.subscribe():
+        for _ in range(40):  # 3 events each, far beyond the subscriber's buffer
+            async for _ in activity.watch(QUERY, events(result(prov)), protocol="http"):
+                pass
+    assert len(activity.recent) == 40 and activity.usage[A].won == 40
