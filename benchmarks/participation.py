@@ -1,0 +1,265 @@
+"""The participation experiment on one machine, in one command.
+
+Starts a localhost Mosaic network -- a coordinator node (HTTP API, no model) and one node per
+contributor expert -- plus a monolithic baseline alone in a network of its own (so no strategy
+can consult it), runs ``python -m node eval`` on a fixed slice of test items per task against
+both, and writes the report (markdown, PNG plots, JSON) into ``--out``.
+
+    python benchmarks/participation.py --out docs/results/cpu-small
+
+Experts (``--expert NAME=MODEL[+ADAPTER_NAME=PATH][@TAGS]``, repeatable) default to the model
+catalog's three small bases when the catalog is in this tree (SmolLM2-135M, Gemma-3-270M,
+Qwen2.5-Coder-0.5B), else to the one embedded SmolLM2-135M; the baseline defaults to the
+largest catalog model (Qwen2.5-Coder-1.5B).  Converted weights live in the per-user model cache
+(``MOSAIC_CACHE_DIR``), so a rerun starts in seconds; a rerun with the same ``--out`` resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LISTEN_LINE = re.compile(r"^mosaic node (\S+) listening on (\S+)$")
+DEFAULT_TASKS = "arc_challenge,mmlu_redux,truthfulqa,gsm8k,popqa"
+# Catalog keys -> what each contributor is said to offer (descriptions feed the similarity analysis).
+CATALOG_EXPERTS = {
+    "smollm2": ("smollm2-135m", "SmolLM2 135M instruct: short general answers, everyday knowledge", "general,chat"),
+    "gemma": ("gemma3-270m", "Gemma 3 270M: general knowledge and reading questions", "general,knowledge"),
+    "qwen-coder": ("qwen2.5-0.5b", "Qwen2.5 Coder 0.5B instruct: code, math and step-by-step reasoning",
+                   "code,math,gsm8k"),
+}
+BASELINE = "qwen2.5-1.5b"
+
+
+@dataclass
+class ExpertSpec:
+    name: str
+    model: str | None  # catalog key, model path, or None for the embedded default
+    description: str = ""
+    tags: str = ""
+    adapters: list[str] = field(default_factory=list)  # NAME=PATH
+
+
+def catalog_available() -> bool:
+    try:
+        import node.expert.catalog  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def default_experts() -> tuple[list[ExpertSpec], str | None, str]:
+    if catalog_available():
+        specs = [ExpertSpec(name, key, desc, tags) for name, (key, desc, tags) in CATALOG_EXPERTS.items()]
+        return specs, BASELINE, "catalog bases (no adapters yet)"
+    return ([ExpertSpec("smollm2", None, "SmolLM2 135M instruct (embedded default)", "general")], None,
+            "the embedded SmolLM2-135M only (no model catalog in this tree)")
+
+
+def parse_expert(text: str) -> ExpertSpec:
+    """``NAME=MODEL[+ADAPTER=PATH...][@TAGS]``; MODEL ``default`` is the embedded SmolLM2."""
+    head, _, tags = text.partition("@")
+    name, sep, rest = head.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--expert {text!r}: expected NAME=MODEL[+ADAPTER=PATH][@TAGS]")
+    model, *adapters = rest.split("+")
+    return ExpertSpec(name, None if model in ("", "default") else model, f"{name} ({model})", tags, adapters)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """The node processes of the experiment; all are stopped on exit."""
+
+    def __init__(self, work: Path, device: str) -> None:
+        self.work, self.device = work, device
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def spawn(self, name: str, *, expert: ExpertSpec | None, bootstrap: str | None,
+              http_port: int | None) -> subprocess.Popen[str]:
+        """Start ``python -m node start`` for one node; ``address()`` waits for it to listen."""
+        data = self.work / "nodes" / name
+        data.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", "node", "start", "--data-dir", str(data), "--listen", "/ip4/127.0.0.1/tcp/0",
+                "--name", name, "--log-level", "warning", "--announce-interval", "5"]
+        args += ["--http", f"127.0.0.1:{http_port}"] if http_port else ["--no-http"]
+        if bootstrap:
+            args += ["--bootstrap", bootstrap]
+        if expert is None:
+            args.append("--no-expert")
+        else:
+            args += ["--device", self.device, "--description", expert.description]
+            if expert.tags:
+                args += ["--tags", expert.tags]
+            if expert.model:
+                args += ["--model", expert.model]
+            for adapter in expert.adapters:
+                args += ["--adapter", adapter]
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+               "HF_HUB_OFFLINE": "1"}
+        log = (self.work / f"{name}.log").open("w")
+        proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        proc.name = name  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    def address(self, proc: subprocess.Popen[str], timeout: float = 1800.0) -> str:
+        """The multiaddr the node prints once it listens (a first start converts its model: minutes)."""
+        line = _read_line(proc, timeout)
+        match = LISTEN_LINE.match(line.strip())
+        if match is None:
+            name = proc.name  # type: ignore[attr-defined]
+            raise RuntimeError(f"node {name} did not start (got {line!r}); see {self.work / f'{name}.log'}")
+        return match.group(2)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout)
+    return out[0] if out else ""
+
+
+def wait_for_models(url: str, wanted: set[str], timeout: float = 120.0) -> list[dict]:
+    """Poll ``GET /v1/models`` until every wanted model id is listed (records travel by gossip)."""
+    deadline = time.monotonic() + timeout
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/v1/models", timeout=10) as reply:
+                cards = json.load(reply)["data"]
+            seen = {c["id"] for c in cards}
+            if wanted <= seen:
+                return cards
+        except OSError:
+            pass
+        time.sleep(1.0)
+    raise RuntimeError(f"{url}: models {sorted(wanted - seen)} never appeared (have {sorted(seen)})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="results folder (logs, report.md, plots, summary.json)")
+    parser.add_argument("--work", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "mosaic-participation"),
+                        help="node data dirs (identities) and logs")
+    parser.add_argument("--tasks", default=None, help="task folder (default: shared/data/tasks beside the repo)")
+    parser.add_argument("--names", default=DEFAULT_TASKS)
+    parser.add_argument("--limit", type=int, default=8, help="test items per task (the first N, fixed)")
+    parser.add_argument("--expert", action="append", help="NAME=MODEL[+ADAPTER=PATH][@TAGS] (repeatable)")
+    parser.add_argument("--baseline", default=None, help="catalog key or model path; 'none' to skip")
+    parser.add_argument("--strategies", default="route", help="strategies to evaluate (those the network offers)")
+    parser.add_argument("--max-tokens", default="multiple_choice=24,exact_match=96,f1_match=32")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per query")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    experts, baseline, source = default_experts()
+    if args.expert:
+        experts, source = [parse_expert(e) for e in args.expert], "given on the command line"
+    if args.baseline:
+        baseline = None if args.baseline == "none" else args.baseline
+    out, work = Path(args.out).resolve(), Path(args.work).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cluster = Cluster(work, args.device)
+    started = time.monotonic()
+    try:
+        coord_port = free_port()
+        coordinator = cluster.address(cluster.spawn("coordinator", expert=None, bootstrap=None, http_port=coord_port))
+        # Every model node starts at once (loading is the slow part); each listens when its model is ready.
+        procs = [cluster.spawn(s.name, expert=s, bootstrap=coordinator, http_port=None) for s in experts]
+        base_port = free_port()
+        if baseline:
+            procs.append(cluster.spawn("baseline", expert=ExpertSpec("baseline", baseline, f"monolithic baseline {baseline}"),
+                                       bootstrap=None, http_port=base_port))
+        for proc in procs:
+            cluster.address(proc)
+            print(f"node {proc.name} is up after {time.monotonic() - started:.0f} s", file=sys.stderr)  # type: ignore[attr-defined]
+        coord_url = f"http://127.0.0.1:{coord_port}"
+        wanted = {s.name for s in experts} | {f"{s.name}/{a.split('=')[0]}" for s in experts for a in s.adapters}
+        wait_for_models(coord_url, wanted)
+        base_url = f"http://127.0.0.1:{base_port}" if baseline else None
+        if base_url:
+            wait_for_models(base_url, {"baseline"})
+        ready = time.monotonic() - started
+        print(f"network ready in {ready:.0f} s", file=sys.stderr)
+        experts_arg = ",".join(sorted(wanted))
+        command = [sys.executable, "-m", "node", "eval", "--http", coord_url, "--names", args.names, "--split", "test",
+                   "--limit", str(args.limit), "--experts", experts_arg, "--strategies", args.strategies,
+                   "--max-tokens", args.max_tokens, "--concurrency", str(args.concurrency),
+                   "--timeout", str(args.timeout), "--out", str(out)]
+        if args.tasks:
+            command += ["--tasks", args.tasks]
+        if baseline:
+            command += ["--baseline", "baseline", "--baseline-http", base_url]
+        eval_started = time.monotonic()
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        code = subprocess.run(command, cwd=REPO, env=env, check=False).returncode
+        eval_seconds = time.monotonic() - eval_started
+    finally:
+        cluster.stop()
+    total = time.monotonic() - started
+    _annotate(out, experts, baseline, source, args, ready, eval_seconds, total)
+    report = subprocess.run([sys.executable, "-m", "node", "eval", "report", str(out)], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, check=False, capture_output=True, text=True)
+    if report.returncode != 0:
+        print(report.stderr, file=sys.stderr)
+        return report.returncode
+    print(f"eval exit {code}; wall time {total:.0f} s (network {ready:.0f} s, eval {eval_seconds:.0f} s); "
+          f"report: {report.stdout.strip()}", file=sys.stderr)
+    return 0 if code in (0, 4) else code
+
+
+def _annotate(out: Path, experts: list[ExpertSpec], baseline: str | None, source: str, args: argparse.Namespace,
+              ready: float, eval_seconds: float, total: float) -> None:
+    """Record in run.json what the report cannot know from the logs: who is who, and how it was run."""
+    path = out / "run.json"
+    run = json.loads(path.read_text()) if path.exists() else {}
+    by_name = {s.name: s for s in experts}
+    for system in run.get("systems", []):
+        spec = by_name.get(system["label"].split("/")[0])
+        if spec is not None and system["kind"] == "expert":
+            system["contributor_model"] = spec.model or "embedded SmolLM2-135M"
+    run["benchmark"] = {
+        "command": "python benchmarks/participation.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "experts_source": source, "baseline": baseline, "device": args.device,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "gpu": shutil.which("nvidia-smi") is not None,
+        "wall_seconds": {"network_ready": round(ready, 1), "eval": round(eval_seconds, 1), "total": round(total, 1)},
+    }
+    run["command"] = run["benchmark"]["command"]
+    path.write_text(json.dumps(run, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
