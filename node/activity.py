@@ -144,6 +144,8 @@ class Activity:
         self.metrics.latency.labels(view.strategy).observe(seconds)
         self.metrics.tokens.labels("prompt").inc(view.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(view.completion_tokens)
+        for code in failed_steps(view.trace):
+            self.metrics.failovers.labels(code).inc()
         names = {p.served_by: p.expert for p in result.provenance}
         winners = [p.served_by for p in result.provenance if p.role == "answer"] or [
             p.served_by for p in result.provenance[:1]]
@@ -188,6 +190,19 @@ def trace_peers(trace: Any) -> set[str]:
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
     return found
+
+
+def failed_steps(trace: Any) -> list[str]:
+    """The error code of every failed step of a step trace (protocol/trace.py): each one is an
+    expert the coordinator gave up on and replaced."""
+    steps = trace.get("steps") if isinstance(trace, dict) else None
+    codes = []
+    for step in steps or ():
+        if isinstance(step, dict) and step.get("status") == "failed":
+            # Errors read "<code>: <message>" (the expert's ErrorMessage code) or are free text.
+            head = str(step.get("error") or "").split(":", 1)[0].strip()
+            codes.append(head if head.isidentifier() and len(head) <= 32 else "error")
+    return codes
 
 
 def _excerpt(query: QueryRequest) -> str:

@@ -12,7 +12,8 @@ python3 -m venv .venv
 # Debian packages some tests use, only when we are root (CI): never prompt for sudo; the tests
 # skip without them.  ipfs-cid (/usr/bin/ipfs_cid) is a second CIDv0 oracle for
 # tests/unit/test_unixfs.py; chromium + chromium-driver run the dashboard's browser test.
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+# MOSAIC_TEST_PACKAGES=0 skips them (the docker image does not need a browser).
+if [ "${MOSAIC_TEST_PACKAGES:-1}" != 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     wanted=""
     command -v ipfs_cid >/dev/null || wanted="$wanted ipfs-cid"
     command -v chromium >/dev/null || wanted="$wanted chromium"

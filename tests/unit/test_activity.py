@@ -92,8 +92,9 @@ async def test_a_deadline_is_a_timeout_and_a_client_leaving_is_a_cancel():
 async def test_trace_peers_count_as_served_and_the_answer_wins():
     activity = Activity(NodeMetrics())
     traced = result(p.Provenance(served_by=A, expert="math"))
-    trace = {"strategy": "vote", "steps": [{"role": "proposer", "peer": A}, {"role": "proposer", "peer": B,
-                                                                           "children": [{"served_by": "C"}]}]}
+    trace = {"strategy": "vote", "steps": [{"role": "proposer", "peer": A},
+                                            {"role": "proposer", "peer": B, "status": "failed", "error": "timeout: 3 s"},
+                                            {"role": "proposer", "peer": "C", "continues": 1}]}
     assert trace_peers(trace) == {A, B, "C"}
 
     class WithTrace:  # duck-typed like a QueryResult that carries a trace
@@ -107,6 +108,7 @@ async def test_trace_peers_count_as_served_and_the_answer_wins():
     view = activity.recent[-1]
     activity._finished(view, WithTrace(traced), 1.0)  # type: ignore[arg-type]
     assert activity.usage[B].served == 1 and activity.usage[B].won == 0 and activity.usage[A].won == 2
+    assert value(activity.metrics, "mosaic_failovers_total", code="timeout") == 1
 
 
 async def test_a_slow_subscriber_loses_events_instead_of_blocking_queries():
@@ -117,3 +119,16 @@ async def test_a_slow_subscriber_loses_events_instead_of_blocking_queries():
             async for _ in activity.watch(QUERY, events(result(prov)), protocol="http"):
                 pass
     assert len(activity.recent) == 40 and activity.usage[A].won == 40
+
+
+def test_failed_steps_of_a_trace_are_failovers_by_code():
+    from node.activity import failed_steps
+
+    trace = {"strategy": "route", "steps": [
+        {"index": 0, "role": "answer", "peer": A, "status": "failed", "error": "busy: queue full"},
+        {"index": 1, "role": "answer", "peer": B, "status": "failed", "error": "stream reset by peer"},
+        {"index": 2, "role": "answer", "peer": "C", "status": "ok", "continues": 1},
+    ]}
+    assert failed_steps(trace) == ["busy", "error"]
+    assert failed_steps(None) == [] and failed_steps([{"status": "failed"}]) == []
+    assert trace_peers(trace) == {A, B, "C"}

@@ -115,7 +115,40 @@ function traceOf(trace, provenance) {
 }
 
 function renderTrace(trace) {
+  if (trace && typeof trace === "object" && Array.isArray(trace.steps)) return renderStepTrace(trace);
   return el("ul", {}, ...(Array.isArray(trace) ? trace : [trace]).map(renderStep));
+}
+
+// A trace made of numbered steps (protocol/trace.py): the strategy and its decision at the root,
+// then one branch per round, and a failover (a step that `continues` another) under the step it took over from.
+function renderStepTrace(trace) {
+  const { steps, ...about } = trace;
+  const known = new Set(steps.map((s) => s.index));
+  const takeovers = new Map();
+  const tops = [];
+  for (const step of steps) {
+    if (step.continues !== null && step.continues !== undefined && known.has(step.continues)) {
+      if (!takeovers.has(step.continues)) takeovers.set(step.continues, []);
+      takeovers.get(step.continues).push(step);
+    } else tops.push(step);
+  }
+  const branch = (step) => {
+    const { index, round, continues, ...shown } = step;
+    const item = renderStep(shown);
+    item.dataset.step = index;
+    const next = takeovers.get(index);
+    if (next) item.append(el("div", { class: "muted", text: "failover: continued by" }), el("ul", {}, ...next.map(branch)));
+    return item;
+  };
+  const rounds = [...new Set(tops.map((s) => s.round || 0))].sort((a, b) => a - b);
+  const root = renderStep(Object.assign({ role: about.strategy || "query" }, about, { strategy: undefined, request_id: undefined }));
+  if (rounds.length > 1) {
+    root.append(el("ul", {}, ...rounds.map((r) => el("li", { class: "step" }, el("span", { class: "role", text: "round " + r }),
+      el("ul", {}, ...tops.filter((s) => (s.round || 0) === r).map(branch))))));
+  } else {
+    root.append(el("ul", {}, ...tops.map(branch)));
+  }
+  return el("ul", {}, root);
 }
 
 function renderStep(step) {
@@ -133,14 +166,16 @@ function renderStep(step) {
     head.append(el("span", { class: "field", text: step.expert }));
   }
   if (step.adapter) head.append(el("span", { class: "field", text: "adapter " + step.adapter }));
-  if ("verified" in step || "receipt" in step) {
-    const ok = step.verified === true || (step.receipt && step.receipt.verified === true);
-    head.append(el("span", { class: "field " + (ok ? "verified" : "unverified"), text: ok ? "receipt ✓" : "receipt ✗" }));
+  if (typeof step.verified === "boolean") {
+    head.append(el("span", { class: "field " + (step.verified ? "verified" : "unverified"),
+      text: step.verified ? "receipt verified" : "receipt NOT verified" }));
+  } else if (step.receipt) {
+    head.append(el("span", { class: "field", text: "signed receipt (not checked here)" }));
   }
   const children = [];
   const fields = [];
   for (const [key, value] of Object.entries(step)) {
-    if (PEER_KEYS.includes(key) || ["role", "kind", "step", "expert", "adapter", "verified"].includes(key)) continue;
+    if (PEER_KEYS.includes(key) || ["role", "kind", "step", "expert", "adapter", "verified", "receipt"].includes(key)) continue;
     if (value === null || value === undefined || value === "") continue;
     if (Array.isArray(value) && value.some((v) => v && typeof v === "object")) children.push([key, value]);
     else if (typeof value === "object" && !Array.isArray(value) && Object.values(value).some((v) => v && typeof v === "object")) children.push([key, value]);
