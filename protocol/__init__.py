@@ -34,6 +34,7 @@ from .messages import (
     Message,
     NextTokenRequest,
     NextTokenResult,
+    Params,
     Provenance,
     QueryChunk,
     QueryRequest,
@@ -47,6 +48,7 @@ from .messages import (
     Usage,
 )
 from .records import Accepted, RecordBook, sign_record, verify_record
+from .trace import MAX_OUTPUT, MAX_STEPS, Trace, TraceStep, digest, trace_digest
 
 # libp2p protocol ids spoken by Mosaic nodes (docs/protocol.md).
 CAPABILITIES_TOPIC = "/mosaic/capabilities/1"

@@ -223,11 +223,18 @@ class Provenance(msgspec.Struct, frozen=True, kw_only=True):
     role: Annotated[str, Meta(max_length=32)] = "answer"
 
 
+ParamKey = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$")]
+ParamValue = bool | int | float | Annotated[str, Meta(max_length=256)]
+# Strategy parameters (k, rounds, threshold, ...): a small flat map; each strategy checks its own keys.
+Params = Annotated[dict[ParamKey, ParamValue], Meta(max_length=16)]
+
+
 class QueryRequest(_Prompted, frozen=True, kw_only=True, tag="query"):
     """A client's question to any peer, which coordinates the answer.
 
     ``model`` pins an expert (its name or peer id) or names a virtual model
-    such as ``mosaic/route``; ``None`` lets the strategy choose.
+    such as ``mosaic/route``; ``None`` lets the strategy choose.  ``params``
+    are the strategy's parameters (docs/collaboration.md lists them).
     """
 
     request_id: RequestId
@@ -237,6 +244,7 @@ class QueryRequest(_Prompted, frozen=True, kw_only=True, tag="query"):
     sampling: SamplingParams = SamplingParams()
     timeout_s: RequestTimeout = 120.0
     stream: bool = True
+    params: Params = msgspec.field(default_factory=dict)
 
 
 class QueryChunk(Message, frozen=True, kw_only=True, tag="query_chunk"):
@@ -257,7 +265,10 @@ class QueryResult(Message, frozen=True, kw_only=True, tag="query_result"):
     usage: Usage
     strategy: Name = "route"
     provenance: Annotated[tuple[Provenance, ...], Meta(max_length=64)] = ()
+    trace: Trace | None = None
 
+
+from .trace import Trace
 
 ALL_MESSAGE_TYPES: tuple[type[Message], ...] = (
     CapabilityRecord,
@@ -275,4 +286,5 @@ ALL_MESSAGE_TYPES: tuple[type[Message], ...] = (
     QueryRequest,
     QueryChunk,
     QueryResult,
+    Trace,
 )

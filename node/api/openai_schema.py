@@ -17,7 +17,14 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from protocol import ChatMessage, QueryRequest, QueryResult, SamplingParams
+from protocol import (
+    ChatMessage,
+    Params,
+    QueryRequest,
+    QueryResult,
+    SamplingParams,
+    trace_digest,
+)
 
 from .errors import ApiError, bad_request
 
@@ -44,6 +51,12 @@ class StreamOptions(msgspec.Struct, kw_only=True):
     include_usage: bool = False
 
 
+class MosaicOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The ``mosaic`` extension object: strategy parameters (docs/collaboration.md)."""
+
+    params: Params = msgspec.field(default_factory=dict)
+
+
 class _Sampling(msgspec.Struct, kw_only=True):
     model: Annotated[str, Meta(min_length=1, max_length=256)]
     max_tokens: Annotated[int, Meta(ge=1, le=MAX_TOKENS_CAP)] | None = None
@@ -60,6 +73,7 @@ class _Sampling(msgspec.Struct, kw_only=True):
     # Mosaic extensions (the openai SDK passes them via ``extra_body``).
     tags: Tags | None = None
     timeout: Annotated[float, Meta(gt=0.0, le=3600.0)] | None = None
+    mosaic: MosaicOptions | None = None
 
 
 class ChatCompletionRequest(_Sampling, kw_only=True):
@@ -161,7 +175,8 @@ def to_query(req: ChatCompletionRequest | CompletionRequest, *, strategy: str, m
         seed=req.seed,
     )
     common = dict(request_id=new_id("q"), strategy=strategy, tags=tuple(req.tags or ()), model=model,
-                  sampling=sampling, timeout_s=min(req.timeout or default_timeout, 3600.0), stream=bool(req.stream))
+                  sampling=sampling, timeout_s=min(req.timeout or default_timeout, 3600.0), stream=bool(req.stream),
+                  params=dict(req.mosaic.params) if req.mosaic else {})
     if chat:
         return QueryRequest(messages=chat_messages(req), **common)
     prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
@@ -192,7 +207,13 @@ def usage_json(result: QueryResult) -> dict[str, int]:
 
 
 def mosaic_json(result: QueryResult) -> dict[str, object]:
-    return {"strategy": result.strategy, "provenance": provenance_json(result), "seconds": result.usage.seconds}
+    """The response's ``mosaic`` object: strategy, provenance and the full trace (with its digest)."""
+    out: dict[str, object] = {"strategy": result.strategy, "provenance": provenance_json(result),
+                              "seconds": result.usage.seconds}
+    if result.trace is not None:
+        out["trace"] = msgspec.to_builtins(result.trace)
+        out["trace_digest"] = trace_digest(result.trace)
+    return out
 
 
 def chat_completion(cid: str, model: str, result: QueryResult) -> dict[str, object]:

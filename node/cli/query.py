@@ -24,7 +24,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--raw", action="store_true", help="send the question as a raw prompt, no chat template")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole answer")
     p.add_argument("--json", action="store_true", help="print the final result (with provenance) as JSON")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a strategy parameter, e.g. --param k=4 (repeatable; see docs/collaboration.md)")
+    p.add_argument("--trace", action="store_true", help="print the trace (who did what) as a tree on stderr")
     p.set_defaults(run=run)
+
+
+def parse_params(pairs: list[str]) -> dict[str, object]:
+    """``["k=4", "final=vote", "semantic=false"]`` -> ``{"k": 4, "final": "vote", "semantic": False}``."""
+    params: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--param {pair!r}: expected KEY=VALUE")
+        value: object = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(raw)
+                    break
+                except ValueError:
+                    pass
+        params[key.strip()] = value
+    return params
 
 
 def build_request(args: argparse.Namespace):
@@ -37,7 +61,7 @@ def build_request(args: argparse.Namespace):
         "v": protocol.PROTOCOL_VERSION, "t": "query", "request_id": f"cli-{uuid.uuid4().hex[:20]}",
         "strategy": args.strategy, "tags": [t.strip() for t in args.tags.split(",") if t.strip()],
         "sampling": {"max_new_tokens": args.max_tokens, "temperature": args.temperature},
-        "timeout_s": args.timeout, "stream": True,
+        "timeout_s": args.timeout, "stream": True, "params": parse_params(args.param),
     }
     if args.model:
         fields["model"] = args.model
@@ -59,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         request = build_request(args)
-    except protocol.ProtocolError as exc:
+    except (protocol.ProtocolError, ValueError) as exc:
         print(f"error: invalid query: {exc}", file=sys.stderr)
         return 2
     return trio.run(_main, args, request)
@@ -101,6 +125,10 @@ async def _main(args: argparse.Namespace, request) -> int:
         except trio.TooSlowError:
             print(f"\nerror: no answer within {args.timeout:g} s", file=sys.stderr)
             return 4
+    if args.trace and result.trace is not None:
+        from .trace_view import render
+
+        print(render(result.trace), file=sys.stderr)
     if args.json:
         print(msgspec.json.encode(msgspec.to_builtins(result)).decode())
     else:

@@ -1,7 +1,10 @@
-"""Answering queries: pure routing of experts, and the executor that asks them."""
+"""Answering queries: strategies that compose experts, over one I/O port (the pool)."""
 
-from .executor import STRATEGIES, Coordinator, ExpertClient, QueryEvent, QueryFailed
+from .executor import Coordinator, QueryEvent
+from .health import Health
+from .pool import Ask, Pool, QueryFailed, Reply, StepFailed, Transport
 from .routing import Candidate, Need, NoExpertAvailable, Route, rank
+from .strategies import STRATEGIES
 
-__all__ = ["STRATEGIES", "Candidate", "Coordinator", "ExpertClient", "Need", "NoExpertAvailable", "QueryEvent",
-           "QueryFailed", "Route", "rank"]
+__all__ = ["STRATEGIES", "Ask", "Candidate", "Coordinator", "Health", "Need", "NoExpertAvailable", "Pool",
+           "QueryEvent", "QueryFailed", "Reply", "Route", "StepFailed", "Transport", "rank"]

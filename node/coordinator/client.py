@@ -13,7 +13,7 @@ import trio
 from node.net.streams import StreamClosed, open_stream
 from protocol import QUERY_PROTOCOL, ErrorMessage, ProtocolError, QueryChunk, QueryRequest, QueryResult
 
-from .executor import QueryFailed
+from .pool import QueryFailed
 
 # Chunks are small, but a non-streamed answer arrives in one frame: allow the protocol's max.
 _REPLIES = (QueryChunk, QueryResult, ErrorMessage)

@@ -12,7 +12,7 @@ overrides the capability match but still orders equal candidates by load.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from protocol import CapabilityRecord
@@ -27,7 +27,12 @@ ADAPTER_BONUS = 2.0
 QUEUE_WEIGHT = 1.0
 LOAD_WEIGHT = 3.0
 LATENCY_WEIGHT = 1.0  # per second of observed mean latency
-FAILURE_WEIGHT = 4.0  # per recent failure seen by this coordinator
+FAILURE_WEIGHT = 4.0  # per recent failure seen by this coordinator (decaying, see health.py)
+# Semantic match of the query to the expert's description (cosine similarity, about -0.1..0.8 with
+# MiniLM): below a full tag match, above load differences.
+RELEVANCE_WEIGHT = 8.0
+DEV_SCORE_WEIGHT = 4.0  # per unit of dev accuracy on the query's task, when the record has one
+BANNED_PENALTY = 100.0  # banned experts come last but are still tried when nothing else is left
 
 
 class NoExpertAvailable(LookupError):
@@ -40,7 +45,9 @@ class Candidate:
 
     record: CapabilityRecord
     latency_s: float | None = None  # mean time to first token this coordinator observed
-    recent_failures: int = 0
+    recent_failures: float = 0
+    banned: bool = False  # failed recently; tried only after every other expert
+    dev_score: float | None = None  # accuracy on the query's task measured on dev data (0..1)
 
     @property
     def peer_id(self) -> str:
@@ -109,11 +116,19 @@ def score(candidate: Candidate, need: Need, adapter_match: float = 0.0) -> float
     if candidate.latency_s is not None:
         value -= LATENCY_WEIGHT * candidate.latency_s
     value -= FAILURE_WEIGHT * candidate.recent_failures
+    if candidate.dev_score is not None:
+        value += DEV_SCORE_WEIGHT * candidate.dev_score
+    if candidate.banned:
+        value -= BANNED_PENALTY
     return value
 
 
-def rank(candidates: Iterable[Candidate], need: Need, *, exclude: Iterable[str] = ()) -> list[Route]:
+def rank(candidates: Iterable[Candidate], need: Need, *, exclude: Iterable[str] = (),
+         relevance: Mapping[str, float] | None = None) -> list[Route]:
     """Every expert that can serve ``need``, best first (ties broken by peer id, so stable).
+
+    ``relevance`` maps peer ids to the semantic similarity of the query to the
+    expert's self-description (``semantic.py``); absent peers count 0.
 
     Raises :class:`NoExpertAvailable` when a concrete model is pinned and no
     expert matches it; returns ``[]`` when there is simply no expert.
@@ -138,8 +153,32 @@ def rank(candidates: Iterable[Candidate], need: Need, *, exclude: Iterable[str] 
                 continue
             adapter = need.adapter
         value = score(candidate, need, match) + (ADAPTER_BONUS if adapter is not None and need.tags else 0.0)
+        if relevance:
+            value += RELEVANCE_WEIGHT * relevance.get(candidate.peer_id, 0.0)
         routes.append(Route(candidate=candidate, adapter=adapter, score=value))
     if pinned is not None and not pin_matched:
         raise NoExpertAvailable(f"no expert serves model {pinned!r}")
     routes.sort(key=lambda r: (-r.score, r.peer_id))
     return routes
+
+
+def diverse(routes: Sequence[Route], k: int) -> list[Route]:
+    """``k`` routes from a ranked list, distinct peers first.
+
+    A peer is reused (another adapter, then the same one again) only when
+    fewer than ``k`` peers exist: the same peer twice adds no diversity and
+    doubles the damage when that peer fails.
+    """
+    chosen: list[Route] = []
+    seen: set[str] = set()
+    for route in routes:
+        if len(chosen) == k:
+            return chosen
+        if route.peer_id not in seen:
+            chosen.append(route)
+            seen.add(route.peer_id)
+    i = 0
+    while routes and len(chosen) < k:
+        chosen.append(routes[i % len(routes)])
+        i += 1
+    return chosen

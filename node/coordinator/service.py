@@ -18,9 +18,22 @@ import trio
 
 from node.activity import Activity, activity_for
 from node.net.streams import FramedStream, serve
-from protocol import QUERY_PROTOCOL, ErrorMessage, GenerateRequest, GenerateResult, QueryChunk, QueryRequest, TokenChunk
+from protocol import (
+    QUERY_PROTOCOL,
+    ErrorMessage,
+    GenerateRequest,
+    GenerateResult,
+    NextTokenRequest,
+    NextTokenResult,
+    QueryChunk,
+    QueryRequest,
+    ScoreRequest,
+    ScoreResult,
+    TokenChunk,
+)
 
-from .executor import Coordinator, QueryFailed
+from .executor import Coordinator
+from .pool import QueryFailed
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost
@@ -39,17 +52,36 @@ def coordinator_for(node: Node) -> Coordinator:
     see the same latency and failure observations)."""
     coordinator = _coordinators.get(node)
     if coordinator is None:
-        coordinator = Coordinator(node.registry.experts, partial(_infer, node.host))
+        coordinator = Coordinator(node.registry.experts, InferTransport(node.host))
         _coordinators[node] = coordinator
     return coordinator
 
 
-def _infer(host: IHost, peer_id: str, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
-    # Imported per call, not at start: a coordinator-only node never loads the expert package.
-    # The client serves requests to our own peer id from the local worker (a host cannot dial itself).
-    from node.expert.client import generate  # the /mosaic/infer/1 client
+class InferTransport:
+    """The pool's transport in a node: the ``/mosaic/infer/1`` client on the node's host.
 
-    return generate(host, peer_id, request)
+    The client is imported per call, not at start: a coordinator-only node never
+    loads the expert package.  Requests to our own peer id are served by the
+    local worker (a host cannot dial itself).
+    """
+
+    def __init__(self, host: IHost) -> None:
+        self._host = host
+
+    def generate(self, peer_id: str, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
+        from node.expert.client import generate
+
+        return generate(self._host, peer_id, request)
+
+    async def score(self, peer_id: str, request: ScoreRequest, timeout: float) -> ScoreResult:
+        from node.expert.client import score
+
+        return await score(self._host, peer_id, request, timeout=timeout)
+
+    async def next_token(self, peer_id: str, request: NextTokenRequest, timeout: float) -> NextTokenResult:
+        from node.expert.client import next_token
+
+        return await next_token(self._host, peer_id, request, timeout=timeout)
 
 
 async def answer_stream(coordinator: Coordinator, stream: FramedStream, activity: Activity | None = None) -> None:
@@ -57,14 +89,13 @@ async def answer_stream(coordinator: Coordinator, stream: FramedStream, activity
     request = await stream.receive(QueryRequest)
     try:
         with trio.fail_after(request.timeout_s):
-            answer = coordinator.answer(request)
-            if activity is not None:  # recorded for /metrics and the dashboard
-                answer = activity.watch(request, answer, protocol="libp2p")
-            async with aclosing(answer) as events:
-                async for event in events:
-                    if isinstance(event, QueryChunk) and not request.stream:
-                        continue
-                    await stream.send(event)
+            async with coordinator.answer(request) as answer:
+                watched = answer if activity is None else activity.watch(request, answer, protocol="libp2p")
+                async with aclosing(watched) as events:  # type: ignore[type-var]
+                    async for event in events:
+                        if isinstance(event, QueryChunk) and not request.stream:
+                            continue
+                        await stream.send(event)
     except QueryFailed as exc:
         await stream.send(ErrorMessage(code=exc.code, message=exc.message[:2048], request_id=request.request_id))
     except trio.TooSlowError:

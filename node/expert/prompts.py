@@ -16,13 +16,20 @@ class PromptBuilder:
         self._tokenizer = tokenizer
 
     def text(self, request: AnyPromptRequest) -> str:
-        """The prompt as text: chat messages are rendered with the template and a generation prompt."""
+        """The prompt as text: chat messages are rendered with the template and a generation prompt.
+
+        A trailing ``assistant`` message is a prefix to continue, not a finished
+        turn: the coordinator sends one when an expert failed mid-answer and
+        another continues its partial text (coordinator/pool.py, failover).
+        """
         if request.messages is None:
             assert request.prompt is not None  # the message type guarantees exactly one
             return request.prompt
         if not getattr(self._tokenizer, "chat_template", None):
             raise RequestRejected("this model has no chat template; send `prompt` instead of `messages`")
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        if messages[-1]["role"] == "assistant":
+            return self._tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False)
         return self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def token_ids(self, request: AnyPromptRequest) -> list[int]:

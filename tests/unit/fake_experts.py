@@ -1,0 +1,116 @@
+"""An in-memory expert pool for the strategy conformance suite: no network, no model.
+
+Each fake expert answers from a fixed script (its ``answer``), recognises the
+role prompts of coordinator/prompts.py (router, decomposer, pairwise judge) and
+can misbehave the ways real peers do: refuse (``dead``), never answer
+(``hang``, like a SIGSTOPped process), or die after some tokens (``die_after``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import trio
+import trio.lowlevel
+
+import protocol as p
+from node.expert.local import ExpertError
+
+
+@dataclass
+class FakeExpert:
+    peer_id: str
+    name: str
+    answer: str
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    dead: bool = False
+    hang: bool = False
+    die_after: int | None = None  # chunks sent before the stream breaks
+    delay: float = 0.0  # seconds per chunk
+    logprob: float = -0.1  # per token, for score()
+    seen: list[str] = field(default_factory=list)
+
+    def record(self) -> p.CapabilityRecord:
+        return p.CapabilityRecord(peer_id=self.peer_id, name=self.name, description=self.description,
+                                  tags=self.tags, base_model="fake-135M", seq=1, issued_at=0.0, ttl=3600.0)
+
+    def reply_to(self, request: p.GenerateRequest) -> str:
+        text = request.prompt or "\n".join(m.content for m in request.messages or ())
+        if "Which expert" in text:
+            return "2"
+        if "Split the question" in text:
+            return "1. What is six times seven?\n2. Is the product even?"
+        if "Reply with A or B" in text:
+            return "A"
+        if request.messages and request.messages[-1].role == "assistant":  # continue a partial answer
+            partial = request.messages[-1].content
+            return self.answer[len(partial):] if self.answer.startswith(partial) else " " + self.answer
+        return self.answer
+
+
+class FakeTransport:
+    """The pool's transport over a dict of fake experts; counts calls per peer."""
+
+    def __init__(self, experts: list[FakeExpert]) -> None:
+        self.experts = {e.peer_id: e for e in experts}
+        self.calls: dict[str, int] = {}
+
+    def records(self) -> list[p.CapabilityRecord]:
+        return [e.record() for e in self.experts.values()]
+
+    async def generate(self, peer_id: str, request: p.GenerateRequest) -> AsyncIterator[p.TokenChunk | p.GenerateResult]:
+        expert = self.experts[peer_id]
+        self.calls[peer_id] = self.calls.get(peer_id, 0) + 1
+        expert.seen.append(request.messages[-1].content if request.messages else request.prompt or "")
+        await trio.lowlevel.checkpoint()
+        if expert.dead:
+            raise ExpertError("unavailable", "expert stopped")
+        if expert.hang:
+            await trio.sleep_forever()
+        words = expert.reply_to(request).split(" ")
+        words = words[: request.sampling.max_new_tokens]
+        sent = []
+        for i, word in enumerate(words):
+            if expert.die_after is not None and i >= expert.die_after:
+                raise ExpertError("unavailable", "connection reset mid-answer")
+            if expert.delay:
+                await trio.sleep(expert.delay)
+            piece = word if i == 0 else " " + word
+            sent.append(piece)
+            yield p.TokenChunk(request_id=request.request_id, index=i, text=piece, token_ids=(i + 1,))
+        text = "".join(sent)
+        reason = "length" if len(words) >= request.sampling.max_new_tokens else "stop"
+        yield p.GenerateResult(request_id=request.request_id, text=text, finish_reason=reason,
+                               usage=p.Usage(prompt_tokens=5, completion_tokens=len(words), seconds=0.01),
+                               served_by="someone-else-entirely")  # never trusted for provenance
+
+    async def score(self, peer_id: str, request: p.ScoreRequest, timeout: float) -> p.ScoreResult:
+        expert = self.experts[peer_id]
+        self.calls[peer_id] = self.calls.get(peer_id, 0) + 1
+        if expert.dead:
+            raise ExpertError("unavailable", "expert stopped")
+        if expert.hang:
+            await trio.sleep_forever()
+        n = max(1, len(request.continuation.split()))
+        # Candidates containing "42" are likelier to this judge.
+        value = -0.05 if "42" in request.continuation else expert.logprob * 10
+        return p.ScoreResult(request_id=request.request_id, token_ids=tuple(range(n)), logprobs=(value,) * n)
+
+    async def next_token(self, peer_id: str, request: p.NextTokenRequest, timeout: float) -> p.NextTokenResult:
+        return p.NextTokenResult(request_id=request.request_id, token_ids=(1, 2), logprobs=(-0.1, -2.5))
+
+
+def team(**overrides: dict) -> list[FakeExpert]:
+    """Four experts: three say 42 (in different words), one says 7."""
+    experts = [
+        FakeExpert("peer-a", "math-a", "The answer is 42.", "arithmetic and math word problems", ("math",)),
+        FakeExpert("peer-b", "math-b", "I think it is 42", "numbers and algebra", ("math",)),
+        FakeExpert("peer-c", "poet", "Seven, surely: 7", "poetry and creative writing", ("poetry",)),
+        FakeExpert("peer-d", "geo", "42 is the result", "geography and capital cities", ("geography",)),
+    ]
+    for expert in experts:
+        for key, value in overrides.get(expert.peer_id, {}).items():
+            setattr(expert, key, value)
+    return experts
