@@ -104,7 +104,7 @@ class Dashboard:
 
     def peers(self) -> list[dict[str, Any]]:
         now = time.time()
-        observed = self.coordinator.observations
+        health = self.coordinator.health
         out = []
         for record in self.node.registry.all():
             entry = self.node.registry.entry(record.peer_id)
@@ -115,8 +115,7 @@ class Dashboard:
                 "source": entry.source if entry else None,
                 "last_seen_s": round(now - entry.received_at, 1) if entry else None,
                 "expires_in_s": round(record.expires_at() - now, 1),
-                "latency_s": observed.latency.get(record.peer_id),
-                "recent_failures": observed.failures.get(record.peer_id, 0),
+                **health.snapshot(record.peer_id),  # latency_s, recent_failures (decaying), banned
             })
         return out
 
