@@ -16,11 +16,21 @@ everything, innermost first)::
         ├── _dht_publish_loop            re-put our record every net.dht_republish_interval
         ├── _dht_sync_loop               fetch records of known peers we lack (DHT = truth)
         ├── _routing_refresh_loop        refresh_routing_table every net.routing_refresh_interval
+        ├── _retry_bootstrap (per addr)  dial a bootstrap peer that failed, with backoff
         └── service.run(node) ...        expert, HTTP API, storage (node.services)
+
+:meth:`Node.stop` is the clean way out: the node sends a signed goodbye (a
+``withdrawn`` record) to its peers, so they drop it at once instead of after the
+record TTL, then stops.  Cancelling ``run`` stops it abruptly (a crash, for peers).
+
+A *client* node (``Node(..., client=True)``, what ``fetch`` runs) advertises
+nothing: no capability record, no gossip, no record exchange, a client-mode DHT
+and no provider records, so it never shows up in other nodes' tables.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import typing
 from collections.abc import Sequence
@@ -28,7 +38,7 @@ from collections.abc import Sequence
 import trio
 from libp2p.tools.anyio_service import background_trio_service
 
-from protocol import CapabilityRecord, SignedRecord, sign_record
+from protocol import CapabilityRecord, RecordBatch, SignedRecord, encode, sign_record
 
 from .config import NodeConfig
 from .logs import event, get_logger
@@ -39,6 +49,7 @@ from .net.discovery import (
     add_to_routing_table,
     connected_peers,
     dial,
+    forget_dial_failure,
     refresh_routing_table,
     routing_table_peers,
 )
@@ -47,6 +58,7 @@ from .net.streams import StreamClosed
 from .net.gossip import Announcer, build_pubsub
 from .net.host import build_host, disconnect_all, expand_wildcard, listen_multiaddrs
 from .net.keys import libp2p_key_pair, load_or_create_identity
+from .net.ports import check_listen_addrs
 from .registry import Registry
 
 log = get_logger("node")
@@ -57,6 +69,11 @@ S = typing.TypeVar("S")
 EXCHANGE_ATTEMPTS = 3
 # Re-sign our record when it is older than this fraction of its TTL.
 _RESIGN_FRACTION = 0.25
+# A bootstrap peer that cannot be reached is tried again after 1, 2, 4 ... 60 s.
+BOOTSTRAP_RETRY_FIRST = 1.0
+BOOTSTRAP_RETRY_MAX = 60.0
+# Seconds a clean stop spends telling peers goodbye before it closes connections.
+GOODBYE_TIMEOUT = 2.0
 
 
 class Service(typing.Protocol):
@@ -74,13 +91,14 @@ class Service(typing.Protocol):
 class Node:
     """A Mosaic peer. ``async with trio.open_nursery() as n: node = await n.start(Node(cfg).run)``."""
 
-    def __init__(self, config: NodeConfig, *, services: Sequence[Service] = ()) -> None:
+    def __init__(self, config: NodeConfig, *, services: Sequence[Service] = (), client: bool = False) -> None:
         self.config = config.validate()
         self.services = list(services)
+        self.advertises = not client
         self.identity = load_or_create_identity(config.data_path)
         self.peer_id = self.identity.peer_id
-        self.host = build_host(libp2p_key_pair(self.identity), config.net.listen, mdns=config.net.mdns)
-        self.dht = build_dht(self.host)
+        self.host = build_host(libp2p_key_pair(self.identity), config.net.listen, mdns=config.net.mdns and not client)
+        self.dht = build_dht(self.host, client=client)
         self.router, self.pubsub = build_pubsub(self.host)
         self.registry = Registry()
         self.announcer = Announcer(
@@ -91,12 +109,19 @@ class Node:
         self._signed: SignedRecord | None = None
         self._seq = 0
         self._started = trio.Event()
+        self._stop_requested = trio.Event()
         self.table_exchange = True  # tests of the DHT path switch the direct exchange off
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`stop` (clean: goodbye sent) or cancellation (abrupt).
+
+        Raises :class:`node.net.ports.PortInUse` before listening if a listen port is taken.
+        """
         net = self.config.net
+        # py-libp2p's listener sets SO_REUSEPORT and would share the port with another node.
+        check_listen_addrs(net.listen)
         send, receive = trio.open_memory_channel[tuple[str, bool | None]](256)
         self.host.get_network().register_notifee(ConnectionWatcher(send))
         async with (
@@ -107,33 +132,74 @@ class Node:
             trio.open_nursery() as nursery,
         ):
             await self.pubsub.wait_until_ready()
-            serve_records(
-                self.host,
-                own_record=lambda: self._signed,
-                table=self.registry.signed_records,
-                on_record=self._on_direct_record,
-            )
+            if self.advertises:
+                serve_records(
+                    self.host,
+                    own_record=lambda: self._signed,
+                    table=self.registry.signed_records,
+                    on_record=self._on_direct_record,
+                )
             await nursery.start(self.registry.run_expiry)
-            await nursery.start(self.announcer.run)
+            if self.advertises:
+                await nursery.start(self.announcer.run)
             for service in self.services:
                 await nursery.start(service.run, self)
-            self.announcer.enqueue(self._sign())
-            nursery.start_soon(self._on_connections, receive)
-            joined = await self._dial_bootstrap()
+            if self.advertises:
+                self.announcer.enqueue(self._sign())
+                nursery.start_soon(self._on_connections, receive)
+            joined = await self._dial_bootstrap(nursery)
             # Routing-table walk, first DHT put and first DHT sync take seconds on big
             # networks (B5: ~1.4 s per refresh at N=25): do them after we are up.
             nursery.start_soon(self._join_dht, joined)
-            nursery.start_soon(self._gossip_loop)
-            nursery.start_soon(self._dht_publish_loop)
-            nursery.start_soon(self._dht_sync_loop)
+            if self.advertises:
+                nursery.start_soon(self._gossip_loop)
+                nursery.start_soon(self._dht_publish_loop)
+                nursery.start_soon(self._dht_sync_loop)
             nursery.start_soon(self._routing_refresh_loop)
             event(log, "node_started", peer=self.peer_id, name=self.config.name, addrs=",".join(self.full_multiaddrs()))
             self._started.set()
             task_status.started(self)
             try:
-                await trio.sleep_forever()
+                await self._stop_requested.wait()
+                await self._say_goodbye()
+                nursery.cancel_scope.cancel()
             finally:
                 await disconnect_all(self.host)
+
+    def stop(self) -> None:
+        """Stop cleanly: peers get a signed goodbye, then :meth:`run` returns."""
+        self._stop_requested.set()
+
+    async def _say_goodbye(self) -> None:
+        """Tell peers we are leaving (bounded by ``GOODBYE_TIMEOUT``), so they drop us now.
+
+        The goodbye is our record with a higher ``seq`` and ``withdrawn=True``: sent
+        directly to every connected Mosaic peer (reliable, one round trip) and on
+        gossip for the others.  Receivers hold it until its TTL lapses, so our older
+        records, still valid, are replays and cannot bring us back.
+        """
+        if not self.advertises or self._signed is None:
+            return
+        goodbye = self._sign(withdrawn=True)
+        peers = [p for p in connected_peers(self.host) if p in self.registry]
+        with trio.move_on_after(GOODBYE_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._publish_goodbye, goodbye)
+                for peer_id in peers:
+                    nursery.start_soon(self._send_goodbye, peer_id, goodbye)
+        event(log, "goodbye_sent", peer=self.peer_id, peers=len(peers))
+
+    async def _publish_goodbye(self, goodbye: SignedRecord) -> None:
+        try:
+            await self.pubsub.publish(self.announcer.topic, encode(RecordBatch(records=(goodbye,))))
+        except Exception as exc:  # best effort: the direct sends already reached our peers
+            event(log, "goodbye_gossip_failed", error=f"{type(exc).__name__}: {exc}"[:160])
+
+    async def _send_goodbye(self, peer_id: str, goodbye: SignedRecord) -> None:
+        try:
+            await fetch_table(self.host, peer_id, goodbye, timeout=GOODBYE_TIMEOUT)
+        except Exception as exc:  # gone or busy: gossip (or the TTL) covers it
+            event(log, "goodbye_failed", peer=peer_id, error=f"{type(exc).__name__}: {exc}"[:160])
 
     def service(self, kind: type[S]) -> S | None:
         """The service of type ``kind`` this node runs, if any (e.g. storage for CID fetches)."""
@@ -166,7 +232,7 @@ class Node:
     def signed_record(self) -> SignedRecord | None:
         return self._signed
 
-    def _sign(self) -> SignedRecord:
+    def _sign(self, *, withdrawn: bool = False) -> SignedRecord:
         """Build and sign a fresh record (seq strictly increasing, in ms so it grows across restarts)."""
         fields: dict[str, object] = {}
         tags = list(self.config.tags)
@@ -187,6 +253,7 @@ class Node:
             seq=self._seq,
             issued_at=now,
             ttl=self.config.net.record_ttl,
+            withdrawn=withdrawn,
             **fields,  # type: ignore[arg-type]
         )
         self._signed = sign_record(record, self.identity)
@@ -214,24 +281,46 @@ class Node:
 
     # ------------------------------------------------------------------ discovery
 
-    async def _dial_bootstrap(self) -> list[str]:
+    async def _dial_bootstrap(self, nursery: trio.Nursery) -> list[str]:
+        """Dial every bootstrap peer once; those that fail are retried in the background."""
         peers = []
         for addr in self.config.net.bootstrap:
             try:
                 peer_id = await self.connect(addr)
             except DialError as exc:
-                event(log, "bootstrap_failed", addr=addr, error=str(exc)[:200])
+                self._bootstrap_failed(addr, exc, BOOTSTRAP_RETRY_FIRST)
+                nursery.start_soon(self._retry_bootstrap, addr)
                 continue
             peers.append(peer_id)
             event(log, "bootstrap_connected", peer=peer_id)
         return peers
+
+    def _bootstrap_failed(self, addr: str, exc: Exception, retry_in: float) -> None:
+        # A warning with the whole error: a node that never joins runs alone, silently otherwise.
+        event(log, "bootstrap_failed", level=logging.WARNING, addr=addr, error=str(exc), retry_in=f"{retry_in:.0f}s")
+
+    async def _retry_bootstrap(self, addr: str) -> None:
+        """Dial ``addr`` again after 1, 2, 4 ... 60 s until it answers, then join the DHT."""
+        delay = BOOTSTRAP_RETRY_FIRST
+        while True:
+            await trio.sleep(delay)
+            forget_dial_failure(self.host, addr)
+            try:
+                peer_id = await self.connect(addr)
+            except DialError as exc:
+                delay = min(delay * 2, BOOTSTRAP_RETRY_MAX)
+                self._bootstrap_failed(addr, exc, delay)
+                continue
+            event(log, "bootstrap_connected", peer=peer_id, attempt="retry")
+            await self._join_dht([peer_id])
+            return
 
     async def _join_dht(self, bootstrap_peers: list[str]) -> None:
         """Fill the routing table (connections do not, B5), put our record, fetch the others'."""
         if bootstrap_peers:
             await refresh_routing_table(self.dht)
             event(log, "routing_table_filled", size=self.dht.get_routing_table_size())
-        if self._signed is not None:
+        if self._signed is not None and self.advertises:
             await self._put_in_dht(self._signed)
         if bootstrap_peers:
             await self.sync_from_dht()

@@ -3,7 +3,10 @@
 Records arrive from gossip, from the DHT and from the node itself; all go
 through :class:`protocol.RecordBook` (signature, expiry and replay checks), so a
 forged, replayed or expired record never enters the table whatever path it
-took.  Entries leave when their TTL lapses (:meth:`Registry.run_expiry`).
+took.  Entries leave when their TTL lapses (:meth:`Registry.run_expiry`), or at
+once when the peer says goodbye (a signed ``withdrawn`` record, sent by a node that
+stops cleanly).  The goodbye stays in the record book until its own TTL lapses, so
+the peer's older records, still valid, are refused as replays meanwhile.
 
 Tests and services await changes instead of sleeping:
 ``await registry.wait_for(lambda r: len(r) == 5, timeout=3)``.
@@ -78,6 +81,13 @@ class Registry:
         if not accepted.is_new:
             return None
         record = accepted.record
+        if record.withdrawn:
+            was_listed = record.peer_id in self._signed
+            self._drop(record.peer_id)
+            if was_listed:
+                event(log, "peer_left", peer=record.peer_id, name=record.name, source=source)
+            self._notify()
+            return record
         is_new_peer = record.peer_id not in self._signed
         self._signed[record.peer_id] = signed
         self._source[record.peer_id] = source
@@ -99,7 +109,7 @@ class Registry:
 
     def expire(self) -> list[str]:
         """Drop records past their TTL; return the peer ids that left."""
-        gone = self._book.expire(self._clock())
+        gone = [p for p in self._book.expire(self._clock()) if p in self._signed]  # not goodbyes
         for peer_id in gone:
             self._drop(peer_id)
             event(log, "peer_expired", peer=peer_id)
@@ -129,10 +139,11 @@ class Registry:
     # ------------------------------------------------------------------ reads
 
     def get(self, peer_id: str) -> CapabilityRecord | None:
-        return self._book.get(peer_id)
+        record = self._book.get(peer_id)
+        return None if record is None or record.withdrawn else record
 
     def all(self) -> list[CapabilityRecord]:
-        return sorted(self._book.records(), key=lambda r: (r.name, r.peer_id))
+        return sorted((r for r in self._book.records() if not r.withdrawn), key=lambda r: (r.name, r.peer_id))
 
     def experts(self, tag: str | None = None) -> list[CapabilityRecord]:
         """Peers that serve a model (``base_model`` set), optionally only those tagged ``tag``."""
@@ -145,7 +156,7 @@ class Registry:
         return self._signed.get(peer_id)
 
     def entry(self, peer_id: str) -> PeerEntry | None:
-        record = self._book.get(peer_id)
+        record = self.get(peer_id)
         if record is None:
             return None
         return PeerEntry(
@@ -160,10 +171,10 @@ class Registry:
         return self._latency.get(peer_id)
 
     def __len__(self) -> int:
-        return len(self._book)
+        return len(self._signed)
 
     def __contains__(self, peer_id: object) -> bool:
-        return isinstance(peer_id, str) and self._book.get(peer_id) is not None
+        return isinstance(peer_id, str) and self.get(peer_id) is not None
 
     # ------------------------------------------------------------------ waiting
 

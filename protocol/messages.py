@@ -72,6 +72,9 @@ class CapabilityRecord(Message, frozen=True, kw_only=True, tag="cap"):
     seq: NonNegInt
     issued_at: Annotated[float, Meta(ge=0.0)]
     ttl: Annotated[float, Meta(gt=0.0, le=86_400.0)]
+    # A goodbye (tombstone): the node stopped cleanly.  Receivers drop the peer at once and
+    # keep the tombstone until its TTL lapses, so older records of the peer are replays.
+    withdrawn: bool = False
 
     def expires_at(self) -> float:
         return self.issued_at + self.ttl

@@ -80,9 +80,13 @@ class CapabilityRecordValidator(Validator):
         return max(range(len(values)), key=lambda i: seqs[i])
 
 
-def build_dht(host: object) -> KadDHT:
-    """A server-mode KadDHT (every Mosaic node stores records) with our validator registered."""
-    dht = KadDHT(host, DHTMode.SERVER)
+def build_dht(host: object, *, client: bool = False) -> KadDHT:
+    """A server-mode KadDHT (every Mosaic node stores records) with our validator registered.
+
+    ``client``: a client-mode DHT (a fetch-only client) offers no KAD protocol, so
+    it stores nothing for others and answers no queries.
+    """
+    dht = KadDHT(host, DHTMode.CLIENT if client else DHTMode.SERVER)
     dht.register_validator(DHT_NAMESPACE, CapabilityRecordValidator())
     return dht
 

@@ -49,6 +49,15 @@ async def dial(host: object, addr: str, *, timeout: float = DIAL_TIMEOUT) -> str
     return info.peer_id.to_base58()
 
 
+def forget_dial_failure(host: object, addr: str) -> None:
+    """Let ``addr``'s peer be dialled again now: py-libp2p refuses for 60 s to dial a peer
+    whose addresses all failed ("negative cache"), which would defeat a retry schedule."""
+    try:
+        host.get_network().unblock_peer(peer_info_from_multiaddr(addr).peer_id)  # type: ignore[attr-defined]
+    except (AttributeError, DialError):
+        pass
+
+
 async def add_to_routing_table(dht: object, peer_id: str) -> bool:
     """Add a known Mosaic (DHT server) peer to the routing table without the identify check."""
     try:

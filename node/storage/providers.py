@@ -14,7 +14,7 @@ the CIDv1 of the same DAG find the same providers, as in Kubo.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import trio
@@ -70,12 +70,22 @@ async def find_providers(dht: KadDHT, cid: CID, *, count: int = 20, exclude: Ite
 
 
 class Reprovider:
-    """Keeps provider records for a set of roots alive."""
+    """Keeps provider records alive for ``roots`` and for whatever ``pinned()`` lists now.
 
-    def __init__(self, dht: KadDHT, interval: float = DEFAULT_REPROVIDE_INTERVAL) -> None:
+    ``pinned`` is read at every sweep, not once at start: a pin added to the data dir
+    by another process (``publish --offline``, ``pin``) is provided by the running
+    node at the latest on the next sweep (at once when the CLI wakes it, see
+    :mod:`node.control`).  Roots in ``withdrawn`` are skipped (unpinned while running).
+    """
+
+    def __init__(
+        self, dht: KadDHT, interval: float = DEFAULT_REPROVIDE_INTERVAL, *, pinned: Callable[[], Iterable[CID]] = tuple
+    ) -> None:
         self.dht = dht
         self.interval = interval
         self.roots: set[CID] = set()
+        self.withdrawn: set[CID] = set()
+        self._pinned = pinned
         self._wake = trio.Event()
 
     def add(self, cid: CID) -> None:
@@ -88,5 +98,6 @@ class Reprovider:
             with trio.move_on_after(self.interval):
                 await self._wake.wait()
             self._wake = trio.Event()
-            for cid in list(self.roots):
+            pinned = await trio.to_thread.run_sync(lambda: set(self._pinned()))
+            for cid in (self.roots | pinned) - self.withdrawn:
                 await provide(self.dht, cid)

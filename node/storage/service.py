@@ -89,10 +89,9 @@ class StorageService:
         async with trio.open_nursery() as nursery:
             self.bitswap = Bitswap(node.host, self.store)
             await self.bitswap.start(nursery)
-            self.reprovider = Reprovider(node.dht, self.reprovide_interval)
-            for pin in self.store.pins():
-                self.reprovider.roots.add(parse_cid(pin.cid))
-            await nursery.start(self.reprovider.run)
+            if node.advertises:  # a fetch-only client provides nothing (it exits soon)
+                self.reprovider = Reprovider(node.dht, self.reprovide_interval, pinned=self._pinned_roots)
+                await nursery.start(self.reprovider.run)
             self._started.set()
             task_status.started()
             try:
@@ -100,6 +99,10 @@ class StorageService:
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await self.bitswap.stop()
+
+    def _pinned_roots(self) -> list[CID]:
+        """Pinned roots as the store holds them *now* (other processes pin into it too)."""
+        return [parse_cid(pin.cid) for pin in self.store.pins()]
 
     # ------------------------------------------------------------------ publish
 
@@ -113,11 +116,19 @@ class StorageService:
         return Published(entry.cid, entry.filesize, entry.tsize)
 
     async def announce(self, cid: CID) -> None:
-        if self.node is None:
+        """Provide ``cid`` now and keep providing it (no-op on a fetch-only client)."""
+        if self.node is None or not self.node.advertises:
             return
         if self.reprovider is not None:
             self.reprovider.roots.add(cid)
+            self.reprovider.withdrawn.discard(cid)
         await provide(self.node.dht, cid)
+
+    def stop_providing(self, cid: CID) -> None:
+        """Stop re-providing ``cid`` (unpinned); records already in the DHT expire on their own."""
+        if self.reprovider is not None:
+            self.reprovider.roots.discard(cid)
+            self.reprovider.withdrawn.add(cid)
 
     # ------------------------------------------------------------------ fetch
 
