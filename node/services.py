@@ -32,4 +32,7 @@ def default_services(config: NodeConfig) -> list[Service]:
         from .api.service import HttpService
 
         services.append(HttpService(config.http))
+    from .control import ControlService  # local `publish`/`pin` reach the node through it
+
+    services.append(ControlService())
     return services

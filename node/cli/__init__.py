@@ -3,6 +3,8 @@
 Each command module exposes ``add_parser(subparsers)`` and ``run(args) -> int``.
 Modules import heavy dependencies (torch, libp2p) inside ``run`` so that
 ``--help`` and light commands start fast.
+
+Exit codes are the same for every command (:data:`EXIT_CODES`, shown by ``--help``).
 """
 
 from __future__ import annotations
@@ -13,16 +15,38 @@ import importlib
 # Order is the order shown in --help.
 COMMANDS = ("start", "peers", "query", "status", "publish", "fetch", "pin", "eval")
 
+EXIT_OK = 0
+EXIT_FAILED = 1  # the operation ran and failed (fetch incomplete, query answered an error, ...)
+EXIT_USAGE = 2  # bad flag, config key, CID, multiaddr or model: fix the command line
+EXIT_UNREACHABLE = 3  # the peer or the local node could not be reached (or none runs)
+EXIT_IN_USE = 4  # a port or the data dir is already used by another node
+EXIT_INTERRUPTED = 130  # Ctrl-C in a one-shot command (a stopped `start` exits 0)
+
+EXIT_CODES = f"""exit codes (every command):
+  {EXIT_OK}    success (`start`: stopped cleanly by Ctrl-C / SIGTERM)
+  {EXIT_FAILED}    the operation failed (e.g. a fetch could not complete, a query failed)
+  {EXIT_USAGE}    bad input: flag, config key, CID, multiaddr, model
+  {EXIT_UNREACHABLE}    the peer or local node could not be reached, or no node runs on the data dir
+  {EXIT_IN_USE}    a port or the data dir is already used by another node
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C) before a one-shot command finished"""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m node", description="Mosaic participatory AI node")
+    parser = argparse.ArgumentParser(prog="python -m node", description="Mosaic participatory AI node",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"{__name__}.{name}")
         module.add_parser(sub)
+    for command in sub.choices.values():  # each `COMMAND --help` lists them too
+        command.epilog = EXIT_CODES
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED

@@ -1,6 +1,8 @@
-"""`python -m node peers --connect MULTIADDR`: print the network's capability table.
+"""`python -m node peers [--connect MULTIADDR]`: print the network's capability table.
 
-Starts a short-lived client host (fresh identity, not a node), dials the peer,
+Asks the node running on the data dir (``--data-dir``, default ``~/.mosaic``) unless
+``--connect`` names another peer.  Starts a short-lived client host (fresh identity,
+not a node), dials the peer,
 fetches its table over ``/mosaic/record/1``, verifies every record (signature,
 expiry) and prints a table (or ``--json``), then exits.
 """
@@ -12,13 +14,18 @@ import json
 import sys
 import time
 
+from . import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from .storage_options import add_common, local_node_addr
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("peers", help="show the network's capability table",
                        description="Fetch and print the capability records a peer knows.")
-    p.add_argument("--connect", required=True, metavar="MULTIADDR", help="any peer: /ip4/.../tcp/.../p2p/<peer id>")
+    p.add_argument("--connect", metavar="MULTIADDR",
+                   help="any peer: /ip4/.../tcp/.../p2p/<peer id> (default: the node running on the data dir)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds for dial + fetch")
+    add_common(p)
     p.set_defaults(run=run)
 
 
@@ -28,10 +35,14 @@ def run(args: argparse.Namespace) -> int:
     from node import logs
 
     logs.setup("warning", libp2p_level="critical")  # libp2p shutdown noise is not the user's problem
+    if args.connect is None:
+        args.connect, _ = local_node_addr(args)
+        if args.connect is None:
+            return EXIT_UNREACHABLE
     try:
         return trio.run(_main, args)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -49,11 +60,12 @@ async def _main(args: argparse.Namespace) -> int:
         peer_info_from_multiaddr(args.connect)
     except DialError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     listen = ["/ip4/127.0.0.1/tcp/0"]
     host = build_host(libp2p_key_pair(Identity.generate()), listen)
     registry = Registry()
     error = None
+    code = EXIT_UNREACHABLE
     signed_records = []
     async with host.run(listen_addrs=listen_multiaddrs(listen)):
         # Errors are caught inside the host's nursery so they do not surface as an ExceptionGroup.
@@ -61,13 +73,15 @@ async def _main(args: argparse.Namespace) -> int:
             with trio.fail_after(args.timeout):
                 peer_id = await dial(host, args.connect, timeout=args.timeout)
                 signed_records = await fetch_table(host, peer_id, None, timeout=args.timeout)
-        except (DialError, StreamClosed, ExchangeRefused, ProtocolError) as exc:
+        except DialError as exc:
             error = str(exc)
+        except (StreamClosed, ExchangeRefused, ProtocolError) as exc:
+            error, code = str(exc), EXIT_FAILED
         except trio.TooSlowError:
             error = f"no answer from {args.connect} within {args.timeout:.0f}s"
     if error is not None:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return code
     for signed in signed_records:
         registry.offer(signed, source="stream")
     records = registry.all()
@@ -78,7 +92,7 @@ async def _main(args: argparse.Namespace) -> int:
         rejected = sum(v for k, v in registry.rejected.items() if ":" not in k)
         if rejected:
             print(f"({rejected} invalid records ignored)", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def _as_dict(record) -> dict[str, object]:

@@ -1,7 +1,10 @@
 """`python -m node pin CID` / `unpin CID` / `ls` / `gc`: manage the local block store.
 
-A pinned DAG is kept by ``gc`` and provided to the network by a running node.
-Pinning needs the whole DAG locally (``fetch`` pins what it downloads).
+A pinned DAG is kept by ``gc`` and provided to the network by a running node: when
+a node runs on the data dir, ``pin`` asks it to provide the CID now and ``unpin``
+to stop (through its local control endpoint; without one it would notice only on
+its next reprovide sweep).  Pinning needs the whole DAG locally (``fetch`` pins
+what it downloads).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import EXIT_FAILED, EXIT_OK
 from .storage_options import add_common, build_config
 
 
@@ -52,25 +56,34 @@ def _guard(fn):
             return fn(args)
         except (ConfigError, ProtocolError, StorageError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
 
     return wrapper
+
+
+def _tell_running_node(args: argparse.Namespace, op: str, cid: str) -> int:
+    from node.local_node import running_node
+
+    from .publish import tell_running_node
+
+    running = running_node(build_config(args).data_path)
+    return EXIT_OK if running is None else tell_running_node(running, op, cid)
 
 
 @_guard
 def run_pin(args: argparse.Namespace) -> int:
     pin = _open(args).pin(_cid(args.cid), args.name)
     print(f"pinned {pin.cid} ({pin.size} bytes)")
-    return 0
+    return _tell_running_node(args, "provide", pin.cid)
 
 
 @_guard
 def run_unpin(args: argparse.Namespace) -> int:
     if not _open(args).unpin(_cid(args.cid)):
         print(f"error: {args.cid} is not pinned", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(f"unpinned {args.cid}")
-    return 0
+    return _tell_running_node(args, "unprovide", str(_cid(args.cid)))
 
 
 @_guard

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("query", help="ask a question to the network through any peer",
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         request = build_request(args)
     except (protocol.ProtocolError, ValueError) as exc:
         print(f"error: invalid query: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     return trio.run(_main, args, request)
 
 
@@ -118,13 +120,13 @@ async def _main(args: argparse.Namespace, request) -> int:
                             result = event
         except DialError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 3
+            return EXIT_UNREACHABLE
         except QueryFailed as exc:
             print(f"\nerror: {exc.code}: {exc.message}", file=sys.stderr)
-            return 4
+            return EXIT_FAILED
         except trio.TooSlowError:
             print(f"\nerror: no answer within {args.timeout:g} s", file=sys.stderr)
-            return 4
+            return EXIT_FAILED
     if args.trace and result.trace is not None:
         from .trace_view import render
 

@@ -83,26 +83,83 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from node.cli import EXIT_IN_USE, EXIT_USAGE
     from node.config import ConfigError
+    from node.local_node import DataDirBusy, DataDirLock
+    from node.net.ports import PortInUse
 
     try:
         config = build_config(args)
     except ConfigError as exc:
         print(f"error: config: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     from node import logs
 
     logs.setup(config.log_level)
-    import trio
+    # Everything that can clash with another node is checked before the model loads
+    # (a clash found after a 30 s load used to end in a 150-line traceback).
+    lock = DataDirLock(config.data_path)
+    try:
+        lock.acquire()
+    except DataDirBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_IN_USE
+    try:
+        try:
+            for note in settle_ports(config, listen_given=bool(args.listen), http_given=bool(args.http)):
+                print(f"note: {note}", file=sys.stderr, flush=True)
+        except PortInUse as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_IN_USE
+        import trio
 
-    return trio.run(_main, config)
+        return trio.run(_main, config, lock)
+    finally:
+        lock.release()
 
 
-async def _main(config) -> int:
+def settle_ports(config, *, listen_given: bool, http_given: bool) -> list[str]:
+    """Check every port the node will listen on; return notes about changed defaults.
+
+    A port the user chose (flag, env, TOML) that is taken raises ``PortInUse``.  A
+    *default* port that is taken (a second node on this machine) moves to the next
+    free one, and the note says so: the README's second-node command just works.
+    """
+    from node.config import HttpConfig, NetConfig
+    from node.net.ports import PortInUse, check_listen_addrs, next_free_port, tcp_endpoint, tcp_port_free, with_port
+
+    notes = []
+    if not listen_given and config.net.listen == NetConfig().listen:
+        moved = []
+        for addr in config.net.listen:
+            host, port = tcp_endpoint(addr) or ("", 0)
+            if port and not tcp_port_free(host, port):
+                free = next_free_port(host, port + 1)
+                notes.append(f"libp2p port {port} is in use (another node?); listening on {free} instead")
+                addr = with_port(addr, free)
+            moved.append(addr)
+        config.net.listen = moved
+    check_listen_addrs(config.net.listen)
+    if config.http.enabled:
+        host, _, text = config.http.listen.rpartition(":")
+        port = int(text)
+        if port and not tcp_port_free(host, port):
+            if http_given or config.http.listen != HttpConfig().listen:
+                raise PortInUse(f"HTTP address {config.http.listen} is already in use, probably by another node; "
+                                f"pass --http {host}:PORT (port 0 picks a free one) or --no-http")
+            free = next_free_port(host, port + 1)
+            notes.append(f"HTTP port {port} is in use (another node?); serving HTTP on {host}:{free} instead")
+            config.http.listen = f"{host}:{free}"
+    return notes
+
+
+async def _main(config, lock) -> int:
     from node.app import Node
+    from node.cli import EXIT_IN_USE, EXIT_OK, EXIT_USAGE
     from node.expert.loader import ModelLoadError
     from node.logs import event, get_logger
     from node.net.keys import IdentityFileError
+    from node.net.ports import PortInUse
     from node.services import default_services
 
     log = get_logger("cli.start")
@@ -110,19 +167,22 @@ async def _main(config) -> int:
         node = Node(config, services=default_services(config))
     except IdentityFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    load_failed = False
+        return EXIT_USAGE
+    code = EXIT_OK
     try:
-        await _serve(node, log)
+        await _serve(node, lock, log)
     except* ModelLoadError as group:
         # A bad --model/--adapter is the operator's input: say which and why, no traceback.
         for exc in _leaves(group):
             print(f"error: {exc}", file=sys.stderr)
-        load_failed = True
-    if load_failed:
-        return 2
-    event(log, "stopped", peer=node.peer_id)
-    return 0
+        code = EXIT_USAGE
+    except* PortInUse as group:  # taken between our check and the listen
+        for exc in _leaves(group):
+            print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_IN_USE
+    if code == EXIT_OK:
+        event(log, "stopped", peer=node.peer_id)
+    return code
 
 
 def _leaves(group: BaseExceptionGroup):
@@ -134,22 +194,72 @@ def _leaves(group: BaseExceptionGroup):
             yield exc
 
 
-async def _serve(node, log) -> None:
-    """Run ``node`` until SIGINT or SIGTERM."""
+# Seconds a clean stop may take (goodbye to peers, services closing) before it is forced.
+STOP_TIMEOUT = 5.0
+
+
+async def _serve(node, lock, log) -> None:
+    """Run ``node`` until SIGINT or SIGTERM.
+
+    Signals are watched from the first moment, not only once the node is up: the
+    model load (22 s on a first start) runs in a worker thread that a signal
+    abandons, so Ctrl-C stops start-up at once.  Once up, a signal stops the node
+    cleanly (goodbye to its peers); a second signal, or ``STOP_TIMEOUT``, forces it.
+    """
     import signal
 
     import trio
 
+    from node.local_node import RunningNode
     from node.logs import event
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
+            started = trio.Event()
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if not started.is_set():
+                        event(log, "shutdown", signal=name, peer=node.peer_id, phase="during start-up")
+                        nursery.cancel_scope.cancel()
+                        return
+                    event(log, "shutdown", signal=name, peer=node.peer_id)
+                    node.stop()
+                    nursery.cancel_scope.deadline = trio.current_time() + STOP_TIMEOUT
+                    async for _ in signals:  # a second Ctrl-C: stop now
+                        nursery.cancel_scope.cancel()
+                        return
+
+            async def run_node(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                await node.run(task_status=task_status)
+                nursery.cancel_scope.cancel()  # stopped cleanly: the signal watcher is done too
+
+            nursery.start_soon(watch_signals)
+            await nursery.start(run_node)
+            started.set()
             addrs = node.full_multiaddrs()
             print(f"mosaic node {node.peer_id} listening on {addrs[0]}", flush=True)
             for extra in addrs[1:]:
                 print(f"also listening on {extra}", flush=True)
-            async for signum in signals:
-                event(log, "shutdown", signal=signal.Signals(signum).name, peer=node.peer_id)
-                nursery.cancel_scope.cancel()
-                break
+            http_url = _http_url(node)
+            if http_url:
+                print(f"HTTP API on {http_url} (OpenAI-compatible, /v1)", flush=True)
+            control = _control(node)
+            lock.describe(RunningNode(
+                pid=os.getpid(), peer_id=node.peer_id, command="start", multiaddrs=addrs, http_url=http_url,
+                control=control.address if control else None, token=control.token if control else "",
+            ))
+
+
+def _http_url(node) -> str | None:
+    from node.api.service import HttpService
+
+    service = node.service(HttpService)
+    return service.url if service is not None else None
+
+
+def _control(node):
+    from node.control import ControlService
+
+    return node.service(ControlService)

@@ -1,8 +1,11 @@
 """`python -m node status`: a readable table of the network as one peer sees it.
 
-``--peer MULTIADDR`` asks the peer over libp2p (``/mosaic/record/1``: its
-signed capability table, verified here); ``--http URL`` reads the node's
-``GET /status`` (which adds the coordinator's observed latency and failures).
+By default it asks the node running on the data dir (``--data-dir``, default
+``~/.mosaic``): through its HTTP API when it serves one, else over libp2p.
+``--peer MULTIADDR`` asks any peer over libp2p (``/mosaic/record/1``: its signed
+capability table, verified here); ``--http URL`` reads a node's ``GET /status``
+(which adds the coordinator's observed latency and failures).  ``--json`` prints
+the raw status for scripts.
 """
 
 from __future__ import annotations
@@ -13,30 +16,42 @@ import sys
 import time
 from typing import Any
 
+from . import EXIT_OK, EXIT_UNREACHABLE
+from .storage_options import add_common, local_node_addr
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="show the peers, capabilities and load of the network",
                        description="Print a table of the network as seen by one peer.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--peer", metavar="MULTIADDR", help="ask this peer over libp2p")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--peer", metavar="MULTIADDR", help="ask this peer over libp2p (default: the local node)")
     src.add_argument("--http", metavar="URL", help="read GET /status from a node's HTTP API, e.g. http://127.0.0.1:8080")
     p.add_argument("--token", default=None, help="bearer token for --http")
     p.add_argument("--json", action="store_true", help="print the raw status as JSON")
     p.add_argument("--timeout", type=float, default=10.0)
+    add_common(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.peer is None and args.http is None:
+        args.peer, args.http = local_node_addr(args)
+        if args.peer is None:
+            return EXIT_UNREACHABLE
+        if args.http and args.token is None:
+            from .storage_options import build_config
+
+            args.token = build_config(args).http.token
     try:
         status = _from_http(args) if args.http else _from_peer(args)
     except StatusUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_UNREACHABLE
     if args.json:
         print(json.dumps(status, indent=2))
     else:
         print(render(status))
-    return 0
+    return EXIT_OK
 
 
 class StatusUnavailable(Exception):
@@ -99,8 +114,15 @@ async def _ask_peer(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(status: dict[str, Any]) -> str:
-    """A fixed-width table: one row per peer, the answering peer marked with '*'."""
-    columns = ("", "PEER", "NAME", "MODEL", "ADAPTERS", "TAGS", "LOAD", "QUEUE", "LATENCY", "TTL")
+    """A fixed-width table: one row per peer, the answering peer marked with '*'.
+
+    LATENCY and FAILS are the coordinator's observations (``--http`` / a local node
+    with HTTP); SCORE appears when the status carries one.
+    """
+    peers = status.get("peers", [])
+    scored = any(p.get("score") is not None for p in peers)
+    columns = ("", "PEER", "NAME", "MODEL", "ADAPTERS", "TAGS", "LOAD", "QUEUE", "LATENCY", "FAILS",
+               *(("SCORE",) if scored else ()), "TTL")
     rows = []
     for peer in sorted(status.get("peers", []), key=lambda p: (not p.get("self"), p.get("name", ""))):
         latency = peer.get("latency_s")
@@ -114,12 +136,23 @@ def render(status: dict[str, Any]) -> str:
             f"{peer.get('load', 0.0):.2f}",
             str(peer.get("queue_depth", 0)),
             "-" if latency is None else f"{latency * 1000:.0f}ms",
+            str(peer.get("recent_failures", "-")),
+            *((_score(peer.get("score")),) if scored else ()),
             f"{peer.get('expires_in_s', 0):.0f}s",
         ))
     widths = [max(len(str(r[i])) for r in [columns, *rows]) for i in range(len(columns))]
-    lines = [f"network as seen by {status.get('peer_id', '?')}: {len(rows)} peer(s)"]
+    experts = sum(1 for p in peers if p.get("base_model"))
+    load = sum(float(p.get("load", 0.0)) for p in peers if p.get("base_model"))
+    summary = f"{len(rows)} peer(s), {experts} expert(s)"
+    if experts:
+        summary += f", mean load {load / experts:.2f}"
+    lines = [f"network as seen by {status.get('peer_id', '?')}: {summary}"]
     if status.get("strategies"):
         lines.append("strategies: " + ", ".join(f"mosaic/{s}" for s in status["strategies"]))
     for row in [columns, *rows]:
         lines.append("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
     return "\n".join(lines)
+
+
+def _score(value: object) -> str:
+    return "-" if value is None else f"{float(value):.2f}" if isinstance(value, (int, float)) else str(value)

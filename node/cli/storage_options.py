@@ -19,6 +19,29 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="node data dir holding the block store (default ~/.mosaic or $MOSAIC_DATA_DIR)")
 
 
+def local_node_addr(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """``(multiaddr, http url)`` of the node running on the data dir of ``args``.
+
+    Prints the error and returns ``(None, None)`` when the config is bad or no node
+    runs there.  A loopback multiaddr is preferred (the node may also list LAN ones).
+    """
+    from node.config import ConfigError
+    from node.local_node import running_node
+
+    try:
+        data_dir = build_config(args).data_path
+    except ConfigError as exc:
+        print(f"error: config: {exc}", file=sys.stderr)
+        return None, None
+    node = running_node(data_dir)
+    if node is None or not node.multiaddrs:
+        print(f"error: no node is running on data dir {data_dir}; start one with `python -m node start` "
+              f"(or pass --data-dir DIR, or the address of a node)", file=sys.stderr)
+        return None, None
+    loopback = [a for a in node.multiaddrs if a.startswith("/ip4/127.")]
+    return (loopback or node.multiaddrs)[0], node.http_url
+
+
 def add_network(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="peer to join through, with /p2p/<id> (repeatable)")
     p.add_argument("--listen", action="append", metavar="MULTIADDR", help="listen address (default from config)")

@@ -157,8 +157,10 @@ class ExpertService:
             else:
                 self.adapter_cids[name] = cid
         cache = self.model_cache_dir or node.config.cache_path
+        # abandon_on_cancel: Ctrl-C during a 20+ s load must stop start-up now, not after
+        # the load (the thread is a daemon; an unfinished cache entry is never trusted).
         self.expert = await trio.to_thread.run_sync(
-            lambda: load_expert(model, adapters, cache_dir=cache, device=cfg.device)
+            lambda: load_expert(model, adapters, cache_dir=cache, device=cfg.device), abandon_on_cancel=True
         )
         for name, path in local_adapters.items():
             cid = await publish_adapter(node, path)

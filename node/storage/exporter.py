@@ -1,7 +1,10 @@
 """Write a UnixFS DAG from the block store back to files, streaming.
 
-A file is written leaf by leaf into a temp name next to the destination and renamed
-when complete and size-checked, so a reader never sees a half-written weights file.
+The destination must not exist: an export never deletes or overwrites what is
+there (``fetch -o DIR`` once replaced a user's directory).  The file or directory
+is built under a temp name next to the destination and renamed when complete
+(files size-checked), so a reader never sees a half-written weights file and a
+stopped export leaves no partial multi-GB file behind.
 Directory entry names were validated when the block was read (no ``/``, ``..``), so a
 hostile DAG cannot write outside ``dest``.
 
@@ -11,6 +14,7 @@ Synchronous: call through ``trio.to_thread.run_sync``.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -30,13 +34,27 @@ def _view(store: BlockStore, cid: CID) -> NodeView:
 
 
 def export(store: BlockStore, root: CID, dest: str | os.PathLike[str]) -> Path:
-    """Write the file or directory at ``root`` to ``dest`` (replacing it); returns ``dest``."""
+    """Write the file or directory at ``root`` to ``dest``, which must not exist; returns ``dest``.
+
+    Raises :class:`StorageError` if ``dest`` exists (nothing is written then).
+    """
     dest = Path(dest)
+    if dest.exists() or dest.is_symlink():
+        raise StorageError(f"{dest} already exists; not overwriting it")
     view = _view(store, root)
-    if view.kind == "directory":
-        _export_dir(store, view, dest, 0)
-    else:
+    if view.kind != "directory":
         _export_file(store, root, view, dest)
+        return dest
+    staging = _partial_name(dest)
+    staging.mkdir()  # the umask's mode, as the final directory should have
+    try:
+        _export_dir(store, view, staging, 0)
+        if dest.exists() or dest.is_symlink():  # appeared while we wrote
+            raise StorageError(f"{dest} already exists; not overwriting it")
+        os.rename(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return dest
 
 
@@ -50,6 +68,11 @@ def _export_dir(store: BlockStore, view: NodeView, dest: Path, depth: int) -> No
             _export_dir(store, child_view, dest / name, depth + 1)
         else:
             _export_file(store, child, child_view, dest / name)
+
+
+def _partial_name(dest: Path) -> Path:
+    """A hidden temp name next to ``dest`` (same filesystem, so the final rename is atomic)."""
+    return dest.with_name(f".{dest.name}.partial-{secrets.token_hex(4)}")
 
 
 def iter_file(store: BlockStore, root: CID, view: NodeView | None = None):
@@ -66,12 +89,10 @@ def iter_file(store: BlockStore, root: CID, view: NodeView | None = None):
 
 
 def _export_file(store: BlockStore, root: CID, view: NodeView, dest: Path) -> None:
-    if dest.is_dir():
-        shutil.rmtree(dest)
-    tmp = dest.with_name(f".{dest.name}.part")
+    tmp = _partial_name(dest)
     written = 0
     try:
-        with open(tmp, "wb") as fh:
+        with open(tmp, "xb") as fh:
             for piece in iter_file(store, root, view):
                 fh.write(piece)
                 written += len(piece)

@@ -11,6 +11,7 @@ Task tree (inside the node's nursery)::
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,17 +212,27 @@ async def ensure_local(node: Node, cid: CID | str, dest_dir: str | os.PathLike[s
     if service is None:
         raise StorageError("this node runs no StorageService (add it to its services)")
     await service._started.wait()
+    own = dest_dir is None  # our own content dir: an unfinished export there may be replaced
     dest = Path(dest_dir) if dest_dir is not None else node.config.data_path / "content" / str(root)
     marker = dest / _MARKER
     if marker.is_file() and marker.read_text().strip() == str(root):
         return _content_path(service.store, root, dest)
     await service.fetch(root, peers=peers)
-    dest.mkdir(parents=True, exist_ok=True)
     out = _content_path(service.store, root, dest)
+    if own and (out.exists() or out.is_symlink()):  # no marker: an export that was interrupted
+        await trio.to_thread.run_sync(_remove, out)
+    (dest if out != dest else dest.parent).mkdir(parents=True, exist_ok=True)
     await service.export(root, out)
     marker.write_text(str(root))
     event(log, "content_ready", cid=str(root), path=str(out))
     return out
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _content_path(store: BlockStore, root: CID, dest: Path) -> Path:
