@@ -117,7 +117,8 @@ def render(status: dict[str, Any]) -> str:
     """A fixed-width table: one row per peer, the answering peer marked with '*'.
 
     LATENCY and FAILS are the coordinator's observations (``--http`` / a local node
-    with HTTP); SCORE appears when the status carries one.
+    with HTTP; failures decay, "(banned)" marks a peer routing avoids for now); SCORE
+    appears when the status carries one.
     """
     peers = status.get("peers", [])
     scored = any(p.get("score") is not None for p in peers)
@@ -136,7 +137,7 @@ def render(status: dict[str, Any]) -> str:
             f"{peer.get('load', 0.0):.2f}",
             str(peer.get("queue_depth", 0)),
             "-" if latency is None else f"{latency * 1000:.0f}ms",
-            str(peer.get("recent_failures", "-")),
+            _failures(peer),
             *((_score(peer.get("score")),) if scored else ()),
             f"{peer.get('expires_in_s', 0):.0f}s",
         ))
@@ -152,6 +153,13 @@ def render(status: dict[str, Any]) -> str:
     for row in [columns, *rows]:
         lines.append("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
     return "\n".join(lines)
+
+
+def _failures(peer: dict[str, Any]) -> str:
+    """Recent failures (decaying, so fractional) and whether routing currently avoids the peer."""
+    value = peer.get("recent_failures")
+    text = "-" if value is None else f"{float(value):.1f}" if isinstance(value, (int, float)) else str(value)
+    return text + (" (banned)" if peer.get("banned") else "")
 
 
 def _score(value: object) -> str:
