@@ -320,7 +320,9 @@ class Node:
         if bootstrap_peers:
             await refresh_routing_table(self.dht)
             event(log, "routing_table_filled", size=self.dht.get_routing_table_size())
-        if self._signed is not None and self.advertises:
+        if not self.advertises:  # a client only needs the routing table for its lookups
+            return
+        if self._signed is not None:
             await self._put_in_dht(self._signed)
         if bootstrap_peers:
             await self.sync_from_dht()

@@ -150,6 +150,8 @@ async def _fetch(config, cid, args, output: Path) -> int:
                 error, code = str(exc.args[0]), exc.args[1]
             except (FetchError, StorageError, OSError) as exc:
                 error = str(exc) or type(exc).__name__
+                if error.startswith("no providers"):
+                    error += " (no reachable peer has it: check the CID, or pass --peer MULTIADDR of a node that has it)"
             finally:
                 nursery.cancel_scope.cancel()
         if bar is not None:

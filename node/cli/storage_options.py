@@ -77,5 +77,6 @@ def setup(args: argparse.Namespace) -> NodeConfig | None:
     except ConfigError as exc:
         print(f"error: config: {exc}", file=sys.stderr)
         return None
-    logs.setup(config.log_level, libp2p_level="critical")
+    # A one-shot command prints its result; node events are noise unless asked for.
+    logs.setup(getattr(args, "log_level", None) or "warning", libp2p_level="critical")
     return config
