@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import EXIT_FAILED, EXIT_OK
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate experts, strategies and a baseline on benchmark tasks",
@@ -134,4 +136,4 @@ async def _eval(args: argparse.Namespace, tasks, max_tokens) -> int:
           f"in {stats.seconds:.1f} s under {out}", file=sys.stderr)
     if args.report:
         print(write_report(out))
-    return 4 if stats.errors else 0
+    return EXIT_FAILED if stats.errors else EXIT_OK  # failed items are logged; a rerun retries them
