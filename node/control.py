@@ -52,13 +52,20 @@ class ControlService:
             task_status.started()
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        async with stream:
-            with trio.move_on_after(REQUEST_TIMEOUT):
-                try:
-                    reply = await self._answer(await _read_line(stream))
-                except ValueError as exc:
-                    reply = {"ok": False, "error": str(exc)}
-                await stream.send_all(json.dumps(reply).encode() + b"\n")
+        """One request per connection; nothing a client sends or does can stop the node."""
+        try:
+            async with stream:
+                with trio.move_on_after(REQUEST_TIMEOUT):
+                    try:
+                        reply = await self._answer(await _read_line(stream))
+                    except ValueError as exc:
+                        reply = {"ok": False, "error": str(exc)}
+                    except Exception as exc:  # e.g. a store error: the client hears it, the node lives on
+                        event(log, "control_failed", error=f"{type(exc).__name__}: {exc}"[:200])
+                        reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                    await stream.send_all(json.dumps(reply).encode() + b"\n")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client went away
 
     async def _answer(self, line: bytes) -> dict[str, object]:
         request = json.loads(line)

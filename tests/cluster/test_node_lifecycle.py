@@ -97,3 +97,58 @@ async def test_a_fetch_only_client_advertises_nothing(tmp_path: Path) -> None:
                 assert [str(p.peer_id) for p in providers] == [a.peer_id]
                 assert client.signed_record() is None
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_running_node_provides_what_another_process_pinned_into_its_data_dir(tmp_path: Path) -> None:
+    from node.storage.importer import import_path
+
+    src = tmp_path / "late.bin"
+    src.write_bytes(b"pinned later" * 40_000)
+    with trio.fail_after(40):
+        async with in_process_cluster() as cluster:
+            storage_a = StorageService(BlockStore(tmp_path / "store-a"), reprovide_interval=1.0)
+            a = await cluster.add(0, services=[storage_a])
+            b = await cluster.add(1)
+            # `publish --offline` / `pin` in another process: their own BlockStore on the same dir.
+            other_process = BlockStore(tmp_path / "store-a")
+            entry = import_path(other_process, src)
+            other_process.pin(entry.cid, "late.bin")
+            while not [p for p in await find_providers(b.dht, entry.cid) if str(p.peer_id) == a.peer_id]:
+                await trio.sleep(0.5)
+
+
+async def test_the_control_endpoint_refuses_bad_requests_and_survives_them(tmp_path: Path) -> None:
+    from node.control import ControlService
+
+    with trio.fail_after(20):
+        async with in_process_cluster() as cluster:
+            control = ControlService()
+            storage = StorageService(BlockStore(tmp_path / "store"))
+            node = await cluster.add(0, services=[storage, control])
+            host, port = control.address.split(":")
+
+            async def ask(raw: bytes) -> dict:
+                stream = await trio.open_tcp_stream(host, int(port))
+                async with stream:
+                    await stream.send_all(raw)
+                    data = b""
+                    while not data.endswith(b"\n"):
+                        chunk = await stream.receive_some(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                import json
+
+                return json.loads(data) if data else {}
+
+            cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+            assert (await ask(b'{"token": "wrong", "op": "provide", "cid": "%s"}\n' % cid.encode()))["error"] == "bad token"
+            token = control.token.encode()
+            for raw in (b"\xff\xfe not json\n", b'{"token": "%s", "op": "provide", "cid": "nope"}\n' % token,
+                        b'{"token": "%s", "op": "provide", "cid": "%s"}\n' % (token, cid.encode()),
+                        b'{"token": "%s", "op": "rm -rf", "cid": "%s"}\n' % (token, cid.encode()), b"x" * 10_000):
+                assert (await ask(raw)).get("ok") in (False, None)
+            stream = await trio.open_tcp_stream(host, int(port))  # connect and vanish
+            await stream.aclose()
+            assert (await ask(b'{"token": "%s", "op": "unprovide", "cid": "%s"}\n' % (token, cid.encode())))["ok"]
+            assert node.peer_id in {r.peer_id for r in node.registry.all()}
