@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import trio
 from libp2p.tools.anyio_service import background_trio_service
 
-from protocol import CapabilityRecord, RecordBatch, SignedRecord, encode, sign_record
+from protocol import CapabilityRecord, ProtocolError, RecordBatch, SignedRecord, decode, encode, sign_record
 
 from .config import NodeConfig
 from .logs import event, get_logger
@@ -100,11 +100,12 @@ class Node:
         self.host = build_host(libp2p_key_pair(self.identity), config.net.listen, mdns=config.net.mdns and not client)
         self.dht = build_dht(self.host, client=client)
         self.router, self.pubsub = build_pubsub(self.host)
-        self.registry = Registry()
+        self.registry = Registry(connected=lambda: connected_peers(self.host))
         self.announcer = Announcer(
             self.pubsub,
-            on_record=lambda signed: self.registry.offer(signed, source="gossip"),
+            on_record=lambda signed, via: self.registry.offer(signed, source="gossip", via=via),
             on_reject=lambda reason: self.registry.note_rejected(reason, "gossip"),
+            known=self.registry.__contains__,
         )
         self._signed: SignedRecord | None = None
         self._seq = 0
@@ -136,7 +137,8 @@ class Node:
                 serve_records(
                     self.host,
                     own_record=lambda: self._signed,
-                    table=self.registry.signed_records,
+                    # Only peers we verified: relaying unverified records spread the Sybil flood.
+                    table=self.registry.verified_records,
                     on_record=self._on_direct_record,
                 )
             await nursery.start(self.registry.run_expiry)
@@ -360,7 +362,11 @@ class Node:
         else:
             return
         for signed in records:
-            self.registry.offer(signed, source="stream")
+            # The partner's own record proves it reachable; the rest count against its source cap.
+            if _issuer_of(signed) == peer_id:
+                self.registry.offer(signed, source="stream", from_peer=peer_id)
+            else:
+                self.registry.offer(signed, source="stream", via=peer_id)
         if peer_id in self.registry:
             await add_to_routing_table(self.dht, peer_id)
 
@@ -390,7 +396,7 @@ class Node:
         async def one(peer_id: str) -> None:
             nonlocal fresh
             signed = await fetch_record(self.dht, peer_id)
-            if signed is not None and self.registry.offer(signed, source="dht") is not None:
+            if signed is not None and self.registry.offer(signed, source="dht", via=peer_id) is not None:
                 fresh += 1
 
         async with trio.open_nursery() as nursery:
@@ -432,3 +438,10 @@ class Node:
         while True:
             await trio.sleep(self.config.net.routing_refresh_interval)
             await refresh_routing_table(self.dht)
+
+
+def _issuer_of(signed: SignedRecord) -> str | None:
+    try:
+        return decode(signed.payload, CapabilityRecord).peer_id
+    except ProtocolError:
+        return None

@@ -43,6 +43,70 @@ def event(logger: logging.Logger, event_name: str, /, level: int = logging.INFO,
     logger.log(level, " ".join(parts))
 
 
+# Lines per second one rate-limited event (or one libp2p logger) may write; the rest are counted.
+MAX_LINES_PER_SECOND = 5
+# Longest message a third-party logger may write (py-libp2p logs whole rejected DHT values in hex).
+MAX_MESSAGE_CHARS = 400
+
+
+class _Window:
+    __slots__ = ("start", "count", "suppressed")
+
+    def __init__(self) -> None:
+        self.start = 0.0
+        self.count = 0
+        self.suppressed = 0
+
+    def allow(self, now: float) -> int | None:
+        """``None``: drop this line; else the number of lines dropped since the last one written."""
+        if now - self.start >= 1.0:
+            self.start, self.count = now, 0
+        if self.count >= MAX_LINES_PER_SECOND:
+            self.suppressed += 1
+            return None
+        self.count += 1
+        dropped, self.suppressed = self.suppressed, 0
+        return dropped
+
+
+_windows: dict[tuple[str, str], _Window] = {}
+
+
+def limited_event(logger: logging.Logger, event_name: str, /, level: int = logging.INFO, **fields: object) -> None:
+    """:func:`event`, at most :data:`MAX_LINES_PER_SECOND` per event name; lines dropped in
+    between are reported as ``suppressed=N`` on the next line written.  For events a remote
+    peer can trigger at will (rejected records, refused streams)."""
+    if not logger.isEnabledFor(level):
+        return
+    window = _windows.setdefault((logger.name, event_name), _Window())
+    dropped = window.allow(time.monotonic())
+    if dropped is None:
+        return
+    if dropped:
+        fields["suppressed"] = dropped
+    event(logger, event_name, level, **fields)
+
+
+class _BriefFilter(logging.Filter):
+    """Truncates and rate-limits third-party log lines (one attacker must not fill the disk:
+    five rejected 1 MB DHT puts wrote 9.8 MiB of hex through py-libp2p's warnings)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(_ROOT):
+            return True
+        window = _windows.setdefault((record.name, str(record.levelno)), _Window())
+        dropped = window.allow(time.monotonic())
+        if dropped is None:
+            return False
+        message = record.getMessage()
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[:MAX_MESSAGE_CHARS] + f"... ({len(message)} chars)"
+        if dropped:
+            message += f" (suppressed {dropped} similar)"
+        record.msg, record.args = message, None
+        return True
+
+
 class _LineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -68,6 +132,7 @@ def setup(level: str = "info", *, libp2p_level: str = "error") -> None:
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LineFormatter())
+    handler.addFilter(_BriefFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -50,10 +50,21 @@ class Accepted:
 
 
 class RecordBook:
-    """Newest verified record per peer; rejects replays and drops expired entries."""
+    """Newest verified record per peer; rejects replays and drops expired entries.
 
-    def __init__(self) -> None:
+    ``max_ttl`` caps how long any record is kept after it was issued, whatever
+    TTL its issuer wrote (an attacker's records would otherwise live 24 h).
+    """
+
+    def __init__(self, *, max_ttl: float | None = None) -> None:
         self._records: dict[str, CapabilityRecord] = {}
+        self.max_ttl = max_ttl
+
+    def expires_at(self, record: CapabilityRecord) -> float:
+        """When ``record`` leaves the book: its own expiry, or ``issued_at + max_ttl`` if sooner."""
+        if self.max_ttl is None:
+            return record.expires_at()
+        return min(record.expires_at(), record.issued_at + self.max_ttl)
 
     def offer(self, signed: SignedRecord, now: float, *, from_peer: str | None = None) -> Accepted:
         """Verify and store ``signed``.
@@ -82,7 +93,7 @@ class RecordBook:
 
     def expire(self, now: float) -> list[str]:
         """Drop records past their TTL; return the peer ids that went away."""
-        gone = [pid for pid, rec in self._records.items() if rec.expires_at() < now]
+        gone = [pid for pid, rec in self._records.items() if self.expires_at(rec) < now]
         for pid in gone:
             del self._records[pid]
         return gone

@@ -41,8 +41,13 @@ class Coordinator:
 
     def __init__(self, records: Callable[[], Iterable[CapabilityRecord]], transport: Transport | None, *,
                  first_token_timeout: float = 20.0, max_attempts: int = 3, embedder: Embedder | None = None,
-                 health: Health | None = None) -> None:
+                 health: Health | None = None, verified: Callable[[], set[str]] = set,
+                 local_id: str | None = None) -> None:
         self._records = records
+        # Who this node verified (registry.verified_peers) and its own id: verified experts rank
+        # first and a shared name means the local expert (Sybil flood, name hijack: issue 12).
+        self._verified = verified
+        self._local_id = local_id
         self._transport = transport
         self._first_token_timeout = first_token_timeout
         self._max_attempts = max_attempts
@@ -56,7 +61,10 @@ class Coordinator:
 
     def candidates(self) -> list[Candidate]:
         h = self.health
-        return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id), h.banned(r.peer_id))
+        verified = self._verified()
+        return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id), h.banned(r.peer_id),
+                          verified=r.peer_id in verified or r.peer_id == self._local_id,
+                          local=r.peer_id == self._local_id)
                 for r in self._records()]
 
     @trio.as_safe_channel
@@ -105,7 +113,8 @@ class Coordinator:
             index += 1
 
         pool = Pool(query, self._records, self._transport, self.health, first_token_timeout=self._first_token_timeout,
-                    max_attempts=self._max_attempts, relevance=self.embedder.similarities, emit=emit_text)
+                    max_attempts=self._max_attempts, relevance=self.embedder.similarities, emit=emit_text,
+                    verified=self._verified, local_id=self._local_id)
         with trio.move_on_at(pool.deadline) as scope:
             answer = await strategy.run(pool, query, params)
         if scope.cancelled_caught:

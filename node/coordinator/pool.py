@@ -144,9 +144,11 @@ class Pool:
     def __init__(self, query: QueryRequest, records: Callable[[], Iterable[CapabilityRecord]], transport: Transport,
                  health: Health, *, first_token_timeout: float = 20.0, max_attempts: int = 3,
                  relevance: Callable[[str, list[CapabilityRecord]], Awaitable[dict[str, float]]] | None = None,
-                 emit: Emit | None = None) -> None:
+                 emit: Emit | None = None, verified: Callable[[], set[str]] = set, local_id: str | None = None) -> None:
         self.query = query
         self._records = records
+        self._verified = verified  # peers this node verified are reachable (rank first: issue 12)
+        self._local_id = local_id
         self._transport = transport
         self.health = health
         self._first_token_timeout = first_token_timeout
@@ -165,7 +167,10 @@ class Pool:
 
     def candidates(self) -> list[Candidate]:
         h = self.health
-        return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id), h.banned(r.peer_id))
+        verified = self._verified()
+        return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id), h.banned(r.peer_id),
+                          verified=r.peer_id in verified or r.peer_id == self._local_id,
+                          local=r.peer_id == self._local_id)
                 for r in self._records()]
 
     def rank(self, need: Need | None = None, *, exclude: Iterable[str] = (),

@@ -8,6 +8,12 @@ The weights follow what the anchors rank on (research/anchors.md, LocalAI's
 federated candidate selection and section 14 item 3): capability match first,
 then how busy the expert is, then how fast it has been for us.  A pinned model
 overrides the capability match but still orders equal candidates by load.
+
+Above all of that sits reachability (issue 12): a record is only a claim, and
+keys are free, so experts this node *verified* (itself, a live connection, a
+recent answer) always rank before unverified ones, whatever load the latter
+advertise; and a name claimed by several peers resolves to the local expert,
+else to the verified claimants only.  A peer id pins exactly one expert.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ class Candidate:
     recent_failures: float = 0
     banned: bool = False  # failed recently; tried only after every other expert
     dev_score: float | None = None  # accuracy on the query's task measured on dev data (0..1)
+    verified: bool = False  # this node verified the peer is reachable (registry.verified_peers)
+    local: bool = False  # the expert runs on this very node
 
     @property
     def peer_id(self) -> str:
@@ -137,13 +145,13 @@ def rank(candidates: Iterable[Candidate], need: Need, *, exclude: Iterable[str] 
     pinned = need.model if need.model and not need.model.startswith(VIRTUAL_PREFIX) else None
     routes: list[Route] = []
     pin_matched = False
+    if pinned is not None:
+        candidates = _claimants(candidates, pinned)
     for candidate in candidates:
         record = candidate.record
         match, adapter = _tag_match(record, need.tags)
         if pinned is not None:
-            ok, pinned_adapter = _pin(record, pinned)
-            if not ok:
-                continue
+            _, pinned_adapter = _pin(record, pinned)
             pin_matched = True
             adapter = pinned_adapter
         if candidate.peer_id in excluded:
@@ -158,8 +166,19 @@ def rank(candidates: Iterable[Candidate], need: Need, *, exclude: Iterable[str] 
         routes.append(Route(candidate=candidate, adapter=adapter, score=value))
     if pinned is not None and not pin_matched:
         raise NoExpertAvailable(f"no expert serves model {pinned!r}")
-    routes.sort(key=lambda r: (-r.score, r.peer_id))
+    routes.sort(key=lambda r: (not r.candidate.verified, -r.score, r.peer_id))
     return routes
+
+
+def _claimants(candidates: Iterable[Candidate], pinned: str) -> list[Candidate]:
+    """The experts a pin designates.  Names are not unique (anyone can claim one): a name
+    claimed by several peers means the local expert if it is one of them, else the verified
+    claimants only (name hijack, issue 12); a peer id is unique by construction."""
+    matching = [c for c in candidates if _pin(c.record, pinned)[0]]
+    for tier in ([c for c in matching if c.local], [c for c in matching if c.verified]):
+        if tier:
+            return tier
+    return matching
 
 
 def diverse(routes: Sequence[Route], k: int) -> list[Route]:

@@ -9,7 +9,7 @@ or resetting the stream cancels the query (and the expert's generation).
 from __future__ import annotations
 
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from functools import partial
 from typing import TYPE_CHECKING
@@ -52,7 +52,8 @@ def coordinator_for(node: Node) -> Coordinator:
     see the same latency and failure observations)."""
     coordinator = _coordinators.get(node)
     if coordinator is None:
-        coordinator = Coordinator(node.registry.experts, InferTransport(node.host))
+        coordinator = Coordinator(node.registry.experts, InferTransport(node.host, on_reached=node.registry.mark_reachable),
+                                  verified=node.registry.verified_peers, local_id=node.peer_id)
         _coordinators[node] = coordinator
     return coordinator
 
@@ -65,13 +66,18 @@ class InferTransport:
     local worker (a host cannot dial itself).
     """
 
-    def __init__(self, host: IHost) -> None:
+    def __init__(self, host: IHost, *, on_reached: Callable[[str], object] | None = None) -> None:
         self._host = host
+        self._on_reached = on_reached  # told of every expert that answered (keeps it verified)
 
-    def generate(self, peer_id: str, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
+    async def generate(self, peer_id: str, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
         from node.expert.client import generate
 
-        return generate(self._host, peer_id, request)
+        async with aclosing(generate(self._host, peer_id, request)) as events:
+            async for message in events:
+                if isinstance(message, GenerateResult) and self._on_reached is not None:
+                    self._on_reached(peer_id)
+                yield message
 
     async def score(self, peer_id: str, request: ScoreRequest, timeout: float) -> ScoreResult:
         from node.expert.client import score

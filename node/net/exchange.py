@@ -5,6 +5,8 @@ record (or nothing, e.g. the ``peers`` CLI's throw-away client); the server
 stores that record (it must be signed by the stream's remote peer: a direct
 stream cannot relay someone else's record) and answers with its whole table as
 ``RecordBatch`` frames of at most 64 records, its own record first, then closes.
+The table sent is only the peers the server verified (issue 12: relaying every
+record it ever heard made one node's Sybil flood everyone's).
 
 The dialling side of every new connection runs this, so a joiner learns the
 table in one round trip instead of waiting for the gossip mesh to form

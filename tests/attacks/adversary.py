@@ -1,0 +1,94 @@
+"""The adversary of tests/attacks: a raw py-libp2p host with fresh identities, loopback only.
+
+It speaks the wire protocols directly (GossipSub, KadDHT, our framed streams)
+and skips every check an honest node applies to itself: it gossips records
+signed by thousands of throw-away keys, stores anything in the DHT, and serves
+whatever it likes.  Victims are real Mosaic nodes (tests/cluster/harness.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.records.validator import Validator
+from libp2p.tools.anyio_service import background_trio_service
+
+from node.net.discovery import dial
+from node.net.gossip import MAX_BATCH, build_pubsub
+from node.net.host import build_host, disconnect_all, listen_multiaddrs
+from node.net.keys import libp2p_key_pair
+from protocol import CAPABILITIES_TOPIC, DHT_NAMESPACE, CapabilityRecord, Identity, RecordBatch, SignedRecord, encode, sign_record
+
+LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
+
+
+class AcceptAnything(Validator):
+    def validate(self, key: str, value: bytes) -> None:
+        return None
+
+    def select(self, key: str, values: list[bytes]) -> int:
+        return len(values) - 1
+
+
+@dataclass
+class Adversary:
+    identity: Identity
+    host: object
+    dht: KadDHT
+    pubsub: object
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    async def join_gossip(self, victim_addr: str, victim_id: object) -> None:
+        """Connect to a victim and wait until it knows we subscribe to the capability topic."""
+        await dial(self.host, victim_addr)
+        await self.pubsub.subscribe(CAPABILITIES_TOPIC)  # type: ignore[attr-defined]
+        await self.pubsub.wait_for_subscription(victim_id, CAPABILITIES_TOPIC, timeout=10)  # type: ignore[attr-defined]
+
+    async def gossip(self, records: Sequence[SignedRecord], *, pace: float = 0.02) -> None:
+        """Publish ``records`` in full batches, paced under GossipSub's 100 msg/s spam gate."""
+        for start in range(0, len(records), MAX_BATCH):
+            batch = RecordBatch(records=tuple(records[start : start + MAX_BATCH]))
+            await self.pubsub.publish(CAPABILITIES_TOPIC, encode(batch))  # type: ignore[attr-defined]
+            await trio.sleep(pace)
+
+
+@asynccontextmanager
+async def adversary() -> AsyncIterator[Adversary]:
+    identity = Identity.generate()
+    host = build_host(libp2p_key_pair(identity), LOOPBACK)
+    dht = KadDHT(host, DHTMode.SERVER)
+    dht.register_validator(DHT_NAMESPACE, AcceptAnything())
+    router, pubsub = build_pubsub(host)
+    async with (
+        host.run(listen_addrs=listen_multiaddrs(LOOPBACK)),
+        background_trio_service(dht),
+        background_trio_service(pubsub),
+        background_trio_service(router),
+    ):
+        await pubsub.wait_until_ready()
+        try:
+            yield Adversary(identity, host, dht, pubsub)
+        finally:
+            await disconnect_all(host)
+
+
+def sybil_records(count: int, *, name: str = "sybil", base_model: str = "SmolLM2-135M-Instruct", tags: Sequence[str] = ("test",),
+                  ttl: float = 86_400.0) -> list[SignedRecord]:
+    """``count`` experts with zero load and the longest TTL the protocol allows, each
+    signed by its own fresh key (~0.1 ms per key): what issue 12's flood sent."""
+    now = time.time()
+    out = []
+    for i in range(count):
+        key = Identity.generate()
+        record = CapabilityRecord(peer_id=key.peer_id, name=f"{name}-{i}", base_model=base_model, tags=tuple(tags),
+                                  load=0.0, queue_depth=0, seq=int(now * 1000), issued_at=now, ttl=ttl)
+        out.append(sign_record(record, key))
+    return out
