@@ -42,7 +42,7 @@ from protocol import CapabilityRecord, ProtocolError, RecordBatch, SignedRecord,
 
 from .config import NodeConfig
 from .logs import event, get_logger
-from .net.dht import build_dht, fetch_record, put_record
+from .net.dht import build_dht, fetch_record, prune_expired, put_record
 from .net.discovery import (
     ConnectionWatcher,
     DialError,
@@ -423,6 +423,7 @@ class Node:
         while True:
             interval = self.config.net.dht_republish_interval or self.config.net.record_ttl
             await trio.sleep(self._interval(interval))
+            prune_expired(self.dht)
             await self._put_in_dht(self._fresh_signed())
 
     async def _dht_sync_loop(self) -> None:

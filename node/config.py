@@ -139,8 +139,10 @@ class NodeConfig:
                     raise ConfigError(f"net.{key}: {addr!r} is not a multiaddr ({exc})") from None
                 if key == "bootstrap" and "/p2p/" not in addr:
                     raise ConfigError(f"net.bootstrap: {addr!r} must end with /p2p/<peer id>")
-        if not 0 < net.record_ttl <= 86_400:
-            raise ConfigError("net.record_ttl: must be in (0, 86400] seconds")
+        from protocol.records import MAX_RECORD_TTL
+
+        if not 0 < net.record_ttl <= MAX_RECORD_TTL:
+            raise ConfigError(f"net.record_ttl: must be in (0, {MAX_RECORD_TTL:g}] seconds (peers keep no record longer)")
         for key in ("announce_interval", "dht_republish_interval", "dht_sync_interval", "routing_refresh_interval"):
             if getattr(net, key) < 0:
                 raise ConfigError(f"net.{key}: must be >= 0 seconds (0 disables)")

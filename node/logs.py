@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import typing
 
 _ROOT = "mosaic"
 
@@ -122,6 +123,14 @@ class _LineFormatter(logging.Formatter):
         return line
 
 
+def line_handler(stream: typing.TextIO) -> logging.Handler:
+    """A handler writing one line per event to ``stream``; third-party lines truncated and rate-limited."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_LineFormatter())
+    handler.addFilter(_BriefFilter())
+    return handler
+
+
 def setup(level: str = "info", *, libp2p_level: str = "error") -> None:
     """Route our loggers (and libp2p's, at a quieter level) to stderr as single lines.
 
@@ -130,9 +139,7 @@ def setup(level: str = "info", *, libp2p_level: str = "error") -> None:
     last-resort handler; we give it our handler and a quieter level instead
     (its shutdown and DHT-miss warnings are routine on a live network).
     """
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LineFormatter())
-    handler.addFilter(_BriefFilter())
+    handler = line_handler(sys.stderr)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

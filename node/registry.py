@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import trio
 
 from protocol import CapabilityRecord, ExpiredRecord, ProtocolError, RecordBook, SignedRecord, decode
+from protocol.records import MAX_RECORD_TTL
 
 from .logs import event, get_logger, limited_event
 
@@ -45,8 +46,6 @@ _LATENCY_ALPHA = 0.3
 MAX_RECORDS = 2048
 # Entries first learned through one relaying peer (gossip forwarder or exchange partner).
 MAX_PER_SOURCE = 256
-# Seconds a record is kept after it was issued, whatever TTL it claims (the protocol allows 24 h).
-MAX_RECORD_TTL = 3600.0
 # Seconds a successful exchange or answer keeps a peer verified without a live connection.
 VERIFIED_FOR = 600.0
 

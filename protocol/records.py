@@ -23,6 +23,9 @@ _SIGNING_DOMAIN = b"/mosaic/cap-record/1\n"
 
 # Clocks on different machines disagree; allow this much in either direction.
 MAX_CLOCK_SKEW = 30.0
+# Seconds any record is kept after it was issued, whatever TTL it claims (the message type
+# allows 24 h, which an attacker's records would use).  Nodes re-announce well before.
+MAX_RECORD_TTL = 3600.0
 
 
 def sign_record(record: CapabilityRecord, identity: Identity) -> SignedRecord:

@@ -14,6 +14,15 @@ copy:
   peer's key; ``select`` prefers the highest ``seq`` so a replayed old record
   never replaces a newer one on a DHT server.
 
+The DHT is also an open store anyone can write to.  py-libp2p accepts any key
+namespace without a validator (200 puts of 1000 KiB under a made-up namespace
+added 200 MiB, issue 12), so :func:`build_dht` turns strict validation on: only
+``/mosaic-cap/`` (ours) and libp2p's own ``/pk/`` and ``/ipns/`` (size-checked by
+their validators) are stored.  Every namespace is wrapped in :class:`Capped`:
+values over :data:`MAX_DHT_VALUE` bytes and new keys beyond :data:`MAX_DHT_VALUES`
+stored entries are refused, and :func:`prune_expired` drops our records once
+their (capped) lifetime is over instead of libp2p's 24 h.
+
 Which keys exist?  Kademlia cannot enumerate keys, so a node learns *peer ids*
 from its routing table and peerstore (bootstrap + ``refresh_routing_table``
 fill them) and fetches ``/mosaic-cap/<peer id>`` for each one it has no fresh
@@ -27,17 +36,25 @@ import time
 import trio
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
-from libp2p.records.validator import Validator
+from libp2p.records.ipns import IPNSValidator
+from libp2p.records.pubkey import PublicKeyValidator
+from libp2p.records.validator import NamespacedValidator, Validator
 
 from protocol import DHT_NAMESPACE, ProtocolError, SignedRecord, decode, encode, verify_record
+from protocol.records import MAX_RECORD_TTL
 
-from ..logs import event, get_logger
+from ..logs import event, get_logger, limited_event
 
 log = get_logger("net.dht")
 
 KEY_PREFIX = f"/{DHT_NAMESPACE}/"
 # Per-peer GET budget: one slow or dead DHT server must not stall a sweep.
 _GET_TIMEOUT = 3.0
+# Largest DHT value stored: a SignedRecord (16 KiB payload + signature) with framing to spare.
+MAX_DHT_VALUE = 17 * 1024
+# Entries the local value store holds, all namespaces together (libp2p's own cap is 50,000
+# entries of up to 1 MiB each, for 24 h).  New keys past it are refused until entries expire.
+MAX_DHT_VALUES = 4096
 # Closest peers asked per fetch (Kademlia's k).  Values are stored at the k peers closest
 # to the key *when they are put*; peers that joined later hold nothing until the next
 # republish, so we ask k of them, plus the record's owner (below).
@@ -51,10 +68,13 @@ def record_key(peer_id: str) -> str:
 
 def check_value(key: str, value: bytes, now: float | None = None) -> SignedRecord:
     """Decode and verify a DHT value; raise ``ProtocolError`` unless it is ``key``'s valid record."""
+    when = time.time() if now is None else now
     signed = decode(value, SignedRecord)
-    record = verify_record(signed, time.time() if now is None else now)
+    record = verify_record(signed, when)
     if key != record_key(record.peer_id):
         raise ProtocolError(f"record of {record.peer_id[-8:]} stored under another key")
+    if record.issued_at + MAX_RECORD_TTL < when:
+        raise ProtocolError(f"record of {record.peer_id[-8:]} is older than {MAX_RECORD_TTL:g} s")
     return signed
 
 
@@ -80,15 +100,70 @@ class CapabilityRecordValidator(Validator):
         return max(range(len(values)), key=lambda i: seqs[i])
 
 
+class DHTValueRefused(ValueError):
+    """A PUT the local store refuses (unknown namespace, too big, store full)."""
+
+
+class Capped(Validator):
+    """Wraps a namespace's validator with a value-size cap and a cap on stored entries."""
+
+    def __init__(self, inner: Validator, store: dict[bytes, object], *, own_key: str = "",
+                 max_value: int = MAX_DHT_VALUE, max_values: int = MAX_DHT_VALUES) -> None:
+        self.inner = inner
+        self.store = store
+        self.own_key = own_key  # our own record always has room
+        self.max_value = max_value
+        self.max_values = max_values
+
+    def validate(self, key: str, value: bytes) -> None:
+        try:
+            if len(value) > self.max_value:
+                raise DHTValueRefused(f"value of {len(value)} bytes > {self.max_value}")
+            if key != self.own_key and key.encode() not in self.store and len(self.store) >= self.max_values:
+                raise DHTValueRefused(f"value store holds {len(self.store)} entries")
+            self.inner.validate(key, value)
+        except Exception as exc:
+            # libp2p logs the whole value in hex at warning level: say it briefly here instead.
+            limited_event(log, "dht_value_refused", key=key[:80], size=len(value), reason=f"{type(exc).__name__}: {exc}"[:160])
+            raise
+
+    def select(self, key: str, values: list[bytes]) -> int:
+        return self.inner.select(key, values)
+
+
 def build_dht(host: object, *, client: bool = False) -> KadDHT:
-    """A server-mode KadDHT (every Mosaic node stores records) with our validator registered.
+    """A server-mode KadDHT (every Mosaic node stores records) that stores only namespaces it
+    validates (strict validation), each behind :class:`Capped`.
 
     ``client``: a client-mode DHT (a fetch-only client) offers no KAD protocol, so
     it stores nothing for others and answers no queries.
     """
-    dht = KadDHT(host, DHTMode.CLIENT if client else DHTMode.SERVER)
-    dht.register_validator(DHT_NAMESPACE, CapabilityRecordValidator())
+    dht = KadDHT(host, DHTMode.CLIENT if client else DHTMode.SERVER, strict_validation=True)
+    store = dht.value_store.store
+    own = record_key(str(host.get_id()))  # type: ignore[attr-defined]
+    dht.set_validator(NamespacedValidator({
+        DHT_NAMESPACE: Capped(CapabilityRecordValidator(), store, own_key=own),
+        "pk": Capped(PublicKeyValidator(), store),
+        "ipns": Capped(IPNSValidator(), store),
+    }, strict_validation=True))
     return dht
+
+
+def prune_expired(dht: KadDHT, now: float | None = None) -> int:
+    """Drop stored ``/mosaic-cap/`` values that no longer validate (expired); return how many.
+    libp2p would keep them 24 h, and an attacker's share of the store with them."""
+    when = time.time() if now is None else now
+    prefix = KEY_PREFIX.encode()
+    gone = []
+    for key, (record, _validity) in list(dht.value_store.store.items()):
+        if key.startswith(prefix):
+            try:
+                check_value(key.decode(), record.value, when)
+            except (ProtocolError, UnicodeDecodeError):
+                gone.append(key)
+    for key in gone:
+        dht.value_store.store.pop(key, None)
+    return len(gone)
 
 
 async def put_record(dht: KadDHT, signed: SignedRecord) -> None:

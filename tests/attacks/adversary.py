@@ -22,7 +22,22 @@ from node.net.discovery import dial
 from node.net.gossip import MAX_BATCH, build_pubsub
 from node.net.host import build_host, disconnect_all, listen_multiaddrs
 from node.net.keys import libp2p_key_pair
-from protocol import CAPABILITIES_TOPIC, DHT_NAMESPACE, CapabilityRecord, Identity, RecordBatch, SignedRecord, encode, sign_record
+from node.net.streams import FramedStream, serve
+from protocol import (
+    CAPABILITIES_TOPIC,
+    DHT_NAMESPACE,
+    INFER_PROTOCOL,
+    CapabilityRecord,
+    GenerateRequest,
+    GenerateResult,
+    Identity,
+    RecordBatch,
+    SignedRecord,
+    TokenChunk,
+    Usage,
+    encode,
+    sign_record,
+)
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 
@@ -92,3 +107,37 @@ def sybil_records(count: int, *, name: str = "sybil", base_model: str = "SmolLM2
                                   load=0.0, queue_depth=0, seq=int(now * 1000), issued_at=now, ttl=ttl)
         out.append(sign_record(record, key))
     return out
+
+
+class ForgingExpert:
+    """A node service that serves ``/mosaic/infer/1`` with whatever the attacker wants:
+    a fixed answer, and in its result a forged ``served_by`` and ``model``."""
+
+    def __init__(self, answer: str | None = "EVIL", *, served_by: str = "", model: str = "gpt-4o-2024-08-06",
+                 base_model: str = "SmolLM2-135M-Instruct", tags: Sequence[str] = ()) -> None:
+        self.answer = answer
+        self.served_by = served_by
+        self.model = model
+        self.base_model = base_model
+        self.tags = list(tags)
+        self.prompts: list[str] = []  # what it logged: every prompt routed to it
+
+    def record_fields(self) -> dict[str, object]:
+        return {"base_model": self.base_model, "tags": self.tags}
+
+    def reply(self, request: GenerateRequest) -> str:
+        return self.answer or ""
+
+    async def run(self, node: object, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async def handle(stream: FramedStream) -> None:
+            request = await stream.receive(GenerateRequest)
+            self.prompts.append(request.prompt or " ".join(m.content for m in request.messages or ()))
+            text = self.reply(request)
+            await stream.send(TokenChunk(request_id=request.request_id, index=0, text=text))
+            await stream.send(GenerateResult(request_id=request.request_id, text=text, finish_reason="stop",
+                                             usage=Usage(prompt_tokens=1, completion_tokens=1, seconds=0.01),
+                                             model=self.model, served_by=self.served_by))
+
+        serve(node.host, INFER_PROTOCOL, handle)  # type: ignore[attr-defined]
+        task_status.started()
+        await trio.sleep_forever()

@@ -20,7 +20,7 @@ from node.coordinator.client import ask
 from node.coordinator.service import QueryService
 from node.expert.service import ExpertService
 from node.net.gossip import NEW_RECORDS_BURST
-from node.registry import MAX_RECORD_TTL
+from protocol.records import MAX_RECORD_TTL
 from tests.cluster.harness import in_process_cluster
 
 from .adversary import adversary, sybil_records
