@@ -182,7 +182,10 @@ def build_file(data: bytes, options: AddOptions = AddOptions()) -> tuple[list[Bl
 
 
 def check_entry_name(name: str) -> str:
-    if not name or name in (".", "..") or "/" in name or len(name.encode("utf-8")) > MAX_NAME:
+    """A directory entry name that is one path component on every OS: no ``/``, no ``\\``
+    (a separator on Windows), no NUL, not ``.``/``..`` (path tricks, issue 12)."""
+    if (not name or name in (".", "..") or any(c in name for c in "/\\\x00")
+            or len(name.encode("utf-8")) > MAX_NAME):
         raise InvalidValue(f"invalid directory entry name {name[:40]!r}")
     return name
 

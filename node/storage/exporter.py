@@ -5,8 +5,14 @@ there (``fetch -o DIR`` once replaced a user's directory).  The file or director
 is built under a temp name next to the destination and renamed when complete
 (files size-checked), so a reader never sees a half-written weights file and a
 stopped export leaves no partial multi-GB file behind.
-Directory entry names were validated when the block was read (no ``/``, ``..``), so a
-hostile DAG cannot write outside ``dest``.
+Directory entry names were validated when the block was read (no ``/``, ``\\``,
+``..``), so a hostile DAG cannot write outside ``dest``.
+
+A DAG can link one block many times (issue 12: 3 blocks, 1.19 MB, expanding to
+1.85 TiB), so what the blocks weigh says nothing about what the export writes.
+Before writing, the declared content size must fit the cap and the free disk
+(:func:`node.storage.fetch.check_room`); while writing, a file that grows past
+the size its root declares is cut off at once, not compared at the end.
 
 Synchronous: call through ``trio.to_thread.run_sync``.
 """
@@ -23,6 +29,7 @@ from protocol.errors import ProtocolError
 from protocol.unixfs import NodeView, read_block
 
 from .blockstore import BlockStore, MissingBlock, StorageError
+from .fetch import check_room
 from .importer import MAX_DEPTH
 
 
@@ -42,6 +49,7 @@ def export(store: BlockStore, root: CID, dest: str | os.PathLike[str]) -> Path:
     if dest.exists() or dest.is_symlink():
         raise StorageError(f"{dest} already exists; not overwriting it")
     view = _view(store, root)
+    check_room(declared_size(store, view), dest.parent, what="content")
     if view.kind != "directory":
         _export_file(store, root, view, dest)
         return dest
@@ -56,6 +64,17 @@ def export(store: BlockStore, root: CID, dest: str | os.PathLike[str]) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return dest
+
+
+def declared_size(store: BlockStore, view: NodeView, depth: int = 0) -> int:
+    """Bytes the export of ``view`` will write, as its file roots declare them."""
+    if view.kind != "directory":
+        if view.filesize is None:
+            raise StorageError("a file node declares no size")
+        return view.filesize
+    if depth > MAX_DEPTH:
+        raise StorageError("directory DAG nested too deep")
+    return sum(declared_size(store, _view(store, child), depth + 1) for _, child in view.links)
 
 
 def _export_dir(store: BlockStore, view: NodeView, dest: Path, depth: int) -> None:
@@ -94,8 +113,10 @@ def _export_file(store: BlockStore, root: CID, view: NodeView, dest: Path) -> No
     try:
         with open(tmp, "xb") as fh:
             for piece in iter_file(store, root, view):
-                fh.write(piece)
                 written += len(piece)
+                if view.filesize is not None and written > view.filesize:
+                    raise StorageError(f"{root}: the DAG holds more than the {view.filesize:,} bytes it declares")
+                fh.write(piece)
         if view.filesize is not None and written != view.filesize:
             raise StorageError(f"{root}: wrote {written} bytes but the DAG declares {view.filesize}")
         os.replace(tmp, dest)

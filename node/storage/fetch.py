@@ -12,19 +12,30 @@ stalls past ``block_timeout`` or drops the stream is removed from this fetch (it
 in-flight CIDs go back to the queue for the others) and counted in
 :class:`FetchStats`.  A provider answering "don't have" is not asked for that CID
 again.  The fetch fails with :class:`FetchError` only when no remaining provider
-can supply a missing block.
+can supply a missing block, or when the DAG itself is a bomb.
+
+Size checks (issue 12: a 1.19 MB, 3-block DAG declaring 1.85 TiB made ``fetch``
+write 2.4 GiB in 3 s): every dag-pb link declares the cumulative size of the
+sub-DAG below it, so once the root arrives the whole DAG's size is known.  It
+must fit :data:`MAX_DAG_BYTES` and the free disk (less :data:`DISK_RESERVE`)
+before any child is asked for, and every block must then weigh exactly what its
+parent declared (its own bytes plus its links' sizes).  Blocks are
+hash-verified, so a mismatch is the content's fault, not the provider's: the
+whole fetch stops.  (Directory entry names are checked in protocol.unixfs.)
 """
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
 
-from protocol.cid import CID
+from protocol.cid import CID, DAG_PB
 from protocol.errors import ProtocolError
 from protocol.unixfs import child_cids
 
@@ -41,11 +52,46 @@ if TYPE_CHECKING:
 log = get_logger("storage.fetch")
 
 IDLE_STALL_TIMEOUT = 120.0
+# Largest DAG one fetch accepts (the cumulative size its root declares): the biggest
+# open-weights checkpoints are a few hundred GiB.
+MAX_DAG_BYTES = 512 * 1024**3
+# Disk left free after a fetch: a declared size that would eat into it is refused up front.
+DISK_RESERVE = 1024**3
 Progress = Callable[[int, int | None], None]  # (bytes fetched so far, expected total or None)
 
 
 class FetchError(StorageError):
     """The DAG could not be completed from the given providers."""
+
+
+class DagTooLarge(FetchError):
+    """The DAG declares more bytes than the cap or the free disk allows."""
+
+
+class DagSizeMismatch(FetchError):
+    """A block does not weigh what its parent declared (a lying or corrupted DAG)."""
+
+
+def block_weight(cid: CID, data: bytes) -> int:
+    """What a link to this block must declare: its bytes plus the sizes its own links declare."""
+    if cid.codec != DAG_PB:
+        return len(data)
+    from protocol.dagpb import decode_node
+
+    return len(data) + sum(link.tsize for link in decode_node(data).links)
+
+
+def check_room(declared: int, where: Path, *, cap: int = MAX_DAG_BYTES, what: str = "DAG") -> None:
+    """Raise :class:`DagTooLarge` unless ``declared`` bytes fit the cap and the disk at ``where``."""
+    if declared > cap:
+        raise DagTooLarge(f"the {what} declares {declared:,} bytes, over the {cap:,}-byte cap")
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if declared > free - DISK_RESERVE:
+        raise DagTooLarge(f"the {what} declares {declared:,} bytes but {probe} has {free:,} free "
+                          f"(keeping {DISK_RESERVE:,} in reserve)")
 
 
 @dataclass
@@ -62,8 +108,10 @@ class FetchStats:
 class _Scheduler:
     """Shared want-queue; tracks which provider lacks what and who is still alive."""
 
-    def __init__(self, store: BlockStore, stats: FetchStats, progress: Progress | None) -> None:
+    def __init__(self, store: BlockStore, stats: FetchStats, progress: Progress | None, max_bytes: int = MAX_DAG_BYTES) -> None:
         self.store = store
+        self.max_bytes = max_bytes
+        self.declared: dict[bytes, int] = {}  # CID digest -> size its parent's link declares
         self.stats = stats
         self.progress = progress
         self.queue: deque[CID] = deque()
@@ -109,9 +157,25 @@ class _Scheduler:
 
     def _children(self, cid: CID, data: bytes) -> list[CID]:
         try:
-            return child_cids(cid, data)
+            children = child_cids(cid, data)
+            weight = block_weight(cid, data)
         except ProtocolError as exc:
             raise FetchError(f"block {cid} verified but is not valid dag-pb: {exc}") from None
+        declared = self.declared.get(cid.digest)
+        if declared is None:  # the root: its declared total must fit before we ask for more
+            self.declared[cid.digest] = weight
+            if children:
+                check_room(weight, self.store.root, cap=self.max_bytes)
+        elif weight != declared:
+            raise DagSizeMismatch(f"block {cid} weighs {weight:,} bytes but its parent declared {declared:,}")
+        if children:
+            from protocol.dagpb import decode_node
+
+            for child, link in zip(children, decode_node(data).links, strict=True):
+                known = self.declared.setdefault(child.digest, link.tsize)
+                if known != link.tsize:
+                    raise DagSizeMismatch(f"links to {child} declare both {known:,} and {link.tsize:,} bytes")
+        return children
 
     def take(self, peer: str, n: int) -> list[CID]:
         batch: list[CID] = []
@@ -168,6 +232,7 @@ async def fetch_dag(
     window: int = 16,
     block_timeout: float = 20.0,
     progress: Progress | None = None,
+    max_bytes: int = MAX_DAG_BYTES,
 ) -> FetchStats:
     """Make ``root``'s whole DAG present in ``store``; returns what it took.
 
@@ -176,7 +241,7 @@ async def fetch_dag(
     providers without ``/mosaic/blocks/1``.
     """
     stats = FetchStats()
-    sched = _Scheduler(store, stats, progress)
+    sched = _Scheduler(store, stats, progress, max_bytes)
     started = trio.current_time()
     sched.want(root)
     if sched.done:
@@ -208,6 +273,9 @@ async def fetch_dag(
             _drop(peer, f"protocol error: {type(exc).__name__}: {exc}")
         except (StreamClosed, trio.TooSlowError) as exc:
             _drop(peer, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        except FetchError as exc:  # the DAG itself is bad (a bomb): no provider can fix it
+            fatal_box.append(exc)
+            nursery.cancel_scope.cancel()
 
     def _drop(peer: str, reason: str) -> None:
         stats.dropped_peers[peer] = reason[:300]
@@ -215,10 +283,14 @@ async def fetch_dag(
         event(log, "provider_dropped", peer=peer, reason=reason[:200], root=str(root))
         sched.notify()
 
+    fatal_box: list[FetchError] = []
     async with trio.open_nursery() as nursery:
         for peer in peers:
             nursery.start_soon(run_provider, peer)
     stats.seconds = trio.current_time() - started
+    if fatal_box:
+        event(log, "dag_refused", root=str(root), reason=str(fatal_box[0])[:200])
+        raise fatal_box[0]
     if not sched.done:
         reasons = "; ".join(f"{p[-8:]}: {r}" for p, r in stats.dropped_peers.items()) or "providers lack blocks"
         raise FetchError(f"could not complete {root}: {len(sched.queue)} blocks missing ({reasons})")
