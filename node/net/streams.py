@@ -14,6 +14,7 @@ same as libp2p msgio), decoding is :func:`protocol.decode`.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -27,7 +28,7 @@ from libp2p.stream_muxer.exceptions import MuxedConnError, MuxedStreamError
 import protocol
 from protocol import ErrorMessage, FrameDecoder, Message, MessageTooLarge, ProtocolError, encode, encode_frame
 
-from ..logs import event, get_logger
+from ..logs import event, get_logger, limited_event
 
 log = get_logger("net.streams")
 
@@ -170,27 +171,106 @@ def _error_reply(exc: BaseException) -> ErrorMessage | None:
     return ErrorMessage(code="internal", message="internal error")
 
 
+# One IP address may hold at most this fraction of a protocol's slots, one subnet (/24 for
+# IPv4, /48 for IPv6) this one: identities are free, addresses are not (issue 12: 20
+# identities x 4 idle streams made every honest query "busy").  Loopback is exempt: it is
+# this machine (and every peer of a test cluster).
+MAX_SHARE_PER_IP = 0.5
+MAX_SHARE_PER_SUBNET = 0.75
+
+
+def _subnet(ip: str) -> str:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+def _exempt(ip: str | None) -> bool:
+    if ip is None:
+        return True
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
 class _Limits:
-    """In-flight accounting for one served protocol (B10: libp2p's limit is per protocol only)."""
+    """In-flight accounting for one served protocol (B10: libp2p's limit is per protocol only).
+
+    Caps per peer id, per IP and per subnet, and in total.  When the protocol is
+    full, a newcomer evicts the stream that has waited longest without sending its
+    first frame (an idle squatter) rather than being refused: an honest client
+    sends its request at once, so it is never idle for long.
+    """
 
     def __init__(self, max_per_peer: int, max_total: int) -> None:
         self.max_per_peer = max_per_peer
         self.max_total = max_total
+        self.max_per_ip = max(max_per_peer, int(max_total * MAX_SHARE_PER_IP))
+        self.max_per_subnet = max(max_per_peer, int(max_total * MAX_SHARE_PER_SUBNET))
         self.per_peer: Counter[str] = Counter()
+        self.per_ip: Counter[str] = Counter()
+        self.per_subnet: Counter[str] = Counter()
         self.total = 0
+        # Streams still waiting for their first frame: stream -> (opened at, its cancel scope).
+        self.waiting: dict[FramedStream, tuple[float, trio.CancelScope]] = {}
+        self.evicted = 0
 
-    def try_acquire(self, peer: str) -> bool:
-        if self.total >= self.max_total or self.per_peer[peer] >= self.max_per_peer:
+    def refusal(self, peer: str, ip: str | None) -> str | None:
+        """Why a new stream from ``peer`` at ``ip`` is refused, or ``None`` (then acquire it)."""
+        if self.per_peer[peer] >= self.max_per_peer:
+            return "peer"
+        if not _exempt(ip):
+            if self.per_ip[ip] >= self.max_per_ip:  # type: ignore[index]
+                return "ip"
+            if self.per_subnet[_subnet(ip)] >= self.max_per_subnet:  # type: ignore[arg-type]
+                return "subnet"
+        if self.total >= self.max_total and not self._evict_idle():
+            return "total"
+        return None
+
+    def _evict_idle(self) -> bool:
+        idle = [(opened, stream) for stream, (opened, _) in self.waiting.items() if stream.frames_received == 0]
+        if not idle:
             return False
-        self.per_peer[peer] += 1
-        self.total += 1
+        _, stream = min(idle, key=lambda pair: pair[0])
+        _, scope = self.waiting.pop(stream)
+        scope.cancel()
+        self.evicted += 1
         return True
 
-    def release(self, peer: str) -> None:
+    def acquire(self, peer: str, ip: str | None) -> None:
+        self.per_peer[peer] += 1
+        self.total += 1
+        if not _exempt(ip):
+            self.per_ip[ip] += 1  # type: ignore[index]
+            self.per_subnet[_subnet(ip)] += 1  # type: ignore[arg-type]
+
+    def try_acquire(self, peer: str, ip: str | None = None) -> bool:
+        if self.refusal(peer, ip) is not None:
+            return False
+        self.acquire(peer, ip)
+        return True
+
+    def release(self, peer: str, ip: str | None = None) -> None:
         self.total -= 1
-        self.per_peer[peer] -= 1
-        if self.per_peer[peer] <= 0:
-            del self.per_peer[peer]
+        for counter, key in ((self.per_peer, peer), (self.per_ip, ip), (self.per_subnet, _subnet(ip) if ip else None)):
+            if key is None or key not in counter:
+                continue
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
+
+
+def _remote_ip(raw: object) -> str | None:
+    try:
+        address = raw.get_remote_address()  # type: ignore[attr-defined]
+    except Exception:  # a muxer without addresses: account by peer id only
+        return None
+    return address[0] if address else None
 
 
 def serve(
@@ -206,9 +286,11 @@ def serve(
 ) -> None:
     """Register ``handler`` for ``protocol_id`` on ``host`` behind deadlines and limits.
 
-    * A peer with ``max_per_peer`` streams in flight on this protocol (or the
-      protocol at ``max_total``) gets ``ErrorMessage(code="busy")`` at once and the
-      new stream is closed: one peer's idle streams cannot starve the others.
+    * A peer with ``max_per_peer`` streams in flight on this protocol (or its IP
+      or subnet at its share of ``max_total``) gets ``ErrorMessage(code="busy")`` at
+      once and the new stream is closed: one peer's idle streams cannot starve the
+      others.  At ``max_total``, the longest-idle stream (no first frame yet) is
+      reset to make room; only when none is idle is the newcomer refused.
     * The first frame must arrive within ``first_message_timeout`` (slowloris);
       the whole exchange within ``deadline``.
     * ``ProtocolError`` -> ``bad_request`` / ``too_large``; deadline -> ``timeout``;
@@ -220,15 +302,26 @@ def serve(
     async def _on_stream(raw: object) -> None:
         stream = FramedStream(raw, max_frame=max_frame)
         peer = stream.remote_peer
-        if not limits.try_acquire(peer):
-            event(log, "stream_busy", protocol=protocol_id, peer=peer, in_flight=limits.per_peer[peer], total=limits.total)
+        ip = _remote_ip(raw)
+        refused = limits.refusal(peer, ip)
+        if refused is not None:
+            limited_event(log, "stream_busy", protocol=protocol_id, peer=peer, limit=refused,
+                          in_flight=limits.per_peer[peer], total=limits.total)
             await _say_goodbye(stream, ErrorMessage(code="busy", message="too many streams in flight; retry later"))
             return
+        limits.acquire(peer, ip)
         started = trio.current_time()
         stream.first_frame_deadline = started + first_message_timeout
+        squat = trio.CancelScope()
+        limits.waiting[stream] = (started, squat)
         try:
-            with trio.fail_after(deadline):
-                await handler(stream)
+            with squat:
+                with trio.fail_after(deadline):
+                    await handler(stream)
+            if squat.cancelled_caught:
+                limited_event(log, "stream_evicted", protocol=protocol_id, peer=peer, reason="idle under pressure")
+                await _hard_reset(stream)
+                return
         except trio.Cancelled:
             await _hard_reset(stream)
             raise
@@ -257,7 +350,8 @@ def serve(
         else:
             await stream.aclose()
         finally:
-            limits.release(peer)
+            limits.waiting.pop(stream, None)
+            limits.release(peer, ip)
 
     host.set_stream_handler(TProtocol(protocol_id), _on_stream)  # type: ignore[attr-defined]
 
