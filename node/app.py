@@ -54,9 +54,9 @@ from .net.discovery import (
     routing_table_peers,
 )
 from .net.exchange import EXCHANGE_TIMEOUT, fetch_table, serve_records
-from .net.streams import StreamClosed
+from .net.streams import StreamClosed, is_allowed, set_allowlist
 from .net.gossip import Announcer, build_pubsub
-from .net.host import build_host, disconnect_all, expand_wildcard, listen_multiaddrs
+from .net.host import build_host, disconnect_all, disconnect_peer, expand_wildcard, listen_multiaddrs
 from .net.keys import libp2p_key_pair, load_or_create_identity
 from .net.ports import check_listen_addrs
 from .registry import Registry
@@ -100,7 +100,8 @@ class Node:
         self.host = build_host(libp2p_key_pair(self.identity), config.net.listen, mdns=config.net.mdns and not client)
         self.dht = build_dht(self.host, client=client)
         self.router, self.pubsub = build_pubsub(self.host)
-        self.registry = Registry(connected=lambda: connected_peers(self.host))
+        self.registry = Registry(connected=lambda: connected_peers(self.host), trusted=config.net.trusted_peers)
+        set_allowlist(self.host, config.net.trusted_peers)
         self.announcer = Announcer(
             self.pubsub,
             on_record=lambda signed, via: self.registry.offer(signed, source="gossip", via=via),
@@ -342,6 +343,11 @@ class Node:
         waits for the dialler's record to arrive before adding it to the routing table.
         """
         event(log, "peer_connected", peer=peer_id, outbound=dialled_by_us)
+        if not is_allowed(self.host, peer_id):
+            # A private swarm: streams from it are refused anyway (net.streams); drop the connection.
+            event(log, "peer_refused", peer=peer_id, reason="not a trusted peer")
+            await disconnect_peer(self.host, peer_id)
+            return
         if not self.table_exchange:
             await add_to_routing_table(self.dht, peer_id)
             return

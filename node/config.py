@@ -61,6 +61,9 @@ class NetConfig:
     routing_refresh_interval: float = 600.0
     # Extra multiaddrs to put in our record (e.g. a public address behind NAT).
     announce_addrs: list[str] = field(default_factory=list)
+    # A private swarm: the peer ids allowed to connect, open streams and be listed (this node
+    # is always allowed).  Empty: an open swarm, anyone may join (docs/security.md).
+    trusted_peers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -146,6 +149,13 @@ class NodeConfig:
         for key in ("announce_interval", "dht_republish_interval", "dht_sync_interval", "routing_refresh_interval"):
             if getattr(net, key) < 0:
                 raise ConfigError(f"net.{key}: must be >= 0 seconds (0 disables)")
+        from protocol.identity import public_key_from_peer_id
+
+        for peer_id in net.trusted_peers:
+            try:
+                public_key_from_peer_id(peer_id)
+            except Exception:  # a malformed id raises several types
+                raise ConfigError(f"net.trusted_peers: {peer_id!r} is not an Ed25519 peer id (12D3KooW...)") from None
         ex = self.expert
         for key in ("max_batch", "queue_size", "max_new_tokens_cap"):
             if getattr(ex, key) < 1:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import trio
@@ -73,8 +73,10 @@ class Registry:
         connected: Callable[[], set[str]] = set,
         max_records: int = MAX_RECORDS,
         max_per_source: int = MAX_PER_SOURCE,
+        trusted: Iterable[str] = (),
     ) -> None:
-        """``connected`` returns the peer ids this node holds a live (authenticated) connection to."""
+        """``connected`` returns the peer ids this node holds a live (authenticated) connection to;
+        a non-empty ``trusted`` (a private swarm) refuses every other peer's record."""
         self._clock = clock
         self._connected = connected
         self.max_records = max_records
@@ -89,6 +91,7 @@ class Registry:
         self._per_via: Counter[str] = Counter()
         self._reached: dict[str, float] = {}  # peer id -> last time we verified it is reachable
         self._self_id: str | None = None
+        self._trusted = frozenset(trusted)
         self._changed = trio.Event()
         self.version = 0
         # Rejections by reason ("BadSignature", "ExpiredRecord", ...): what hostile tests await.
@@ -112,6 +115,9 @@ class Registry:
         now = self._clock()
         try:
             peer_id = _issuer(signed)
+            if self._trusted and source != "self" and peer_id not in self._trusted:
+                self.note_rejected("NotTrusted", source, f"{str(peer_id)[-8:]} is not in this private swarm")
+                return None
             if peer_id is not None and peer_id not in self._signed and not self._admit(peer_id, source, from_peer, via, now):
                 return None
             accepted = self._book.offer(signed, now, from_peer=from_peer)

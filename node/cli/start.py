@@ -22,6 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--listen", action="append", metavar="MULTIADDR", help="listen address (repeatable), e.g. /ip4/0.0.0.0/tcp/4001")
     p.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="peer to join through, with /p2p/<id> (repeatable)")
     p.add_argument("--mdns", action="store_true", default=None, help="discover peers on the LAN with mDNS")
+    p.add_argument("--trust", action="append", metavar="PEER_ID",
+                   help="private swarm: only these peers may connect, open streams or be listed (repeatable; default: open swarm)")
     p.add_argument("--record-ttl", type=float, help="seconds a capability record stays valid")
     p.add_argument("--announce-interval", type=float, help="seconds between gossip re-announcements (0: off)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -56,6 +58,8 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):
         config.net.bootstrap = list(args.bootstrap)
     if args.mdns:
         config.net.mdns = True
+    if getattr(args, "trust", None):
+        config.net.trusted_peers = list(args.trust)
     if args.record_ttl is not None:
         config.net.record_ttl = args.record_ttl
     if args.announce_interval is not None:

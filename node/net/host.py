@@ -90,3 +90,14 @@ async def disconnect_all(host: object, *, timeout: float = 2.0) -> None:
                 await host.disconnect(peer_id)  # type: ignore[attr-defined]
             except Exception:  # already gone
                 pass
+
+
+async def disconnect_peer(host: object, peer_id: str, *, timeout: float = 2.0) -> None:
+    """Close our connection to ``peer_id`` (bounded; a peer already gone is not an error)."""
+    from libp2p.peer.id import ID
+
+    with trio.move_on_after(timeout):
+        try:
+            await host.disconnect(ID.from_base58(peer_id))  # type: ignore[attr-defined]
+        except Exception:  # already gone
+            pass

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import trio
 from libp2p.custom_types import TProtocol
@@ -265,6 +266,24 @@ class _Limits:
                 del counter[key]
 
 
+# Private swarms: host -> the peer ids allowed to open streams (absent: an open swarm).
+_allowlists: weakref.WeakKeyDictionary[object, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def set_allowlist(host: object, peers: Iterable[str] | None) -> None:
+    """Only ``peers`` (and the host itself) may open streams on protocols :func:`serve` registers
+    on ``host``; ``None`` or empty: anyone may (an open swarm)."""
+    if peers:
+        _allowlists[host] = frozenset(peers) | {str(host.get_id())}  # type: ignore[attr-defined]
+    else:
+        _allowlists.pop(host, None)
+
+
+def is_allowed(host: object, peer_id: str) -> bool:
+    allowed = _allowlists.get(host)
+    return allowed is None or peer_id in allowed
+
+
 def _remote_ip(raw: object) -> str | None:
     try:
         address = raw.get_remote_address()  # type: ignore[attr-defined]
@@ -302,6 +321,10 @@ def serve(
     async def _on_stream(raw: object) -> None:
         stream = FramedStream(raw, max_frame=max_frame)
         peer = stream.remote_peer
+        if not is_allowed(host, peer):
+            limited_event(log, "stream_refused", protocol=protocol_id, peer=peer, reason="not a trusted peer")
+            await _say_goodbye(stream, ErrorMessage(code="unavailable", message="this node serves a private swarm"))
+            return
         ip = _remote_ip(raw)
         refused = limits.refusal(peer, ip)
         if refused is not None:
