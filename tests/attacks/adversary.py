@@ -8,6 +8,7 @@ whatever it likes.  Victims are real Mosaic nodes (tests/cluster/harness.py).
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from node.net.gossip import MAX_BATCH, build_pubsub
 from node.net.host import build_host, disconnect_all, listen_multiaddrs
 from node.net.keys import libp2p_key_pair
 from node.net.streams import FramedStream, serve
+from protocol.framing import encode_varint
 from protocol import (
     CAPABILITIES_TOPIC,
     DHT_NAMESPACE,
@@ -141,3 +143,80 @@ class ForgingExpert:
         serve(node.host, INFER_PROTOCOL, handle)  # type: ignore[attr-defined]
         task_status.started()
         await trio.sleep_forever()
+
+
+# --------------------------------------------------------------------------- frame fuzzing
+
+
+@dataclass
+class FuzzReport:
+    sent: int = 0
+    answered: int = 0  # a reply frame came back (typed error or a real answer)
+    closed: int = 0  # the node closed or reset the stream without a reply
+    silent: int = 0  # nothing within the per-frame timeout (a hang: must stay 0)
+
+
+def mutate(frame: bytes, rng: random.Random) -> bytes:
+    """One hostile variant of a valid frame: flipped bytes, truncation, junk, a lying length."""
+    # Truncated and length-lying frames leave the server waiting for the rest until its
+    # first-message deadline (10 s, correct behaviour): keep them a tenth of the mix.
+    kind = rng.choices(range(5), weights=(30, 5, 5, 30, 30))[0]
+    raw = bytearray(frame)
+    if kind == 0:
+        for _ in range(rng.randint(1, 4)):
+            raw[rng.randrange(len(raw))] = rng.randrange(256)
+        return bytes(raw)
+    if kind == 1:
+        return bytes(raw[: rng.randrange(1, len(raw))])
+    if kind == 2:
+        return encode_varint(len(raw) + rng.randint(1, 1 << 20)) + bytes(raw[1:])  # declares more than it sends
+    if kind == 3:
+        return bytes(rng.randrange(256) for _ in range(rng.randint(1, 300)))
+    return bytes(raw) + bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))  # trailing garbage
+
+
+async def fuzz_protocol(hosts: Sequence[object], peer_id: str, protocol_id: str, seeds: Sequence[bytes], count: int, *,
+                        rng: random.Random, per_host: int = 2, per_frame_timeout: float = 20.0) -> FuzzReport:
+    """Send ``count`` mutated frames, one per stream, from ``hosts`` (several identities, so
+    per-peer caps do not serialize the run) and classify what came back."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.id import ID
+
+    report = FuzzReport()
+    frames = [mutate(rng.choice(seeds), rng) for _ in range(count)]
+    limiters = [trio.CapacityLimiter(per_host) for _ in hosts]
+
+    async def one(index: int, frame: bytes) -> None:
+        host = hosts[index % len(hosts)]
+        async with limiters[index % len(hosts)]:
+            report.sent += 1
+            try:
+                stream = await host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol_id)])  # type: ignore[attr-defined]
+            except Exception:
+                report.closed += 1
+                return
+            try:
+                with trio.move_on_after(per_frame_timeout) as scope:
+                    try:
+                        await stream.write(frame)
+                        await stream.close()  # half-close: a truncated frame is all there is
+                        data = await stream.read(65536)
+                    except Exception:
+                        data = b""
+                if scope.cancelled_caught:
+                    report.silent += 1
+                elif data:
+                    report.answered += 1
+                else:
+                    report.closed += 1
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    try:
+                        await stream.reset()
+                    except Exception:
+                        pass
+
+    async with trio.open_nursery() as nursery:
+        for index, frame in enumerate(frames):
+            nursery.start_soon(one, index, frame)
+    return report

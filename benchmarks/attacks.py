@@ -1,0 +1,131 @@
+"""Attack suite, full size (issue 12): the Sybil flood and frame fuzzing against real nodes.
+
+CI runs the same attacks small (tests/attacks/: 600 records, 500 frames per
+protocol); this script runs them at the size the issue measured and prints one
+table per attack:
+
+* flood - an adversary gossips N expert records signed by N fresh keys at a
+          coordinator and at an expert's node.  Printed: records stored vs sent,
+          refused by reason, records the victim vouches for (verified), the
+          registry's encoded size, and each node's query answered by the real
+          expert (seconds).
+* fuzz  - M mutated frames per stream protocol (infer, query, record, blocks)
+          from 16 fresh identities.  Printed: answered / closed / silent (hangs)
+          per protocol, seconds, RSS growth, and whether an honest query is
+          still answered afterwards.
+
+Usage: .venv/bin/python benchmarks/attacks.py [--flood 20000] [--fuzz 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import sys
+import tempfile
+import time
+from contextlib import aclosing
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import protocol as p  # noqa: E402
+from node.coordinator.client import ask  # noqa: E402
+from node.coordinator.service import QueryService  # noqa: E402
+from node.expert.service import ExpertService  # noqa: E402
+from tests.attacks.adversary import adversary, sybil_records  # noqa: E402
+from tests.attacks.test_fuzz_frames import run_fuzz  # noqa: E402
+from tests.cluster.harness import in_process_cluster  # noqa: E402
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def timed_query(host: object, peer_id: str) -> tuple[str, float]:
+    request = p.QueryRequest(request_id=f"bench-{time.monotonic()}", prompt="Name a colour.", timeout_s=60.0,
+                             sampling=p.SamplingParams(max_new_tokens=4), tags=("test",))
+    started = time.monotonic()
+    try:
+        with trio.fail_after(60):
+            async with aclosing(ask(host, peer_id, request)) as events:
+                async for event in events:
+                    if isinstance(event, p.QueryResult):
+                        return event.provenance[0].served_by, time.monotonic() - started
+    except Exception as exc:  # reported, not raised: the table shows what failed
+        return f"failed: {type(exc).__name__}: {exc}"[:80], time.monotonic() - started
+    return "no result", time.monotonic() - started
+
+
+async def flood(expert_model, count: int) -> None:
+    started = time.monotonic()
+    records = sybil_records(count)
+    signed_s = time.monotonic() - started
+    async with in_process_cluster() as cluster, adversary() as evil:
+        expert = await cluster.add(0, services=[ExpertService(expert=expert_model, threads=1), QueryService()])
+        coordinator = await cluster.add(1, services=[QueryService()])
+        await coordinator.registry.wait_for(lambda r: len(r.experts()) == 1, timeout=30)
+        for victim in (coordinator, expert):
+            await evil.join_gossip(victim.full_multiaddrs()[0], victim.host.get_id())
+        rss0 = rss_mib()
+        sent = time.monotonic()
+        await evil.gossip(records)
+        send_s = time.monotonic() - sent
+        await trio.sleep(2.0)  # stragglers
+        print(f"\nflood: {count} records signed in {signed_s:.1f} s, gossiped in {send_s:.1f} s; RSS +{rss_mib() - rss0:.0f} MiB")
+        print(f"{'node':<12} {'stored':>7} {'verified':>8} {'table KiB':>9}  refused")
+        for label, node in (("coordinator", coordinator), ("expert", expert)):
+            reg = node.registry
+            table = sum(len(s.payload) + len(s.signature) for s in reg.signed_records()) / 1024
+            refused = ", ".join(f"{k.split(':')[1]}={v}" for k, v in sorted(reg.rejected.items()) if ":" in k)
+            print(f"{label:<12} {len(reg) - 2:>7} {len(reg.verified_records()):>8} {table:>9.0f}  {refused}")
+        for label, node in (("coordinator", coordinator), ("expert", expert)):
+            served_by, seconds = await timed_query(evil.host, node.peer_id)
+            ok = "real expert" if served_by == expert.peer_id else served_by
+            print(f"query via {label:<12} answered by {ok} in {seconds:.2f} s")
+
+
+async def fuzz(expert_model, count: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        reports = await run_fuzz(expert_model, count, Path(tmp))
+    honest = reports.pop("honest_after")
+    growth = reports.pop("rss_growth_mib")
+    print(f"\nfuzz: {count} mutated frames per protocol from 16 identities; victim process RSS +{growth:.0f} MiB "
+          f"while fuzzing; honest query afterwards: "
+          f"{'answered' if honest else 'FAILED'}")
+    print(f"{'protocol':<18} {'answered':>8} {'closed':>7} {'silent':>6} {'seconds':>8}")
+    for protocol_id, (report, seconds) in reports.items():
+        print(f"{protocol_id:<18} {report.answered:>8} {report.closed:>7} {report.silent:>6} {seconds:>8.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--flood", type=int, default=20_000)
+    parser.add_argument("--fuzz", type=int, default=10_000)
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    import torch
+
+    torch.set_num_threads(1)
+    from node.expert.loader import load_expert
+
+    model = load_expert(None, device="cpu")
+    print(f"attack suite on {os.cpu_count()} CPUs; resource limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]} fds")
+
+    async def run() -> None:
+        if args.flood:
+            await flood(model, args.flood)
+        if args.fuzz:
+            await fuzz(model, args.fuzz)
+
+    trio.run(run)
+
+
+if __name__ == "__main__":
+    main()
