@@ -39,6 +39,7 @@ from .messages import (
     QueryChunk,
     QueryRequest,
     QueryResult,
+    Queued,
     RecordBatch,
     SamplingParams,
     ScoreRequest,

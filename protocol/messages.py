@@ -130,6 +130,9 @@ class GenerateRequest(_Prompted, frozen=True, kw_only=True, tag="generate"):
     sampling: SamplingParams = SamplingParams()
     timeout_s: RequestTimeout = 120.0
     stream: bool = True
+    # Ask for Queued messages while the request waits for a batch slot (older clients leave
+    # it off and never see a message type they do not know).
+    progress: bool = False
 
 
 class TokenChunk(Message, frozen=True, kw_only=True, tag="chunk"):
@@ -189,6 +192,23 @@ class NextTokenResult(Message, frozen=True, kw_only=True, tag="next_token_result
 
 class Cancel(Message, frozen=True, kw_only=True, tag="cancel"):
     request_id: RequestId
+
+
+# --------------------------------------------------------------------------- queue progress (/mosaic/infer/1)
+
+
+class Queued(Message, frozen=True, kw_only=True, tag="queued"):
+    """The expert is alive and the request waits for a batch slot (sent when ``progress`` is set).
+
+    Sent when the request is queued, when its position changes (rate-limited)
+    and as a keep-alive while it waits, so a client can tell a busy, progressing
+    expert from a dead one without a fixed first-token deadline.
+    """
+
+    request_id: RequestId
+    position: Annotated[int, Meta(ge=1)]  # 1: the next generation to start
+    waiting: NonNegInt  # generations queued in total
+    running: NonNegInt  # generations in the batch now
 
 
 ErrorCode = Literal[
@@ -290,4 +310,5 @@ ALL_MESSAGE_TYPES: tuple[type[Message], ...] = (
     QueryChunk,
     QueryResult,
     Trace,
+    Queued,
 )

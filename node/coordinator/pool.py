@@ -9,7 +9,10 @@ from), provenance, token usage and the deadlines.
 
 Strategies only decide; the pool handles what goes wrong:
 - a silent expert: its first token (and every later one) must come within an
-  adaptive budget, else the step fails instead of eating the query's time;
+  adaptive budget, else the step fails instead of eating the query's time; a
+  busy expert that reports its queue position (``Queued``) is alive, and each
+  report restarts that budget (:func:`alive_but_waiting`), so a live expert's
+  queue is waited on until the query's deadline instead of failing over;
 - a failure before the first token: the next expert of the failover list;
 - a failure after tokens: the next expert continues from the partial text, so a
   streaming client sees one answer (``Ask.continued``), the trace links the steps;
@@ -44,6 +47,7 @@ from protocol import (
     Provenance,
     QueryRequest,
     QueryResult,
+    Queued,
     SamplingParams,
     ScoreRequest,
     ScoreResult,
@@ -74,6 +78,17 @@ class QueryFailed(Exception):
         self.message = message
 
 
+def alive_but_waiting(message: object) -> bool:
+    """The liveness policy: is ``message`` an expert's report that our request waits in its queue?
+
+    Such a report restarts the token budget without counting as a first token.  A
+    fixed first-token wait turned a burst of 64 requests into 48 errors on an
+    expert whose queue held them all, and into failovers to equally busy experts;
+    only an expert that stays silent for a whole budget is given up on.
+    """
+    return isinstance(message, Queued)
+
+
 class StepFailed(QueryFailed):
     """One call to one expert (or every expert of a failover list) failed."""
 
@@ -81,7 +96,9 @@ class StepFailed(QueryFailed):
 class Transport(Protocol):
     """How the pool reaches an expert: ``/mosaic/infer/1`` in a node (coordinator/service.py)."""
 
-    def generate(self, peer_id: str, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]: ...
+    def generate(
+        self, peer_id: str, request: GenerateRequest
+    ) -> AsyncIterator[Queued | TokenChunk | GenerateResult]: ...
 
     async def score(self, peer_id: str, request: ScoreRequest, timeout: float) -> ScoreResult: ...
 
@@ -313,8 +330,10 @@ class Pool:
                     with trio.move_on_at(min(trio.current_time() + budget, deadline)) as scope:
                         message = await events.__anext__()
                     if scope.cancelled_caught:
-                        raise StepFailed("timeout", f"no token within {budget:.1f} s" if first is None
-                                         else f"stalled for {budget:.1f} s mid-answer")
+                        raise StepFailed("timeout", f"no token or queue report within {budget:.1f} s"
+                                         if first is None else f"stalled for {budget:.1f} s mid-answer")
+                    if alive_but_waiting(message):
+                        continue
                     if first is None:
                         first = trio.current_time() - began
                         self.health.success(route.peer_id, first)
@@ -357,7 +376,8 @@ class Pool:
     def _request(self, index: int, route: Route, ask: Ask, sampling: SamplingParams, deadline: float) -> GenerateRequest:
         return GenerateRequest(request_id=self.step_request_id(index), prompt=ask.prompt, messages=ask.messages,
                                adapter=route.adapter, sampling=sampling,
-                               timeout_s=min(3600.0, max(1.0, deadline - trio.current_time())), stream=True)
+                               timeout_s=min(3600.0, max(1.0, deadline - trio.current_time())), stream=True,
+                               progress=True)  # a busy expert reports its queue position instead of going silent
 
     def step_request_id(self, index: int) -> str:
         """The request id an expert sees for step ``index`` (fits the 64-character cap)."""

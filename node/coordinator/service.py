@@ -27,6 +27,7 @@ from protocol import (
     NextTokenResult,
     QueryChunk,
     QueryRequest,
+    Queued,
     ScoreRequest,
     ScoreResult,
     TokenChunk,
@@ -70,7 +71,9 @@ class InferTransport:
         self._host = host
         self._on_reached = on_reached  # told of every expert that answered (keeps it verified)
 
-    async def generate(self, peer_id: str, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
+    async def generate(
+        self, peer_id: str, request: GenerateRequest
+    ) -> AsyncIterator[Queued | TokenChunk | GenerateResult]:
         from node.expert.client import generate
 
         async with aclosing(generate(self._host, peer_id, request)) as events:

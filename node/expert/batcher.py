@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import ErrorMessage, GenerateRequest, GenerateResult, NextTokenRequest, TokenChunk, Usage
+from protocol import ErrorMessage, GenerateRequest, GenerateResult, NextTokenRequest, Queued, TokenChunk, Usage
 
 from ..logs import event, get_logger
 from .errors import Busy, Cancelled, ExpertStopped, PromptTooLong, RequestRejected, UnknownAdapter
@@ -34,6 +34,12 @@ from .prompts import PromptBuilder
 log = get_logger("expert.worker")
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in adapter_names
+
+# Queued reports (for requests with ``progress``): a changed position is sent at most every
+# QUEUE_REPORT_MIN_S, and an unchanged one again after QUEUE_KEEPALIVE_S, so a client can
+# wait on a live expert with a short silence window (the coordinator's is >= 3 s).
+QUEUE_REPORT_MIN_S = 0.5
+QUEUE_KEEPALIVE_S = 1.0
 
 
 @dataclass(eq=False)
@@ -181,7 +187,21 @@ class InferenceWorker:
                 else:
                     kept.append(job)
             self._pending = kept
+            self._report_queue()
             return taken
+
+    def _report_queue(self) -> None:
+        """Tell waiting generations that asked for it their place in the queue (lock held, rate-limited)."""
+        now = time.monotonic()
+        waiting = [job for job in self._pending if job.is_generation and not job.cancelled]
+        for position, job in enumerate(waiting, start=1):
+            if not job.wants_progress:
+                continue
+            since = now - job.reported_at
+            if since >= QUEUE_KEEPALIVE_S or (position != job.reported_position and since >= QUEUE_REPORT_MIN_S):
+                job.reported_position, job.reported_at = position, now
+                job.emit(Queued(request_id=job.request_id, position=position, waiting=len(waiting),
+                                running=len(self._slots)))
 
     def _drain_pending(self) -> list[Job]:
         with self._cond:

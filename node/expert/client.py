@@ -22,6 +22,7 @@ from protocol import (
     GenerateResult,
     NextTokenRequest,
     NextTokenResult,
+    Queued,
     ScoreRequest,
     ScoreResult,
     TokenChunk,
@@ -37,8 +38,13 @@ if TYPE_CHECKING:
 _CLIENT_GRACE = 10.0
 
 
-async def generate(host: IHost, peer_id: str, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
+async def generate(
+    host: IHost, peer_id: str, request: GenerateRequest
+) -> AsyncIterator[Queued | TokenChunk | GenerateResult]:
     """Stream ``TokenChunk``s then the ``GenerateResult`` from expert ``peer_id``.
+
+    With ``request.progress`` set, ``Queued`` messages come first while the
+    request waits for a batch slot (the expert is alive, just busy).
 
     Raises :class:`ExpertError` (expert's ErrorMessage), ``StreamClosed``
     (transport) or ``trio.TooSlowError`` (no result within the request's timeout).
@@ -58,7 +64,7 @@ async def generate(host: IHost, peer_id: str, request: GenerateRequest) -> Async
             await stream.send(request)
         while True:
             with trio.fail_at(deadline):
-                message = await stream.receive((TokenChunk, GenerateResult, ErrorMessage))
+                message = await stream.receive((Queued, TokenChunk, GenerateResult, ErrorMessage))
             if isinstance(message, ErrorMessage):
                 finished = True
                 raise ExpertError.from_message(message)

@@ -27,6 +27,9 @@ class Job:
     # Set from the trio thread; read by the worker between decode steps (a plain
     # attribute write is atomic under the GIL, so no lock is needed).
     cancelled: bool = False
+    # Queue reporting (worker thread only): the last Queued position sent, and when.
+    reported_position: int = 0
+    reported_at: float = float("-inf")
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -42,6 +45,11 @@ class Job:
     @property
     def is_generation(self) -> bool:
         return isinstance(self.request, GenerateRequest)
+
+    @property
+    def wants_progress(self) -> bool:
+        """The client asked for ``Queued`` messages while this generation waits."""
+        return isinstance(self.request, GenerateRequest) and self.request.progress
 
     def expired(self, now: float | None = None) -> bool:
         return (time.monotonic() if now is None else now) >= self.deadline

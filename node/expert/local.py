@@ -28,6 +28,7 @@ from protocol import (
     Message,
     NextTokenRequest,
     NextTokenResult,
+    Queued,
     ScoreRequest,
     ScoreResult,
     TokenChunk,
@@ -99,8 +100,8 @@ class LocalExpert:
         finally:
             job.cancel()
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenChunk | GenerateResult]:
-        """Chunks then the result; raises :class:`ExpertError` for an ``ErrorMessage``."""
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Queued | TokenChunk | GenerateResult]:
+        """(``Queued`` reports,) chunks, then the result; raises :class:`ExpertError` for an ``ErrorMessage``."""
         async with self.open(request) as (_, messages):
             async for message in messages:
                 if isinstance(message, ErrorMessage):

@@ -2,7 +2,7 @@
 
 One request per stream::
 
-    client -> GenerateRequest        server -> TokenChunk* then GenerateResult | ErrorMessage
+    client -> GenerateRequest        server -> Queued* TokenChunk* then GenerateResult | ErrorMessage
     client -> ScoreRequest           server -> ScoreResult | ErrorMessage
     client -> NextTokenRequest       server -> NextTokenResult | ErrorMessage
     client -> Cancel (optional, any time during a generation; or just close/reset)
@@ -13,6 +13,10 @@ or a reset cancels the job, which leaves the batch at the next decode step
 stream is still open).  :func:`node.net.streams.serve` provides the frame cap,
 first-message deadline, per-peer limits and typed errors for bad frames
 (custom libp2p handlers have no read deadline of their own: research/libp2p.md).
+
+``Queued`` (only when the request sets ``progress``) tells the client the
+expert is alive and where the request waits; it is sent even for a
+non-streamed request, since it carries no text.
 """
 
 from __future__ import annotations
@@ -199,8 +203,11 @@ class ExpertService:
                 lambda stream: handle_infer_stream(local, stream),
                 first_message_timeout=FIRST_MESSAGE_TIMEOUT,
                 deadline=MAX_STREAM_SECONDS,
-                # A coordinator legitimately runs several generations on one expert at once.
-                max_per_peer=max(8, 2 * cfg.max_batch),
+                # One coordinator legitimately fills the whole queue (a burst of HTTP requests all
+                # reach the expert through it), so the per-peer cap is the queue's capacity: the
+                # worker's queue answers `busy` when it is truly full, and idle streams are cut by
+                # the first-message deadline.  A cap of 2 x max_batch turned bursts into 503s.
+                max_per_peer=cfg.max_batch + cfg.queue_size,
                 max_total=cfg.max_batch + cfg.queue_size,
             )
             event(

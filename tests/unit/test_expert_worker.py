@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from contextlib import aclosing
 
+import msgspec
 import pytest
 import trio
 
@@ -22,6 +23,7 @@ from protocol import (
     GenerateRequest,
     GenerateResult,
     NextTokenRequest,
+    Queued,
     SamplingParams,
     ScoreRequest,
     TokenChunk,
@@ -109,6 +111,40 @@ async def test_stop_string_ends_generation_without_leaking_it(local, base_expert
     assert final.finish_reason == "stop"
     assert final.text == reference[:3]
     assert "".join(c.text for c in chunks) == final.text
+
+
+async def test_waiting_generations_report_their_queue_position(base_expert):
+    """With ``progress`` set, a queued request hears its place (and keep-alives) until it starts."""
+    worker = InferenceWorker(base_expert, max_batch=1, queue_size=8)
+    worker.start()
+    local = LocalExpert(worker)
+    seen: dict[str, list[object]] = {}
+
+    async def one(rid: str, progress: bool) -> None:
+        request = msgspec.structs.replace(chat("Count to fifty.", rid, tokens=16), progress=progress)
+        async with aclosing(local.generate(request)) as events:
+            seen[rid] = [message async for message in events]
+
+    try:
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                for i in range(4):
+                    nursery.start_soon(one, f"r{i}", True)
+                    await trio.sleep(0.05)  # submission order = queue order
+                nursery.start_soon(one, "quiet", False)
+    finally:
+        await trio.to_thread.run_sync(worker.stop)
+    last = seen["r3"]
+    reports = [m for m in last if isinstance(m, Queued)]
+    assert reports and reports[0].position == 3 and reports[0].waiting >= 3 and reports[0].running == 1
+    positions = [r.position for r in reports]
+    assert positions == sorted(positions, reverse=True)
+    # Reports only come before the first token, and the answer is unaffected.
+    first_chunk = next(i for i, m in enumerate(last) if isinstance(m, TokenChunk))
+    assert all(not isinstance(m, Queued) for m in last[first_chunk:])
+    assert isinstance(last[-1], GenerateResult) and last[-1].usage.completion_tokens > 0
+    # A request that did not ask (an older client) never sees a Queued message.
+    assert not any(isinstance(m, Queued) for m in seen["quiet"])
 
 
 async def test_full_queue_answers_busy(base_expert):
