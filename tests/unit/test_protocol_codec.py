@@ -23,6 +23,7 @@ SAMPLES: list[p.Message] = [
     p.NextTokenRequest(request_id="r4", prompt="2+2=", top_k=5),
     p.NextTokenResult(request_id="r4", token_ids=(19, 20), logprobs=(-0.1, -2.0), tokens=("4", "5")),
     p.Cancel(request_id="r1"),
+    p.Queued(request_id="r1", position=3, waiting=5, running=8),
     p.ErrorMessage(code="busy", message="queue full", request_id="r1"),
     p.QueryRequest(request_id="q1", prompt="why?", tags=("math",), model="mosaic/route"),
     p.QueryChunk(request_id="q1", index=0, text="be", provenance=p.Provenance(served_by="12D3KooWx", adapter="law")),
