@@ -23,6 +23,7 @@ from .framing import FrameDecoder, encode_frame
 from .identity import Identity, peer_id_from_public_key, public_key_from_peer_id, verify_signature
 from .messages import (
     ALL_MESSAGE_TYPES,
+    GREEDY_TEMPERATURE,
     PROTOCOL_VERSION,
     AdapterInfo,
     Cancel,

@@ -105,12 +105,23 @@ class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
     content: Text
 
 
+# Temperatures below this mean greedy decoding.  Dividing logits by a temperature such as
+# 1e-300 overflows to inf and softmax then yields NaN (every expert crashed on it); the
+# distribution at such temperatures is the argmax anyway (vLLM uses the same 1e-5).
+GREEDY_TEMPERATURE = 1e-5
+
+
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     max_new_tokens: Annotated[int, Meta(ge=1, le=4096)] = 64
     temperature: Annotated[float, Meta(ge=0.0, le=5.0)] = 0.0
     top_p: Annotated[float, Meta(gt=0.0, le=1.0)] = 1.0
     stop: Annotated[tuple[Annotated[str, Meta(min_length=1, max_length=64)], ...], Meta(max_length=8)] = ()
     seed: Annotated[int, Meta(ge=0, le=2**63 - 1)] | None = None
+
+    @property
+    def greedy(self) -> bool:
+        """Greedy decoding: temperature 0, or one too small to divide logits by (GREEDY_TEMPERATURE)."""
+        return self.temperature < GREEDY_TEMPERATURE
 
 
 class _Prompted(Message, frozen=True, kw_only=True):

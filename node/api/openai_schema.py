@@ -109,6 +109,13 @@ def parse(body: bytes, kind: type[msgspec.Struct]):
         raise bad_request(f"Invalid value: {text}", param, "invalid_value") from None
     except msgspec.DecodeError as exc:
         raise bad_request(f"The request body is not valid JSON: {exc}", None, "invalid_json") from None
+    except UnicodeDecodeError as exc:
+        # msgspec validates UTF-8 lazily, inside strings: a bad byte there is the client's error too.
+        raise bad_request(f"The request body is not valid UTF-8: {exc.reason} at byte {exc.start}.", None,
+                          "invalid_json") from None
+    except RecursionError:
+        # msgspec decodes nested values recursively, even in ignored fields (tools, response_format, ...).
+        raise bad_request("The request body is nested too deeply.", None, "invalid_json") from None
     _check_supported(request)
     return request
 

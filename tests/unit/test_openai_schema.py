@@ -126,3 +126,32 @@ def test_response_bodies_carry_provenance_and_usage():
     assert body["mosaic"]["provenance"][0]["served_by"] == "12D3KooWB"
     text = oai.text_completion("cmpl-1", "smol", result)
     assert text["choices"][0]["text"] == "4" and text["object"] == "text_completion"
+
+
+HI = b'"messages": [{"role": "user", "content": "hi"}]'
+DEEP = b"[" * 1500 + b"]" * 1500
+DEEP_OBJECT = b'{"a": ' * 1500 + b"1" + b"}" * 1500
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "mosaic/route", "messages": [{"role": "user", "content": "hi \xff\xfe there"}]}',
+    b'{"model": "mosaic/route", ' + HI + b', "user": "\xc3\x28"}',
+    b'{"model": "mosaic/route", ' + HI + b', "ignored_field": ' + DEEP + b"}",
+    b'{"model": "mosaic/route", ' + HI + b', "ignored_field": ' + DEEP_OBJECT + b"}",
+    b'{"model": "mosaic/route", ' + HI + b', "tools": ' + DEEP + b"}",
+    b'{"model": "mosaic/route", ' + HI + b', "response_format": {"type": "text", "schema": ' + DEEP + b"}}",
+    b'{"model": "mosaic/route", ' + HI + b', "response_format": ' + DEEP_OBJECT + b"}",
+], ids=["utf8-in-content", "utf8-in-user", "deep-ignored", "deep-object-ignored", "deep-tools",
+        "deep-response-format", "deep-object-response-format"])
+def test_undecodable_text_and_deep_nesting_are_400(body):
+    """Invalid UTF-8 inside a JSON string and 1000+ levels of nesting anywhere: a 400, never a 500."""
+    with pytest.raises(ApiError) as err:
+        parse_chat(body)
+    assert err.value.status == 400 and err.value.code == "invalid_json"
+
+
+def test_tiny_temperature_and_top_p_pass_validation_and_stay_wire_valid():
+    req = parse_chat(chat(temperature=1e-300, top_p=5e-324))
+    q = oai.to_query(req, strategy="route", model=None, default_timeout=30.0)
+    assert p.decode(p.encode(q), p.QueryRequest) == q
+    assert q.sampling.greedy  # below protocol.GREEDY_TEMPERATURE sampling is greedy decoding
