@@ -12,6 +12,9 @@ HEADERS = [
     (b"cache-control", b"no-cache"),
     # Tells reverse proxies (nginx) not to buffer the stream.
     (b"x-accel-buffering", b"no"),
+    # One stream per connection: after [DONE] the server closes it.  Kept alive, finished SSE
+    # connections piled up open for minutes (issue 11, item 15); clients open a new one per stream.
+    (b"connection", b"close"),
 ]
 
 
