@@ -131,20 +131,79 @@ def line_handler(stream: typing.TextIO) -> logging.Handler:
     return handler
 
 
-def setup(level: str = "info", *, libp2p_level: str = "error") -> None:
-    """Route our loggers (and libp2p's, at a quieter level) to stderr as single lines.
+class _QuietFilter(logging.Filter):
+    """Drops third-party records below their logger family's threshold.
 
-    py-libp2p's own setup detaches its "libp2p" logger (propagate=False, no
-    handler), so its warnings would reach stderr unformatted via logging's
-    last-resort handler; we give it our handler and a quieter level instead
-    (its shutdown and DHT-miss warnings are routine on a live network).
+    Levels alone do not hold: some py-libp2p modules set their own logger's level
+    when imported (``libp2p.network.auto_connector`` sets INFO and then logs its
+    state every 10 s), which overrides the parent's.
     """
+
+    def __init__(self, thresholds: dict[str, int]) -> None:
+        super().__init__()
+        self._thresholds = thresholds
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        while name:
+            threshold = self._thresholds.get(name)
+            if threshold is not None:
+                return record.levelno >= threshold
+            name = name.rpartition(".")[0]
+        return True
+
+
+# Third-party loggers and their level on a node's stderr.  On a 4-node cluster 96% of stderr
+# (2,715 lines in 37 min) was py-libp2p's: routine DHT misses, stream resets and shutdown
+# chatter a node operator cannot act on.  ``--log-level debug`` lowers each to WARNING.
+QUIET_LOGGERS: dict[str, int] = {
+    "libp2p": logging.ERROR,
+    "multiaddr": logging.ERROR,
+    "zeroconf": logging.ERROR,
+    "quic": logging.ERROR,
+    "http3": logging.ERROR,
+    "trio-websocket": logging.ERROR,
+    "hypercorn": logging.WARNING,
+    "httpx": logging.WARNING,
+    "httpcore": logging.WARNING,
+    "urllib3": logging.WARNING,
+    "asyncio": logging.WARNING,
+}
+
+
+def setup(level: str = "info", *, libp2p_level: str | None = None) -> None:
+    """Route every logger to stderr as single lines; third-party ones (QUIET_LOGGERS) quietly.
+
+    ``level`` is ours (``mosaic.*``); at ``debug`` the third-party loggers' warnings
+    return too.  ``libp2p_level`` overrides py-libp2p's level (light commands pass
+    ``critical``).  ``LIBP2P_DEBUG`` set in the environment leaves py-libp2p's own
+    debug logging alone.
+
+    py-libp2p configures its "libp2p" logger when it is *imported* (level WARNING,
+    no handler, propagate=False: its lines then reached stderr unformatted through
+    logging's last-resort handler), so it is imported here first; configuring
+    before that import was undone by it.
+    """
+    import os
+
+    import libp2p  # noqa: F401 - its import-time logging setup must run before ours
+
+    debug = level.lower() == "debug"
+    thresholds = {name: (min(quiet, logging.WARNING) if debug else quiet) for name, quiet in QUIET_LOGGERS.items()}
+    if libp2p_level is not None:
+        thresholds["libp2p"] = logging.getLevelName(libp2p_level.upper())
     handler = line_handler(sys.stderr)
+    # Drop quiet lines before the rate limiter counts them.
+    handler.filters.insert(0, _QuietFilter(thresholds))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
     logging.getLogger(_ROOT).setLevel(level.upper())
-    libp2p = logging.getLogger("libp2p")
-    libp2p.handlers[:] = [handler]
-    libp2p.propagate = False
-    libp2p.setLevel(libp2p_level.upper())
+    for name, threshold in thresholds.items():
+        logging.getLogger(name).setLevel(threshold)
+    libp2p_logger = logging.getLogger("libp2p")
+    if os.environ.get("LIBP2P_DEBUG"):
+        return  # py-libp2p's own per-module debug logging (libp2p/utils/logging.py) is in charge
+    # py-libp2p detaches its logger (propagate=False, no handler): give it ours.
+    libp2p_logger.handlers[:] = [handler]
+    libp2p_logger.propagate = False
