@@ -75,8 +75,9 @@ class ExpertConfig:
     max_batch: int = 8
     queue_size: int = 64
     max_new_tokens_cap: int = 1024
-    # torch intra-op threads for the inference worker; 0 = torch's default (all cores).  On a
-    # shared CPU box use fewer: under contention 2 threads ran a batch-8 step 5x slower than 1.
+    # torch intra-op threads for the inference worker; 0 = automatic: the free physical cores
+    # (node/expert/threads.py).  torch's own default (every logical core) ran 25-30x slower
+    # while another process held a core.
     threads: int = 0
 
 
@@ -161,7 +162,7 @@ class NodeConfig:
             if getattr(ex, key) < 1:
                 raise ConfigError(f"expert.{key}: must be >= 1")
         if ex.threads < 0:
-            raise ConfigError("expert.threads: must be >= 0 (0: torch's default)")
+            raise ConfigError("expert.threads: must be >= 0 (0: choose from the free cores)")
         host, _, port = self.http.listen.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError(f"http.listen: {self.http.listen!r} is not HOST:PORT")

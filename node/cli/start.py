@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     expert.add_argument("--model", help="base model: HF dir, safetensors or GGUF path (default: embedded SmolLM2)")
     expert.add_argument("--adapter", action="append", metavar="NAME=PATH", help="LoRA adapter (repeatable; PATH or CID)")
     expert.add_argument("--device", help="auto, cpu, cuda, cuda:0, mps")
+    expert.add_argument("--threads", type=int, metavar="N",
+                        help="torch threads for inference (default: free physical cores, logged at start)")
+    expert.add_argument("--max-batch", type=int, metavar="N", help="generations decoded together (default 8)")
     http = p.add_argument_group("http")
     http.add_argument("--http", metavar="HOST:PORT", help="OpenAI-compatible HTTP API address")
     http.add_argument("--no-http", action="store_true", help="do not serve HTTP")
@@ -75,6 +78,10 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):
         config.expert.adapters[name] = path
     if args.device:
         config.expert.device = args.device
+    if args.threads is not None:
+        config.expert.threads = args.threads
+    if args.max_batch is not None:
+        config.expert.max_batch = args.max_batch
     if args.http:
         config.http.listen = args.http
     if args.no_http:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,11 +256,3 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     digest = hashlib.sha256("\n".join(f"{i}\t{t}" for t, i in vocab).encode()).hexdigest()
     return f"vocab-sha256:{digest[:16]}"
 
-
-def set_torch_threads(threads: int | None) -> None:
-    """Pin torch's intra-op threads (CPU machines are often shared; oversubscription hurts)."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-        event(log, "torch_threads", level=logging.DEBUG, threads=threads)

@@ -176,7 +176,12 @@ class ExpertService:
 
         from .loader import ModelLoadError
 
+        from .threads import log_choice, prepare_openmp, resolve_threads
+
         cfg = self.config
+        prepare_openmp()  # before the model load imports torch
+        threads = resolve_threads(self.threads or cfg.threads)
+        log_choice(threads)
         if self.expert is None:
             try:
                 await self._load(node)
@@ -189,7 +194,7 @@ class ExpertService:
             max_batch=cfg.max_batch,
             queue_size=cfg.queue_size,
             max_new_tokens_cap=cfg.max_new_tokens_cap,
-            threads=self.threads or cfg.threads or None,
+            threads=threads.threads,
             served_by=str(node.peer_id),
         )
         self.local = LocalExpert(self.worker)
