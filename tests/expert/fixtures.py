@@ -73,7 +73,7 @@ async def expert_pair(expert, **expert_config) -> AsyncIterator[tuple[object, ob
     from node.expert import ExpertService
     from tests.cluster.harness import in_process_cluster
 
-    service = ExpertService(ExpertConfig(**expert_config), expert=expert, threads=2)
+    service = ExpertService(ExpertConfig(**expert_config), expert=expert, threads=1)
     async with in_process_cluster(0) as cluster:
         server = await cluster.add(0, services=[service])
         client = await cluster.add(1)
