@@ -302,7 +302,7 @@ def main() -> int:
         nodes: list[NodeProc] = []
         try:
             t0 = time.perf_counter()
-            nodes.append(start_node(root, "soak-0", ["--no-expert", "--http", f"127.0.0.1:{port}"], None, 60))
+            nodes.append(start_node(root, "soak-0", ["--no-expert", "--http", f"127.0.0.1:{port}"], cache, 60))
             boot = ["--bootstrap", nodes[0].multiaddr, "--no-http", "--threads", str(args.threads)]
             # The first expert converts the model into the shared cache; the second finds it there.
             nodes.append(start_node(root, "soak-1", boot, cache, 600))

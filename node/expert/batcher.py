@@ -158,8 +158,12 @@ class InferenceWorker:
                 if work is None:
                     break
                 try:
-                    for job in work:
+                    for i, job in enumerate(work):
                         self._start_job(job)
+                        # Prefills run one after another (seconds each on a loaded CPU): keep
+                        # the generations still waiting, started or not, hearing from us.
+                        with self._cond:
+                            self._report_queue([j for j in work[i + 1:] if j.is_generation])
                     if self._slots:
                         self._decode_step()
                 except Exception as exc:  # a bug or OOM must not kill the worker silently
@@ -187,13 +191,17 @@ class InferenceWorker:
                 else:
                     kept.append(job)
             self._pending = kept
-            self._report_queue()
+            self._report_queue([job for job in taken if job.is_generation][1:])
             return taken
 
-    def _report_queue(self) -> None:
-        """Tell waiting generations that asked for it their place in the queue (lock held, rate-limited)."""
+    def _report_queue(self, upcoming: list[Job]) -> None:
+        """Tell waiting generations that asked for it their place (lock held, rate-limited).
+
+        ``upcoming``: generations taken for this step but not prefilled yet; they come
+        before everything still pending.
+        """
         now = time.monotonic()
-        waiting = [job for job in self._pending if job.is_generation and not job.cancelled]
+        waiting = [job for job in [*upcoming, *self._pending] if job.is_generation and not job.cancelled]
         for position, job in enumerate(waiting, start=1):
             if not job.wants_progress:
                 continue

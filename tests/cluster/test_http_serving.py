@@ -28,8 +28,9 @@ async def api_cluster(base_expert):
         http = HttpService(HttpConfig(listen="127.0.0.1:0"))
         coordinator = await cluster.add(0, services=[QueryService(), http])
         expert = ExpertService(ExpertConfig(max_batch=4, queue_size=8), expert=base_expert, threads=1)
-        await cluster.add(1, services=[expert, QueryService()])
+        expert_node = await cluster.add(1, services=[expert, QueryService()])
         await coordinator.registry.wait_for(lambda r: len(r.experts()) == 1, timeout=15)
+        expert.node_peer_id = expert_node.peer_id
         yield http.url, coordinator, expert
 
 
@@ -104,7 +105,7 @@ async def test_odd_but_valid_sampling_and_odd_json(base_expert):
     """Item 16: tiny temperature/top_p are answered (greedy), never count against the expert;
     invalid UTF-8 in a string and deep nesting in ignored fields are 400s, not 500s."""
     with trio.fail_after(120):
-        async with api_cluster(base_expert) as (url, coordinator, _):
+        async with api_cluster(base_expert) as (url, coordinator, expert):
             async with httpx.AsyncClient(base_url=url, timeout=60) as http:
                 greedy = await http.post("/v1/chat/completions", json=chat("Name a colour.", max_tokens=6, temperature=0))
                 for temperature, top_p in ((1e-300, 1.0), (1.0, 1e-300), (1e-300, 5e-324)):
@@ -112,7 +113,7 @@ async def test_odd_but_valid_sampling_and_odd_json(base_expert):
                         "Name a colour.", max_tokens=6, temperature=temperature, top_p=top_p))
                     assert reply.status_code == 200, reply.text
                     assert reply.json()["choices"][0]["message"] == greedy.json()["choices"][0]["message"]
-                assert not coordinator_for(coordinator).observations.failures
+                assert coordinator_for(coordinator).health.failures(expert.node_peer_id) == 0
                 head = b'{"model": "mosaic/route", "messages": [{"role": "user", "content": "hi"}]'
                 for body in (b'{"model": "mosaic/route", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
                              head + b', "tools": ' + b"[" * 1200 + b"]" * 1200 + b"}",

@@ -11,15 +11,13 @@ truly full queue answers ``busy`` (HTTP 503 with Retry-After).
 
 from __future__ import annotations
 
-from contextlib import aclosing
-
 import httpx
 import trio
 
 import protocol as p
 from node.api.service import HttpService
 from node.config import ExpertConfig, HttpConfig
-from node.coordinator.executor import QueryFailed
+from node.coordinator.pool import QueryFailed
 from node.coordinator.service import QueryService, coordinator_for
 from node.expert.service import ExpertService
 from tests.cluster.harness import in_process_cluster
@@ -33,13 +31,7 @@ def query(rid: str, tokens: int) -> p.QueryRequest:
 
 
 async def answer(node, request: p.QueryRequest) -> p.QueryResult:
-    result = None
-    async with aclosing(coordinator_for(node).answer(request)) as events:
-        async for event in events:
-            if isinstance(event, p.QueryResult):
-                result = event
-    assert result is not None
-    return result
+    return await coordinator_for(node).run(request)
 
 
 async def test_a_burst_queues_on_a_live_expert_instead_of_failing(base_expert):
