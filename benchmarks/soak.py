@@ -223,10 +223,10 @@ async def burst(url: str, expert_name: str, args) -> Tally:
         tally.answered += 1
         tally.latencies.append(time.perf_counter() - started)
 
-    async with httpx.AsyncClient(base_url=url, timeout=args.request_timeout * 4 + 5, limits=limits) as http:
-        async with trio.open_nursery() as nursery:
-            for i in range(args.burst):
-                nursery.start_soon(one, http, i)
+    client = httpx.AsyncClient(base_url=url, timeout=args.request_timeout * 4 + 5, limits=limits)
+    async with client as http, trio.open_nursery() as nursery:
+        for i in range(args.burst):
+            nursery.start_soon(one, http, i)
     return tally
 
 
@@ -318,6 +318,8 @@ def main() -> int:
             tally = trio.run(soak, url, args)
             print(describe(f"soak ({args.clients} clients, {time.perf_counter() - t1:.0f} s, max_tokens <= "
                            f"{args.max_tokens})", tally), flush=True)
+            time.sleep(3.0)
+            middle = {n.name: usage(n.process.pid) for n in nodes}
             t2 = time.perf_counter()
             burst_tally = trio.run(burst, url, "soak-1", args)
             print(describe(f"burst ({args.burst} parallel on soak-1, max_tokens {args.burst_tokens}, "
@@ -325,14 +327,16 @@ def main() -> int:
             time.sleep(3.0)  # let closed connections and streams settle before measuring
             after = {n.name: usage(n.process.pid) for n in nodes}
             ok = burst_tally.answered == args.burst and tally.failed == 0 and tally.timed_out == 0
-            print("node     RSS start -> end (MiB)       fds start -> end   bound")
+            print("node     RSS start -> end (MiB)          fds start -> after soak -> end   bound")
             for node in nodes:
                 (rss0, fd0), (rss1, fd1) = before[node.name], after[node.name]
+                fd_mid = middle[node.name][1]
                 rss_ok = rss1 - rss0 <= max(RSS_BOUND_BYTES, RSS_BOUND_RATIO * rss0)
                 fd_ok = fd1 - fd0 <= FD_BOUND
                 ok = ok and rss_ok and fd_ok
                 print(f"{node.name}   {rss0 / 2**20:7.1f} -> {rss1 / 2**20:7.1f} ({(rss1 - rss0) / 2**20:+6.1f})"
-                      f"   {fd0:5d} -> {fd1:5d} ({fd1 - fd0:+d})   {'ok' if rss_ok and fd_ok else 'EXCEEDED'}")
+                      f"      {fd0:5d} -> {fd_mid:5d} -> {fd1:5d} ({fd1 - fd0:+d})"
+                      f"      {'ok' if rss_ok and fd_ok else 'EXCEEDED'}")
             total, third = stderr_lines(nodes)
             minutes = (time.perf_counter() - t1) / 60
             print(f"stderr: {total} lines from 3 nodes ({total - lines_before[0]} during the load, "

@@ -290,9 +290,13 @@ class MosaicApi:
                 else:
                     # Headers are gone: report in-stream, as OpenAI does (the SDK raises APIError on it).
                     await body(sse.event(msgspec.json.decode(error.body())))
-            if started:
-                await send({"type": "http.response.body", "body": sse.DONE, "more_body": False})
+            gone = nursery.cancel_scope.cancel_called  # only the disconnect watcher cancels before this
             nursery.cancel_scope.cancel()
+        # The last body goes out after the watcher is gone: it makes hypercorn put http.disconnect
+        # in our queue, and the watcher's cancel then landed inside hypercorn's close of the
+        # connection (at send_eof's checkpoint), leaving the socket open after [DONE].
+        if started and not gone:
+            await send({"type": "http.response.body", "body": sse.DONE, "more_body": False})
         if failed_early is not None:
             raise failed_early
 

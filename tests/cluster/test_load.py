@@ -79,10 +79,9 @@ async def test_a_full_queue_is_503_with_retry_after(base_expert):
                     "max_tokens": 24, "temperature": 0})
                 statuses.append((reply.status_code, reply.headers.get("retry-after")))
 
-            async with httpx.AsyncClient(base_url=http.url, timeout=200) as client:
-                async with trio.open_nursery() as nursery:
-                    for i in range(6):
-                        nursery.start_soon(one, client, i)
+            async with httpx.AsyncClient(base_url=http.url, timeout=200) as client, trio.open_nursery() as nursery:
+                for i in range(6):
+                    nursery.start_soon(one, client, i)
             codes = sorted(code for code, _ in statuses)
             # One runs, one waits; the rest find the queue full: 503 with Retry-After, never 504/500.
             assert codes.count(200) >= 2 and set(codes) <= {200, 503}, codes

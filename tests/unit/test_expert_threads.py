@@ -7,7 +7,6 @@ are free, never exceed the physical cores, and be overridable.
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 import pytest
