@@ -71,8 +71,9 @@ class ControlService:
         request = json.loads(line)
         if not isinstance(request, dict) or not secrets.compare_digest(str(request.get("token", "")), self.token):
             raise ValueError("bad token")
-        storage = self._node.service(StorageService) if self._node else None
-        if storage is None:
+        node = self._node
+        storage = node.service(StorageService) if node is not None else None
+        if node is None or storage is None:
             raise ValueError("this node runs no storage service")
         op = request.get("op")
         try:
@@ -88,7 +89,7 @@ class ControlService:
         else:
             raise ValueError(f"unknown op {op!r}")
         event(log, "control_request", op=op, cid=str(cid))
-        return {"ok": True, "peer_id": self._node.peer_id}
+        return {"ok": True, "peer_id": node.peer_id}
 
 
 async def _read_line(stream: trio.SocketStream) -> bytes:

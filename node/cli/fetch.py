@@ -156,8 +156,8 @@ async def _fetch(config, cid, args, output: Path) -> int:
                 nursery.cancel_scope.cancel()
         if bar is not None:
             bar.close()
-    if error is not None:
-        print(f"error: {error}", file=sys.stderr)
+    if error is not None or stats is None:
+        print(f"error: {error or 'fetch did not complete'}", file=sys.stderr)
         return code
     _tell_running_node(config.data_path, str(cid))
     mib = stats.bytes_fetched / 2**20

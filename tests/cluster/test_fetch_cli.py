@@ -15,7 +15,7 @@ import pytest
 from protocol import Identity
 from tests.cluster.harness import REPO_ROOT, start_process
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = [pytest.mark.timeout(150), pytest.mark.multiprocess]
 
 MISSING_CID = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"  # a raw-leaf CID nobody here has
 

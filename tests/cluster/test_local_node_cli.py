@@ -14,7 +14,7 @@ import pytest
 
 from tests.cluster.harness import REPO_ROOT, start_process
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = [pytest.mark.timeout(150), pytest.mark.multiprocess]
 
 
 def _node(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

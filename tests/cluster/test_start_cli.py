@@ -15,7 +15,7 @@ import pytest
 
 from tests.cluster.harness import LISTEN_LINE, REPO_ROOT, _read_line, start_process
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.multiprocess]
 
 
 def _held_port(*, reuseport: bool) -> socket.socket:
