@@ -8,6 +8,7 @@ The first stdout line is ``mosaic node <peer id> listening on <multiaddr>``
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -124,9 +125,18 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_IN_USE
         import trio
 
-        return trio.run(_main, config, lock)
+        code, interrupted_start = trio.run(_main, config, lock)
     finally:
         lock.release()
+    if interrupted_start:
+        # The model load is still running in an abandoned worker thread.  Interpreter
+        # shutdown would wait for it to let go of the GIL (8 s measured mid-conversion):
+        # everything of ours is closed and flushed, so leave now.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def settle_ports(config, *, listen_given: bool, http_given: bool) -> list[str]:
@@ -164,7 +174,8 @@ def settle_ports(config, *, listen_given: bool, http_given: bool) -> list[str]:
     return notes
 
 
-async def _main(config, lock) -> int:
+async def _main(config, lock) -> tuple[int, bool]:
+    """Run the node; returns ``(exit code, interrupted during start-up)``."""
     from node.app import Node
     from node.cli import EXIT_IN_USE, EXIT_OK, EXIT_USAGE
     from node.expert.loader import ModelLoadError
@@ -178,10 +189,11 @@ async def _main(config, lock) -> int:
         node = Node(config, services=default_services(config))
     except IdentityFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_USAGE, False
     code = EXIT_OK
+    interrupted_start = False
     try:
-        await _serve(node, lock, log)
+        interrupted_start = await _serve(node, lock, log)
     except* ModelLoadError as group:
         # A bad --model/--adapter is the operator's input: say which and why, no traceback.
         for exc in _leaves(group):
@@ -193,7 +205,7 @@ async def _main(config, lock) -> int:
         code = EXIT_IN_USE
     if code == EXIT_OK:
         event(log, "stopped", peer=node.peer_id)
-    return code
+    return code, interrupted_start
 
 
 def _leaves(group: BaseExceptionGroup):
@@ -209,8 +221,8 @@ def _leaves(group: BaseExceptionGroup):
 STOP_TIMEOUT = 5.0
 
 
-async def _serve(node, lock, log) -> None:
-    """Run ``node`` until SIGINT or SIGTERM.
+async def _serve(node, lock, log) -> bool:
+    """Run ``node`` until SIGINT or SIGTERM; True if a signal cut start-up short.
 
     Signals are watched from the first moment, not only once the node is up: the
     model load (22 s on a first start) runs in a worker thread that a signal
@@ -225,13 +237,16 @@ async def _serve(node, lock, log) -> None:
     from node.logs import event
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        interrupted = False
         async with trio.open_nursery() as nursery:
             started = trio.Event()
 
             async def watch_signals() -> None:
+                nonlocal interrupted
                 async for signum in signals:
                     name = signal.Signals(signum).name
                     if not started.is_set():
+                        interrupted = True
                         event(log, "shutdown", signal=name, peer=node.peer_id, phase="during start-up")
                         nursery.cancel_scope.cancel()
                         return
@@ -261,6 +276,7 @@ async def _serve(node, lock, log) -> None:
                 pid=os.getpid(), peer_id=node.peer_id, command="start", multiaddrs=addrs, http_url=http_url,
                 control=control.address if control else None, token=control.token if control else "",
             ))
+    return interrupted
 
 
 def _http_url(node) -> str | None:
