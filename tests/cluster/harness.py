@@ -120,11 +120,15 @@ class NodeProcess:
         return self.process.wait(timeout=timeout)
 
 
-def start_process(root: Path, index: int, *, bootstrap: Sequence[str] = (), extra: Sequence[str] = (), config_text: str | None = None, timeout: float = 30.0) -> NodeProcess:
-    """Run ``python -m node start`` for test node ``index`` and parse the printed multiaddr."""
+def start_process(root: Path, index: int, *, bootstrap: Sequence[str] = (), extra: Sequence[str] = (), config_text: str | None = None, timeout: float = 30.0,
+                  expert: bool = False) -> NodeProcess:
+    """Run ``python -m node start`` for test node ``index`` and parse the printed multiaddr.
+    ``expert``: serve the embedded model (from the shared $MOSAIC_CACHE_DIR) instead of ``--no-expert``."""
     data_dir = prepare_data_dir(root, index)
     args = [sys.executable, "-m", "node", "start", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0",
-            "--name", f"node-{index}", "--tags", f"test,n{index}", "--no-expert", "--no-http"]
+            "--name", f"node-{index}", "--tags", f"test,n{index}", "--no-http"]
+    if not expert:
+        args.append("--no-expert")
     if config_text is not None:
         path = root / f"node-{index}.toml"
         path.write_text(config_text)
