@@ -34,13 +34,13 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import protocol as p  # noqa: E402
-from node.coordinator.client import ask  # noqa: E402
-from node.coordinator.service import QueryService  # noqa: E402
-from node.expert.service import ExpertService  # noqa: E402
-from tests.attacks.adversary import adversary, sybil_records  # noqa: E402
-from tests.attacks.test_fuzz_frames import run_fuzz  # noqa: E402
-from tests.cluster.harness import in_process_cluster  # noqa: E402
+import protocol as p
+from node.coordinator.client import ask
+from node.coordinator.service import QueryService
+from node.expert.service import ExpertService
+from tests.attacks.adversary import adversary, sybil_records
+from tests.attacks.test_fuzz_frames import run_fuzz
+from tests.cluster.harness import in_process_cluster
 
 
 def rss_mib() -> float:
@@ -58,7 +58,7 @@ async def timed_query(host: object, peer_id: str) -> tuple[str, float]:
                 async for event in events:
                     if isinstance(event, p.QueryResult):
                         return event.provenance[0].served_by, time.monotonic() - started
-    except Exception as exc:  # reported, not raised: the table shows what failed
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: the table shows what failed
         return f"failed: {type(exc).__name__}: {exc}"[:80], time.monotonic() - started
     return "no result", time.monotonic() - started
 
@@ -73,12 +73,18 @@ async def flood(expert_model, count: int) -> None:
         await coordinator.registry.wait_for(lambda r: len(r.experts()) == 1, timeout=30)
         for victim in (coordinator, expert):
             await evil.join_gossip(victim.full_multiaddrs()[0], victim.host.get_id())
+        # Warm-up (MiniLM and the expert's first batch), so the timings below are the flood's.
+        for label, node in (("coordinator", coordinator), ("expert", expert)):
+            served_by, seconds = await timed_query(evil.host, node.peer_id)
+            print(f"before the flood: query via {label:<12} answered by "
+                  f"{'real expert' if served_by == expert.peer_id else served_by} in {seconds:.2f} s")
         rss0 = rss_mib()
         sent = time.monotonic()
         await evil.gossip(records)
         send_s = time.monotonic() - sent
         await trio.sleep(2.0)  # stragglers
-        print(f"\nflood: {count} records signed in {signed_s:.1f} s, gossiped in {send_s:.1f} s; RSS +{rss_mib() - rss0:.0f} MiB")
+        print(f"\nflood: {count} records signed in {signed_s:.1f} s, gossiped in {send_s:.1f} s; "
+              f"RSS {rss_mib() - rss0:+.0f} MiB")
         print(f"{'node':<12} {'stored':>7} {'verified':>8} {'table KiB':>9}  refused")
         for label, node in (("coordinator", coordinator), ("expert", expert)):
             reg = node.registry

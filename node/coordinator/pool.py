@@ -210,7 +210,11 @@ class Pool:
         """Semantic similarity of ``text`` to each expert's self-description (empty without an embedder)."""
         if self._relevance is None:
             return {}
-        return await self._relevance(text, list(self._records()))
+        records = list(self._records())
+        # Embedding costs CPU per description: only verified experts' (they rank first anyway),
+        # or a flood of unverified records would make every query embed hundreds (issue 12).
+        verified = self._verified() | {self._local_id}
+        return await self._relevance(text, [r for r in records if r.peer_id in verified] or records)
 
     # ------------------------------------------------------------------ budgets
 

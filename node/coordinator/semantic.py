@@ -11,6 +11,7 @@ tags (relevance 0 for everyone).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,18 +45,40 @@ class Embedder:
         self._model: Any = None
         self._tokenizer: Any = None
         self._unavailable = False
-        self._lock = trio.Lock()
+        self._loaded: trio.Event | None = None
         self._cache: dict[str, Any] = {}
 
     async def _ensure(self) -> bool:
-        async with self._lock:
-            if self._model is None and not self._unavailable:
-                try:
-                    self._tokenizer, self._model = await trio.to_thread.run_sync(_load)
-                except Exception as exc:  # missing package or broken files: route by tags alone
-                    self._unavailable = True
-                    log.warning("semantic routing disabled: cannot load MiniLM (%s)", exc)
+        """Load MiniLM once.  The load runs in its own thread and every query only *waits* for
+        it, so a query's deadline can cancel the wait: awaiting ``to_thread.run_sync`` directly
+        made the first query on a busy node overrun its deadline by the rest of the load (seen
+        by tests/faults: "no answer within 30 s" sent after 35.5 s)."""
+        if self._model is None and not self._unavailable:
+            if self._loaded is None:
+                self._loaded = trio.Event()
+                token = trio.lowlevel.current_trio_token()
+                threading.Thread(target=self._load_in_thread, args=(token,), name="minilm-load", daemon=True).start()
+            await self._loaded.wait()
         return self._model is not None
+
+    def _load_in_thread(self, token: trio.lowlevel.TrioToken) -> None:
+        try:
+            loaded, error = _load(), None
+        except Exception as exc:  # missing package or broken files: route by tags alone
+            loaded, error = None, exc
+        try:
+            token.run_sync_soon(self._finish_load, loaded, error)
+        except trio.RunFinishedError:
+            pass
+
+    def _finish_load(self, loaded: tuple[Any, Any] | None, error: Exception | None) -> None:
+        if loaded is None:
+            self._unavailable = True
+            log.warning("semantic routing disabled: cannot load MiniLM (%s)", error)
+        else:
+            self._tokenizer, self._model = loaded
+        assert self._loaded is not None
+        self._loaded.set()
 
     async def similarities(self, text: str, records: Sequence[CapabilityRecord]) -> dict[str, float]:
         """Cosine similarity of ``text`` to each expert's description, by peer id."""

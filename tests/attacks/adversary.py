@@ -24,7 +24,6 @@ from node.net.gossip import MAX_BATCH, build_pubsub
 from node.net.host import build_host, disconnect_all, listen_multiaddrs
 from node.net.keys import libp2p_key_pair
 from node.net.streams import FramedStream, serve
-from protocol.framing import encode_varint
 from protocol import (
     CAPABILITIES_TOPIC,
     DHT_NAMESPACE,
@@ -40,6 +39,7 @@ from protocol import (
     encode,
     sign_record,
 )
+from protocol.framing import encode_varint
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 
