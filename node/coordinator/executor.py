@@ -22,6 +22,7 @@ from protocol import CapabilityRecord, Provenance, QueryChunk, QueryRequest, Que
 
 from .health import Health
 from .pool import Pool, QueryFailed, Transport
+from .reputation import Reputation, SpotChecker
 from .routing import Candidate
 from .semantic import Embedder
 from .strategies import STRATEGIES
@@ -53,6 +54,9 @@ class Coordinator:
         self._max_attempts = max_attempts
         self.health = health or Health()
         self.embedder = embedder or Embedder()
+        # Evidence of lying experts from known-answer spot checks (issue 12, attack 7).
+        self.reputation = Reputation()
+        self.spot_checks = SpotChecker(self.reputation)
 
     @staticmethod
     def strategies() -> tuple[str, ...]:
@@ -62,7 +66,8 @@ class Coordinator:
     def candidates(self) -> list[Candidate]:
         h = self.health
         verified = self._verified()
-        return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id), h.banned(r.peer_id),
+        return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id),
+                          h.banned(r.peer_id) or self.reputation.demoted(r.peer_id),
                           verified=r.peer_id in verified or r.peer_id == self._local_id,
                           local=r.peer_id == self._local_id)
                 for r in self._records()]
@@ -80,9 +85,12 @@ class Coordinator:
         async def produce() -> None:
             async with send:
                 try:
-                    await send.send(await self.run(query, send.send))
+                    result = await self.run(query, send.send)
                 except QueryFailed as exc:
                     await send.send(exc)
+                    return
+                await send.send(result)
+                await self.spot_check(result)
 
         error: QueryFailed | None = None
         async with trio.open_nursery() as nursery:
@@ -95,6 +103,15 @@ class Coordinator:
                     yield event
         if error is not None:
             raise error
+
+    async def spot_check(self, result: QueryResult) -> None:
+        """Now and then, check the expert that answered against known-answer items (after the
+        client has its result; bounded by reputation.CHECK_TIMEOUT per item)."""
+        if not result.provenance or self._transport is None or not self.spot_checks.due():
+            return
+        peer_id = result.provenance[0].served_by
+        if peer_id and peer_id != self._local_id:
+            await self.spot_checks.check(self._transport, peer_id)
 
     async def run(self, query: QueryRequest, emit: EmitChunk | None = None) -> QueryResult:
         """Answer ``query``; raises :class:`QueryFailed` (typed) when it cannot be answered in time."""
@@ -114,7 +131,7 @@ class Coordinator:
 
         pool = Pool(query, self._records, self._transport, self.health, first_token_timeout=self._first_token_timeout,
                     max_attempts=self._max_attempts, relevance=self.embedder.similarities, emit=emit_text,
-                    verified=self._verified, local_id=self._local_id)
+                    verified=self._verified, local_id=self._local_id, demoted=self.reputation.demoted)
         with trio.move_on_at(pool.deadline) as scope:
             answer = await strategy.run(pool, query, params)
         if scope.cancelled_caught:

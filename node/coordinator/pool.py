@@ -161,11 +161,13 @@ class Pool:
     def __init__(self, query: QueryRequest, records: Callable[[], Iterable[CapabilityRecord]], transport: Transport,
                  health: Health, *, first_token_timeout: float = 20.0, max_attempts: int = 3,
                  relevance: Callable[[str, list[CapabilityRecord]], Awaitable[dict[str, float]]] | None = None,
-                 emit: Emit | None = None, verified: Callable[[], set[str]] = set, local_id: str | None = None) -> None:
+                 emit: Emit | None = None, verified: Callable[[], set[str]] = set, local_id: str | None = None,
+                 demoted: Callable[[str], bool] = lambda peer_id: False) -> None:
         self.query = query
         self._records = records
         self._verified = verified  # peers this node verified are reachable (rank first: issue 12)
         self._local_id = local_id
+        self._demoted = demoted  # caught lying by spot checks (reputation.py): ranked like a ban
         self._transport = transport
         self.health = health
         self._first_token_timeout = first_token_timeout
@@ -185,7 +187,8 @@ class Pool:
     def candidates(self) -> list[Candidate]:
         h = self.health
         verified = self._verified()
-        return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id), h.banned(r.peer_id),
+        return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id),
+                          h.banned(r.peer_id) or self._demoted(r.peer_id),
                           verified=r.peer_id in verified or r.peer_id == self._local_id,
                           local=r.peer_id == self._local_id)
                 for r in self._records()]
