@@ -18,7 +18,14 @@ import trio
 
 import protocol as p
 from node.coordinator.client import ask
-from node.coordinator.reputation import DEMOTE_P, MIN_BASELINE, Reputation, SpotChecker, binomial_cdf, load_check_items
+from node.coordinator.reputation import (
+    DEMOTE_P,
+    MIN_BASELINE,
+    Reputation,
+    SpotChecker,
+    binomial_cdf,
+    load_check_items,
+)
 from node.coordinator.service import QueryService, coordinator_for
 from node.evaluation import build_prompt
 from node.expert.service import ExpertService
