@@ -1,8 +1,8 @@
 """What this node saw of the queries it coordinated: the dashboard's live feed and usage table.
 
-:meth:`Activity.watch` wraps a coordinator's event stream (one line at each
-call site: the HTTP API and ``/mosaic/query/1``).  It passes every event
-through unchanged and, on the side, moves the node's Prometheus metrics,
+:meth:`Activity.record` wraps one query at each call site (the HTTP API and
+``/mosaic/query/1``) and :meth:`QueryRecorder.watch` its event stream: events
+pass through unchanged and, on the side, move the node's Prometheus metrics,
 keeps the last queries with their provenance and trace, counts per
 contributor how many answers it served and how often its answer was the one
 returned, and pushes ``query`` events to live subscribers (the dashboard's
@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,34 +106,37 @@ class Activity:
             except trio.ClosedResourceError:
                 self._subscribers.discard(channel)
 
-    # ------------------------------------------------------------------ the watcher
+    # ------------------------------------------------------------------ recording a query
 
-    async def watch(self, query: QueryRequest, events: AsyncIterator[QueryChunk | QueryResult], *,
-                    protocol: str) -> AsyncIterator[QueryChunk | QueryResult]:
-        """``events`` unchanged, recorded on the side (see the module docstring)."""
+    @contextmanager
+    def record(self, query: QueryRequest, *, protocol: str) -> Iterator[QueryRecorder]:
+        """Record ``query`` from before the coordinator is asked until the caller is done.
+
+        Wrap the whole exchange, the coordinator's context included: a failure raised
+        anywhere inside (QueryFailed when the coordinator's channel closes, a deadline,
+        the client leaving) is counted with its code.  Pass the events through
+        :meth:`QueryRecorder.watch` to record first token and result.
+        """
         view = QueryView(request_id=query.request_id, protocol=protocol, strategy=query.strategy,
                          model=query.model, prompt=_excerpt(query), started_at=time.time())
         self.recent.append(view)
         self.metrics.requests.labels(protocol, query.strategy).inc()
         self.metrics.in_flight.inc()
         self._publish({"type": "query", "query": view.to_json()})
-        started = time.monotonic()
+        recorder = QueryRecorder(self, view, time.monotonic())
+        # The caller owns the deadline (a cancel scope around all this): a cancellation at or
+        # past it is a timeout, any other one the client going away.
+        deadline = trio.current_effective_deadline()
         try:
-            async for item in events:
-                if view.first_token_s is None:
-                    view.first_token_s = time.monotonic() - started
-                    self.metrics.first_token.labels(query.strategy).observe(view.first_token_s)
-                if isinstance(item, QueryResult):
-                    self._finished(view, item, time.monotonic() - started)
-                yield item
-        except BaseException as exc:  # Cancelled (deadline, client gone) included: recorded, re-raised
+            yield recorder
+        except BaseException as exc:  # Cancelled included: recorded, re-raised
             if view.status == "running":
-                self._failed(view, exc, time.monotonic() - started, query.timeout_s)
+                self._failed(view, exc, recorder.elapsed(), trio.current_time() >= deadline)
             raise
         finally:
             self.metrics.in_flight.dec()
-            if view.status == "running":  # the caller stopped iterating before the result
-                self._failed(view, None, time.monotonic() - started, query.timeout_s)
+            if view.status == "running":  # the caller stopped before the result
+                self._failed(view, None, recorder.elapsed(), trio.current_time() >= deadline)
 
     def _finished(self, view: QueryView, result: QueryResult, seconds: float) -> None:
         view.status, view.seconds, view.answer = "ok", seconds, result.text[:4000]
@@ -160,12 +163,11 @@ class Activity:
         self._publish({"type": "query", "query": view.to_json()})
         self._publish({"type": "usage", "usage": self.snapshot()["usage"]})
 
-    def _failed(self, view: QueryView, exc: BaseException | None, seconds: float, timeout_s: float) -> None:
+    def _failed(self, view: QueryView, exc: BaseException | None, seconds: float, past_deadline: bool) -> None:
+        exc = _cause(exc)
         if exc is None or isinstance(exc, (trio.Cancelled, GeneratorExit)):
-            # The caller owns the deadline (a cancel scope around the iteration): what reaches us
-            # is a cancellation, a timeout when the query's own budget ran out.
-            if seconds >= timeout_s:
-                code, message = "timeout", f"no complete answer within {timeout_s:g} s"
+            if past_deadline:
+                code, message = "timeout", f"no complete answer within {seconds:.3g} s"
             else:
                 code, message = "cancelled", "the client went away"
         else:
@@ -173,6 +175,47 @@ class Activity:
         view.status, view.seconds, view.error = "error", seconds, {"code": code, "message": message}
         self.metrics.errors.labels(view.protocol, view.strategy, code).inc()
         self._publish({"type": "query", "query": view.to_json()})
+
+
+class QueryRecorder:
+    """One recorded query (see :meth:`Activity.record`)."""
+
+    def __init__(self, activity: Activity, view: QueryView, started: float) -> None:
+        self._activity = activity
+        self.view = view
+        self._started = started
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    async def watch(self, events: AsyncIterator[QueryChunk | QueryResult]) -> AsyncGenerator[QueryChunk | QueryResult, None]:
+        """``events`` unchanged; the first one times the first token, the result finishes the record."""
+        view, activity = self.view, self._activity
+        async for item in events:
+            if view.first_token_s is None:
+                view.first_token_s = self.elapsed()
+                activity.metrics.first_token.labels(view.strategy).observe(view.first_token_s)
+            if isinstance(item, QueryResult):
+                activity._finished(view, item, self.elapsed())
+            yield item
+
+
+def _cause(exc: BaseException | None) -> BaseException | None:
+    """The exception that says why a query ended: nurseries wrap it in groups (often beside
+    the Cancelled of sibling tasks); a typed one (with a ``code``) wins over a bare cancel."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, BaseExceptionGroup):
+            stack.extend(item.exceptions)
+        else:
+            leaves.append(item)
+    typed = [e for e in leaves if getattr(e, "code", None)]
+    others = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+    return (typed or others or leaves or [None])[0]
 
 
 def trace_peers(trace: Any) -> set[str]:

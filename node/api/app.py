@@ -189,11 +189,14 @@ class MosaicApi:
     @asynccontextmanager
     async def _answer(self, query: QueryRequest) -> AsyncIterator[AsyncIterator[QueryChunk | QueryResult]]:
         """The coordinator's events for ``query``, recorded for /metrics and the dashboard."""
-        async with self.coordinator.answer(query) as events:
-            if self._activity is None:
+        if self._activity is None:
+            async with self.coordinator.answer(query) as events:
                 yield events
-                return
-            async with aclosing(self._activity.watch(query, events, protocol="http")) as watched:
+            return
+        # Recording starts before the coordinator's channel opens: a deadline or a QueryFailed
+        # raised while it opens or closes is counted too.
+        with self._activity.record(query, protocol="http") as recorder:
+            async with self.coordinator.answer(query) as events, aclosing(recorder.watch(events)) as watched:
                 yield watched
 
     async def _complete(self, request, *, chat: bool, receive, send) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
+from contextlib import AbstractContextManager, aclosing, nullcontext
 from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
 
-from node.activity import Activity, activity_for
+from node.activity import Activity, QueryRecorder, activity_for
 from node.net.streams import FramedStream, serve
 from protocol import (
     QUERY_PROTOCOL,
@@ -97,9 +97,9 @@ async def answer_stream(coordinator: Coordinator, stream: FramedStream, activity
     """Serve one query on ``stream``; failures become one typed ErrorMessage."""
     request = await stream.receive(QueryRequest)
     try:
-        with trio.fail_after(request.timeout_s):
+        with trio.fail_after(request.timeout_s), _recorded(activity, request) as recorder:
             async with coordinator.answer(request) as answer:
-                watched = answer if activity is None else activity.watch(request, answer, protocol="libp2p")
+                watched = answer if recorder is None else recorder.watch(answer)
                 async with aclosing(watched) as events:  # type: ignore[type-var]
                     async for event in events:
                         if isinstance(event, QueryChunk) and not request.stream:
@@ -110,6 +110,11 @@ async def answer_stream(coordinator: Coordinator, stream: FramedStream, activity
     except trio.TooSlowError:
         await stream.send(ErrorMessage(code="timeout", message=f"no answer within {request.timeout_s:g} s",
                                        request_id=request.request_id))
+
+
+def _recorded(activity: Activity | None, request: QueryRequest) -> AbstractContextManager[QueryRecorder | None]:
+    """Record the query for /metrics and the dashboard (around the coordinator's whole channel)."""
+    return nullcontext() if activity is None else activity.record(request, protocol="libp2p")
 
 
 class QueryService:

@@ -20,6 +20,12 @@ def result(*provenance: p.Provenance) -> p.QueryResult:
                          usage=p.Usage(prompt_tokens=7, completion_tokens=3, seconds=0.5))
 
 
+async def watched(activity: Activity, query: p.QueryRequest, stream, protocol: str = "http") -> list:
+    """What a call site does: record the query around the whole exchange, watch its events."""
+    with activity.record(query, protocol=protocol) as recorder:
+        return [e async for e in recorder.watch(stream)]
+
+
 async def events(*items, fail: Exception | None = None):
     for item in items:
         await trio.sleep(0)
@@ -41,7 +47,7 @@ async def test_a_finished_query_is_recorded_and_passed_through_unchanged():
     prov = p.Provenance(served_by=A, expert="math")
     chunk = p.QueryChunk(request_id="q1", index=0, text="4", provenance=prov)
     with activity.subscribe() as feed:
-        seen = [e async for e in activity.watch(QUERY, events(chunk, result(prov)), protocol="http")]
+        seen = await watched(activity, QUERY, events(chunk, result(prov)))
         published = [feed.receive_nowait() for _ in range(3)]
     assert seen == [chunk, result(prov)]
     (view,) = activity.recent
@@ -63,8 +69,7 @@ async def test_a_failed_query_counts_its_error_code_and_reraises():
         code = "unavailable"
 
     with pytest.raises(Failed):
-        async for _ in activity.watch(QUERY, events(fail=Failed("every expert failed")), protocol="libp2p"):
-            pass
+        await watched(activity, QUERY, events(fail=Failed("every expert failed")), "libp2p")
     (view,) = activity.recent
     assert view.status == "error" and view.error == {"code": "unavailable", "message": "every expert failed"}
     assert value(activity.metrics, "mosaic_request_errors_total", protocol="libp2p", strategy="route",
@@ -72,7 +77,7 @@ async def test_a_failed_query_counts_its_error_code_and_reraises():
     assert activity.usage == {}
 
 
-async def test_a_deadline_is_a_timeout_and_a_client_leaving_is_a_cancel():
+async def test_a_deadline_is_a_timeout_a_client_leaving_a_cancel_and_a_failure_keeps_its_code():
     activity = Activity(NodeMetrics())
 
     async def silent():
@@ -81,12 +86,26 @@ async def test_a_deadline_is_a_timeout_and_a_client_leaving_is_a_cancel():
 
     quick = p.QueryRequest(request_id="q2", prompt="x", timeout_s=0.05)
     with trio.move_on_after(0.05):
-        async for _ in activity.watch(quick, silent(), protocol="http"):
-            pass
-    with trio.move_on_after(0.01):
-        async for _ in activity.watch(QUERY, silent(), protocol="http"):
-            pass
-    assert [q.error["code"] for q in activity.recent] == ["timeout", "cancelled"]
+        await watched(activity, quick, silent())
+    async def leave_soon(scope: trio.CancelScope) -> None:  # the client goes away: a cancel, no deadline
+        await trio.sleep(0.01)
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as leaving:
+            nursery.start_soon(leave_soon, leaving)
+            await watched(activity, QUERY, silent())
+    # A failure raised after the events ended (as the coordinator's channel raises QueryFailed on exit).
+    failed = Exception("no expert")
+    failed.code = "unavailable"  # type: ignore[attr-defined]
+    with pytest.raises(Exception, match="no expert"), activity.record(QUERY, protocol="http"):
+        raise failed
+    # ... also inside the exception group of a nursery, next to a sibling's Cancelled.
+    with pytest.raises(BaseExceptionGroup), activity.record(QUERY, protocol="http"):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            raise failed
+    assert [q.error["code"] for q in activity.recent] == ["timeout", "cancelled", "unavailable", "unavailable"]
 
 
 async def test_trace_peers_count_as_served_and_the_answer_wins():
@@ -102,8 +121,7 @@ async def test_trace_peers_count_as_served_and_the_answer_wins():
             self.__dict__.update({f: getattr(base, f) for f in base.__struct_fields__})
             self.trace = trace
 
-    async for _ in activity.watch(QUERY, events(traced), protocol="http"):
-        pass
+    await watched(activity, QUERY, events(traced))
     assert activity.usage[A].won == 1 and B not in activity.usage
     view = activity.recent[-1]
     activity._finished(view, WithTrace(traced), 1.0)  # type: ignore[arg-type]
@@ -116,8 +134,7 @@ async def test_a_slow_subscriber_loses_events_instead_of_blocking_queries():
     prov = p.Provenance(served_by=A)
     with activity.subscribe():
         for _ in range(40):  # 3 events each, far beyond the subscriber's buffer
-            async for _ in activity.watch(QUERY, events(result(prov)), protocol="http"):
-                pass
+            await watched(activity, QUERY, events(result(prov)))
     assert len(activity.recent) == 40 and activity.usage[A].won == 40
 
 

@@ -78,7 +78,7 @@ function renderPeers(peers) {
       a.cid ? el("span", { class: "cid", title: "adapter CID" }, a.cid) : null,
       a.description ? el("div", { class: "muted", text: a.description }) : null));
     // Anything the record carries beyond the fields above (dev scores, evaluations, ...), shown as is.
-    const extra = Object.entries(r).filter(([k]) => !KNOWN_RECORD_FIELDS.has(k));
+    const extra = Object.entries(r).filter(([k, v]) => !KNOWN_RECORD_FIELDS.has(k) && !isEmpty(v));
     const scores = extra.map(([k, v]) => el("div", {}, el("span", { class: "muted", text: k + ": " }), renderValue(v)));
     return el("tr", { "data-peer-id": r.peer_id },
       el("td", {}, el("b", { class: "expert-name", text: r.name }), " ",
@@ -96,6 +96,12 @@ function renderPeers(peers) {
       el("td", {}, p.last_seen_s === null ? "–" : `${secs(p.last_seen_s)} ago`, el("div", { class: "muted", text: p.source || "" })));
   }));
   $("peer-count").textContent = `(${peers.length})`;
+}
+
+// Fields left at their default say nothing: false, 0, "", null, [] and {}.
+function isEmpty(v) {
+  return v === null || v === undefined || v === false || v === 0 || v === "" ||
+    (Array.isArray(v) && v.length === 0) || (typeof v === "object" && !Array.isArray(v) && Object.keys(v).length === 0);
 }
 
 function renderValue(v) {
@@ -122,7 +128,7 @@ function renderTrace(trace) {
 // A trace made of numbered steps (protocol/trace.py): the strategy and its decision at the root,
 // then one branch per round, and a failover (a step that `continues` another) under the step it took over from.
 function renderStepTrace(trace) {
-  const { steps, ...about } = trace;
+  const { steps, t, v, request_id, ...about } = trace; // t, v: the message envelope
   const known = new Set(steps.map((s) => s.index));
   const takeovers = new Map();
   const tops = [];
@@ -141,7 +147,7 @@ function renderStepTrace(trace) {
     return item;
   };
   const rounds = [...new Set(tops.map((s) => s.round || 0))].sort((a, b) => a - b);
-  const root = renderStep(Object.assign({ role: about.strategy || "query" }, about, { strategy: undefined, request_id: undefined }));
+  const root = renderStep(Object.assign({ role: about.strategy || "query" }, about, { strategy: undefined }));
   if (rounds.length > 1) {
     root.append(el("ul", {}, ...rounds.map((r) => el("li", { class: "step" }, el("span", { class: "role", text: "round " + r }),
       el("ul", {}, ...tops.filter((s) => (s.round || 0) === r).map(branch))))));
@@ -176,7 +182,9 @@ function renderStep(step) {
   const fields = [];
   for (const [key, value] of Object.entries(step)) {
     if (PEER_KEYS.includes(key) || ["role", "kind", "step", "expert", "adapter", "verified", "receipt"].includes(key)) continue;
-    if (value === null || value === undefined || value === "") continue;
+    if (isEmpty(value) && value !== 0) continue;
+    if (key === "dropped_steps" && !value) continue;
+    if (key === "call" && value === "generate") continue; // the default call; score / next_token stand out
     if (Array.isArray(value) && value.some((v) => v && typeof v === "object")) children.push([key, value]);
     else if (typeof value === "object" && !Array.isArray(value) && Object.values(value).some((v) => v && typeof v === "object")) children.push([key, value]);
     else fields.push([key, value]);
@@ -185,6 +193,7 @@ function renderStep(step) {
     let text;
     if (typeof value === "number" && /(_s|seconds)$/.test(key)) text = `${key} ${secs(value)}`;
     else if (typeof value === "object") text = `${key} ${JSON.stringify(value)}`;
+    else if (/digest$/.test(key) && typeof value === "string") text = `${key} ${value.slice(0, 19)}…`;
     else text = `${key} ${String(value).length > 80 ? String(value).slice(0, 80) + "…" : value}`;
     head.append(el("span", { class: "field", text }));
   }
