@@ -55,7 +55,10 @@ async def test_counters_move_after_queries(base_expert, adapter_expert):
                 coordinator_id = await dial(host, c.coordinator.full_multiaddrs()[0])
                 await ask_all(host, coordinator_id, query(tags=("n1",)))
 
-            after = samples((await http("GET", url + "/metrics")).text)
+            # The coordinator finishes its record just after the client got the result: wait for it.
+            with trio.fail_after(10):
+                while (after := samples((await http("GET", url + "/metrics")).text))[("mosaic_queries_in_flight", ())]:
+                    await trio.sleep(0.05)
             route_http = (("protocol", "http"), ("strategy", "route"))
             assert after[("mosaic_requests_total", route_http)] == 2
             assert after[("mosaic_requests_total", (("protocol", "libp2p"), ("strategy", "route")))] == 1
