@@ -69,11 +69,18 @@ class InProcessCluster:
     nodes: list[Node] = field(default_factory=list)
     scopes: list[trio.CancelScope] = field(default_factory=list)
 
-    async def add(self, index: int, *, bootstrap: Sequence[str] | None = None, services: Sequence[Service] = (), table_exchange: bool = True, **net: object) -> Node:
-        """Start node ``index``; by default it bootstraps from the first node."""
+    async def add(self, index: int, *, bootstrap: Sequence[str] | None = None, services: Sequence[Service] = (), table_exchange: bool = True, description: str | None = None, tags: Sequence[str] | None = None, **net: object) -> Node:
+        """Start node ``index``; by default it bootstraps from the first node.
+
+        ``description`` and ``tags`` replace the node's defaults (what routing matches on).
+        """
         if bootstrap is None:
             bootstrap = [self.nodes[0].full_multiaddrs()[0]] if self.nodes else []
         config = node_config(prepare_data_dir(self.root, index), index, bootstrap=bootstrap, **net)
+        if description is not None:
+            config.description = description
+        if tags is not None:
+            config.tags = list(tags)
         node = Node(config, services=services)
         node.table_exchange = table_exchange
         scope = trio.CancelScope()
