@@ -203,7 +203,7 @@ class Pool:
             raise QueryFailed("not_found", str(exc)) from None
 
     def pick(self, k: int, need: Need | None = None, *, relevance: dict[str, float] | None = None) -> list[Route]:
-        """``k`` experts, distinct peers first; raises when there is none at all."""
+        """Up to ``k`` experts on distinct peers, best first; raises when there is none at all."""
         routes = self.rank(need, relevance=relevance)
         if not routes:
             raise QueryFailed("unavailable", "no expert is known to this node")

@@ -34,9 +34,13 @@ QUEUE_WEIGHT = 1.0
 LOAD_WEIGHT = 3.0
 LATENCY_WEIGHT = 1.0  # per second of observed mean latency
 FAILURE_WEIGHT = 4.0  # per recent failure seen by this coordinator (decaying, see health.py)
-# Semantic match of the query to the expert's description (cosine similarity, about -0.1..0.8 with
-# MiniLM): below a full tag match, above load differences.
+# Semantic match of the query to the expert's description.  MiniLM cosines of a short question and
+# a one-line description are low and close together (measured: 0.16 for the matching expert vs
+# 0.08 for the next), so they are rescaled per query to 0..1 across the candidates; the best match
+# then weighs a little under a full tag match, above load and latency differences.  A spread under
+# MIN_RELEVANCE_SPREAD says nothing (every description is as (ir)relevant) and is ignored.
 RELEVANCE_WEIGHT = 8.0
+MIN_RELEVANCE_SPREAD = 0.04
 DEV_SCORE_WEIGHT = 4.0  # per unit of dev accuracy on the query's task, when the record has one
 BANNED_PENALTY = 100.0  # banned experts come last but are still tried when nothing else is left
 
@@ -136,12 +140,13 @@ def rank(candidates: Iterable[Candidate], need: Need, *, exclude: Iterable[str] 
     """Every expert that can serve ``need``, best first (ties broken by peer id, so stable).
 
     ``relevance`` maps peer ids to the semantic similarity of the query to the
-    expert's self-description (``semantic.py``); absent peers count 0.
+    expert's self-description (``semantic.py``), rescaled here (see RELEVANCE_WEIGHT).
 
     Raises :class:`NoExpertAvailable` when a concrete model is pinned and no
     expert matches it; returns ``[]`` when there is simply no expert.
     """
     excluded = set(exclude)
+    scaled = rescale(relevance or {})
     pinned = need.model if need.model and not need.model.startswith(VIRTUAL_PREFIX) else None
     routes: list[Route] = []
     pin_matched = False
@@ -161,8 +166,7 @@ def rank(candidates: Iterable[Candidate], need: Need, *, exclude: Iterable[str] 
                 continue
             adapter = need.adapter
         value = score(candidate, need, match) + (ADAPTER_BONUS if adapter is not None and need.tags else 0.0)
-        if relevance:
-            value += RELEVANCE_WEIGHT * relevance.get(candidate.peer_id, 0.0)
+        value += RELEVANCE_WEIGHT * scaled.get(candidate.peer_id, 0.0)
         routes.append(Route(candidate=candidate, adapter=adapter, score=value))
     if pinned is not None and not pin_matched:
         raise NoExpertAvailable(f"no expert serves model {pinned!r}")
@@ -181,11 +185,22 @@ def _claimants(candidates: Iterable[Candidate], pinned: str) -> list[Candidate]:
     return matching
 
 
-def diverse(routes: Sequence[Route], k: int) -> list[Route]:
-    """``k`` routes from a ranked list, distinct peers first.
+def rescale(relevance: Mapping[str, float]) -> dict[str, float]:
+    """Similarities mapped to 0..1 across the candidates (best 1, worst 0); ``{}`` when they barely differ."""
+    if not relevance:
+        return {}
+    low, high = min(relevance.values()), max(relevance.values())
+    if high - low < MIN_RELEVANCE_SPREAD:
+        return {}
+    return {peer: (value - low) / (high - low) for peer, value in relevance.items()}
 
-    A peer is reused (another adapter, then the same one again) only when
-    fewer than ``k`` peers exist: the same peer twice adds no diversity and
+
+def diverse(routes: Sequence[Route], k: int, *, repeat: bool = False) -> list[Route]:
+    """Up to ``k`` routes from a ranked list, one per peer, best first.
+
+    Only with ``repeat`` are peers reused (in rank order) when fewer than ``k``
+    exist: under greedy decoding the same expert asked twice says the same thing,
+    so a repeat adds no diversity, counts one opinion twice in a vote and
     doubles the damage when that peer fails.
     """
     chosen: list[Route] = []
@@ -197,7 +212,7 @@ def diverse(routes: Sequence[Route], k: int) -> list[Route]:
             chosen.append(route)
             seen.add(route.peer_id)
     i = 0
-    while routes and len(chosen) < k:
+    while repeat and routes and len(chosen) < k:
         chosen.append(routes[i % len(routes)])
         i += 1
     return chosen

@@ -159,8 +159,10 @@ async def test_failover_when_the_best_expert_is_gone(base_expert, adapter_expert
             # The wait for node 1 was bounded by its observed time to first token (4x + 2 s), well
             # under the 20 s budget of a never-measured expert; then node 2 answered.
             gone, answered = result.trace.steps
-            assert gone.peer == c.base.peer_id and gone.status == "failed" and "timeout" in gone.error
-            assert gone.seconds < 4 * first.trace.steps[0].first_token_s + 2.0 + 1.0 < 20.0
+            # py-libp2p may give up on the stream itself (~10 s) before our budget does.
+            assert gone.peer == c.base.peer_id and gone.status == "failed"
+            assert gone.error.startswith(("timeout", "unavailable"))
+            assert gone.seconds < max(3.0, 4 * first.trace.steps[0].first_token_s + 2.0) + 1.0 < 21.0
             assert answered.status == "ok" and trio.current_time() - started < 60.0
             assert result.provenance[0].served_by == c.noisy.peer_id
             assert all(ch.provenance.served_by == c.noisy.peer_id for ch in chunks)

@@ -104,3 +104,27 @@ def test_no_experts_is_empty():
 
 def test_model_ids_lists_adapters():
     assert model_ids(expert("A", "smol", adapters=("law", "math"))) == ["smol", "smol/law", "smol/math"]
+
+
+def test_semantic_relevance_is_rescaled_and_ignored_when_flat():
+    from node.coordinator.routing import rescale
+
+    code, poet = Candidate(expert("A", "code")), Candidate(expert("B", "poet"))
+    # Cosines as MiniLM gives them: low and close, yet the best match must win over ~2 s of latency.
+    slow_code = Candidate(expert("A", "code"), latency_s=2.0)
+    assert peers(rank([poet, slow_code], Need(), relevance={"A": 0.16, "B": 0.08})) == ["A", "B"]
+    assert rescale({"A": 0.16, "B": 0.08}) == {"A": 1.0, "B": 0.0}
+    assert rescale({"A": 0.11, "B": 0.10}) == {}  # no signal: load, latency and ties decide
+    assert peers(rank([code, poet], Need(), relevance={"A": 0.11, "B": 0.12})) == ["A", "B"]
+    # A full tag match still beats the best description.
+    tagged = Candidate(expert("C", "c", tags=("poetry",)))
+    assert peers(rank([code, tagged], Need(tags=("poetry",)), relevance={"A": 0.5, "C": 0.0}))[0] == "C"
+
+
+def test_diverse_takes_distinct_peers_and_repeats_only_when_asked():
+    from node.coordinator.routing import diverse
+
+    routes = rank([Candidate(expert(x, x)) for x in "ABC"], Need())
+    assert peers(diverse(routes, 2)) == ["A", "B"]
+    assert peers(diverse(routes, 5)) == ["A", "B", "C"]
+    assert peers(diverse(routes, 5, repeat=True)) == ["A", "B", "C", "A", "B"]
