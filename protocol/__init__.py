@@ -45,10 +45,16 @@ from .messages import (
     SamplingParams,
     ScoreRequest,
     ScoreResult,
+    SessionAppend,
+    SessionClose,
+    SessionClosed,
+    SessionNext,
+    SessionOpen,
     SignedRecord,
     TokenChunk,
     Usage,
 )
+from .receipts import Receipt, SignedReceipt, open_receipt, sign_receipt, verify_receipt
 from .records import Accepted, RecordBook, sign_record, verify_record
 from .trace import MAX_OUTPUT, MAX_STEPS, Trace, TraceStep, digest, trace_digest
 

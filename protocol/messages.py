@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from .receipts import SignedReceipt
+
 PROTOCOL_VERSION = 1
 
 # Caps.  They bound memory per message; frames carry a separate byte cap.
@@ -170,6 +172,7 @@ class GenerateResult(Message, frozen=True, kw_only=True, tag="result"):
     model: Annotated[str, Meta(max_length=256)] = ""
     adapter: Name | None = None
     served_by: Short = ""
+    receipt: SignedReceipt | None = None  # the expert's signed statement of this result (receipts.py)
 
 
 class ScoreRequest(_Prompted, frozen=True, kw_only=True, tag="score"):
@@ -239,6 +242,62 @@ class ErrorMessage(Message, frozen=True, kw_only=True, tag="error"):
     message: Annotated[str, Meta(max_length=2048)]
     request_id: Annotated[str, Meta(max_length=64)] = ""
 
+
+
+# --------------------------------------------------------------------------- generation sessions
+# A session keeps a prompt's KV cache in the expert so that token-level fusion
+# sends one token per step instead of the whole prompt (docs/protocol.md).
+
+TopK = Annotated[int, Meta(ge=1, le=256)]
+
+
+class SessionOpen(_Prompted, frozen=True, kw_only=True, tag="session_open"):
+    """Prefill a prompt and keep its KV cache; the reply is the first :class:`SessionNext`."""
+
+    session_id: RequestId
+    adapter: Name | None = None
+    top_k: TopK = 20
+    idle_timeout_s: Annotated[float, Meta(gt=0.0, le=3600.0)] = 60.0  # the expert may shorten it
+
+
+class SessionAppend(Message, frozen=True, kw_only=True, tag="session_append"):
+    """Feed tokens (usually the one the coordinator chose) and ask for the next distribution."""
+
+    session_id: RequestId
+    token_ids: Annotated[tuple[Annotated[int, Meta(ge=0, lt=2**31)], ...], Meta(min_length=1, max_length=256)]
+    top_k: TopK = 20
+
+
+class SessionNext(Message, frozen=True, kw_only=True, tag="session_next"):
+    """Top-k log-probabilities of the token after the session's context.
+
+    ``text`` is the appended tokens detokenized in context (empty after open);
+    ``eos_token_ids`` and ``idle_timeout_s`` are set in the reply to open.
+    """
+
+    session_id: RequestId
+    position: NonNegInt  # tokens in the context (prompt + appended)
+    token_ids: Annotated[tuple[Annotated[int, Meta(ge=0, lt=2**31)], ...], Meta(max_length=256)]
+    logprobs: Annotated[tuple[float, ...], Meta(max_length=256)]
+    text: Text = ""
+    eos_token_ids: Annotated[tuple[Annotated[int, Meta(ge=0, lt=2**31)], ...], Meta(max_length=16)] = ()
+    idle_timeout_s: Seconds = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.token_ids) != len(self.logprobs):
+            raise ValueError("one log-probability per token id")
+
+
+class SessionClose(Message, frozen=True, kw_only=True, tag="session_close"):
+    session_id: RequestId
+
+
+class SessionClosed(Message, frozen=True, kw_only=True, tag="session_closed"):
+    """The session is gone; ``receipt`` attests to its input tokens and returned distributions."""
+
+    session_id: RequestId
+    usage: Usage  # prompt_tokens, completion_tokens = tokens appended, seconds = session lifetime
+    receipt: SignedReceipt | None = None
 
 
 # --------------------------------------------------------------------------- queries (/mosaic/query/1)
@@ -322,4 +381,9 @@ ALL_MESSAGE_TYPES: tuple[type[Message], ...] = (
     QueryResult,
     Trace,
     Queued,
+    SessionOpen,
+    SessionAppend,
+    SessionNext,
+    SessionClose,
+    SessionClosed,
 )

@@ -34,6 +34,13 @@ SAMPLES: list[p.Message] = [
     p.Trace(request_id="q2", strategy="vote", params={"k": 2}, decision="majority '4'",
             steps=(p.TraceStep(index=0, role="proposer", peer="12D3KooWx", output="4", answer="4", votes=2,
                                input_digest=p.digest("why?"), receipt=b"sig"),)),
+    p.SessionOpen(session_id="s1", messages=(p.ChatMessage(role="user", content="hi"),), adapter="law", top_k=8),
+    p.SessionAppend(session_id="s1", token_ids=(42,)),
+    p.SessionNext(session_id="s1", position=7, token_ids=(19, 20), logprobs=(-0.1, -2.0), text="4",
+                  eos_token_ids=(2,), idle_timeout_s=30.0),
+    p.SessionClose(session_id="s1"),
+    p.SessionClosed(session_id="s1", usage=p.Usage(prompt_tokens=3, completion_tokens=2, seconds=0.5),
+                    receipt=p.SignedReceipt(payload=b"r", signature=b"s" * 64)),
 ]
 
 
