@@ -79,6 +79,11 @@ class ExpertConfig:
     # (node/expert/threads.py).  torch's own default (every logical core) ran 25-30x slower
     # while another process held a core.
     threads: int = 0
+    # Generation sessions (token-level fusion): each holds a KV cache of up to session_max_tokens.
+    max_sessions: int = 16
+    max_sessions_per_peer: int = 4
+    session_idle_s: float = 60.0
+    session_max_tokens: int = 2048
 
 
 @dataclass
@@ -158,9 +163,12 @@ class NodeConfig:
             except Exception:  # a malformed id raises several types
                 raise ConfigError(f"net.trusted_peers: {peer_id!r} is not an Ed25519 peer id (12D3KooW...)") from None
         ex = self.expert
-        for key in ("max_batch", "queue_size", "max_new_tokens_cap"):
+        for key in ("max_batch", "queue_size", "max_new_tokens_cap", "max_sessions", "max_sessions_per_peer",
+                    "session_max_tokens"):
             if getattr(ex, key) < 1:
                 raise ConfigError(f"expert.{key}: must be >= 1")
+        if not 0 < ex.session_idle_s <= 3600:
+            raise ConfigError("expert.session_idle_s: must be in (0, 3600] seconds")
         if ex.threads < 0:
             raise ConfigError("expert.threads: must be >= 0 (0: choose from the free cores)")
         host, _, port = self.http.listen.rpartition(":")

@@ -30,6 +30,7 @@ from .errors import Busy, Cancelled, ExpertStopped, PromptTooLong, RequestReject
 from .jobs import Job
 from .loader import LoadedExpert
 from .prompts import PromptBuilder
+from .session_store import SessionOp
 
 log = get_logger("expert.worker")
 
@@ -71,8 +72,10 @@ class InferenceWorker:
         max_new_tokens_cap: int = 1024,
         threads: int | None = None,
         served_by: str = "",
+        session_max_tokens: int = 2048,
     ) -> None:
         self.expert = expert
+        self.session_max_tokens = session_max_tokens  # KV length cap of one generation session
         self.max_batch = max_batch
         self.queue_size = queue_size
         self.max_new_tokens_cap = max_new_tokens_cap
@@ -229,6 +232,8 @@ class InferenceWorker:
                 self._admit(job, job.request)
             elif isinstance(job.request, NextTokenRequest):
                 job.emit(self._forward_tools().next_token(job.request))
+            elif isinstance(job.request, SessionOp):
+                job.emit(self._session_store().run(job.request))
             else:
                 job.emit(self._forward_tools().score(job.request))
         except RequestRejected as exc:
@@ -244,6 +249,14 @@ class InferenceWorker:
         if not hasattr(self, "_scorer"):
             self._scorer = Scorer(self.expert, self._prompts, self._forward)
         return self._scorer
+
+    def _session_store(self) -> Any:
+        from .session_store import SessionStore
+
+        if not hasattr(self, "_sessions"):
+            self._sessions = SessionStore(self.expert, self._prompts, self._forward, self._eos,
+                                          max_tokens=self.session_max_tokens)
+        return self._sessions
 
     def _admit(self, job: Job, request: GenerateRequest) -> None:
         import torch

@@ -12,15 +12,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from protocol import GenerateRequest, Message, NextTokenRequest, ScoreRequest
+
+if TYPE_CHECKING:
+    from .session_store import SessionOp
 
 Emit = Callable[[Message], None]
 
 
 @dataclass(eq=False)
 class Job:
-    request: GenerateRequest | ScoreRequest | NextTokenRequest
+    request: GenerateRequest | ScoreRequest | NextTokenRequest | SessionOp
     emit: Emit
     deadline: float  # time.monotonic() after which the job fails with `timeout`
     enqueued_at: float = field(default_factory=time.monotonic)

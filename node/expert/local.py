@@ -40,6 +40,9 @@ from .jobs import Job
 if TYPE_CHECKING:
     from libp2p.abc import IHost
 
+    from .notary import Notary
+    from .sessions import SessionHost
+
 TERMINAL = (GenerateResult, ScoreResult, NextTokenResult, ErrorMessage)
 
 # Score / next-token calls have no timeout field of their own.
@@ -62,8 +65,12 @@ class ExpertError(Exception):
 class LocalExpert:
     """Runs requests on this process's inference worker (used by the infer service and tests)."""
 
-    def __init__(self, worker: InferenceWorker) -> None:
+    def __init__(self, worker: InferenceWorker, *, notary: Notary | None = None) -> None:
         self.worker = worker
+        # Signs a receipt into every GenerateResult on its way out (None: results go unsigned).
+        self.notary = notary
+        # Generation sessions on this worker (sessions.py); set by the service that serves them.
+        self.sessions: SessionHost | None = None
 
     @asynccontextmanager
     async def open(
@@ -80,7 +87,11 @@ class LocalExpert:
         token = trio.lowlevel.current_trio_token()
         job: Job
 
+        notary = self.notary
+
         def deliver(message: Message) -> None:  # on the trio thread
+            if notary is not None and isinstance(message, GenerateResult):
+                message = notary.sign_result(request, message)  # type: ignore[arg-type]
             try:
                 send.send_nowait(message)
             except (trio.ClosedResourceError, trio.BrokenResourceError):

@@ -6,6 +6,7 @@ One request per stream::
     client -> ScoreRequest           server -> ScoreResult | ErrorMessage
     client -> NextTokenRequest       server -> NextTokenResult | ErrorMessage
     client -> Cancel (optional, any time during a generation; or just close/reset)
+    client -> SessionOpen / SessionAppend / SessionClose ...   (a generation session: sessions.py)
 
 While a generation streams, a second task reads the stream: ``Cancel``, EOF
 or a reset cancels the job, which leaves the batch at the next decode step
@@ -31,6 +32,7 @@ from protocol import (
     INFER_PROTOCOL,
     AdapterInfo,
     Cancel,
+    ErrorMessage,
     GenerateRequest,
     NextTokenRequest,
     ScoreRequest,
@@ -43,10 +45,11 @@ from ..net.streams import FramedStream, StreamClosed, serve
 from .errors import RequestRejected
 from .jobs import Job
 from .local import TERMINAL, LocalExpert, register_local, unregister_local
+from .sessions import SESSION_MESSAGES, SessionHost, SessionTable, serve_session_stream
 
 log = get_logger("expert.service")
 
-REQUEST_TYPES = (GenerateRequest, ScoreRequest, NextTokenRequest)
+REQUEST_TYPES = (GenerateRequest, ScoreRequest, NextTokenRequest, *SESSION_MESSAGES)
 # GenerateRequest.timeout_s may be up to an hour; the per-request deadline is
 # enforced by the job itself, serve()'s deadline is only the outer bound.
 MAX_STREAM_SECONDS = 3600.0 + 30.0
@@ -58,6 +61,12 @@ _TERMINAL_GRACE = 5.0
 async def handle_infer_stream(expert: LocalExpert, stream: FramedStream) -> None:
     """Serve one request on ``stream`` (see the module docstring)."""
     request = await stream.receive(REQUEST_TYPES)
+    if isinstance(request, SESSION_MESSAGES):
+        if expert.sessions is None:
+            await stream.send(ErrorMessage(code="unavailable", message="this expert serves no sessions"))
+            return
+        await serve_session_stream(expert.sessions, stream, request)
+        return
     try:
         async with expert.open(request) as (job, messages):
             if not isinstance(request, GenerateRequest):
@@ -173,6 +182,7 @@ class ExpertService:
 
     async def run(self, node: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from .batcher import InferenceWorker
+        from .notary import Notary
 
         from .loader import ModelLoadError
 
@@ -196,8 +206,17 @@ class ExpertService:
             max_new_tokens_cap=cfg.max_new_tokens_cap,
             threads=threads.threads,
             served_by=str(node.peer_id),
+            session_max_tokens=cfg.session_max_tokens,
         )
-        self.local = LocalExpert(self.worker)
+        notary = Notary(node.identity, self.expert.content_id, self.adapter_cids, self.expert.adapters)
+        self.local = LocalExpert(self.worker, notary=notary)
+        sessions = SessionHost(
+            self.local,
+            SessionTable(max_total=cfg.max_sessions, max_per_peer=cfg.max_sessions_per_peer,
+                         max_idle_s=cfg.session_idle_s),
+            notary,
+        )
+        self.local.sessions = sessions
         self.worker.start()
         local = self.local
         register_local(str(node.peer_id), local)
@@ -212,8 +231,9 @@ class ExpertService:
                 # reach the expert through it), so the per-peer cap is the queue's capacity: the
                 # worker's queue answers `busy` when it is truly full, and idle streams are cut by
                 # the first-message deadline.  A cap of 2 x max_batch turned bursts into 503s.
-                max_per_peer=cfg.max_batch + cfg.queue_size,
-                max_total=cfg.max_batch + cfg.queue_size,
+                # Session streams stay open between steps: they get room of their own.
+                max_per_peer=cfg.max_batch + cfg.queue_size + cfg.max_sessions_per_peer,
+                max_total=cfg.max_batch + cfg.queue_size + cfg.max_sessions,
             )
             event(
                 log,
@@ -224,7 +244,7 @@ class ExpertService:
                 max_batch=cfg.max_batch,
             )
             task_status.started()
-            await trio.sleep_forever()
+            await sessions.reap_forever()
         finally:
             unregister_local(str(node.peer_id), local)
             with trio.CancelScope(shield=True):

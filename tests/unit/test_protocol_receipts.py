@@ -23,9 +23,9 @@ MESSAGES = (p.ChatMessage(role="user", content="What is 2+2?"),)
 
 
 def receipt(**overrides) -> Receipt:
-    fields = dict(kind="generate", request_id="r1", peer_id=EXPERT.peer_id, model_cid="bafymodel", adapter="law",
-                  adapter_cid="bafyadapter", input_digest=prompt_digest(None, MESSAGES),
-                  output_digest=text_digest("4"), tokens=1)
+    fields = {"kind": "generate", "request_id": "r1", "peer_id": EXPERT.peer_id, "model_cid": "bafymodel",
+              "adapter": "law", "adapter_cid": "bafyadapter", "input_digest": prompt_digest(None, MESSAGES),
+              "output_digest": text_digest("4"), "tokens": 1}
     fields.update(overrides)
     return Receipt(**fields)
 
