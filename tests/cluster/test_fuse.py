@@ -1,7 +1,7 @@
 """Token-level fusion of two real experts over the network equals a local reference fusion.
 
-Node 0 serves SmolLM2 alone, node 1 the same base with the ``noisy`` LoRA
-adapter; node 2 (no expert) fuses them through generation sessions.  The
+Node 1 serves SmolLM2 alone, node 2 the same base with the ``noisy`` LoRA
+adapter; node 0 (no expert) fuses them through generation sessions.  The
 reference runs both models here with plain HF forwards over the whole context
 (no cache, no sessions, no network), averages their top-k probabilities and
 takes the argmax: the two must agree token for token.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import pytest
 import trio
 
 from node.coordinator.fuse_run import Member, fuse_tokens
@@ -59,6 +60,8 @@ def reference_fusion(experts: list[tuple[object, str | None]], tokens: int, top_
     return out
 
 
+# Loading the base and the adapter models takes most of a minute on a loaded 2-core box.
+@pytest.mark.timeout(300)
 async def test_fuse_of_two_remote_experts_equals_local_reference_fusion(base_expert, adapter_expert):
     from node.config import ExpertConfig
     from node.expert import ExpertService
@@ -66,19 +69,22 @@ async def test_fuse_of_two_remote_experts_equals_local_reference_fusion(base_exp
 
     with trio.fail_after(120):
         async with in_process_cluster(0) as cluster:
-            plain = await cluster.add(0, services=[ExpertService(ExpertConfig(), expert=base_expert, threads=1)])
-            tuned = await cluster.add(1, services=[ExpertService(ExpertConfig(), expert=adapter_expert, threads=1)])
-            coordinator = await cluster.add(2)
+            coordinator = await cluster.add(0)  # the bootstrap node: every expert connects to it
+            plain = await cluster.add(1, services=[ExpertService(ExpertConfig(), expert=base_expert, threads=1)])
+            tuned = await cluster.add(2, services=[ExpertService(ExpertConfig(), expert=adapter_expert, threads=1)])
+            # Fuse whom the registry knows (as the strategy does): both experts' records, with their tokenizer.
+            await coordinator.registry.wait_for(
+                lambda r: all(r.get(n.peer_id) is not None and r.get(n.peer_id).tokenizer for n in (plain, tuned)))
             members = [Member(plain.peer_id), Member(tuned.peer_id, adapter=ADAPTER_NAME)]
             pieces: list[str] = []
             outcome = await fuse_tokens(partial(open_session, coordinator.host), members, session_id="fuse-1",
                                         messages=MESSAGES, max_new_tokens=TOKENS, top_k=TOP_K,
                                         on_text=pieces.append)
+    assert all(m.failed is None and m.receipt is not None for m in outcome.members), outcome.members
     expected = reference_fusion([(base_expert, None), (adapter_expert, ADAPTER_NAME)], TOKENS, TOP_K)
     assert outcome.token_ids == expected
     assert outcome.text == "".join(pieces) and len(outcome.text) > 10
     assert outcome.text == base_expert.tokenizer.decode(expected, skip_special_tokens=True).rstrip("\ufffd")
-    assert all(m.failed is None and m.receipt is not None for m in outcome.members)
     for member in outcome.members:
         receipt = verify_receipt(member.receipt, peer_id=member.peer_id, request_id="fuse-1",
                                  input_digest=session_input_digest(prompt_digest(None, MESSAGES), expected))

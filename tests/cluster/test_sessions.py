@@ -8,7 +8,7 @@ session requests get typed errors and the expert keeps serving.
 
 from __future__ import annotations
 
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 
 import msgspec
 import pytest
@@ -31,16 +31,31 @@ from protocol import (
     SignedReceipt,
 )
 from protocol.receipts import DistributionChain, prompt_digest, session_input_digest, text_digest, verify_receipt
-from tests.expert.fixtures import ADAPTER_NAME, expert_pair, hf_greedy
+from tests.cluster.harness import in_process_cluster
+from tests.expert.fixtures import ADAPTER_NAME, hf_greedy
 
 QUESTION = "What is the capital of France?"
 MESSAGES = (ChatMessage(role="user", content=QUESTION),)
+
+
+@asynccontextmanager
+async def expert_pair(expert, **config):
+    """Node 0 serves ``expert`` with one torch thread (two threads crawl on a loaded 2-core box); node 1 asks."""
+    from node.config import ExpertConfig
+    from node.expert import ExpertService
+
+    service = ExpertService(ExpertConfig(**config), expert=expert, threads=1)
+    async with in_process_cluster(0) as cluster:
+        server = await cluster.add(0, services=[service])
+        yield service, server, await cluster.add(1)
 
 
 def opening(sid: str, *, adapter: str | None = None, idle: float = 60.0) -> SessionOpen:
     return SessionOpen(session_id=sid, messages=MESSAGES, adapter=adapter, top_k=4, idle_timeout_s=idle)
 
 
+# Loading the base and the adapter models takes most of a minute on a loaded 2-core box.
+@pytest.mark.timeout(300)
 async def test_greedy_session_over_the_network_matches_hf_and_its_receipt_verifies(adapter_expert):
     with trio.fail_after(120):
         async with expert_pair(adapter_expert) as (service, server, peer):
@@ -89,6 +104,7 @@ async def raw_exchange(host, peer_id: str, message) -> ErrorMessage:
         await stream.aclose()
 
 
+@pytest.mark.timeout(300)
 async def test_bad_session_requests_get_typed_errors_and_the_expert_keeps_serving(base_expert):
     with trio.fail_after(120):
         async with expert_pair(base_expert, max_sessions_per_peer=2, session_idle_s=1.0) as (service, server, peer):

@@ -119,6 +119,8 @@ def reference_top(expert, ids: list[int], adapter: str | None, k: int) -> tuple[
 
 
 @pytest.mark.parametrize("adapter", [None, ADAPTER_NAME])
+# Loading the base and the adapter models takes most of a minute on a loaded 2-core box.
+@pytest.mark.timeout(300)
 async def test_greedy_session_equals_hf_generate_and_signs_what_it_saw(host, adapter_expert, adapter):
     tok = adapter_expert.tokenizer
     text = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True, tokenize=False)
