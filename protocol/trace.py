@@ -28,8 +28,11 @@ class TraceStep(msgspec.Struct, frozen=True, kw_only=True):
     ``peer`` is the peer the coordinator actually streamed from (never what
     the expert's reply claims).  ``input_digest`` is the sha256 of the exact
     prompt sent, so two steps that asked the same thing can be recognised.
-    ``receipt`` is reserved for the expert's signed receipt of this step
-    (encoded bytes, verified by ``node query --verify``).
+    ``receipt`` is the expert's signed receipt of this step (a msgpack-encoded
+    :class:`~protocol.receipts.SignedReceipt`, checked by ``node query --verify``,
+    see protocol/verify.py).  A ``session`` step (token-level fusion) lists in
+    ``token_ids`` the tokens fed to the expert after the prompt: what its
+    receipt's input digest covers.
     """
 
     index: Annotated[int, Meta(ge=0)]
@@ -40,7 +43,7 @@ class TraceStep(msgspec.Struct, frozen=True, kw_only=True):
     model: Annotated[str, Meta(max_length=256)] = ""
     adapter: Annotated[str, Meta(max_length=64)] | None = None
     adapter_cid: Short | None = None
-    call: Literal["generate", "score", "next_token"] = "generate"
+    call: Literal["generate", "score", "next_token", "session"] = "generate"
     input_digest: Short = ""
     output: Annotated[str, Meta(max_length=MAX_OUTPUT)] = ""
     answer: Annotated[str, Meta(max_length=128)] | None = None  # the extracted answer, for votes
@@ -54,6 +57,7 @@ class TraceStep(msgspec.Struct, frozen=True, kw_only=True):
     votes: Annotated[int, Meta(ge=0)] | None = None
     continues: Annotated[int, Meta(ge=0)] | None = None  # failover: the step whose partial answer this one continues
     receipt: Annotated[bytes, Meta(max_length=4096)] | None = None
+    token_ids: Annotated[tuple[Annotated[int, Meta(ge=0, lt=2**31)], ...], Meta(max_length=4096)] = ()
 
 
 class Trace(Message, frozen=True, kw_only=True, tag="trace"):

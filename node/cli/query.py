@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a strategy parameter, e.g. --param k=4 (repeatable; see docs/collaboration.md)")
     p.add_argument("--trace", action="store_true", help="print the trace (who did what) as a tree on stderr")
+    p.add_argument("--verify", action="store_true",
+                   help="check every expert's signed receipt in the trace against its peer key "
+                        "(exit 1 when one fails)")
     p.set_defaults(run=run)
 
 
@@ -131,6 +134,7 @@ async def _main(args: argparse.Namespace, request) -> int:
         from .trace_view import render
 
         print(render(result.trace), file=sys.stderr)
+    verified = verify_receipts(result.trace) if args.verify else True
     if args.json:
         print(msgspec.json.encode(msgspec.to_builtins(result)).decode())
     else:
@@ -140,4 +144,20 @@ async def _main(args: argparse.Namespace, request) -> int:
             print(f"-- served by {prov.served_by} ({prov.expert}: {prov.model}{adapter}); "
                   f"{result.usage.completion_tokens} tokens in {result.usage.seconds:.2f} s, "
                   f"finish={result.finish_reason}", file=sys.stderr)
-    return 0
+    return 0 if verified else EXIT_FAILED
+
+
+def verify_receipts(trace) -> bool:
+    """Print one line per receipt check on stderr; True when every receipt verifies (and there is one)."""
+    from protocol.verify import check_trace
+
+    checks = check_trace(trace) if trace is not None else []
+    for check in checks:
+        mark = "ok  " if check.ok else "FAIL"
+        print(f"receipt {mark} step {check.step} {check.peer[-8:]}: {check.detail}", file=sys.stderr)
+    unsigned = [s.index for s in trace.steps if s.receipt is None and s.status == "ok"] if trace else []
+    if unsigned:
+        print(f"receipt none steps {unsigned}: no receipt (score / next-token calls are not signed)", file=sys.stderr)
+    if not checks:
+        print("receipt FAIL: the result carries no receipt to verify", file=sys.stderr)
+    return bool(checks) and all(c.ok for c in checks)

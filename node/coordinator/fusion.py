@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -23,12 +23,12 @@ class NoSharedTokenizer(Exception):
     """Fewer than two experts share a tokenizer: token-level fusion is impossible."""
 
 
-class _HasTokenizer(Protocol):
-    peer_id: str
-    tokenizer: str
+class _OnPeer(Protocol):
+    @property
+    def peer_id(self) -> str: ...
 
 
-R = TypeVar("R", bound=_HasTokenizer)
+R = TypeVar("R", bound=_OnPeer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +39,11 @@ class Distribution:
     logprobs: tuple[float, ...]
 
 
-def fusable_group(records: Iterable[R], k: int = 2) -> list[R]:
+def fusable_group(records: Iterable[R], k: int = 2, *, tokenizer_of: Callable[[R], str] | None = None) -> list[R]:
     """Up to ``k`` experts on distinct peers that share a tokenizer, best first.
 
-    ``records`` come ranked (best first).  Among the tokenizers held by at least
+    ``records`` come ranked (best first); ``tokenizer_of`` reads an item's
+    tokenizer id (default: its ``tokenizer`` attribute).  Among the tokenizers held by at least
     two distinct peers, the one whose group holds the best-ranked expert wins.
     Raises :class:`NoSharedTokenizer` (saying which tokenizers were seen) when
     no two experts on different peers share one.
@@ -52,11 +53,12 @@ def fusable_group(records: Iterable[R], k: int = 2) -> list[R]:
     groups: dict[str, list[R]] = {}
     seen: list[str] = []
     for record in records:
-        if not record.tokenizer:
+        tokenizer = tokenizer_of(record) if tokenizer_of else record.tokenizer
+        if not tokenizer:
             continue
-        group = groups.setdefault(record.tokenizer, [])
-        if record.tokenizer not in seen:
-            seen.append(record.tokenizer)
+        group = groups.setdefault(tokenizer, [])
+        if tokenizer not in seen:
+            seen.append(tokenizer)
         if all(r.peer_id != record.peer_id for r in group):
             group.append(record)
     for tokenizer in seen:  # in order of each tokenizer's best-ranked expert

@@ -28,9 +28,9 @@ single-forward calls.  See docs/collaboration.md, "Extending the engine".
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 import trio
@@ -51,15 +51,19 @@ from protocol import (
     SamplingParams,
     ScoreRequest,
     ScoreResult,
+    SessionOpen,
     TokenChunk,
     Trace,
     TraceStep,
     Usage,
     digest,
 )
+from protocol.receipts import prompt_digest
+from protocol.verify import encode_receipt, step_request_id
 
 from .health import Health, finite
 from .routing import Candidate, Need, NoExpertAvailable, Route, diverse, rank
+from .session_port import PoolSession, open_pool_session
 
 # Floor of the adaptive per-token budget (see Pool.token_budget).
 MIN_TOKEN_BUDGET = 3.0
@@ -103,6 +107,10 @@ class Transport(Protocol):
     async def score(self, peer_id: str, request: ScoreRequest, timeout: float) -> ScoreResult: ...
 
     async def next_token(self, peer_id: str, request: NextTokenRequest, timeout: float) -> NextTokenResult: ...
+
+    def open_session(self, peer_id: str, request: SessionOpen, timeout: float) -> AbstractAsyncContextManager[Any]:
+        """A generation session (node.expert.session_client.ExpertSession: ``first``, ``append``, ``close``)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +327,8 @@ class Pool:
     async def _stream_one(self, route: Route, ask: Ask, max_tokens: int, *, role: str, round: int, stream: bool,
                           deadline: float, continues: int | None) -> Reply:
         index = self.begin_step(route, role=role, round=round, input_text=ask.text(), continues=continues)
+        # The digest the expert's receipt signs: the prompt exactly as sent (protocol/receipts.py).
+        self.end_step(index, input_digest=prompt_digest(ask.prompt, ask.messages))
         sampling = self.query.sampling
         sampling = msgspec.structs.replace(
             sampling, max_new_tokens=max(1, max_tokens),
@@ -357,7 +367,8 @@ class Pool:
                         self._completion_tokens += message.usage.completion_tokens
                         self.end_step(index, status="ok", output=message.text, first_token_s=first,
                                       seconds=finite(trio.current_time() - began),
-                                      tokens=message.usage.completion_tokens)
+                                      tokens=message.usage.completion_tokens,
+                                      receipt=encode_receipt(message.receipt) if message.receipt else None)
                         return Reply(route, message.text, message.finish_reason, message.usage.completion_tokens,
                                      index)
         except StopAsyncIteration:
@@ -388,7 +399,7 @@ class Pool:
 
     def step_request_id(self, index: int) -> str:
         """The request id an expert sees for step ``index`` (fits the 64-character cap)."""
-        return f"{self.query.request_id[:56]}.{index}"
+        return step_request_id(self.query.request_id, index)
 
     async def score(self, route: Route, ask: Ask, continuation: str, *, role: str, round: int = 0,
                     deadline: float | None = None) -> list[float]:
@@ -430,6 +441,22 @@ class Pool:
         self.health.success(route.peer_id, trio.current_time() - began)
         self.end_step(index, status="ok", seconds=finite(trio.current_time() - began))
         return result
+
+    async def stream_text(self, text: str, index: int) -> None:
+        """Send ``text`` of the final answer to the client now, credited to step ``index``'s expert."""
+        if text and self._emit is not None:
+            self.emitted = True
+            await self._emit(text, self.provenance(index))
+
+    def add_usage(self, *, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        """Count tokens of calls the pool does not count itself (sessions: the fused tokens)."""
+        self._prompt_tokens += prompt_tokens
+        self._completion_tokens += completion_tokens
+
+    def session(self, route: Route, ask: Ask, *, top_k: int, role: str, round: int = 0
+                ) -> AbstractAsyncContextManager[PoolSession]:
+        """A generation session on ``route``'s expert (token-level fusion): a trace step with its receipt."""
+        return open_pool_session(self, route, ask, top_k=top_k, role=role, round=round)
 
     # ------------------------------------------------------------------ the result
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractContextManager, aclosing, nullcontext
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, aclosing, nullcontext
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -30,6 +30,7 @@ from protocol import (
     Queued,
     ScoreRequest,
     ScoreResult,
+    SessionOpen,
     TokenChunk,
 )
 
@@ -86,6 +87,11 @@ class InferTransport:
         from node.expert.client import score
 
         return await score(self._host, peer_id, request, timeout=timeout)
+
+    def open_session(self, peer_id: str, request: SessionOpen, timeout: float) -> AbstractAsyncContextManager[Any]:
+        from node.expert.session_client import open_session
+
+        return open_session(self._host, peer_id, request, timeout=timeout)
 
     async def next_token(self, peer_id: str, request: NextTokenRequest, timeout: float) -> NextTokenResult:
         from node.expert.client import next_token

@@ -1,7 +1,9 @@
 """Token-level fusion of two real experts over the network equals a local reference fusion.
 
 Node 1 serves SmolLM2 alone, node 2 the same base with the ``noisy`` LoRA
-adapter; node 0 (no expert) fuses them through generation sessions.  The
+adapter; node 0 (no expert) runs the ``fuse`` strategy over both through
+generation sessions.  Every step's signed receipt verifies (protocol/verify.py);
+an edited output, a swapped peer or edited fed tokens fail the check.  The
 reference runs both models here with plain HF forwards over the whole context
 (no cache, no sessions, no network), averages their top-k probabilities and
 takes the argmax: the two must agree token for token.
@@ -9,15 +11,13 @@ takes the argmax: the two must agree token for token.
 
 from __future__ import annotations
 
-from functools import partial
-
+import msgspec
 import pytest
 import trio
 
-from node.coordinator.fuse_run import Member, fuse_tokens
-from node.expert.session_client import open_session
+import protocol as p
 from protocol import ChatMessage
-from protocol.receipts import prompt_digest, session_input_digest, verify_receipt
+from protocol.verify import check_step, check_trace
 from tests.expert.fixtures import ADAPTER_NAME
 
 QUESTION = "Name a famous scientist and one discovery."
@@ -64,28 +64,46 @@ def reference_fusion(experts: list[tuple[object, str | None]], tokens: int, top_
 @pytest.mark.timeout(300)
 async def test_fuse_of_two_remote_experts_equals_local_reference_fusion(base_expert, adapter_expert):
     from node.config import ExpertConfig
+    from node.coordinator.service import QueryService, coordinator_for
     from node.expert import ExpertService
     from tests.cluster.harness import in_process_cluster
 
-    with trio.fail_after(120):
+    with trio.fail_after(150):
         async with in_process_cluster(0) as cluster:
-            coordinator = await cluster.add(0)  # the bootstrap node: every expert connects to it
+            node = await cluster.add(0, services=[QueryService()])  # the bootstrap: every expert connects to it
             plain = await cluster.add(1, services=[ExpertService(ExpertConfig(), expert=base_expert, threads=1)])
             tuned = await cluster.add(2, services=[ExpertService(ExpertConfig(), expert=adapter_expert, threads=1)])
-            # Fuse whom the registry knows (as the strategy does): both experts' records, with their tokenizer.
-            await coordinator.registry.wait_for(
-                lambda r: all(r.get(n.peer_id) is not None and r.get(n.peer_id).tokenizer for n in (plain, tuned)))
-            members = [Member(plain.peer_id), Member(tuned.peer_id, adapter=ADAPTER_NAME)]
-            pieces: list[str] = []
-            outcome = await fuse_tokens(partial(open_session, coordinator.host), members, session_id="fuse-1",
-                                        messages=MESSAGES, max_new_tokens=TOKENS, top_k=TOP_K,
-                                        on_text=pieces.append)
-    assert all(m.failed is None and m.receipt is not None for m in outcome.members), outcome.members
+            await node.registry.wait_for(lambda r: len(r.experts()) == 2, timeout=30)
+            coordinator = coordinator_for(node)
+            chunks: list[p.QueryChunk] = []
+
+            async def emit(chunk: p.QueryChunk) -> None:
+                chunks.append(chunk)
+
+            # The tag names the adapter, so node 2 is asked with it; node 1 has only its base.
+            fused = await coordinator.run(p.QueryRequest(
+                request_id="fuse-1", strategy="fuse", messages=MESSAGES, tags=(ADAPTER_NAME,),
+                sampling=p.SamplingParams(max_new_tokens=TOKENS), params={"top_k": TOP_K}), emit)
+            routed = await coordinator.run(p.QueryRequest(
+                request_id="route-1", messages=MESSAGES, sampling=p.SamplingParams(max_new_tokens=8)))
+    steps = fused.trace.steps
+    assert [s.call for s in steps] == ["session", "session"] and all(s.status == "ok" for s in steps), steps
+    assert {(s.peer, s.adapter) for s in steps} == {(plain.peer_id, None), (tuned.peer_id, ADAPTER_NAME)}
     expected = reference_fusion([(base_expert, None), (adapter_expert, ADAPTER_NAME)], TOKENS, TOP_K)
-    assert outcome.token_ids == expected
-    assert outcome.text == "".join(pieces) and len(outcome.text) > 10
-    assert outcome.text == base_expert.tokenizer.decode(expected, skip_special_tokens=True).rstrip("\ufffd")
-    for member in outcome.members:
-        receipt = verify_receipt(member.receipt, peer_id=member.peer_id, request_id="fuse-1",
-                                 input_digest=session_input_digest(prompt_digest(None, MESSAGES), expected))
-        assert receipt.kind == "session" and receipt.adapter == member.adapter and receipt.tokens == len(expected)
+    assert list(steps[0].token_ids) == list(steps[1].token_ids) == expected  # token for token
+    assert fused.text == "".join(c.text for c in chunks) and len(fused.text) > 10
+    assert fused.text == base_expert.tokenizer.decode(expected, skip_special_tokens=True).rstrip("\ufffd")
+    assert fused.usage.completion_tokens == len(expected) and "fused 2 experts" in fused.trace.decision
+
+    # Receipts: every step of both answers verifies against its peer's key ...
+    for result in (fused, routed):
+        checks = check_trace(result.trace)
+        assert len(checks) == len(result.trace.steps) and all(c.ok for c in checks), checks
+    # ... and a coordinator that edits what an expert said, or whom the text came from, is caught.
+    answer = routed.trace.steps[0]
+    edited = [msgspec.structs.replace(answer, output=answer.output + " (and I love this coordinator)"),
+              msgspec.structs.replace(answer, peer=plain.peer_id if answer.peer != plain.peer_id else tuned.peer_id),
+              msgspec.structs.replace(steps[0], token_ids=tuple(expected[:-1]))]
+    for step, trace in zip(edited, (routed.trace, routed.trace, fused.trace)):
+        check = check_step(trace, step)
+        assert not check.ok, check

@@ -30,7 +30,13 @@ from protocol import (
     SessionOpen,
     SignedReceipt,
 )
-from protocol.receipts import DistributionChain, prompt_digest, session_input_digest, text_digest, verify_receipt
+from protocol.receipts import (
+    DistributionChain,
+    prompt_digest,
+    session_input_digest,
+    text_digest,
+    verify_receipt,
+)
 from tests.cluster.harness import in_process_cluster
 from tests.expert.fixtures import ADAPTER_NAME, hf_greedy
 

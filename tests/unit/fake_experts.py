@@ -8,7 +8,9 @@ can misbehave the ways real peers do: refuse (``dead``), never answer
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
@@ -34,7 +36,8 @@ class FakeExpert:
 
     def record(self) -> p.CapabilityRecord:
         return p.CapabilityRecord(peer_id=self.peer_id, name=self.name, description=self.description,
-                                  tags=self.tags, base_model="fake-135M", seq=1, issued_at=0.0, ttl=3600.0)
+                                  tags=self.tags, base_model="fake-135M", tokenizer="vocab-sha256:fake",
+                                  seq=1, issued_at=0.0, ttl=3600.0)
 
     def reply_to(self, request: p.GenerateRequest) -> str:
         text = request.prompt or "\n".join(m.content for m in request.messages or ())
@@ -98,8 +101,67 @@ class FakeTransport:
         value = -0.05 if "42" in request.continuation else expert.logprob * 10
         return p.ScoreResult(request_id=request.request_id, token_ids=tuple(range(n)), logprobs=(value,) * n)
 
+    @asynccontextmanager
+    async def open_session(self, peer_id: str, request: p.SessionOpen, timeout: float) -> AsyncIterator[FakeSession]:
+        expert = self.experts[peer_id]
+        self.calls[peer_id] = self.calls.get(peer_id, 0) + 1
+        await trio.lowlevel.checkpoint()
+        if expert.dead:
+            raise ExpertError("unavailable", "expert stopped")
+        if expert.hang:
+            await trio.sleep_forever()
+        yield FakeSession(expert, request)
+
     async def next_token(self, peer_id: str, request: p.NextTokenRequest, timeout: float) -> p.NextTokenResult:
         return p.NextTokenResult(request_id=request.request_id, token_ids=(1, 2), logprobs=(-0.1, -2.5))
+
+
+# Fake generation sessions (token-level fusion): a word is a token, one vocabulary for every fake expert.
+EOS = 0
+VOCAB: dict[str, int] = {}
+
+
+def token_of(word: str) -> int:
+    return VOCAB.setdefault(word, len(VOCAB) + 1)
+
+
+def word_of(token: int) -> str:
+    return next(w for w, t in VOCAB.items() if t == token)
+
+
+class FakeSession:
+    """Proposes the expert's own next word (p=0.7, else end of text); text of fed tokens comes back."""
+
+    def __init__(self, expert: FakeExpert, request: p.SessionOpen) -> None:
+        self.expert = expert
+        self.request = request
+        self.words = expert.reply_to(p.GenerateRequest(request_id="s", prompt=request.prompt,
+                                                       messages=request.messages)).split(" ")
+        self.fed: list[int] = []
+        self.first = self._next("", eos=(EOS,))
+
+    def _next(self, text: str, eos: tuple[int, ...] = ()) -> p.SessionNext:
+        at = len(self.fed)
+        if at < len(self.words):
+            ids, probs = (token_of(self.words[at]), EOS), (0.7, 0.1)
+        else:
+            ids, probs = (EOS,), (0.7,)
+        return p.SessionNext(session_id=self.request.session_id, position=5 + at, token_ids=ids,
+                             logprobs=tuple(math.log(x) for x in probs), text=text, eos_token_ids=eos)
+
+    async def append(self, token_ids, *, top_k=None) -> p.SessionNext:
+        await trio.lowlevel.checkpoint()
+        if self.expert.die_after is not None and len(self.fed) >= self.expert.die_after:
+            raise ExpertError("unavailable", "connection reset mid-answer")
+        if self.expert.delay:
+            await trio.sleep(self.expert.delay)
+        text = "".join(("" if not self.fed and i == 0 else " ") + word_of(t) for i, t in enumerate(token_ids))
+        self.fed.extend(token_ids)
+        return self._next(text)
+
+    async def close(self) -> p.SessionClosed:
+        return p.SessionClosed(session_id=self.request.session_id,
+                               usage=p.Usage(prompt_tokens=5, completion_tokens=len(self.fed), seconds=0.01))
 
 
 def team(**overrides: dict) -> list[FakeExpert]:

@@ -6,6 +6,7 @@ from . import (
     cascade,
     debate,
     decompose,
+    fuse,
     judge,
     knowledge,
     moa,
@@ -41,4 +42,6 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
              "1 + parts + 1 generations", decompose.PARAMS),
     Strategy("cascade", cascade.run, "cheap to strong until the answer's mean token probability passes a threshold",
              "1 to max_steps generations + as many scores", cascade.PARAMS),
+    Strategy("fuse", fuse.run, "k experts sharing a tokenizer write one answer token by token (merged next-token "
+             "distributions)", "k sessions: 1 prefill + 1 one-token step per answer token each", fuse.PARAMS),
 )}
