@@ -87,7 +87,8 @@ async def test_fuse_of_two_remote_experts_equals_local_reference_fusion(base_exp
             routed = await coordinator.run(p.QueryRequest(
                 request_id="route-1", messages=MESSAGES, sampling=p.SamplingParams(max_new_tokens=8)))
     steps = fused.trace.steps
-    assert [s.call for s in steps] == ["session", "session"] and all(s.status == "ok" for s in steps), steps
+    assert [s.call for s in steps] == ["session", "session"] and all(s.status == "ok" for s in steps), \
+        [(s.status, s.error, s.adapter) for s in steps]
     assert {(s.peer, s.adapter) for s in steps} == {(plain.peer_id, None), (tuned.peer_id, ADAPTER_NAME)}
     expected = reference_fusion([(base_expert, None), (adapter_expert, ADAPTER_NAME)], TOKENS, TOP_K)
     assert list(steps[0].token_ids) == list(steps[1].token_ids) == expected  # token for token
