@@ -113,7 +113,7 @@ async def raw_exchange(host, peer_id: str, message) -> ErrorMessage:
 @pytest.mark.timeout(300)
 async def test_bad_session_requests_get_typed_errors_and_the_expert_keeps_serving(base_expert):
     with trio.fail_after(120):
-        async with expert_pair(base_expert, max_sessions_per_peer=2, session_idle_s=1.0) as (service, server, peer):
+        async with expert_pair(base_expert, max_sessions_per_peer=2) as (service, server, peer):
             host, expert = peer.host, server.peer_id
             reply = await raw_exchange(host, expert, SessionAppend(session_id="ghost", token_ids=(1,)))
             assert isinstance(reply, ErrorMessage) and reply.code == "not_found" and "never opened" in reply.message
