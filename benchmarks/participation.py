@@ -36,11 +36,15 @@ REPO = Path(__file__).resolve().parents[1]
 LISTEN_LINE = re.compile(r"^mosaic node (\S+) listening on (\S+)$")
 DEFAULT_TASKS = "arc_challenge,mmlu_redux,truthfulqa,gsm8k,popqa"
 # Catalog keys -> what each contributor is said to offer (descriptions feed the similarity analysis).
+# Catalog keys -> what each contributor says it offers.  The tags name the tasks it claims as its
+# own (declarations, not measurements): routing hints, and the "contributors' priorities" rows.
 CATALOG_EXPERTS = {
-    "smollm2": ("smollm2-135m", "SmolLM2 135M instruct: short general answers, everyday knowledge", "general,chat"),
-    "gemma": ("gemma3-270m", "Gemma 3 270M: general knowledge and reading questions", "general,knowledge"),
+    "smollm2": ("smollm2-135m", "SmolLM2 135M instruct: short general answers, everyday chat",
+                "general,chat,truthfulqa"),
+    "gemma": ("gemma3-270m", "Gemma 3 270M: general knowledge, facts about people and places, science questions",
+              "general,knowledge,popqa,arc_challenge"),
     "qwen-coder": ("qwen2.5-0.5b", "Qwen2.5 Coder 0.5B instruct: code, math and step-by-step reasoning",
-                   "code,math,gsm8k"),
+                   "code,math,gsm8k,mmlu_redux"),
 }
 BASELINE = "qwen2.5-1.5b"
 
@@ -77,7 +81,10 @@ def parse_expert(text: str) -> ExpertSpec:
     if not sep or not name:
         raise SystemExit(f"--expert {text!r}: expected NAME=MODEL[+ADAPTER=PATH][@TAGS]")
     model, *adapters = rest.split("+")
-    return ExpertSpec(name, None if model in ("", "default") else model, f"{name} ({model})", tags, adapters)
+    known = CATALOG_EXPERTS.get(name)  # a catalog expert given another way (e.g. a GGUF path) keeps its claims
+    description = known[1] if known else f"{name} ({model})"
+    tags = tags or (known[2] if known else "")
+    return ExpertSpec(name, None if model in ("", "default") else model, description, tags, adapters)
 
 
 def free_port() -> int:
@@ -217,7 +224,7 @@ def main() -> int:
         command = [sys.executable, "-m", "node", "eval", "--http", coord_url, "--names", args.names, "--split", "test",
                    "--limit", str(args.limit), "--experts", experts_arg, "--strategies", args.strategies,
                    "--max-tokens", args.max_tokens, "--concurrency", str(args.concurrency),
-                   "--timeout", str(args.timeout), "--out", str(out)]
+                   "--timeout", str(args.timeout), "--out", str(out), "--task-tags"]
         if args.tasks:
             command += ["--tasks", args.tasks]
         if baseline:

@@ -36,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="where the baseline is served, when it is not part of the evaluated network")
     p.add_argument("--max-tokens", default=None, help="N, or TYPE=N,... (default multiple_choice=32,exact_match=128,f1_match=48)")
     p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--task-tags", action="store_true",
+                   help="send the task name as a capability tag with strategy queries (routing hint)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per query")
     p.add_argument("--concurrency", type=int, default=4, help="queries in flight at once")
     p.add_argument("--out", metavar="DIR", help="where logs go (a rerun resumes)")
@@ -125,7 +127,7 @@ async def _eval(args: argparse.Namespace, tasks, max_tokens) -> int:
             stats = await run_eval(client, tasks, systems, out, split=args.split, limit=args.limit,
                                    max_tokens=max_tokens, temperature=args.temperature, timeout=args.timeout,
                                    concurrency=args.concurrency, baseline_client=baseline_client,
-                                   progress=not args.no_progress, meta=meta)
+                                   progress=not args.no_progress, task_tags=args.task_tags, meta=meta)
     except PlanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

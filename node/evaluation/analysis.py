@@ -237,19 +237,19 @@ def similar_vs_dissimilar(table: Table, experts: list[str], vectors: dict[str, d
             "dissimilar": {"team": dissimilar, "similarity": low_sim, "vote": dv, "oracle": do}}
 
 
-def own_tasks(systems: list[dict], tasks: list[str]) -> dict[str, str]:
-    """Each contributor's own task: ``systems[].own_task`` if logged, else a tag or name equal to a task."""
+def own_tasks(systems: list[dict], tasks: list[str]) -> dict[str, list[str]]:
+    """Each contributor's own tasks: ``systems[].own_task`` if logged, else its tags or name parts equal to a task."""
     out = {}
     for s in systems:
         if s.get("kind") != "expert":
             continue
         if s.get("own_task") in tasks:
-            out[s["label"]] = s["own_task"]
+            out[s["label"]] = [s["own_task"]]
             continue
         words = set(s.get("tags", [])) | set(re.split(r"[^A-Za-z0-9_]+", s["label"]))
         hits = [t for t in tasks if t in words]
-        if len(hits) == 1:
-            out[s["label"]] = hits[0]
+        if hits:
+            out[s["label"]] = hits
     return out
 
 

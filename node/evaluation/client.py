@@ -54,7 +54,8 @@ class Reply:
 class NetworkClient(Protocol):
     async def models(self) -> list[ModelInfo]: ...
 
-    async def ask(self, model: str, prompt: str, max_tokens: int, temperature: float, timeout: float) -> Reply: ...
+    async def ask(self, model: str, prompt: str, max_tokens: int, temperature: float, timeout: float,
+                  tags: tuple[str, ...] = ()) -> Reply: ...
 
 
 # ------------------------------------------------------------------------------------ HTTP
@@ -104,11 +105,14 @@ class HttpClient:
             ))
         return out
 
-    async def ask(self, model: str, prompt: str, max_tokens: int, temperature: float, timeout: float) -> Reply:
+    async def ask(self, model: str, prompt: str, max_tokens: int, temperature: float, timeout: float,
+                  tags: tuple[str, ...] = ()) -> Reply:
         import httpx
 
         body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                 "temperature": temperature, "timeout": timeout}
+        if tags:
+            body["tags"] = list(tags)
         started = time.monotonic()
         try:
             response = await self._http.post("/v1/chat/completions", json=body, timeout=timeout + 15)
@@ -167,7 +171,8 @@ class PeerClient:
         # libp2p offers no model list for strategies; ``route`` always exists, others are named by the caller.
         return [ModelInfo(VIRTUAL_PREFIX + "route", "strategy"), *by_id.values()]
 
-    async def ask(self, model: str, prompt: str, max_tokens: int, temperature: float, timeout: float) -> Reply:
+    async def ask(self, model: str, prompt: str, max_tokens: int, temperature: float, timeout: float,
+                  tags: tuple[str, ...] = ()) -> Reply:
         from contextlib import aclosing
 
         import msgspec
@@ -181,7 +186,7 @@ class PeerClient:
             "v": protocol.PROTOCOL_VERSION, "t": "query", "request_id": f"eval-{uuid.uuid4().hex[:20]}",
             "messages": [{"role": "user", "content": prompt}],
             "sampling": {"max_new_tokens": max_tokens, "temperature": temperature},
-            "timeout_s": timeout, "stream": False,
+            "timeout_s": timeout, "stream": False, "tags": list(tags),
         }
         if model.startswith(VIRTUAL_PREFIX):
             fields["strategy"] = model[len(VIRTUAL_PREFIX):]

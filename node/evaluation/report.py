@@ -39,8 +39,9 @@ def summarize(out: Path, team_draws: int = 20) -> dict[str, Any]:
         summary["teams"]["similar_vs_dissimilar"] = [r for k in range(2, len(experts))
                                                      if (r := an.similar_vs_dissimilar(table, experts, vectors, k))]
         own = an.own_tasks(run.get("systems", []), table.tasks)
-        summary["contributors"] = {e: {"task": t, "alone": acc[e][t].mean,
-                                       **{s: acc[s][t].mean for s in strategies + baselines}} for e, t in own.items()}
+        summary["contributors"] = [{"expert": e, "task": t, "alone": acc[e][t].mean,
+                                    **{s: acc[s][t].mean for s in strategies + baselines}}
+                                   for e, ts in own.items() for t in ts if t in acc[e]]
     summary["cost"] = {s: an.costs(table, s) for s in experts + strategies + baselines}
     return summary
 
@@ -141,8 +142,8 @@ def _contributors(summary: dict[str, Any], systems: list[str]) -> list[str]:
                 "No expert names a task as its own (tag or name equal to a task, or `own_task` in run.json).", ""]
     lines = ["## Contributors' priorities: own task, expert alone vs the system", "",
              "| expert | own task | alone | " + " | ".join(systems) + " |", "|---|---|---|" + "---|" * len(systems)]
-    for e, r in rows.items():
-        lines.append(f"| {e} | {r['task']} | {_pct(r['alone'])} | " + " | ".join(_pct(r.get(s, math.nan)) for s in systems) + " |")
+    for r in rows:
+        lines.append(f"| {r['expert']} | {r['task']} | {_pct(r['alone'])} | " + " | ".join(_pct(r.get(s, math.nan)) for s in systems) + " |")
     return lines + [""]
 
 

@@ -147,10 +147,14 @@ async def run_eval(client: NetworkClient, tasks: list[TaskSet], systems: list[Sy
                    split: str = "test", limit: int | None = None, max_tokens: dict[str, int] | None = None,
                    temperature: float = 0.0, timeout: float = 300.0, concurrency: int = 4,
                    baseline_client: NetworkClient | None = None, progress: bool = True,
-                   meta: dict[str, Any] | None = None) -> RunStats:
-    """Ask, score and log every (item, system) not yet logged under ``out``; returns what it did."""
+                   task_tags: bool = False, meta: dict[str, Any] | None = None) -> RunStats:
+    """Ask, score and log every (item, system) not yet logged under ``out``; returns what it did.
+
+    ``task_tags`` sends the task's name as a capability tag with every strategy query (a hint a
+    user could give: "this is gsm8k"), so ``route`` can pick the expert that claims the task.
+    """
     max_tokens = max_tokens or dict(DEFAULT_MAX_TOKENS)
-    settings = {"split": split, "temperature": temperature, "max_tokens": max_tokens}
+    settings = {"split": split, "temperature": temperature, "max_tokens": max_tokens, "task_tags": task_tags}
     run = read_run(out)
     clash = {k: (run[k], v) for k, v in settings.items() if k in run and run[k] != v}
     if clash:
@@ -183,7 +187,8 @@ async def run_eval(client: NetworkClient, tasks: list[TaskSet], systems: list[Sy
     async def worker() -> None:
         async for job in receive:
             target = baseline_client if (job.system.kind == "baseline" and baseline_client) else client
-            record = await _ask_one(target, job, max_tokens[job.item.task_type], temperature, timeout)
+            tags = (job.item.task,) if task_tags and job.system.kind == "strategy" else ()
+            record = await _ask_one(target, job, max_tokens[job.item.task_type], temperature, timeout, tags)
             append(out, [record])
             stats.asked += 1
             stats.errors += record.error is not None
@@ -205,12 +210,13 @@ async def run_eval(client: NetworkClient, tasks: list[TaskSet], systems: list[Sy
     return stats
 
 
-async def _ask_one(client: NetworkClient, job: Job, max_tokens: int, temperature: float, timeout: float) -> LogRecord:
+async def _ask_one(client: NetworkClient, job: Job, max_tokens: int, temperature: float, timeout: float,
+                   tags: tuple[str, ...]) -> LogRecord:
     item, system = job.item, job.system
     base = {"system": system.label, "kind": system.kind, "task": item.task, "task_type": item.task_type, "split": item.split,
                 "item": item.key, "gold": item.gold, "max_tokens": max_tokens}
     try:
-        reply = await client.ask(system.model, build_prompt(item), max_tokens, temperature, timeout)
+        reply = await client.ask(system.model, build_prompt(item), max_tokens, temperature, timeout, tags)
     except QueryError as exc:
         return LogRecord(**base, error=str(exc)[:500])
     except NetworkUnavailable:

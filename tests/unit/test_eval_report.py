@@ -127,7 +127,8 @@ class ScriptedNetwork:
     async def models(self) -> list[ModelInfo]:
         return [ModelInfo("e1", "expert"), ModelInfo("mosaic/route", "strategy")]
 
-    async def ask(self, model: str, prompt: str, max_tokens: int, temperature: float, timeout: float) -> Reply:
+    async def ask(self, model: str, prompt: str, max_tokens: int, temperature: float, timeout: float,
+                  tags: tuple[str, ...] = ()) -> Reply:
         self.asked.append(model)
         refuse = len(self.asked) <= self.fail_first
         await trio.lowlevel.checkpoint()
