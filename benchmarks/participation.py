@@ -198,57 +198,67 @@ def main() -> int:
         baseline = None if args.baseline == "none" else args.baseline
     out, work = Path(args.out).resolve(), Path(args.work).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    cluster = Cluster(work, args.device)
+    work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    try:
-        coord_port = free_port()
-        coordinator = cluster.address(cluster.spawn("coordinator", expert=None, bootstrap=None, http_port=coord_port))
-        # Every model node starts at once (loading is the slow part); each listens when its model is ready.
-        procs = [cluster.spawn(s.name, expert=s, bootstrap=coordinator, http_port=None) for s in experts]
-        base_port = free_port()
-        if baseline:
-            procs.append(cluster.spawn("baseline", expert=ExpertSpec("baseline", baseline, f"monolithic baseline {baseline}"),
-                                       bootstrap=None, http_port=base_port))
-        for proc in procs:
-            cluster.address(proc)
-            print(f"node {proc.name} is up after {time.monotonic() - started:.0f} s", file=sys.stderr)  # type: ignore[attr-defined]
-        coord_url = f"http://127.0.0.1:{coord_port}"
-        wanted = {s.name for s in experts} | {f"{s.name}/{a.split('=')[0]}" for s in experts for a in s.adapters}
-        wait_for_models(coord_url, wanted)
-        base_url = f"http://127.0.0.1:{base_port}" if baseline else None
-        if base_url:
-            wait_for_models(base_url, {"baseline"})
-        ready = time.monotonic() - started
-        print(f"network ready in {ready:.0f} s", file=sys.stderr)
-        experts_arg = ",".join(sorted(wanted))
-        command = [sys.executable, "-m", "node", "eval", "--http", coord_url, "--names", args.names, "--split", "test",
-                   "--limit", str(args.limit), "--experts", experts_arg, "--strategies", args.strategies,
-                   "--max-tokens", args.max_tokens, "--concurrency", str(args.concurrency),
-                   "--timeout", str(args.timeout), "--out", str(out), "--task-tags"]
-        if args.tasks:
-            command += ["--tasks", args.tasks]
-        if baseline:
-            command += ["--baseline", "baseline", "--baseline-http", base_url]
-        eval_started = time.monotonic()
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        code = subprocess.run(command, cwd=REPO, env=env, check=False).returncode
-        eval_seconds = time.monotonic() - eval_started
-    finally:
-        cluster.stop()
+    # Two phases so that the team and the baseline never hold memory at the same time (CPU fp32:
+    # Qwen2.5-Coder-1.5B alone takes ~6 GB), and nodes start one by one so that at most one model
+    # is being converted at a time (a first conversion peaks at several GB).
+    common = ["--names", args.names, "--split", "test", "--limit", str(args.limit), "--max-tokens", args.max_tokens,
+              "--concurrency", str(args.concurrency), "--timeout", str(args.timeout), "--out", str(out), "--no-progress",
+              "--task-tags"]  # strategy queries carry the task name as a routing hint
+    if args.tasks:
+        common += ["--tasks", args.tasks]
+    phases: dict[str, dict[str, float]] = {}
+    wanted = sorted({s.name for s in experts} | {f"{s.name}/{a.split('=')[0]}" for s in experts for a in s.adapters})
+    code = _phase("team", work, args.device, experts, coordinator_http=True, phases=phases, eval_args=[
+        "--experts", ",".join(wanted), "--strategies", args.strategies, *common])
+    if baseline and code in (0, 4):
+        spec = ExpertSpec("baseline", baseline, f"monolithic baseline {baseline}")
+        code = max(code, _phase("baseline", work, args.device, [spec], coordinator_http=False, phases=phases,
+                                eval_args=["--experts", "none", "--strategies", "", "--baseline", "baseline", *common]))
     total = time.monotonic() - started
-    _annotate(out, experts, baseline, source, args, ready, eval_seconds, total)
+    _annotate(out, experts, baseline, source, args, phases, total)
     report = subprocess.run([sys.executable, "-m", "node", "eval", "report", str(out)], cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, check=False, capture_output=True, text=True)
     if report.returncode != 0:
         print(report.stderr, file=sys.stderr)
         return report.returncode
-    print(f"eval exit {code}; wall time {total:.0f} s (network {ready:.0f} s, eval {eval_seconds:.0f} s); "
-          f"report: {report.stdout.strip()}", file=sys.stderr)
+    print(f"eval exit {code}; wall time {total:.0f} s ({json.dumps(phases)}); report: {report.stdout.strip()}",
+          file=sys.stderr)
     return 0 if code in (0, 4) else code
 
 
+def _phase(name: str, work: Path, device: str, experts: list[ExpertSpec], *, coordinator_http: bool,
+           phases: dict[str, dict[str, float]], eval_args: list[str]) -> int:
+    """Start a network (a model-less coordinator with HTTP, or the one expert with HTTP), eval, stop it."""
+    cluster = Cluster(work, device)
+    started = time.monotonic()
+    try:
+        port = free_port()
+        if coordinator_http:
+            entry = cluster.address(cluster.spawn("coordinator", expert=None, bootstrap=None, http_port=port))
+            for spec in experts:
+                cluster.address(cluster.spawn(spec.name, expert=spec, bootstrap=entry, http_port=None))
+                print(f"[{name}] node {spec.name} is up after {time.monotonic() - started:.0f} s", file=sys.stderr)
+        else:
+            (spec,) = experts
+            cluster.address(cluster.spawn(spec.name, expert=spec, bootstrap=None, http_port=port))
+        url = f"http://127.0.0.1:{port}"
+        wait_for_models(url, {s.name for s in experts})
+        ready = time.monotonic() - started
+        print(f"[{name}] network ready in {ready:.0f} s", file=sys.stderr)
+        command = [sys.executable, "-m", "node", "eval", "--http", url, *eval_args]
+        eval_started = time.monotonic()
+        code = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=False).returncode
+        phases[name] = {"network_ready_s": round(ready, 1), "eval_s": round(time.monotonic() - eval_started, 1)}
+        print(f"[{name}] eval exit {code} after {phases[name]['eval_s']:.0f} s", file=sys.stderr)
+        return code
+    finally:
+        cluster.stop()
+
+
 def _annotate(out: Path, experts: list[ExpertSpec], baseline: str | None, source: str, args: argparse.Namespace,
-              ready: float, eval_seconds: float, total: float) -> None:
+              phases: dict[str, dict[str, float]], total: float) -> None:
     """Record in run.json what the report cannot know from the logs: who is who, and how it was run."""
     path = out / "run.json"
     run = json.loads(path.read_text()) if path.exists() else {}
@@ -262,7 +272,7 @@ def _annotate(out: Path, experts: list[ExpertSpec], baseline: str | None, source
         "experts_source": source, "baseline": baseline, "device": args.device,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "gpu": shutil.which("nvidia-smi") is not None,
-        "wall_seconds": {"network_ready": round(ready, 1), "eval": round(eval_seconds, 1), "total": round(total, 1)},
+        "wall_seconds": {**phases, "total": round(total, 1)},
     }
     run["command"] = run["benchmark"]["command"]
     path.write_text(json.dumps(run, indent=2, sort_keys=True))
