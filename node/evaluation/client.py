@@ -49,6 +49,7 @@ class Reply:
     completion_tokens: int = 0
     provenance: list[dict[str, Any]] = field(default_factory=list)
     trace: dict[str, Any] | None = None
+    trace_digest: str | None = None
 
 
 class NetworkClient(Protocol):
@@ -135,6 +136,7 @@ class HttpClient:
             text=choice["message"]["content"] or "", seconds=seconds, finish_reason=choice.get("finish_reason") or "",
             prompt_tokens=int(usage.get("prompt_tokens", 0)), completion_tokens=int(usage.get("completion_tokens", 0)),
             provenance=list(mosaic.get("provenance", [])), trace=mosaic.get("trace"),
+            trace_digest=mosaic.get("trace_digest"),
         )
 
 
@@ -212,6 +214,7 @@ class PeerClient:
             text=result.text, seconds=time.monotonic() - started, finish_reason=result.finish_reason,
             prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens,
             provenance=list(data.get("provenance", [])), trace=data.get("trace"),
+            trace_digest=protocol.trace_digest(result.trace) if result.trace is not None else None,
         )
 
 
