@@ -62,6 +62,11 @@ class NetworkClient(Protocol):
 # ------------------------------------------------------------------------------------ HTTP
 
 
+def raw_prompt(prompt: str) -> str:
+    """The chat prompt as plain text for a model without a chat template, cued to answer."""
+    return f"{prompt}\nAnswer:"
+
+
 class HttpClient:
     """``POST /v1/chat/completions`` with ``model`` = an expert id or ``mosaic/<strategy>``."""
 
@@ -73,6 +78,21 @@ class HttpClient:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, limits=limits, timeout=30.0)
+        self._raw_models: set[str] = set()  # experts without a chat template: asked through /v1/completions
+
+    async def _post(self, path: str, body: dict[str, Any], timeout: float) -> tuple[int, Any]:
+        import httpx
+
+        try:
+            response = await self._http.post(path, json=body, timeout=timeout + 15)
+        except httpx.TimeoutException:
+            raise QueryError(f"no HTTP answer within {timeout + 15:g} s") from None
+        except httpx.HTTPError as exc:
+            raise NetworkUnavailable(f"POST {self.base_url}{path} failed: {exc!r}") from None
+        try:
+            return response.status_code, response.json()
+        except ValueError:
+            raise QueryError(f"HTTP {response.status_code}: not JSON: {response.text[:200]}") from None
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -108,32 +128,29 @@ class HttpClient:
 
     async def ask(self, model: str, prompt: str, max_tokens: int, temperature: float, timeout: float,
                   tags: tuple[str, ...] = ()) -> Reply:
-        import httpx
-
-        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                 "temperature": temperature, "timeout": timeout}
         if tags:
             body["tags"] = list(tags)
         started = time.monotonic()
-        try:
-            response = await self._http.post("/v1/chat/completions", json=body, timeout=timeout + 15)
-        except httpx.TimeoutException:
-            raise QueryError(f"no HTTP answer within {timeout + 15:g} s") from None
-        except httpx.HTTPError as exc:
-            raise NetworkUnavailable(f"POST {self.base_url}/v1/chat/completions failed: {exc!r}") from None
+        raw = model in self._raw_models
+        if raw:
+            body = {**{k: v for k, v in body.items() if k != "messages"}, "prompt": raw_prompt(prompt)}
+        status, payload = await self._post("/v1/completions" if raw else "/v1/chat/completions", body, timeout)
+        if status == 400 and not raw and not model.startswith(VIRTUAL_PREFIX) and "no chat template" in str(payload):
+            # A base model (e.g. gemma-3-270m) has no chat template: ask it with a raw prompt instead.
+            self._raw_models.add(model)
+            return await self.ask(model, prompt, max_tokens, temperature, timeout, tags)
         seconds = time.monotonic() - started
-        try:
-            payload = response.json()
-        except ValueError:
-            raise QueryError(f"HTTP {response.status_code}: not JSON: {response.text[:200]}") from None
-        if response.status_code != 200:
+        if status != 200:
             error = payload.get("error", {}) if isinstance(payload, dict) else {}
-            raise QueryError(f"HTTP {response.status_code} {error.get('code', '')}: {error.get('message', '')}".strip())
+            raise QueryError(f"HTTP {status} {error.get('code', '')}: {error.get('message', '')}".strip())
         choice = payload["choices"][0]
         usage = payload.get("usage") or {}
         mosaic = payload.get("mosaic") or {}
+        text = choice["text"] if raw else choice["message"]["content"]
         return Reply(
-            text=choice["message"]["content"] or "", seconds=seconds, finish_reason=choice.get("finish_reason") or "",
+            text=text or "", seconds=seconds, finish_reason=choice.get("finish_reason") or "",
             prompt_tokens=int(usage.get("prompt_tokens", 0)), completion_tokens=int(usage.get("completion_tokens", 0)),
             provenance=list(mosaic.get("provenance", [])), trace=mosaic.get("trace"),
             trace_digest=mosaic.get("trace_digest"),

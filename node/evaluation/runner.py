@@ -217,10 +217,11 @@ async def _ask_one(client: NetworkClient, job: Job, max_tokens: int, temperature
     item, system = job.item, job.system
     base = {"system": system.label, "kind": system.kind, "task": item.task, "task_type": item.task_type, "split": item.split,
                 "item": item.key, "gold": item.gold, "max_tokens": max_tokens}
+    started = time.monotonic()
     try:
         reply = await client.ask(system.model, build_prompt(item), max_tokens, temperature, timeout, tags)
     except QueryError as exc:
-        return LogRecord(**base, error=str(exc)[:500])
+        return LogRecord(**base, seconds=round(time.monotonic() - started, 3), error=str(exc)[:500])
     except NetworkUnavailable:
         raise  # the whole run stops: nothing more can be asked (what is logged stays)
     result = score(item, reply.text)
