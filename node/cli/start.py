@@ -116,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
     except DataDirBusy as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_IN_USE
+    except OSError as exc:  # e.g. a data dir we may not create
+        print(f"error: data dir {config.data_path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         try:
             for note in settle_ports(config, listen_given=bool(args.listen), http_given=bool(args.http)):
