@@ -177,9 +177,10 @@ class Node:
         """Tell peers we are leaving (bounded by ``GOODBYE_TIMEOUT``), so they drop us now.
 
         The goodbye is our record with a higher ``seq`` and ``withdrawn=True``: sent
-        directly to every connected Mosaic peer (reliable, one round trip) and on
-        gossip for the others.  Receivers hold it until its TTL lapses, so our older
-        records, still valid, are replays and cannot bring us back.
+        directly to every connected Mosaic peer (reliable, one round trip), on gossip
+        for the others, and put in the DHT in place of our record (a node joining
+        later learns about us from the DHT).  Receivers hold it until its TTL lapses,
+        so our older records, still valid, are replays and cannot bring us back.
         """
         if not self.advertises or self._signed is None:
             return
@@ -188,6 +189,7 @@ class Node:
         with trio.move_on_after(GOODBYE_TIMEOUT):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._publish_goodbye, goodbye)
+                nursery.start_soon(self._put_in_dht, goodbye)
                 for peer_id in peers:
                     nursery.start_soon(self._send_goodbye, peer_id, goodbye)
         event(log, "goodbye_sent", peer=self.peer_id, peers=len(peers))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,18 @@ async def test_a_cleanly_stopped_node_leaves_the_tables_at_once(tmp_path: Path) 
             # inside its 300 s TTL, cannot come back through gossip or the DHT.
             assert a.registry.offer(old_record, source="gossip") is None
             assert c.peer_id not in a.registry and c.peer_id not in {r.peer_id for r in a.registry.all()}
+            # The DHT holds the goodbye too, so a node that joins later and learns about c from
+            # the DHT alone does not list it either.
+            from protocol import SignedRecord, decode, verify_record
+            from node.net.dht import record_key
+
+            with trio.fail_after(5):
+                while True:
+                    held = a.dht.value_store.get(record_key(c.peer_id).encode())
+                    record = verify_record(decode(held.value, SignedRecord), time.time()) if held else None
+                    if record is not None and record.withdrawn:
+                        break
+                    await trio.sleep(0.05)
 
 
 async def test_a_fetch_only_client_advertises_nothing(tmp_path: Path) -> None:
