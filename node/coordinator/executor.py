@@ -105,13 +105,14 @@ class Coordinator:
             raise error
 
     async def spot_check(self, result: QueryResult) -> None:
-        """Now and then, check the expert that answered against known-answer items (after the
+        """Now and then, check an expert that contributed against known-answer items (after the
         client has its result; bounded by reputation.CHECK_TIMEOUT per item)."""
         if not result.provenance or self._transport is None or not self.spot_checks.due():
             return
-        peer_id = result.provenance[0].served_by
-        if peer_id and peer_id != self._local_id:
-            await self.spot_checks.check(self._transport, peer_id)
+        # Any contributor, not only the winner: a liar that loses every vote still proposes.
+        peers = sorted({p.served_by for p in result.provenance if p.served_by and p.served_by != self._local_id})
+        if peers:
+            await self.spot_checks.check(self._transport, self.spot_checks.pick(peers))
 
     async def run(self, query: QueryRequest, emit: EmitChunk | None = None) -> QueryResult:
         """Answer ``query``; raises :class:`QueryFailed` (typed) when it cannot be answered in time."""

@@ -141,6 +141,9 @@ class SpotChecker:
     def due(self) -> bool:
         return self.rate > 0 and self._rng.random() < self.rate
 
+    def pick(self, peers: Sequence[str]) -> str:
+        return self._rng.choice(list(peers))
+
     async def check(self, transport: object, peer_id: str) -> None:
         """Ask ``peer_id`` known-answer items and record each verdict (a failed call records nothing:
         failures are the health bookkeeping's business)."""
