@@ -71,9 +71,10 @@ async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer
                 finish = "stop"
                 break
             tokens.append(token)
-            await _feed(members, nexts, token, top_k)
+            gone = await _feed(members, nexts, token, top_k)
             if not members:
-                raise QueryFailed("unavailable", "every fused expert failed mid-answer")
+                why = "; ".join(f"{s.peer_id[-8:]}: {pool.steps[s.index].error}" for s in gone)
+                raise QueryFailed("unavailable", f"every fused expert failed mid-answer ({why})")
             first = min(members)
             text, piece, stopped = _apply_stop(text, nexts[first].text, sampling.stop)
             await pool.stream_text(piece, members[first].index)
@@ -95,8 +96,8 @@ async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer
     return Answer(text, decision, final, finish)
 
 
-async def _feed(members: dict[int, Any], nexts: dict[int, SessionNext], token: int, top_k: int) -> None:
-    """Append ``token`` to every session at once; a failing expert leaves ``members``."""
+async def _feed(members: dict[int, Any], nexts: dict[int, SessionNext], token: int, top_k: int) -> list[Any]:
+    """Append ``token`` to every session at once; a failing expert leaves ``members`` (and is returned)."""
     failed: list[int] = []
 
     async def one(i: int) -> None:
@@ -108,8 +109,7 @@ async def _feed(members: dict[int, Any], nexts: dict[int, SessionNext], token: i
     async with trio.open_nursery() as nursery:
         for i in list(members):
             nursery.start_soon(one, i)
-    for i in failed:
-        del members[i]
+    return [members.pop(i) for i in failed]
 
 
 def _apply_stop(text: str, piece: str, stop: tuple[str, ...]) -> tuple[str, str, bool]:
