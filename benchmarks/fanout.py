@@ -1,8 +1,9 @@
 """Fan-out latency: vote / moa over k = 1, 2, 4 experts vs the slowest of those experts alone.
 
-A coordinator node (no model) and four expert nodes, each with its own copy of
-the embedded SmolLM2 and one torch thread, in one process on loopback.  For
-every k, in one run:
+A coordinator node (no model, in this process) and four expert nodes, each a
+``python -m node start`` process with its own copy of the embedded SmolLM2 and
+one torch thread, on loopback (one process per expert as deployed: four torch
+workers in one process starve the trio loop of the GIL).  For every k, in one run:
 
 * single: each expert answers alone (``route`` pinned to it), the same prompt
   and token budget (greedy);
@@ -56,21 +57,16 @@ def fan_out_seconds(result, role: str = "proposer") -> float:
 async def main(args: argparse.Namespace) -> None:
     import tempfile
 
-    import torch
+    import trio
 
     import protocol as p
     from node.coordinator.service import QueryService
-    from node.expert.loader import load_expert
-    from node.expert.service import ExpertService
     from node.net.discovery import dial
-    from tests.cluster.harness import in_process_cluster
+    from tests.cluster.harness import in_process_cluster, start_process
     from tests.cluster.test_query import client_host
 
-    torch.set_num_threads(1)
-    cache = Path(os.environ.get("MOSAIC_CACHE_DIR") or tempfile.mkdtemp(prefix="mosaic-bench-cache-"))
     ks = [int(k) for k in args.ks.split(",")]
     n = max(ks)
-    models = [load_expert(None, cache_dir=cache, device="cpu") for _ in range(n)]
     sampling = p.SamplingParams(max_new_tokens=args.tokens, temperature=0.0)
     messages = (p.ChatMessage(role="user", content=PROMPT),)
 
@@ -78,23 +74,35 @@ async def main(args: argparse.Namespace) -> None:
         return p.QueryRequest(request_id=f"bench-{time.perf_counter_ns()}", strategy=strategy, messages=messages,
                               sampling=sampling, timeout_s=600.0, **fields)
 
-    async with in_process_cluster() as cluster:
-        coordinator = await cluster.add(0, services=[QueryService()])
-        experts = [await cluster.add(i + 1, services=[ExpertService(expert=m, threads=1)]) for i, m in enumerate(models)]
-        await coordinator.registry.wait_for(lambda r: len(r.experts()) == n, timeout=60)
-        async with client_host() as host:
-            peer = await dial(host, coordinator.full_multiaddrs()[0])
-            await timed(host, peer, query("vote", params={"k": n}))  # warm-up: every expert once
-            singles: dict[str, list[float]] = {e.peer_id: [] for e in experts}
-            runs: dict[str, list[tuple[float, object]]] = {}
-            for _ in range(args.rounds):
-                for e in experts:
-                    seconds, _ = await timed(host, peer, query("route", model=e.config.name))
-                    singles[e.peer_id].append(seconds)
-                for k in ks:
-                    for strategy in ("vote", "moa"):
-                        runs.setdefault(f"{strategy}-{k}", []).append(
-                            await timed(host, peer, query(strategy, params={"k": k, "k_min": k})))
+    tmp = tempfile.TemporaryDirectory(prefix="mosaic-fanout-")
+    procs = []
+    try:
+        async with in_process_cluster() as cluster:
+            coordinator = await cluster.add(0, services=[QueryService()], record_ttl=30.0)
+            addr = coordinator.full_multiaddrs()[0]
+            for i in range(1, n + 1):
+                procs.append(await trio.to_thread.run_sync(lambda i=i: start_process(
+                    Path(tmp.name), i, bootstrap=[addr], expert=True, timeout=300.0,
+                    config_text="[expert]\nthreads = 1\n", extra=["--record-ttl", "30"])))
+            await coordinator.registry.wait_for(lambda r: len(r.experts()) == n, timeout=120)
+            async with client_host() as host:
+                peer = await dial(host, addr)
+                await timed(host, peer, query("vote", params={"k": n}))  # warm-up: every expert once
+                singles: dict[str, list[float]] = {e.peer_id: [] for e in procs}
+                runs: dict[str, list[tuple[float, object]]] = {}
+                for _ in range(args.rounds):
+                    for e in procs:
+                        seconds, _ = await timed(host, peer, query("route", model=e.peer_id))
+                        singles[e.peer_id].append(seconds)
+                    for k in ks:
+                        for strategy in ("vote", "moa"):
+                            runs.setdefault(f"{strategy}-{k}", []).append(
+                                await timed(host, peer, query(strategy, params={"k": k, "k_min": k})))
+    finally:
+        for proc in procs:
+            proc.process.kill()
+            proc.process.wait()
+        tmp.cleanup()
     single = {peer_id: statistics.median(v) for peer_id, v in singles.items()}
     print(f"single experts (median of {args.rounds}, {args.tokens} tokens): "
           + ", ".join(f"{s:.2f}s" for s in single.values()))
