@@ -33,15 +33,29 @@ async def test_fuse_refuses_clearly_without_two_experts_sharing_a_tokenizer(auto
     assert transport.calls == {}  # refused before asking anyone
 
 
-async def test_an_expert_dying_mid_fusion_leaves_and_the_rest_finish(autojump_clock):
-    transport = FakeTransport(team(**{"peer-a": {"answer": "one two three four", "die_after": 2},
-                                      "peer-b": {"answer": "one two three four"}}))
+async def test_an_expert_dying_mid_fusion_is_replaced_by_a_reserve_that_replays_the_tokens(autojump_clock):
+    words = "one two three four"
+    transport = FakeTransport(team(**{"peer-a": {"answer": words, "die_after": 2}, "peer-b": {"answer": words},
+                                      "peer-c": {"answer": words}, "peer-d": {"answer": words}}))
     result, chunks = await run("fuse", transport, tags=("math",), params={"k": 2})
+    assert result.text == words == "".join(c.text for c in chunks)
+    steps = result.trace.steps
+    dead = next(s for s in steps if s.peer == "peer-a")
+    assert dead.status == "failed" and "reset" in dead.error
+    (stand_in,) = [s for s in steps if s.continues == dead.index]
+    assert stand_in.peer in ("peer-c", "peer-d") and stand_in.status == "ok"
+    assert list(stand_in.token_ids) == list(next(s for s in steps if s.peer == "peer-b").token_ids)  # replayed
+    assert "1 failed and left the fusion" in result.trace.decision
+
+
+async def test_without_a_reserve_a_dying_expert_leaves_and_the_rest_finish(autojump_clock):
+    transport = FakeTransport(team(**{"peer-a": {"answer": "one two three four", "die_after": 2},
+                                      "peer-b": {"answer": "one two three four"}})[:2])
+    result, chunks = await run("fuse", transport, params={"k": 2})
     assert result.text == "one two three four" == "".join(c.text for c in chunks)
     by_peer = {s.peer: s for s in result.trace.steps}
-    assert by_peer["peer-a"].status == "failed" and "reset" in by_peer["peer-a"].error
-    assert by_peer["peer-b"].status == "ok" and len(by_peer["peer-b"].token_ids) == 4
-    assert result.provenance[0].served_by == "peer-b" and "1 left the fusion" in result.trace.decision
+    assert by_peer["peer-a"].status == "failed" and by_peer["peer-b"].status == "ok"
+    assert len(by_peer["peer-b"].token_ids) == 4 and result.provenance[0].served_by == "peer-b"
 
 
 async def test_fuse_stops_at_a_stop_string_and_at_max_tokens(autojump_clock):

@@ -8,9 +8,10 @@ every session: one token on the wire per expert per step, never the prompt
 again.  The text comes back from the experts (detokenized in context; they
 share the tokenizer), so the coordinator needs no tokenizer of its own.
 
-An expert that fails mid-answer leaves the fusion (its step is marked failed
-in the trace) and the others finish with the weights renormalized; the
-answer fails only when every expert is gone.  Each member's trace step
+An expert that fails (at open or mid-answer) leaves the fusion (its step is
+marked failed in the trace); the next expert of the same tokenizer, if any,
+stands in and replays the tokens so far; without one the others finish with
+the weights renormalized.  The answer fails only when every expert is gone.  Each member's trace step
 carries the tokens it was fed and its signed receipt.
 """
 
@@ -39,29 +40,33 @@ async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer
     if not routes:
         raise QueryFailed("unavailable", "no expert is known to this node")
     try:
-        group = fusable_group(routes, params["k"], tokenizer_of=lambda r: r.candidate.record.tokenizer)
+        everyone = fusable_group(routes, max(2, len(routes)), tokenizer_of=lambda r: r.candidate.record.tokenizer)
     except NoSharedTokenizer as exc:
         raise QueryFailed("unavailable", str(exc)) from None
+    group, reserves = everyone[: params["k"]], everyone[params["k"]:]  # reserves stand in for failed members
     top_k, sampling = params["top_k"], query.sampling
     ask = Ask.of(query)
     async with AsyncExitStack() as stack:
         members: dict[int, Any] = {}  # position in the group -> PoolSession (kept in rank order)
+        nexts: dict[int, SessionNext] = {}
+        failed_at: dict[int, int] = {}  # position -> trace step of the member that failed there
 
         async def open_one(i: int) -> None:
             try:
                 members[i] = await stack.enter_async_context(pool.session(group[i], ask, top_k=top_k, role="fuser"))
+                nexts[i] = members[i].first
             except StepFailed:
-                pass  # recorded in the trace; the others go on
+                failed_at[i] = len(pool.steps) - 1  # recorded in the trace; a reserve may stand in
 
         async with trio.open_nursery() as nursery:  # every expert prefills at once
             for i in range(len(group)):
                 nursery.start_soon(open_one, i)
+        tokens: list[int] = []
+        await _stand_in(pool, stack, ask, reserves, members, nexts, failed_at, tokens, top_k)
         if not members:
             raise QueryFailed("unavailable", "no expert of the fusion group could open a session")
-        nexts: dict[int, SessionNext] = {i: s.first for i, s in members.items()}
         eos = frozenset(t for s in members.values() for t in s.first.eos_token_ids)
         rng = random.Random(sampling.seed)
-        tokens: list[int] = []
         text, finish = "", "length"
         while len(tokens) < sampling.max_new_tokens:
             live = sorted(members)
@@ -71,13 +76,20 @@ async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer
                 finish = "stop"
                 break
             tokens.append(token)
-            gone = await _feed(members, nexts, token, top_k)
+            for i, gone in await _feed(members, nexts, token, top_k):
+                failed_at[i] = gone.index
+            steady = [i for i in members if i not in failed_at]  # their reply's text is exactly this token's
+            why = "; ".join(pool.steps[i].error for i in failed_at.values())
+            await _stand_in(pool, stack, ask, reserves, members, nexts, failed_at, tokens, top_k)
             if not members:
-                why = "; ".join(f"{s.peer_id[-8:]}: {pool.steps[s.index].error}" for s in gone)
                 raise QueryFailed("unavailable", f"every fused expert failed mid-answer ({why})")
-            first = min(members)
-            text, piece, stopped = _apply_stop(text, nexts[first].text, sampling.stop)
-            await pool.stream_text(piece, members[first].index)
+            if steady:
+                piece = nexts[min(steady)].text
+            else:  # only stand-ins left: their reply holds the text of every token replayed
+                whole = nexts[min(members)].text
+                piece = whole[len(text):] if whole.startswith(text) else whole
+            text, piece, stopped = _apply_stop(text, piece, sampling.stop)
+            await pool.stream_text(piece, members[min(members)].index)
             if stopped:
                 finish = "stop"
                 break
@@ -88,16 +100,19 @@ async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer
             except StepFailed:
                 del members[i]
         final = tuple(members[i].index for i in sorted(members))
-    names = ", ".join(r.candidate.record.name + (f"/{r.adapter}" if r.adapter else "") for r in group)
+    fusers = [s for s in pool.steps if s.call == "session" and s.role == "fuser"]
+    names = ", ".join(s.expert + (f"/{s.adapter}" if s.adapter else "") for s in fusers if s.index in final)
     how = "greedy" if sampling.temperature == 0 else f"temperature {sampling.temperature:g}"
-    lost = len(group) - len(final)
-    decision = (f"fused {len(group)} experts sharing {group[0].candidate.record.tokenizer} token by token "
-                f"({names}; {how}, top-{top_k}); {len(tokens)} tokens" + (f"; {lost} left the fusion" if lost else ""))
+    lost = sum(1 for s in fusers if s.status == "failed")
+    decision = (f"fused {len(final)} experts sharing {group[0].candidate.record.tokenizer} token by token "
+                f"({names}; {how}, top-{top_k}); {len(tokens)} tokens"
+                + (f"; {lost} failed and left the fusion" if lost else ""))
     return Answer(text, decision, final, finish)
 
 
-async def _feed(members: dict[int, Any], nexts: dict[int, SessionNext], token: int, top_k: int) -> list[Any]:
-    """Append ``token`` to every session at once; a failing expert leaves ``members`` (and is returned)."""
+async def _feed(members: dict[int, Any], nexts: dict[int, SessionNext], token: int,
+                top_k: int) -> list[tuple[int, Any]]:
+    """Append ``token`` to every session at once; failing experts leave ``members`` (returned by position)."""
     failed: list[int] = []
 
     async def one(i: int) -> None:
@@ -109,7 +124,32 @@ async def _feed(members: dict[int, Any], nexts: dict[int, SessionNext], token: i
     async with trio.open_nursery() as nursery:
         for i in list(members):
             nursery.start_soon(one, i)
-    return [members.pop(i) for i in failed]
+    return [(i, members.pop(i)) for i in failed]
+
+
+async def _stand_in(pool: Pool, stack: AsyncExitStack, ask: Ask, reserves: list[Any], members: dict[int, Any],
+                    nexts: dict[int, SessionNext], failed_at: dict[int, int], fed: list[int], top_k: int) -> None:
+    """Give every empty position the next reserve expert, replaying the tokens fused so far.
+
+    The stand-in's trace step ``continues`` the failed member's; the replay is one
+    SessionAppend per 256 tokens (the message cap), so it costs a prefill, not a step per token.
+    """
+    for i in sorted(failed_at):
+        if i in members:
+            continue
+        while reserves:
+            route = reserves.pop(0)
+            try:
+                session = await stack.enter_async_context(pool.session(route, ask, top_k=top_k, role="fuser"))
+                pool.end_step(session.index, continues=failed_at[i])
+                reply = session.first
+                for start in range(0, len(fed), 256):
+                    reply = await session.append(fed[start:start + 256], top_k=top_k)
+            except StepFailed:
+                continue
+            members[i], nexts[i] = session, reply
+            break
+    failed_at.clear()
 
 
 def _apply_stop(text: str, piece: str, stop: tuple[str, ...]) -> tuple[str, str, bool]:
