@@ -87,7 +87,7 @@ async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer
                 piece = nexts[min(steady)].text
             else:  # only stand-ins left: their reply holds the text of every token replayed
                 whole = nexts[min(members)].text
-                piece = whole[len(text):] if whole.startswith(text) else whole
+                piece = whole.removeprefix(text)
             text, piece, stopped = _apply_stop(text, piece, sampling.stop)
             await pool.stream_text(piece, members[min(members)].index)
             if stopped:
