@@ -130,12 +130,14 @@ def chat(prompt: str, tokens: int, *, stream: bool = False, model: str = "mosaic
             "temperature": 0, "stream": stream}
 
 
-async def one_request(http, rng: random.Random, args, tally: Tally) -> None:
+async def one_request(http, rng: random.Random, args, tally: Tally, number: int) -> None:
+    import json
+
     import httpx
     import trio
 
     stream = rng.random() < 0.5
-    abandon = rng.random() < 0.125
+    abandon = number % 8 == 3  # one in eight, hung up on after its first event
     body = chat(rng.choice(PROMPTS), rng.randint(4, args.max_tokens), stream=stream or abandon)
     started = time.perf_counter()
     try:
@@ -152,8 +154,8 @@ async def one_request(http, rng: random.Random, args, tally: Tally) -> None:
                             return  # leaving the block closes the connection mid-stream
                         if line == "data: [DONE]":
                             done = True
-                        elif line.startswith("data: ") and '"error"' in line:
-                            tally.fail("in-stream error")
+                        elif line.startswith("data: {") and "error" in json.loads(line[6:]):
+                            tally.fail("in-stream error: " + json.loads(line[6:])["error"].get("code", "?"))
                             return
                     if not done:
                         tally.fail("stream ended without [DONE]")
@@ -186,8 +188,10 @@ async def soak(url: str, args) -> Tally:
     async def client(index: int) -> None:
         rng = random.Random(index)
         async with httpx.AsyncClient(base_url=url, timeout=args.request_timeout + 5) as http:
+            number = 0
             while time.monotonic() < end:
-                await one_request(http, rng, args, tally)
+                await one_request(http, rng, args, tally, number)
+                number += 1
 
     async with trio.open_nursery() as nursery:
         for i in range(args.clients):
@@ -240,7 +244,8 @@ async def wait_ready(url: str, experts: list[str], timeout: float) -> None:
                 try:
                     ids = {card["id"] for card in (await http.get("/v1/models")).json()["data"]}
                     if all(name in ids for name in experts):
-                        for name in experts:  # warm-up: one answer from each expert
+                        # Warm-up: one answer from each expert, one routed (loads the router's embedder).
+                        for name in [*experts, "mosaic/route"]:
                             reply = await http.post("/v1/chat/completions", json=chat("Hi.", 2, model=name))
                             reply.raise_for_status()
                         return
@@ -324,8 +329,16 @@ def main() -> int:
             burst_tally = trio.run(burst, url, "soak-1", args)
             print(describe(f"burst ({args.burst} parallel on soak-1, max_tokens {args.burst_tokens}, "
                            f"{time.perf_counter() - t2:.1f} s)", burst_tally), flush=True)
-            time.sleep(3.0)  # let closed connections and streams settle before measuring
-            after = {n.name: usage(n.process.pid) for n in nodes}
+            # Closed connections take a moment to be reaped on a loaded box: wait (bounded) for the
+            # descriptors to come back within the bound; a leak never does.
+            settle = time.monotonic()
+            while True:
+                time.sleep(1.0)
+                after = {n.name: usage(n.process.pid) for n in nodes}
+                settled = all(after[n.name][1] - before[n.name][1] <= FD_BOUND for n in nodes)
+                if settled or time.monotonic() - settle > 60:
+                    break
+            print(f"settled {time.monotonic() - settle:.0f} s after the burst", flush=True)
             ok = burst_tally.answered == args.burst and tally.failed == 0 and tally.timed_out == 0
             print("node     RSS start -> end (MiB)          fds start -> after soak -> end   bound")
             for node in nodes:
