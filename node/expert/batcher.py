@@ -41,6 +41,11 @@ BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in adapter_names
 # wait on a live expert with a short silence window (the coordinator's is >= 3 s).
 QUEUE_REPORT_MIN_S = 0.5
 QUEUE_KEEPALIVE_S = 1.0
+# New generations prefilled between two decode steps.  Prefills run one by one (batch of one),
+# so admitting a whole batch at once froze the running rows for all of them: on a loaded 2-core
+# box 8 prefills took ~20 s and the coordinator gave up on answers stalled mid-way.  One per step
+# bounds every row's wait for its next token by one prefill plus one decode step.
+MAX_PREFILLS_PER_STEP = 1
 
 
 @dataclass(eq=False)
@@ -185,7 +190,7 @@ class InferenceWorker:
                 return None
             # Until the first prefill shows the model's KV cache can be merged, admit one at a time.
             capacity = self.max_batch if self._batchable else 1
-            free = capacity - len(self._slots)
+            free = min(capacity - len(self._slots), MAX_PREFILLS_PER_STEP)
             taken, kept = [], collections.deque()
             for job in self._pending:
                 if not job.is_generation or job.cancelled or free > 0:

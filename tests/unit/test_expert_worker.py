@@ -147,6 +147,29 @@ async def test_waiting_generations_report_their_queue_position(base_expert):
     assert not any(isinstance(m, Queued) for m in seen["quiet"])
 
 
+async def test_running_rows_keep_decoding_while_new_requests_are_prefilled(local):
+    """A burst must not freeze the rows already generating: prefills are spread over decode steps.
+
+    Admitting a whole batch at once ran every prefill before the next decode step, so the first
+    request's second token waited for all the others' first tokens (~20 s on a loaded box, and
+    the coordinator gave up on the stalled answer).
+    """
+    with trio.fail_after(120):
+        await run_all(local, [chat(PROMPTS[0], "warm", tokens=2)])  # the worker now knows it can batch
+        order: list[tuple[str, int]] = []
+
+        async def one(rid: str) -> None:
+            async with aclosing(local.generate(chat("Count to twenty.", rid, tokens=8))) as events:
+                async for message in events:
+                    if isinstance(message, TokenChunk):
+                        order.append((rid, message.index))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(6):
+                nursery.start_soon(one, f"b{i}")
+    assert order.index(("b0", 1)) < order.index(("b5", 0)), order
+
+
 async def test_full_queue_answers_busy(base_expert):
     worker = InferenceWorker(base_expert, max_batch=1, queue_size=1)
     worker.start()
