@@ -50,6 +50,7 @@ PROMPTS = [
 RSS_BOUND_BYTES = 64 * 2**20
 RSS_BOUND_RATIO = 0.10
 FD_BOUND = 16
+FD_SETTLED = 4  # waiting (up to 60 s) until every node is this close to its start count
 
 
 @dataclass
@@ -335,7 +336,7 @@ def main() -> int:
             while True:
                 time.sleep(1.0)
                 after = {n.name: usage(n.process.pid) for n in nodes}
-                settled = all(after[n.name][1] - before[n.name][1] <= FD_BOUND for n in nodes)
+                settled = all(after[n.name][1] - before[n.name][1] <= FD_SETTLED for n in nodes)
                 if settled or time.monotonic() - settle > 60:
                     break
             print(f"settled {time.monotonic() - settle:.0f} s after the burst", flush=True)
