@@ -99,11 +99,18 @@ def default_gguf_path() -> Path:
 
 
 def resolve_source(model: str | None, cache_dir: Path) -> ModelSource:
-    """Turn ``--model`` (None = embedded default, a GGUF file or an HF directory) into a safetensors dir."""
+    """Turn ``--model`` into a safetensors dir: None = the embedded default, a catalog key
+    (``smollm2-135m``, ``gemma3-270m``, ``qwen2.5-0.5b``, ``qwen2.5-1.5b``), a GGUF file or an HF directory."""
     if model is None:
         gguf = default_gguf_path()
         digest, cid = content_ids(gguf)
         return ModelSource(DEFAULT_MODEL_ID, digest, ensure_converted(gguf, digest, cache_dir), cid)
+    from . import catalog  # imports this module: bind late
+
+    entry = catalog.lookup(model)
+    if entry is not None and not Path(model).expanduser().exists():
+        gguf, digest, cid = catalog.ensure_gguf(entry, cache_dir)
+        return ModelSource(entry.model_id, digest, ensure_converted(gguf, digest, cache_dir), cid)
     path = Path(model).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":
