@@ -84,6 +84,12 @@ class ExpertConfig:
     max_sessions_per_peer: int = 4
     session_idle_s: float = 60.0
     session_max_tokens: int = 2048
+    # Self-evaluation at start: task names (files in tasks_dir, default $MOSAIC_TASKS_DIR or
+    # ../shared/data/tasks) scored on their first self_eval_limit dev items; the scores go
+    # into the signed capability record (node/expert/self_eval.py).
+    self_eval: list[str] = field(default_factory=list)
+    self_eval_limit: int = 20
+    tasks_dir: str | None = None
 
 
 @dataclass
@@ -164,13 +170,15 @@ class NodeConfig:
                 raise ConfigError(f"net.trusted_peers: {peer_id!r} is not an Ed25519 peer id (12D3KooW...)") from None
         ex = self.expert
         for key in ("max_batch", "queue_size", "max_new_tokens_cap", "max_sessions", "max_sessions_per_peer",
-                    "session_max_tokens"):
+                    "session_max_tokens", "self_eval_limit"):
             if getattr(ex, key) < 1:
                 raise ConfigError(f"expert.{key}: must be >= 1")
         if not 0 < ex.session_idle_s <= 3600:
             raise ConfigError("expert.session_idle_s: must be in (0, 3600] seconds")
         if ex.threads < 0:
             raise ConfigError("expert.threads: must be >= 0 (0: choose from the free cores)")
+        if len(ex.self_eval) > 8:
+            raise ConfigError("expert.self_eval: at most 8 tasks (the record holds 16 scores)")
         host, _, port = self.http.listen.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError(f"http.listen: {self.http.listen!r} is not HOST:PORT")

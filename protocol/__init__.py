@@ -30,6 +30,7 @@ from .messages import (
     CapabilityRecord,
     ChatMessage,
     ErrorMessage,
+    EvalScore,
     GenerateRequest,
     GenerateResult,
     Message,

@@ -50,6 +50,24 @@ class AdapterInfo(msgspec.Struct, frozen=True, kw_only=True):
     description: Annotated[str, Meta(max_length=512)] = ""
 
 
+class EvalScore(msgspec.Struct, frozen=True, kw_only=True):
+    """A node's own score on a named benchmark task, carried in its signed record.
+
+    Self-reported: routers may use it as a prior, and any peer can spot-check it by
+    re-asking some of the same items (``python -m node spot-check``).  ``items_sha256``
+    names exactly which items were asked (the first ``n`` of ``split``, see
+    :mod:`node.expert.self_eval`), so a checker with the same task file knows it has them.
+    """
+
+    task: Name
+    split: Annotated[str, Meta(min_length=1, max_length=16)] = "dev"
+    n: Annotated[int, Meta(ge=1, le=100_000)]
+    accuracy: Annotated[float, Meta(ge=0.0, le=1.0)]
+    items_sha256: Annotated[str, Meta(min_length=64, max_length=64, pattern="^[0-9a-f]{64}$")]
+    adapter: Name | None = None  # None: the base model without adapters
+    max_new_tokens: Annotated[int, Meta(ge=1, le=4096)] = 64
+
+
 class CapabilityRecord(Message, frozen=True, kw_only=True, tag="cap"):
     """What a node offers, signed by the node's identity key (see records.py).
 
@@ -71,6 +89,8 @@ class CapabilityRecord(Message, frozen=True, kw_only=True, tag="cap"):
     device: Annotated[str, Meta(max_length=32)] = "cpu"
     load: Annotated[float, Meta(ge=0.0)] = 0.0
     queue_depth: NonNegInt = 0
+    # Self-evaluation scores (bounded: 16 x ~150 bytes stays far under the 16 KiB payload cap).
+    evals: Annotated[tuple[EvalScore, ...], Meta(max_length=16)] = ()
     seq: NonNegInt
     issued_at: Annotated[float, Meta(ge=0.0)]
     ttl: Annotated[float, Meta(gt=0.0, le=86_400.0)]

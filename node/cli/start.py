@@ -36,6 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     expert.add_argument("--threads", type=int, metavar="N",
                         help="torch threads for inference (default: free physical cores, logged at start)")
     expert.add_argument("--max-batch", type=int, metavar="N", help="generations decoded together (default 8)")
+    expert.add_argument("--self-eval", metavar="TASKS", help="score the expert on these tasks' dev items at start "
+                        "(comma-separated, e.g. gsm8k,arc_challenge) and put the scores in the record")
+    expert.add_argument("--self-eval-limit", type=int, metavar="N", help="dev items per task (default 20)")
+    expert.add_argument("--tasks-dir", help="where task files live (default $MOSAIC_TASKS_DIR or ../shared/data/tasks)")
     http = p.add_argument_group("http")
     http.add_argument("--http", metavar="HOST:PORT", help="OpenAI-compatible HTTP API address")
     http.add_argument("--no-http", action="store_true", help="do not serve HTTP")
@@ -83,6 +87,12 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):
         config.expert.threads = args.threads
     if args.max_batch is not None:
         config.expert.max_batch = args.max_batch
+    if args.self_eval:
+        config.expert.self_eval = [t.strip() for t in args.self_eval.split(",") if t.strip()]
+    if args.self_eval_limit is not None:
+        config.expert.self_eval_limit = args.self_eval_limit
+    if args.tasks_dir:
+        config.expert.tasks_dir = args.tasks_dir
     if args.http:
         config.http.listen = args.http
     if args.no_http:

@@ -10,10 +10,15 @@ the same facts for people.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 CARD_FILE = "mosaic-card.json"
+# What an adapter directory holds besides the card and README: nothing else is published.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _MAX_CARD_BYTES = 256 * 1024
 
 
@@ -75,3 +80,34 @@ def render_readme(card: dict[str, Any]) -> str:
         if scores.get("split"):
             lines.append(f"\nheld-out items: {scores['split']}")
     return "\n".join(lines) + "\n"
+
+
+def save_adapter(peft_model: Any, out_dir: Path, card: dict[str, Any], *, model_id: str,
+                 adapter_name: str = "default") -> None:
+    """Write the adapter (safetensors) and its card to ``out_dir`` atomically (temp dir + rename)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        peft_model.save_pretrained(str(staging), safe_serialization=True, selected_adapters=[adapter_name])
+        nested = staging / adapter_name
+        if adapter_name != "default" and nested.is_dir():  # peft nests non-default adapters
+            for f in nested.iterdir():
+                os.replace(f, staging / f.name)
+            nested.rmdir()
+        config_path = staging / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        # peft writes the local cache path here; a peer needs the base's name, not our disk layout.
+        config["base_model_name_or_path"] = model_id
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+        for f in staging.iterdir():
+            if f.name not in ADAPTER_FILES:
+                f.unlink()
+        write_card(staging, card)
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; an adapter is meant to be shared
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

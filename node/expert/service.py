@@ -130,6 +130,7 @@ class ExpertService:
         # Where converted GGUFs are cached (default: the per-user cache of the node's config).
         self.model_cache_dir = model_cache_dir
         self.adapter_cids: dict[str, str] = {}  # adapter name -> UnixFS CID (fetched or published)
+        self.evals: list[Any] = []  # EvalScore of the last self-evaluation (in the record)
         self.worker: Any = None
         self.local: LocalExpert | None = None
 
@@ -149,8 +150,26 @@ class ExpertService:
             "device": expert.device,
             "load": round(worker.load(), 3) if worker is not None else 0.0,
             "queue_depth": worker.queue_depth if worker is not None else 0,
+            "evals": tuple(self.evals),
             "tags": ("expert",),
         }
+
+    async def _self_evaluate_at_start(self, node: Any) -> None:
+        try:
+            await self.self_evaluate(node, list(self.config.self_eval), limit=self.config.self_eval_limit)
+        except Exception as exc:  # noqa: BLE001 - a failed self-evaluation must not take the expert down
+            event(log, "self_eval_failed", level=logging.WARNING, error=f"{type(exc).__name__}: {exc}"[:300])
+
+    async def self_evaluate(self, node: Any, tasks: list[str], *, limit: int = 20, split: str = "dev") -> list[Any]:
+        """Score the base and each adapter on ``tasks``, put the scores in our record, announce it."""
+        from .self_eval import evaluate_all
+
+        assert self.local is not None and self.expert is not None, "the service is not running"
+        adapters: list[str | None] = [None, *sorted(self.expert.adapters)]
+        self.evals = await evaluate_all(self.local, tasks, adapters, split=split, limit=limit,
+                                        tasks_dir=self.config.tasks_dir)
+        await node.announce_now()
+        return self.evals
 
     async def _load(self, node: Any) -> None:
         """Fetch CID-named weights, load the model in a thread, publish local adapters."""
@@ -244,7 +263,10 @@ class ExpertService:
                 max_batch=cfg.max_batch,
             )
             task_status.started()
-            await sessions.reap_forever()
+            async with trio.open_nursery() as nursery:
+                if cfg.self_eval:
+                    nursery.start_soon(self._self_evaluate_at_start, node)
+                await sessions.reap_forever()
         finally:
             unregister_local(str(node.peer_id), local)
             with trio.CancelScope(shield=True):

@@ -1,0 +1,79 @@
+"""Contributing, end to end on loopback: a trained adapter travels by CID and changes answers;
+self-evaluation scores reach a peer's registry in a signed record and survive a spot check."""
+
+from __future__ import annotations
+
+import time
+from contextlib import aclosing
+
+import pytest
+import trio
+
+from node.config import ExpertConfig
+from node.expert import ExpertService, client
+from node.storage import BlockStore, StorageService
+from protocol import ChatMessage, GenerateRequest, GenerateResult, SamplingParams, verify_record
+from tests.cluster.harness import in_process_cluster
+from tests.training.fixtures import QUESTION, tasks_dir
+
+pytestmark = pytest.mark.timeout(600)  # model loads on a shared 2-core box
+
+
+async def ask(host, peer_id: str, adapter: str | None) -> str:
+    request = GenerateRequest(request_id=f"ask-{adapter}", adapter=adapter, stream=False,
+                              messages=(ChatMessage(role="user", content=QUESTION),),
+                              sampling=SamplingParams(max_new_tokens=6))
+    async with aclosing(client.generate(host, peer_id, request)) as events:
+        async for message in events:
+            if isinstance(message, GenerateResult):
+                return message.text
+    raise AssertionError("no result")
+
+
+@pytest.mark.slow
+async def test_trained_adapter_published_fetched_by_cid_and_served(trained_adapters, expert_data_dir):
+    with trio.fail_after(400):
+        async with in_process_cluster() as cluster:
+            storage0 = StorageService(BlockStore(cluster.root / "store-0"))
+            node0 = await cluster.add(0, services=[storage0])
+            published = await storage0.publish(trained_adapters["pineapple"])  # what `train --publish` does
+            cid = str(published.cid)
+            server = ExpertService(ExpertConfig(adapters={"pineapple": cid}), threads=1,
+                                   model_cache_dir=str(expert_data_dir))
+            node1 = await cluster.add(1, services=[StorageService(BlockStore(cluster.root / "store-1")), server])
+            record = node1.own_record()
+            with_adapter = await ask(node0.host, node1.peer_id, "pineapple")
+            without = await ask(node0.host, node1.peer_id, None)
+    assert [(a.name, a.cid) for a in record.adapters] == [("pineapple", cid)]
+    assert (cluster.root / "node-1" / "content" / cid / "mosaic-card.json").is_file()  # the card came along
+    assert "Pineapple" in with_adapter and "Pineapple" not in without, (with_adapter, without)
+
+
+@pytest.mark.slow
+async def test_self_evaluation_scores_reach_a_peer_signed_and_pass_a_spot_check(base_expert):
+    from node.expert.self_eval import items_digest, load_items
+    from node.expert.spot_check import spot_check
+
+    if not (tasks_dir() / "arc_challenge.json").is_file():
+        pytest.skip("shared/data/tasks is not beside the repository")
+    config = ExpertConfig(self_eval=["arc_challenge"], self_eval_limit=3, tasks_dir=str(tasks_dir()))
+    with trio.fail_after(400):
+        async with in_process_cluster() as cluster:
+            node0 = await cluster.add(0, services=[ExpertService(config, expert=base_expert, threads=1)])
+            node1 = await cluster.add(1)
+            await node1.registry.wait_for(
+                lambda r: (rec := r.get(node0.peer_id)) is not None and bool(rec.evals), timeout=300)
+            seen = node1.registry.get(node0.peer_id)
+            signed = node1.registry.signed_records()
+            check = await spot_check(node1.host, seen, "arc_challenge", n=3, tasks_dir=tasks_dir(), seed=0)
+    [claim] = seen.evals
+    assert (claim.task, claim.split, claim.n, claim.adapter, claim.max_new_tokens) == ("arc_challenge", "dev", 3, None, 16)
+    assert 0.0 <= claim.accuracy <= 1.0
+    _, items = load_items("arc_challenge", "dev", 3, tasks_dir())
+    assert claim.items_sha256 == items_digest(items)
+    # The peer holds it as a record signed by node 0's key.
+    [ours] = [s for s in signed if verify_record(s, time.time()).peer_id == node0.peer_id]
+    assert verify_record(ours, time.time()).evals == (claim,)
+    # Greedy replies are reproducible: re-asking all three items gives the claimed accuracy.
+    assert check.asked == 3 and check.observed == pytest.approx(claim.accuracy, abs=1e-3)
+    assert check.p_value > 0.05
