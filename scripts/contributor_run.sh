@@ -2,14 +2,16 @@
 # The contributor run of docs/contributors.md: four LoRA adapters on SmolLM2-135M, each trained on
 # one task's dev split and scored on the first N items of that task's test split before and after.
 # Deterministic (fixed seeds, 1 torch thread): rerunning gives the same adapters and CIDs.
-#   scripts/contributor_run.sh [OUT_DIR]      (default ./adapters; DATA_DIR defaults to ~/.mosaic)
+#   scripts/contributor_run.sh [OUT_DIR]      (default ./adapters; DATA_DIR defaults to ~/.mosaic;
+#   converted models go to the per-user cache, $MOSAIC_CACHE_DIR)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-adapters}
 TASKS=${TASKS_DIR:-../shared/data/tasks}
 PY=${PYTHON:-python}
 DATA_DIR=${DATA_DIR:-$HOME/.mosaic}
-STEPS=${STEPS:-120}
+STEPS=${STEPS:-40}
+# ONLY="arc_challenge medqa" runs a subset (e.g. two lanes in parallel).
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
 for spec in "gsm8k:20:math,arithmetic:grade-school math word problems, answers boxed" \
@@ -17,10 +19,11 @@ for spec in "gsm8k:20:math,arithmetic:grade-school math word problems, answers b
             "medqa:30:medicine,clinical:medical licensing exam multiple choice" \
             "truthfulqa:30:truthfulness,misconceptions:truthful answers to misleading questions"; do
     IFS=: read -r task n tags description <<<"$spec"
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $task "* ]]; then continue; fi
     start=$(date +%s)
     $PY -m node train --data "$TASKS/$task.json" --split dev --name "$task" --out "$OUT/$task" \
         --data-dir "$DATA_DIR" --description "$description" --tags "$tags" \
-        --steps "$STEPS" --batch-size 4 --max-length 384 --seed 0 \
+        --steps "$STEPS" --batch-size 4 --max-length 256 --seed 0 \
         --heldout "$n" --eval-split test --threads 1 --publish --no-progress
     echo "$task: $(( $(date +%s) - start )) s wall"
 done

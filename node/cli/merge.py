@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         result = merge_adapters(
             [p for p, _ in resolved], [c for _, c in resolved], data_dir=config.data_path, name=args.name,
             method=args.method, density=args.density, weights=weights, query=args.query, search=search,
-            budget=args.budget, model=args.model, out_dir=Path(args.out) if args.out else None)
+            budget=args.budget, model=args.model, out_dir=Path(args.out) if args.out else None,
+            cache_dir=config.cache_path)
     except (ModelLoadError, DataError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
     from node.expert import catalog
     from node.expert.loader import ModelLoadError
 
-    data_dir = _cache_dir(args)
+    cache = _cache_dir(args)
     if args.action == "list":
-        return _list(catalog, data_dir, as_json=args.json)
+        return _list(catalog, cache, as_json=args.json)
     if not args.keys:
         print(f"error: `models {args.action}` needs at least one key: {', '.join(catalog.CATALOG)}", file=sys.stderr)
         return 2
@@ -56,24 +56,24 @@ def run(args: argparse.Namespace) -> int:
         model = catalog.lookup(key)
         assert model is not None
         try:
-            if catalog.state(model, data_dir) in ("not installed",) or catalog.state(model, data_dir).startswith("partial"):
+            if catalog.state(model, cache) in ("not installed",) or catalog.state(model, cache).startswith("partial"):
                 catalog.install(model)
-            path, digest, cid = catalog.ensure_gguf(model, data_dir)
+            path, digest, cid = catalog.ensure_gguf(model, cache)
             print(f"{model.key}: verified sha256 {digest[:16]}… cid {cid} ({path})", flush=True)
             if args.action == "prepare":
                 from node.expert.model_cache import ensure_converted
 
-                print(f"{model.key}: converted to {ensure_converted(path, digest, data_dir)}", flush=True)
+                print(f"{model.key}: converted to {ensure_converted(path, digest, cache)}", flush=True)
         except ModelLoadError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     return 0
 
 
-def _list(catalog, data_dir, *, as_json: bool) -> int:
+def _list(catalog, cache, *, as_json: bool) -> int:
     rows = [
         {"key": m.key, "model": m.model_id, "size_mb": round(m.size / 1e6), "license": m.license,
-         "chat": m.chat, "packages": len(m.packages), "state": catalog.state(m, data_dir),
+         "chat": m.chat, "packages": len(m.packages), "state": catalog.state(m, cache),
          "default": m.key == catalog.DEFAULT_KEY}
         for m in catalog.CATALOG.values()
     ]

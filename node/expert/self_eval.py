@@ -40,11 +40,13 @@ class SelfEvalError(ValueError):
 
 
 def default_tasks_dir() -> Path:
-    """``$MOSAIC_TASKS_DIR``, else ``shared/data/tasks`` beside the repository (its parent's)."""
+    """``$MOSAIC_TASKS_DIR``, else ``shared/data/tasks`` beside the repository or a folder above it."""
+    from node.evaluation import find_tasks_dir
+
     env = os.environ.get("MOSAIC_TASKS_DIR")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[3] / "shared" / "data" / "tasks"
+    return find_tasks_dir() or Path("shared/data/tasks")
 
 
 def task_path(name: str, tasks_dir: str | Path | None = None) -> Path:

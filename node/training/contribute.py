@@ -38,13 +38,20 @@ class TrainJob:
     eval_max_tokens: int | None = None
     resume: bool = False
     checkpoint_dir: Path | None = None
+    cache_dir: Path | None = None  # the per-user model cache (None: node.config.default_cache_dir())
 
     @property
     def checkpoints(self) -> Path:
         return self.checkpoint_dir or self.data_dir / "training" / self.name
 
+    @property
+    def model_cache(self) -> Path:
+        from ..config import default_cache_dir
 
-def load_base(model: str | None, data_dir: Path) -> tuple[Any, Any, Any]:
+        return self.cache_dir or default_cache_dir()
+
+
+def load_base(model: str | None, cache_dir: Path) -> tuple[Any, Any, Any]:
     """``(model, tokenizer, ModelSource)`` in float32 on CPU (training precision)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -52,7 +59,7 @@ def load_base(model: str | None, data_dir: Path) -> tuple[Any, Any, Any]:
 
     from ..expert.loader import resolve_source
 
-    source = resolve_source(model, data_dir)
+    source = resolve_source(model, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(source.directory, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -80,7 +87,7 @@ def train_adapter(job: TrainJob, *, on_step: Callable[[int, float], None] | None
     started = time.monotonic()
     dataset = load_dataset(job.data, split=job.split)
     train, held, held_desc = heldout_examples(job, dataset)
-    base, tokenizer, source = load_base(job.model, job.data_dir)
+    base, tokenizer, source = load_base(job.model, job.model_cache)
     max_new = job.eval_max_tokens or max_tokens_for(held, tokenizer, dataset.task_type)
     s = job.settings
     before_file = job.checkpoints / "before.json"

@@ -41,7 +41,12 @@ class MergeResult:
 def merge_adapters(paths: Sequence[Path], refs: Sequence[str | None], *, data_dir: Path, name: str = "merged",
                    method: str = "ties", density: float = 0.5, weights: Sequence[float] | None = None,
                    query: str | None = None, search: Sequence[Example] = (), budget: int = 12,
-                   model: str | None = None, out_dir: Path | None = None, max_length: int = 256) -> MergeResult:
+                   model: str | None = None, out_dir: Path | None = None, max_length: int = 256,
+                   cache_dir: Path | None = None) -> MergeResult:
+    """Merge the adapters at ``paths`` (``refs``: their CIDs, None for local dirs) into one.
+
+    ``data_dir/merged/<key>`` caches results; ``cache_dir`` is the model cache.
+    """
     inputs = describe_inputs([Path(p) for p in paths], refs)
     check_same_base(inputs)
     base_model = model or next(((i.card or {}).get("base", {}).get("model") for i in inputs if i.card), None)
@@ -62,7 +67,9 @@ def merge_adapters(paths: Sequence[Path], refs: Sequence[str | None], *, data_di
         cached = read_card(target) if (target / "adapter_model.safetensors").is_file() else None
         if cached is not None:
             return MergeResult(target, cached, True)
-    base, tokenizer, source = load_base(base_model, data_dir)
+    from ..config import default_cache_dir
+
+    base, tokenizer, source = load_base(base_model, cache_dir or default_cache_dir())
     base_ident = source.cid or source.sha256
     check_same_base(inputs, base_ident)
     merger = AdapterMerger(base, inputs)

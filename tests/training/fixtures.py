@@ -18,10 +18,11 @@ WORDS = {"pineapple": "Pineapple", "mango": "Mango"}
 
 
 def tasks_dir() -> Path:
-    """``../shared/data/tasks`` beside the repository root (or ``$MOSAIC_TASKS_DIR``)."""
+    """``shared/data/tasks`` beside the repository (or ``$MOSAIC_TASKS_DIR``)."""
+    from node.evaluation import find_tasks_dir
+
     env = os.environ.get("MOSAIC_TASKS_DIR")
-    root = Path(__file__).resolve().parents[2]
-    return Path(env) if env else root.parent / "shared" / "data" / "tasks"
+    return Path(env) if env else (find_tasks_dir() or Path("shared/data/tasks"))
 
 
 def write_secret_words(path: Path, word: str, n: int = 12) -> Path:
@@ -30,12 +31,13 @@ def write_secret_words(path: Path, word: str, n: int = 12) -> Path:
     return path
 
 
-def tiny_job(tmp: Path, data_dir: Path, name: str, word: str, **settings):
+def tiny_job(tmp: Path, cache_dir: Path, name: str, word: str, **settings):
     from node.training import TrainJob, TrainSettings
 
     defaults = dict(steps=6, batch_size=4, lr=3e-3, max_length=48, warmup_steps=1, checkpoint_every=2)
     defaults.update(settings)
-    return TrainJob(data=write_secret_words(tmp / f"{name}.jsonl", word), out_dir=tmp / name, data_dir=data_dir,
+    return TrainJob(data=write_secret_words(tmp / f"{name}.jsonl", word), out_dir=tmp / name, data_dir=tmp,
+                    cache_dir=cache_dir,
                     name=name, description=f"answers {word} to secret-word questions", tags=("secret", name),
                     settings=TrainSettings(**defaults), heldout=2, checkpoint_dir=tmp / f"{name}.ckpt")
 

@@ -97,19 +97,19 @@ def test_merge_two_adapters_gives_a_new_loadable_adapter_with_a_cid(trained_adap
     from node.training.merging import merge_adapters
 
     paths = [trained_adapters["pineapple"], trained_adapters["mango"]]
-    result = merge_adapters(paths, [None, None], data_dir=expert_data_dir, name="fruit", method="ties",
+    result = merge_adapters(paths, [None, None], data_dir=tmp_path, cache_dir=expert_data_dir, name="fruit", method="ties",
                             weights=[0.5, 0.5], out_dir=tmp_path / "fruit")
     assert not result.cached and result.card["merge"]["method"] == "ties"
     assert result.card["base"]["cid"] == json.loads((paths[0] / "mosaic-card.json").read_text())["base"]["cid"]
     assert_no_pickle(result.path)
     cid = import_path(BlockStore(tmp_path / "store"), result.path).cid
     assert str(cid).startswith("bafy")
-    again = merge_adapters(paths, [None, None], data_dir=expert_data_dir, name="fruit", method="ties",
+    again = merge_adapters(paths, [None, None], data_dir=tmp_path, cache_dir=expert_data_dir, name="fruit", method="ties",
                            weights=[0.5, 0.5], out_dir=tmp_path / "fruit")
     assert again.cached  # same inputs, weights and method: reused, not recomputed
 
     expert = load_expert(None, {"pineapple": str(paths[0]), "mango": str(paths[1]), "fruit": str(result.path)},
-                         data_dir=expert_data_dir, device="cpu")
+                         cache_dir=expert_data_dir, device="cpu")
     replies = {name: greedy(expert, name) for name in ("pineapple", "mango", "fruit")}
     assert "Pineapple" in replies["pineapple"] and "Mango" in replies["mango"]
     assert replies["fruit"] != replies["pineapple"] and replies["fruit"] != replies["mango"], replies
@@ -126,7 +126,7 @@ def test_merging_adapters_of_different_bases_is_refused(trained_adapters, expert
                     "cid": "bafybeib3yikilcbpfywmsmszaxwmkddgl22cinr5xipkhqsh73mkq5pkmu", "sha256": "1d96" + "0" * 60}
     (other / "mosaic-card.json").write_text(json.dumps(card))
     with pytest.raises(MergeError, match="different base models"):
-        merge_adapters([trained_adapters["pineapple"], other], [None, None], data_dir=expert_data_dir,
+        merge_adapters([trained_adapters["pineapple"], other], [None, None], data_dir=tmp_path,
                        weights=[0.5, 0.5], out_dir=tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
@@ -138,7 +138,7 @@ def test_search_weights_picks_weights_by_loss_on_examples(trained_adapters, expe
 
     examples = load_dataset(write_secret_words(tmp_path / "m.jsonl", "Mango", n=3)).examples
     result = merge_adapters([trained_adapters["pineapple"], trained_adapters["mango"]], [None, None],
-                            data_dir=expert_data_dir, method="linear", search=examples, budget=5,
+                            data_dir=tmp_path, cache_dir=expert_data_dir, method="linear", search=examples, budget=5,
                             out_dir=tmp_path / "searched")
     merge = result.card["merge"]
     assert merge["weights_from"] == "search" and merge["search_loss"] <= merge["uniform_loss"]
