@@ -37,7 +37,7 @@ def child(model: str, steps: int, warmup: int, length: int, batch: int, threads:
     base, tokenizer, source = load_base(model, default_cache_dir())
     load_s = time.monotonic() - started
     # Prompts of ~`length` tokens with a short target: the shape of task-file training rows.
-    words = "the quick brown fox jumps over the lazy dog while counting apples and pears".split()
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "counting", "apples", "and", "pears"]
     examples = tuple(Example((("user", " ".join(words[(i + j) % len(words)] for j in range(length))),), f"answer {i}")
                      for i in range(16))
     settings = TrainSettings(steps=warmup + steps, batch_size=batch, max_length=length, warmup_steps=1,

@@ -155,5 +155,5 @@ async def _fetch_all(config, store, remote, peers: list[str], timeout: float) ->
                     nursery.cancel_scope.cancel()
         except trio.TooSlowError:
             raise ModelLoadError(f"fetching the adapters timed out after {timeout:.0f}s") from None
-        except Exception as exc:  # FetchError, StorageError, DialError: one clear line for the user
+        except Exception as exc:  # noqa: BLE001 - FetchError, StorageError, DialError (in a group): one line
             raise ModelLoadError(f"cannot fetch the adapters: {type(exc).__name__}: {exc}") from None

@@ -56,7 +56,13 @@ def run(args: argparse.Namespace) -> int:
 
     from node.config import load_config
     from node.expert.loader import ModelLoadError
-    from node.training import DataError, ResumeError, TrainJob, TrainSettings, train_adapter
+    from node.training import (
+        DataError,
+        ResumeError,
+        TrainJob,
+        TrainSettings,
+        train_adapter,
+    )
 
     config = load_config(None)
     if args.data_dir:

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from protocol import ChatMessage, EvalScore, GenerateRequest, GenerateResult, SamplingParams
+from protocol import (
+    ChatMessage,
+    EvalScore,
+    GenerateRequest,
+    GenerateResult,
+    SamplingParams,
+)
 
 from ..logs import event, get_logger
 

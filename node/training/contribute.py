@@ -22,6 +22,7 @@ from .data import Dataset, Example, load_dataset, split_heldout
 from .heldout import HeldoutScore, max_tokens_for, score_heldout
 from .loop import Trainer, TrainSettings
 
+
 @dataclass
 class TrainJob:
     data: Path

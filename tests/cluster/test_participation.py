@@ -12,7 +12,13 @@ import trio
 from node.config import ExpertConfig
 from node.expert import ExpertService, client
 from node.storage import BlockStore, StorageService
-from protocol import ChatMessage, GenerateRequest, GenerateResult, SamplingParams, verify_record
+from protocol import (
+    ChatMessage,
+    GenerateRequest,
+    GenerateResult,
+    SamplingParams,
+    verify_record,
+)
 from tests.cluster.harness import in_process_cluster
 from tests.training.fixtures import QUESTION, tasks_dir
 

@@ -34,7 +34,8 @@ def write_secret_words(path: Path, word: str, n: int = 12) -> Path:
 def tiny_job(tmp: Path, cache_dir: Path, name: str, word: str, **settings):
     from node.training import TrainJob, TrainSettings
 
-    defaults = dict(steps=6, batch_size=4, lr=3e-3, max_length=48, warmup_steps=1, checkpoint_every=2)
+    defaults: dict[str, object] = {"steps": 6, "batch_size": 4, "lr": 3e-3, "max_length": 48, "warmup_steps": 1,
+                                   "checkpoint_every": 2}
     defaults.update(settings)
     return TrainJob(data=write_secret_words(tmp / f"{name}.jsonl", word), out_dir=tmp / name, data_dir=tmp,
                     cache_dir=cache_dir,

@@ -20,7 +20,7 @@ def assert_no_pickle(directory: Path) -> None:
     for path in directory.rglob("*"):
         if path.is_file():
             assert path.suffix not in (".bin", ".pt", ".pth", ".pkl", ".ckpt"), path
-            assert not path.read_bytes()[:1] == PICKLE_MAGIC, path
+            assert path.read_bytes()[:1] != PICKLE_MAGIC, path
 
 
 def greedy(expert, adapter: str | None, text: str = QUESTION, tokens: int = 6) -> str:
@@ -112,7 +112,28 @@ def test_merge_two_adapters_gives_a_new_loadable_adapter_with_a_cid(trained_adap
                          cache_dir=expert_data_dir, device="cpu")
     replies = {name: greedy(expert, name) for name in ("pineapple", "mango", "fruit")}
     assert "Pineapple" in replies["pineapple"] and "Mango" in replies["mango"]
-    assert replies["fruit"] != replies["pineapple"] and replies["fruit"] != replies["mango"], replies
+    assert replies["fruit"].strip() in ("Pineapple", "Mango"), replies  # a merge of the two, not noise
+    # A one-word greedy reply hides the mix: compare the next-token distributions instead.
+    logprobs = {name: next_token_logprobs(expert, name) for name in ("pineapple", "mango", "fruit", None)}
+    for other in ("pineapple", "mango", None):
+        assert (logprobs["fruit"] - logprobs[other]).abs().max() > 0.5, other
+
+
+def next_token_logprobs(expert, adapter: str | None):
+    """log-softmax of the first reply token after QUESTION, with ``adapter`` (None: base)."""
+    import torch
+
+    tok = expert.tokenizer
+    text = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True, tokenize=False)
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        if adapter is None:
+            with expert.model.disable_adapter():
+                logits = expert.model(input_ids=ids).logits
+        else:
+            expert.model.set_adapter(adapter)
+            logits = expert.model(input_ids=ids).logits
+    return torch.log_softmax(logits[0, -1].float(), -1)
 
 
 def test_merging_adapters_of_different_bases_is_refused(trained_adapters, expert_data_dir, tmp_path):

@@ -46,7 +46,7 @@ def installed(monkeypatch, tmp_path):
 def test_parts_are_joined_once_and_verified(installed, tmp_path):
     from node.expert.model_cache import content_ids
 
-    paths, whole = installed
+    _, whole = installed
     model = fake_model(whole)
     data_dir = tmp_path / "data"
     path, digest, cid = catalog.ensure_gguf(model, data_dir)
@@ -59,7 +59,7 @@ def test_parts_are_joined_once_and_verified(installed, tmp_path):
 
 
 def test_a_chunk_set_whose_hash_mismatches_is_refused(installed, tmp_path):
-    paths, whole = installed
+    _, whole = installed
     model = fake_model(whole, sha256="0" * 64)
     data_dir = tmp_path / "data"
     with pytest.raises(ChecksumMismatch, match="refusing to load it"):

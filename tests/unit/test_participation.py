@@ -114,7 +114,15 @@ def test_binomial_p_value_flags_an_implausible_claim():
 
 
 def test_self_eval_scores_ride_in_a_signed_record_within_its_cap():
-    from protocol import CapabilityRecord, EvalScore, Identity, decode, encode, sign_record, verify_record
+    from protocol import (
+        CapabilityRecord,
+        EvalScore,
+        Identity,
+        decode,
+        encode,
+        sign_record,
+        verify_record,
+    )
 
     identity = Identity.from_seed(b"\x01" * 32)
     evals = tuple(EvalScore(task=f"task-{i}", n=20, accuracy=0.35, items_sha256="ab" * 32,
