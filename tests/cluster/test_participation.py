@@ -50,8 +50,9 @@ async def test_trained_adapter_published_fetched_by_cid_and_served(trained_adapt
             record = node1.own_record()
             with_adapter = await ask(node0.host, node1.peer_id, "pineapple")
             without = await ask(node0.host, node1.peer_id, None)
+            fetched = cluster.root / "node-1" / "content" / cid
+            assert (fetched / "mosaic-card.json").is_file()  # the card came along with the weights
     assert [(a.name, a.cid) for a in record.adapters] == [("pineapple", cid)]
-    assert (cluster.root / "node-1" / "content" / cid / "mosaic-card.json").is_file()  # the card came along
     assert "Pineapple" in with_adapter and "Pineapple" not in without, (with_adapter, without)
 
 
