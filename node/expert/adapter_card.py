@@ -105,6 +105,8 @@ def save_adapter(peft_model: Any, out_dir: Path, card: dict[str, Any], *, model_
                 f.unlink()
         write_card(staging, card)
         os.chmod(staging, 0o755)  # mkdtemp makes it private; an adapter is meant to be shared
+        for f in staging.iterdir():
+            os.chmod(f, 0o644)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
