@@ -116,6 +116,7 @@ def resolve_refs(config, refs: list[str], peers: list[str], timeout: float) -> l
         except ProtocolError:
             raise ModelLoadError(f"{ref!r} is neither an adapter directory nor a CID") from None
         dest = config.data_path / "content" / str(cid)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         out.append((dest, str(cid)))
         if store.has(cid) and not store.missing(cid):
             if not (dest / "adapter_model.safetensors").is_file():

@@ -143,3 +143,21 @@ def test_self_eval_scores_ride_in_a_signed_record_within_its_cap():
     raw["evals"] = [{**raw["evals"][0], "accuracy": 0.5, "items_sha256": "not-a-digest"}]
     with pytest.raises(ProtocolError):
         decode(msgspec.msgpack.encode(raw), CapabilityRecord)
+
+
+def test_merge_exports_adapters_named_by_cid_from_the_local_block_store(tmp_path):
+    from node.cli.merge import resolve_refs
+    from node.config import NodeConfig
+    from node.storage import BlockStore
+    from node.storage.importer import import_path
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    (adapter / "adapter_config.json").write_text("{}")
+    config = NodeConfig(data_dir=str(tmp_path / "data"))
+    cid = import_path(BlockStore.for_data_dir(config.data_path), adapter).cid
+    [(path, ref)] = resolve_refs(config, [str(cid)], [], timeout=10)
+    assert ref == str(cid) and (path / "adapter_model.safetensors").read_bytes() == b"weights"
+    [(local, none)] = resolve_refs(config, [str(adapter)], [], timeout=10)
+    assert local == adapter and none is None
