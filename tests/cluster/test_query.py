@@ -183,7 +183,8 @@ async def test_cli_query_and_status(base_expert, adapter_expert):
 
             plain = await trio.run_process(
                 [sys.executable, "-m", "node", "query", "--peer", addr, "--tags", "n1", "--max-tokens", "4",
-                 "--strategy", "vote", "--param", "k=2", "--param", "kind=text", "--trace", "Say hi."],
+                 "--strategy", "vote", "--param", "k=2", "--param", "kind=text", "--trace", "--verify",
+                 "Say hi."],
                 cwd=REPO_ROOT, capture_stdout=True, capture_stderr=True, check=False)
             assert plain.returncode == 0, plain.stderr.decode()[-2000:]
             assert plain.stdout.decode().strip()
@@ -191,6 +192,8 @@ async def test_cli_query_and_status(base_expert, adapter_expert):
             assert "served by" in err and "strategy=vote" in err and "k=2" in err and "kind=text" in err
             assert "proposer" in err and "decision: majority" in err and "digest sha256:" in err
             assert c.base.peer_id[-8:] in err and c.noisy.peer_id[-8:] in err  # both experts proposed
+            # --verify: each proposer's signed receipt checks out against its peer id.
+            assert err.count("receipt ok") == 2 and "receipt FAIL" not in err, err[-2000:]
 
             for bad_param in (["--param", "k"], ["--strategy", "vote", "--param", "BAD=1"]):
                 bad = await trio.run_process(
