@@ -10,6 +10,7 @@ shares 127.0.0.1, so the per-address caps are checked on the accounting).
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 import protocol as p
@@ -19,7 +20,7 @@ from node.expert.service import ExpertService
 from node.net.discovery import dial
 from node.net.host import build_host, listen_multiaddrs
 from node.net.keys import libp2p_key_pair
-from node.net.streams import _Limits, open_stream
+from node.net.streams import StreamClosed, _Limits, open_stream
 from tests.cluster.harness import in_process_cluster
 
 SQUATTERS = 20
@@ -32,19 +33,39 @@ async def _run_host(host, task_status=trio.TASK_STATUS_IGNORED) -> None:
         await trio.sleep_forever()
 
 
+@pytest.mark.timeout(300)
 async def test_idle_squatters_do_not_starve_honest_queries(base_expert) -> None:
-    with trio.fail_after(120):
+    with trio.fail_after(240):
         async with in_process_cluster() as cluster, trio.open_nursery() as nursery:
             victim = await cluster.add(0, services=[ExpertService(expert=base_expert, threads=1), QueryService()])
             addr = victim.full_multiaddrs()[0]
-            held = []
+            held = [0]
+
+            async def squat(host) -> None:
+                """Hold one idle stream, and open a new one whenever the node ends it (as a real
+                squatter does: the node's 10 s first-message deadline alone frees nothing)."""
+                while True:
+                    try:
+                        stream = await open_stream(host, victim.peer_id, p.QUERY_PROTOCOL)  # and say nothing
+                    except StreamClosed:
+                        await trio.sleep(0.05)
+                        continue
+                    held[0] += 1
+                    try:
+                        await stream.receive()
+                    except Exception:  # noqa: BLE001 - reset, busy, timeout: all mean "open another"
+                        pass
+                    held[0] -= 1
+
             for _ in range(SQUATTERS):
                 host = build_host(libp2p_key_pair(p.Identity.generate()), ["/ip4/127.0.0.1/tcp/0"])
                 await nursery.start(_run_host, host)
                 await dial(host, addr)
                 for _ in range(STREAMS_EACH):
-                    held.append(await open_stream(host, victim.peer_id, p.QUERY_PROTOCOL))  # and say nothing
-            await trio.sleep(0.3)  # every squatter's handler is now waiting for its first frame
+                    nursery.start_soon(squat, host)
+            with trio.fail_after(60):  # the protocol's 64 slots are all held by squatters
+                while held[0] < 64:
+                    await trio.sleep(0.05)
 
             honest = build_host(libp2p_key_pair(p.Identity.generate()), ["/ip4/127.0.0.1/tcp/0"])
             await nursery.start(_run_host, honest)
