@@ -17,7 +17,13 @@ import trio
 from libp2p.peer.id import ID
 
 from node.logs import line_handler
-from node.net.dht import MAX_DHT_VALUE, Capped, CapabilityRecordValidator, DHTValueRefused, record_key
+from node.net.dht import (
+    MAX_DHT_VALUE,
+    CapabilityRecordValidator,
+    Capped,
+    DHTValueRefused,
+    record_key,
+)
 from node.net.discovery import add_to_routing_table
 from protocol import Identity
 from tests.cluster.harness import in_process_cluster

@@ -25,8 +25,16 @@ from node.storage.blockstore import BlockStore, StorageError
 from node.storage.exporter import export
 from node.storage.fetch import DagSizeMismatch, DagTooLarge, fetch_dag
 from protocol import Identity
-from protocol.cid import DAG_PB, RAW, CID, cid_for_block
-from protocol.dagpb import DIRECTORY, FILE, PBLink, PBNode, UnixFSData, encode_node, encode_unixfs
+from protocol.cid import CID, DAG_PB, RAW, cid_for_block
+from protocol.dagpb import (
+    DIRECTORY,
+    FILE,
+    PBLink,
+    PBNode,
+    UnixFSData,
+    encode_node,
+    encode_unixfs,
+)
 from protocol.errors import DecodeError
 from protocol.unixfs import read_block
 
