@@ -98,8 +98,12 @@ async def flood(expert_model, count: int) -> None:
 
 
 async def fuzz(expert_model, count: int) -> None:
+    def progress(protocol_id: str, report, seconds: float) -> None:
+        print(f"  {protocol_id}: {report.answered} answered, {report.closed} closed, {report.silent} silent "
+              f"in {seconds:.0f} s", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
-        reports = await run_fuzz(expert_model, count, Path(tmp))
+        reports = await run_fuzz(expert_model, count, Path(tmp), progress)
     honest = reports.pop("honest_after")
     growth = reports.pop("rss_growth_mib")
     print(f"\nfuzz: {count} mutated frames per protocol from 16 identities; victim process RSS +{growth:.0f} MiB "

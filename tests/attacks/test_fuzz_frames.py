@@ -54,7 +54,7 @@ def seed_frames(cid: CID | None = None) -> dict[str, list[bytes]]:
     return seeds
 
 
-async def run_fuzz(base_expert, frames: int, root: Path) -> dict[str, object]:
+async def run_fuzz(base_expert, frames: int, root: Path, on_protocol=None) -> dict[str, object]:
     """Fuzz every protocol of one victim node; returns the reports (used by the benchmark too)."""
     store = BlockStore(root / "victim-store")
     (root / "w.bin").write_bytes(os.urandom(300_000))
@@ -76,6 +76,8 @@ async def run_fuzz(base_expert, frames: int, root: Path) -> dict[str, object]:
             started = trio.current_time()
             report = await fuzz_protocol(hosts, victim.peer_id, protocol_id, seeds, frames, rng=rng)
             reports[protocol_id] = (report, trio.current_time() - started)
+            if on_protocol is not None:  # the benchmark prints as it goes
+                on_protocol(protocol_id, *reports[protocol_id])
         reports["rss_growth_mib"] = _rss_mib() - rss_before
         # Still serving honest clients.
         request = p.QueryRequest(request_id="after", prompt="Hi", sampling=p.SamplingParams(max_new_tokens=2), timeout_s=30.0)
