@@ -62,7 +62,15 @@ from protocol.receipts import prompt_digest
 from protocol.verify import encode_receipt, step_request_id
 
 from .health import Health, finite
-from .routing import Candidate, Need, NoExpertAvailable, Route, diverse, rank
+from .routing import (
+    Candidate,
+    Need,
+    NoExpertAvailable,
+    Route,
+    claimed_dev_score,
+    diverse,
+    rank,
+)
 from .session_port import PoolSession, open_pool_session
 
 # Floor of the adaptive per-token budget (see Pool.token_budget).
@@ -198,7 +206,8 @@ class Pool:
         return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id),
                           h.banned(r.peer_id) or self._demoted(r.peer_id),
                           verified=r.peer_id in verified or r.peer_id == self._local_id,
-                          local=r.peer_id == self._local_id)
+                          local=r.peer_id == self._local_id,
+                          dev_score=claimed_dev_score(r, self.query.tags))
                 for r in self._records()]
 
     def rank(self, need: Need | None = None, *, exclude: Iterable[str] = (),

@@ -119,6 +119,16 @@ def _tag_match(record: CapabilityRecord, tags: Sequence[str]) -> tuple[float, st
     return len(wanted & have) / len(wanted), adapter
 
 
+def claimed_dev_score(record: CapabilityRecord, tags: Sequence[str]) -> float | None:
+    """The best dev accuracy the record's self-evaluation (``evals``) claims on a task named in ``tags``.
+
+    Self-reported and signed: a prior for ranking, not proof (reputation's spot checks and
+    ``node spot-check`` test claims).  ``node eval --task-tags`` puts the task name in the tags.
+    """
+    scores = [e.accuracy for e in record.evals if e.split == "dev" and e.task in tags]
+    return max(scores) if scores else None
+
+
 def score(candidate: Candidate, need: Need, adapter_match: float = 0.0) -> float:
     """Higher is better.  Capability match minus costs of load, latency and failures."""
     record = candidate.record

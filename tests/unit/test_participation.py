@@ -161,3 +161,19 @@ def test_merge_exports_adapters_named_by_cid_from_the_local_block_store(tmp_path
     assert ref == str(cid) and (path / "adapter_model.safetensors").read_bytes() == b"weights"
     [(local, none)] = resolve_refs(config, [str(adapter)], [], timeout=10)
     assert local == adapter and none is None
+
+
+def test_routers_rank_by_claimed_dev_scores_for_the_querys_task():
+    from node.coordinator.routing import Candidate, Need, claimed_dev_score, rank
+    from protocol import CapabilityRecord, EvalScore
+
+    def record(peer: str, accuracy: float, task: str = "gsm8k", split: str = "dev") -> CapabilityRecord:
+        claim = EvalScore(task=task, split=split, n=20, accuracy=accuracy, items_sha256="ab" * 32)
+        return CapabilityRecord(peer_id=peer, name=peer, seq=1, issued_at=1.0, ttl=60.0, evals=(claim,))
+
+    weak, strong = record("12D3weak", 0.1), record("12D3strong", 0.6)
+    assert claimed_dev_score(strong, ("gsm8k",)) == 0.6
+    assert claimed_dev_score(strong, ("arc_challenge",)) is None
+    assert claimed_dev_score(record("12D3t", 0.9, split="test"), ("gsm8k",)) is None  # only dev claims count
+    candidates = [Candidate(r, dev_score=claimed_dev_score(r, ("gsm8k",))) for r in (weak, strong)]
+    assert [route.peer_id for route in rank(candidates, Need(tags=("gsm8k",)))] == ["12D3strong", "12D3weak"]
