@@ -13,6 +13,7 @@ Spec: https://github.com/multiformats/cid
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 from dataclasses import dataclass
 
@@ -114,6 +115,6 @@ def parse_cid(text: str) -> CID:
             return cid_from_bytes(base64.b32decode(body + "=" * (-len(body) % 8)))
         if text[0] == "z":
             return cid_from_bytes(base58.b58decode(text[1:]))
-    except (ValueError, base64.binascii.Error) as exc:
+    except (ValueError, binascii.Error) as exc:
         raise DecodeError(f"malformed CID {text[:20]!r}: {exc}") from None
     raise DecodeError(f"unsupported CID encoding {text[:20]!r}")

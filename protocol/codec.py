@@ -29,7 +29,7 @@ MAX_MESSAGE_SIZE = 1024 * 1024
 M = TypeVar("M", bound=Message)
 
 _encoder = msgspec.msgpack.Encoder()
-_BY_TAG: dict[str, type[Message]] = {cls.__struct_config__.tag: cls for cls in ALL_MESSAGE_TYPES}
+_BY_TAG: dict[str, type[Message]] = {str(cls.__struct_config__.tag): cls for cls in ALL_MESSAGE_TYPES}
 _DECODERS: dict[type[Message], msgspec.msgpack.Decoder] = {
     cls: msgspec.msgpack.Decoder(cls) for cls in ALL_MESSAGE_TYPES
 }

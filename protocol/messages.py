@@ -184,6 +184,9 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
     first_token_seconds: Seconds | None = None
 
 
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
 class GenerateResult(Message, frozen=True, kw_only=True, tag="result"):
     request_id: RequestId
     text: Text

@@ -13,7 +13,7 @@ never as HTML, and the page's Content-Security-Policy allows only its own script
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     from node.app import Node
     from node.coordinator import Coordinator
 
-Handler = Callable[[dict, Callable, Callable], Awaitable[None]]
+# An ASGI scope, read-only (hypercorn passes TypedDicts, which are Mappings, not dicts).
+Scope = Mapping[str, Any]
+Handler = Callable[[Scope, Callable, Callable], Awaitable[None]]
 
 # Peers are pushed when the registry changes (at most once per PEERS_MIN_GAP_S) and at least every
 # PEERS_REFRESH_S (load and last-seen ages move without a new record; it also keeps proxies from
@@ -132,13 +134,13 @@ class Dashboard:
 
     # ------------------------------------------------------------------ handlers
 
-    async def _metrics(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def _metrics(self, scope: Scope, receive: Callable, send: Callable) -> None:
         await _send(send, 200, self.metrics.render(), CONTENT_TYPE.encode())
 
-    async def _state(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def _state(self, scope: Scope, receive: Callable, send: Callable) -> None:
         await _send(send, 200, _json.encode(self.state()), b"application/json")
 
-    async def _report_file(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def _report_file(self, scope: Scope, receive: Callable, send: Callable) -> None:
         path = scope["path"][len("/v1/dashboard/report/"):]
         if self.report_dir is None:
             raise not_found(scope["path"])
@@ -151,7 +153,7 @@ class Dashboard:
         data = await trio.to_thread.run_sync(target.read_bytes)
         await _send(send, 200, data, REPORT_TYPES[target.suffix], [(b"x-content-type-options", b"nosniff")])
 
-    async def _events(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def _events(self, scope: Scope, receive: Callable, send: Callable) -> None:
         """SSE: one ``state`` event, then ``query``/``usage`` events as they happen and ``peers`` on change."""
         await send({"type": "http.response.start", "status": 200, "headers": sse.HEADERS})
 

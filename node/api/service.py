@@ -9,8 +9,6 @@ handlers await the coordinator on the same trio loop as libp2p.
 from __future__ import annotations
 
 import logging
-
-from node.logs import get_logger
 import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -19,8 +17,9 @@ import trio
 
 from node.activity import activity_for
 from node.config import HttpConfig
-from node.metrics import metrics_for
 from node.coordinator.service import coordinator_for
+from node.logs import get_logger
+from node.metrics import metrics_for
 
 from .app import MAX_BODY, MosaicApi
 from .dashboard import Dashboard
@@ -67,7 +66,7 @@ class HttpService:
     def record_fields(self) -> dict[str, object]:
         return {}
 
-    async def run(self, node: Node, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from hypercorn.config import Config
         from hypercorn.trio import serve
 
@@ -86,4 +85,4 @@ class HttpService:
             binds = await nursery.start(partial(serve, app, config))
             self.url = binds[0]
             log.info("event=http_listening url=%s auth=%s", self.url, "token" if self._config.token else "none")
-            task_status.started(self.url)
+            task_status.started()

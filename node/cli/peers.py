@@ -117,6 +117,6 @@ def format_table(records) -> str:
             f"{r.expires_at() - now:.0f}s", r.multiaddrs[0] if r.multiaddrs else "-",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.append(f"{len(records)} peer(s)")
     return "\n".join(lines)

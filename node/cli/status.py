@@ -151,7 +151,7 @@ def render(status: dict[str, Any]) -> str:
     if status.get("strategies"):
         lines.append("strategies: " + ", ".join(f"mosaic/{s}" for s in status["strategies"]))
     for row in [columns, *rows]:
-        lines.append("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+        lines.append("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
 
 

@@ -6,7 +6,8 @@ the peer we ask is the coordinator and does all routing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -15,11 +16,14 @@ from protocol import QUERY_PROTOCOL, ErrorMessage, ProtocolError, QueryChunk, Qu
 
 from .pool import QueryFailed
 
+if TYPE_CHECKING:
+    from libp2p.abc import IHost
+
 # Chunks are small, but a non-streamed answer arrives in one frame: allow the protocol's max.
 _REPLIES = (QueryChunk, QueryResult, ErrorMessage)
 
 
-async def ask(host: object, peer_id: str, request: QueryRequest) -> AsyncIterator[QueryChunk | QueryResult]:
+async def ask(host: IHost, peer_id: str, request: QueryRequest) -> AsyncGenerator[QueryChunk | QueryResult, None]:
     """Send ``request`` to ``peer_id``; yield its chunks then its :class:`QueryResult`.
 
     Raises :class:`QueryFailed` with the remote ErrorMessage's code (``busy``,

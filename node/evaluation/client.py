@@ -248,6 +248,7 @@ async def open_client(*, http: str | None = None, peer: str | None = None,
         finally:
             await client.aclose()
         return
+    assert peer is not None  # exactly one of http and peer, checked above
     from node.net.discovery import DialError, dial
     from node.net.host import build_host, listen_multiaddrs
     from node.net.keys import libp2p_key_pair

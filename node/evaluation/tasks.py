@@ -141,7 +141,7 @@ def _item(where: str, task: str, task_type: str, split: str, key: str, entry: di
             options.append((letter, str(text)))
         if answer not in choices:
             raise TaskFileError(f"{where}: 'answer' {answer!r} is not one of the options {', '.join(choices)}")
-        return TaskItem(task, task_type, split, key, question, (answer,), tuple(options), meta)
+        return TaskItem(task, task_type, split, key, question, (str(answer),), tuple(options), meta)
     question, output = entry.get("input"), entry.get("output")
     if not isinstance(question, str):
         raise TaskFileError(f"{where}: {task_type} item needs a string 'input'")

@@ -29,7 +29,7 @@ def mergeable(cache: Any) -> bool:
     from transformers.cache_utils import DynamicLayer
 
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+    return layers is not None and bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
 class BatchCache:
@@ -53,9 +53,10 @@ class BatchCache:
         if self.cache is None:
             self.cache, self.mask = cache, mask
             return
+        assert self.mask is not None  # set together with self.cache
         total = max(self.length, length)
         grow_batch, grow_new = total - self.length, total - length
-        for mine, theirs in zip(self.cache.layers, cache.layers):
+        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
             mine.keys = torch.cat([_pad_left(mine.keys, grow_batch), _pad_left(theirs.keys, grow_new)], dim=0)
             mine.values = torch.cat([_pad_left(mine.values, grow_batch), _pad_left(theirs.values, grow_new)], dim=0)
         self.mask = torch.cat([_pad_left_mask(self.mask, grow_batch), _pad_left_mask(mask, grow_new)], dim=0)

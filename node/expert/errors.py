@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from protocol import ErrorMessage
+from protocol import ErrorCode, ErrorMessage
 
 
 class RequestRejected(Exception):
     """The expert will not run this request; ``code`` is the wire ``ErrorMessage.code``."""
 
-    code = "bad_request"
+    code: ErrorCode = "bad_request"
 
     def __init__(self, message: str, *, request_id: str = "") -> None:
         super().__init__(message)
@@ -21,24 +21,24 @@ class RequestRejected(Exception):
 class Busy(RequestRejected):
     """The queue is full (backpressure): retry later or on another expert."""
 
-    code = "busy"
+    code: ErrorCode = "busy"
 
 
 class UnknownAdapter(RequestRejected):
-    code = "not_found"
+    code: ErrorCode = "not_found"
 
 
 class PromptTooLong(RequestRejected):
-    code = "too_large"
+    code: ErrorCode = "too_large"
 
 
 class ExpertStopped(RequestRejected):
-    code = "unavailable"
+    code: ErrorCode = "unavailable"
 
 
 class DeadlineExceeded(RequestRejected):
-    code = "timeout"
+    code: ErrorCode = "timeout"
 
 
 class Cancelled(RequestRejected):
-    code = "cancelled"
+    code: ErrorCode = "cancelled"

@@ -70,4 +70,4 @@ def _drawable(probs: torch.Tensor) -> bool:
 def choose_tokens(logits: torch.Tensor, samplers: list[TokenSampler]) -> list[int]:
     """Next token for every row of ``logits`` (``[batch, vocab]``), one sampler per row."""
     greedy = logits.argmax(dim=-1).tolist()
-    return [g if s.greedy else s.sample(logits[i]) for i, (g, s) in enumerate(zip(greedy, samplers))]
+    return [g if s.greedy else s.sample(logits[i]) for i, (g, s) in enumerate(zip(greedy, samplers, strict=True))]

@@ -1,11 +1,11 @@
 """Networking: libp2p host with safe defaults, DHT records, gossip, framed streams."""
 
-from .discovery import DialError, dial, peer_info_from_multiaddr
 from .dht import CapabilityRecordValidator, fetch_record, put_record, record_key
+from .discovery import DialError, dial, peer_info_from_multiaddr
 from .exchange import ExchangeRefused, fetch_table
 from .gossip import Announcer, verify_batch
 from .host import build_host
-from .keys import load_or_create_identity, libp2p_key_pair, write_identity
+from .keys import libp2p_key_pair, load_or_create_identity, write_identity
 from .streams import FramedStream, StreamClosed, open_stream, serve
 
 __all__ = [

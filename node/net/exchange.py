@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import trio
+from libp2p.abc import IHost
 
 from protocol import RECORD_PROTOCOL, ErrorMessage, RecordBatch, SignedRecord, decode
 
@@ -31,7 +32,7 @@ EXCHANGE_TIMEOUT = 10.0
 
 
 def serve_records(
-    host: object,
+    host: IHost,
     own_record: Callable[[], SignedRecord | None],
     table: Callable[[], list[SignedRecord]],
     on_record: Callable[[SignedRecord, str], object],
@@ -65,7 +66,7 @@ class ExchangeRefused(Exception):
     """The peer answered with an ``ErrorMessage`` (e.g. ``busy``) instead of its table."""
 
 
-async def fetch_table(host: object, peer_id: str, own: SignedRecord | None, *, timeout: float = EXCHANGE_TIMEOUT) -> list[SignedRecord]:
+async def fetch_table(host: IHost, peer_id: str, own: SignedRecord | None, *, timeout: float = EXCHANGE_TIMEOUT) -> list[SignedRecord]:
     """Send ``own`` (if any) to ``peer_id`` and return every signed record it holds (unverified)."""
     records: list[SignedRecord] = []
     with trio.fail_after(timeout):

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 import trio
+from libp2p.abc import IHost
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 
@@ -63,7 +64,7 @@ class _Budget:
         return True
 
 
-def build_pubsub(host: object, *, heartbeat_interval: int = 1, max_messages_per_second: float = 100.0) -> tuple[GossipSub, Pubsub]:
+def build_pubsub(host: IHost, *, heartbeat_interval: int = 1, max_messages_per_second: float = 100.0) -> tuple[GossipSub, Pubsub]:
     """GossipSub with a 1 s heartbeat (default 120 s, B4) and a spam limit sized for N announcers.
 
     The default 10 msg/s per forwarding peer drops relays as soon as more than

@@ -13,11 +13,11 @@ py-libp2p 0.8.1 defaults are unsafe or slow (research/libp2p.md):
 from __future__ import annotations
 
 import socket
-
-import trio
 from collections.abc import Sequence
 
+import trio
 from libp2p import new_host
+from libp2p.abc import IHost
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.network.config import ConnectionConfig
@@ -30,7 +30,7 @@ MAX_CONNECTIONS_PER_PEER = 1
 DIAL_TIMEOUT = 10.0
 
 
-def build_host(key_pair: KeyPair, listen: Sequence[str], *, mdns: bool = False) -> object:
+def build_host(key_pair: KeyPair, listen: Sequence[str], *, mdns: bool = False) -> IHost:
     """A TCP + Noise + yamux host for ``key_pair``; start it with ``host.run(listen_addrs)``.
 
     ``mdns`` announces and discovers peers on the LAN (measured to work on loopback too);
@@ -76,7 +76,7 @@ def expand_wildcard(addr: str) -> list[str]:
     return [f"/ip4/{ip}/{rest}" for ip in _local_ipv4()]
 
 
-async def disconnect_all(host: object, *, timeout: float = 2.0) -> None:
+async def disconnect_all(host: IHost, *, timeout: float = 2.0) -> None:
     """Close every connection, shielded and bounded: call before stopping pubsub/DHT services.
 
     py-libp2p keeps reading pubsub streams in the swarm's tasks after the Pubsub
@@ -85,9 +85,9 @@ async def disconnect_all(host: object, *, timeout: float = 2.0) -> None:
     tests as "Nursery is closed to new arrivals").  No connections, no RPCs.
     """
     with trio.CancelScope(shield=True), trio.move_on_after(timeout):
-        for peer_id in list(host.get_connected_peers()):  # type: ignore[attr-defined]
+        for peer_id in list(host.get_connected_peers()):
             try:
-                await host.disconnect(peer_id)  # type: ignore[attr-defined]
+                await host.disconnect(peer_id)
             except Exception:  # already gone
                 pass
 

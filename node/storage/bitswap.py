@@ -40,7 +40,7 @@ REPLY_DEADLINE = 30.0
 
 
 def _to_cid(value: object) -> CID:
-    return cid_from_bytes(cid_to_bytes(value))  # type: ignore[arg-type]
+    return cid_from_bytes(cid_to_bytes(value))
 
 
 class StoreAdapter(LibBlockStore):
@@ -81,7 +81,7 @@ CIDV0_PREFIX = bytes((0x00, 0x70, 0x12, 0x20))
 
 
 class KuboCompatibleBitswap(BitswapClient):
-    async def _send_wantlist_responses_inline(self, stream, peer_id, v100, v110, presences):  # type: ignore[override]
+    async def _send_wantlist_responses_inline(self, stream, peer_id, v100, v110, presences):
         """Reply on a new outbound stream (Kubo ignores replies on its inbound stream).
 
         Second fix, found by tests/interop: for a CIDv0 block py-libp2p sends an
@@ -105,7 +105,7 @@ class Bitswap:
     def __init__(self, host: IHost, store: BlockStore) -> None:
         self.host = host
         self.store = store
-        self.client = KuboCompatibleBitswap(host, StoreAdapter(store))  # type: ignore[arg-type]
+        self.client = KuboCompatibleBitswap(host, StoreAdapter(store))
 
     async def start(self, nursery: trio.Nursery) -> None:
         self.client.set_nursery(nursery)

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.cid import RAW, CID, parse_cid
+from protocol.cid import CID, RAW, parse_cid
 from protocol.errors import ProtocolError
 from protocol.unixfs import MAX_BLOCK_SIZE, child_cids
 
