@@ -188,7 +188,9 @@ class QueryRecorder:
     def elapsed(self) -> float:
         return time.monotonic() - self._started
 
-    async def watch(self, events: AsyncIterator[QueryChunk | QueryResult]) -> AsyncGenerator[QueryChunk | QueryResult, None]:
+    async def watch(
+        self, events: AsyncIterator[QueryChunk | QueryResult]
+    ) -> AsyncGenerator[QueryChunk | QueryResult, None]:
         """``events`` unchanged; the first one times the first token, the result finishes the record."""
         view, activity = self.view, self._activity
         async for item in events:
@@ -215,7 +217,7 @@ def _cause(exc: BaseException | None) -> BaseException | None:
             leaves.append(item)
     typed = [e for e in leaves if getattr(e, "code", None)]
     others = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-    return (typed or others or leaves or [None])[0]
+    return (typed or others or leaves)[0] if leaves else None
 
 
 def trace_peers(trace: Any) -> set[str]:

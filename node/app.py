@@ -54,11 +54,11 @@ from .net.discovery import (
     routing_table_peers,
 )
 from .net.exchange import EXCHANGE_TIMEOUT, fetch_table, serve_records
-from .net.streams import StreamClosed, is_allowed, set_allowlist
 from .net.gossip import Announcer, build_pubsub
 from .net.host import build_host, disconnect_all, disconnect_peer, expand_wildcard, listen_multiaddrs
 from .net.keys import libp2p_key_pair, load_or_create_identity
 from .net.ports import check_listen_addrs
+from .net.streams import StreamClosed, is_allowed, set_allowlist
 from .registry import Registry
 
 log = get_logger("node")
@@ -243,7 +243,8 @@ class Node:
         tags = list(self.config.tags)
         for service in self.services:
             extra = dict(service.record_fields())
-            for tag in extra.pop("tags", ()) or ():
+            extra_tags = extra.pop("tags", ()) or ()
+            for tag in extra_tags if isinstance(extra_tags, (list, tuple)) else ():
                 if tag not in tags:
                     tags.append(tag)
             fields.update(extra)
@@ -363,7 +364,13 @@ class Node:
                 records = await fetch_table(self.host, peer_id, self._signed)
                 break
             except Exception as exc:  # not a Mosaic node (e.g. the peers CLI), busy, slow, or gone
-                event(log, "exchange_failed", peer=peer_id, attempt=attempt + 1, error=f"{type(exc).__name__}: {exc}"[:160])
+                event(
+                    log,
+                    "exchange_failed",
+                    peer=peer_id,
+                    attempt=attempt + 1,
+                    error=f"{type(exc).__name__}: {exc}"[:160],
+                )
                 if isinstance(exc, StreamClosed) and "protocols not supported" in str(exc):
                     return
                 await trio.sleep(0.5 * (attempt + 1))

@@ -157,7 +157,9 @@ class NodeConfig:
         from protocol.records import MAX_RECORD_TTL
 
         if not 0 < net.record_ttl <= MAX_RECORD_TTL:
-            raise ConfigError(f"net.record_ttl: must be in (0, {MAX_RECORD_TTL:g}] seconds (peers keep no record longer)")
+            raise ConfigError(
+                f"net.record_ttl: must be in (0, {MAX_RECORD_TTL:g}] seconds (peers keep no record longer)"
+            )
         for key in ("announce_interval", "dht_republish_interval", "dht_sync_interval", "routing_refresh_interval"):
             if getattr(net, key) < 0:
                 raise ConfigError(f"net.{key}: must be >= 0 seconds (0 disables)")
@@ -192,7 +194,9 @@ class NodeConfig:
 # --------------------------------------------------------------------------- loading
 
 
-def load_config(path: str | os.PathLike[str] | None = None, *, env: typing.Mapping[str, str] | None = None) -> NodeConfig:
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, env: typing.Mapping[str, str] | None = None
+) -> NodeConfig:
     """Defaults, then the TOML file at ``path`` (if any), then ``MOSAIC_*`` variables."""
     config = NodeConfig()
     if path is not None:

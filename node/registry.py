@@ -118,7 +118,11 @@ class Registry:
             if self._trusted and source != "self" and peer_id not in self._trusted:
                 self.note_rejected("NotTrusted", source, f"{str(peer_id)[-8:]} is not in this private swarm")
                 return None
-            if peer_id is not None and peer_id not in self._signed and not self._admit(peer_id, source, from_peer, via, now):
+            if (
+                peer_id is not None
+                and peer_id not in self._signed
+                and not self._admit(peer_id, source, from_peer, via, now)
+            ):
                 return None
             accepted = self._book.offer(signed, now, from_peer=from_peer)
             if self._book.expires_at(accepted.record) <= now:
@@ -161,7 +165,9 @@ class Registry:
         """Room for a new peer?  Per-source cap first, then the total cap with eviction."""
         charged = from_peer or via or source
         if source != "self" and from_peer is None and self._per_via[charged] >= self.max_per_source:
-            self.note_rejected("SourceCapReached", source, f"{charged[-8:]} already brought {self.max_per_source} peers")
+            self.note_rejected(
+                "SourceCapReached", source, f"{charged[-8:]} already brought {self.max_per_source} peers"
+            )
             return False
         if len(self._signed) < self.max_records:
             return True

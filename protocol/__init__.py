@@ -56,6 +56,7 @@ from .messages import (
     SignedRecord,
     TokenChunk,
     Usage,
+    is_error_code,
 )
 from .receipts import Receipt, SignedReceipt, open_receipt, sign_receipt, verify_receipt
 from .records import Accepted, RecordBook, sign_record, verify_record

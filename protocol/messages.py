@@ -12,7 +12,7 @@ an unknown *version* or *type* is an error.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeGuard, get_args
 
 import msgspec
 from msgspec import Meta
@@ -260,6 +260,14 @@ ErrorCode = Literal[
 ]
 
 
+def is_error_code(code: str) -> TypeGuard[ErrorCode]:
+    """Whether ``code`` is one of the protocol's error codes (a reply must never carry another)."""
+    return code in _ERROR_CODES
+
+
+_ERROR_CODES = frozenset(get_args(ErrorCode))
+
+
 class ErrorMessage(Message, frozen=True, kw_only=True, tag="error"):
     code: ErrorCode
     message: Annotated[str, Meta(max_length=2048)]
@@ -384,7 +392,7 @@ class QueryResult(Message, frozen=True, kw_only=True, tag="query_result"):
     trace: Trace | None = None
 
 
-from .trace import Trace
+from .trace import Trace  # noqa: E402 -- trace.py imports Message from here: a cycle only a late import breaks
 
 ALL_MESSAGE_TYPES: tuple[type[Message], ...] = (
     CapabilityRecord,

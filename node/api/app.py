@@ -12,11 +12,8 @@ code; nothing a client sends produces a traceback or stops the server.
 from __future__ import annotations
 
 import hmac
-
-from node.logs import get_logger
 import time
-from collections.abc import Callable
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
@@ -27,11 +24,12 @@ from node.activity import Activity
 from node.coordinator import Coordinator, QueryFailed
 from node.coordinator.routing import VIRTUAL_PREFIX, model_ids
 from node.coordinator.strategies import STRATEGIES
+from node.logs import get_logger
 from protocol import Provenance, QueryChunk, QueryRequest, QueryResult, trace_digest
 
 from . import openai_schema as oai
 from . import sse
-from .dashboard import Dashboard
+from .dashboard import Dashboard, Handler, Scope
 from .errors import ApiError, from_code, method_not_allowed, model_not_found, not_found, too_large, unauthorized
 
 log = get_logger(__name__.removeprefix("node."))
@@ -71,7 +69,7 @@ class MosaicApi:
         self._max_body = max_body
         self._default_timeout = default_timeout
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
@@ -87,7 +85,7 @@ class MosaicApi:
             log.exception("unhandled error serving %s %s", scope.get("method"), scope.get("path"))
             await _send_error(send, ApiError(500, "Internal server error.", "server_error", None, "internal"))
 
-    async def _dispatch(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def _dispatch(self, scope: Scope, receive: Callable, send: Callable) -> None:
         method, path = scope["method"], scope["path"].rstrip("/") or "/"
         if path == "/health":
             await _send_json(send, 200, {"ok": True})
@@ -98,7 +96,7 @@ class MosaicApi:
                 raise method_not_allowed(method)
             await public(scope, receive, send)
             return
-        routes = {
+        routes: dict[str, tuple[str, Handler]] = {
             "/v1/chat/completions": ("POST", self._chat),
             "/v1/completions": ("POST", self._completion),
             "/v1/models": ("GET", self._models),
@@ -116,7 +114,7 @@ class MosaicApi:
             raise method_not_allowed(method)
         await handler(scope, receive, send)
 
-    def _authorize(self, scope: dict) -> None:
+    def _authorize(self, scope: Scope) -> None:
         if self._token is None:
             return
         header = dict(scope["headers"]).get(b"authorization", b"")
@@ -277,13 +275,20 @@ class MosaicApi:
                                 if chat:
                                     await body(chunk("", role=True))
                             if isinstance(event, QueryChunk):
-                                await body(chunk(event.text, mosaic={"provenance": oai.provenance_json([event.provenance])}))
+                                await body(
+                                    chunk(event.text, mosaic={"provenance": oai.provenance_json([event.provenance])})
+                                )
                             else:
                                 await body(chunk("", oai.finish_reason(event.finish_reason), oai.mosaic_json(event)))
                                 if include_usage:
-                                    usage = {"id": cid, "object": "chat.completion.chunk" if chat else "text_completion",
-                                             "created": created, "model": request.model, "choices": [],
-                                             "usage": oai.usage_json(event)}
+                                    usage = {
+                                        "id": cid,
+                                        "object": "chat.completion.chunk" if chat else "text_completion",
+                                        "created": created,
+                                        "model": request.model,
+                                        "choices": [],
+                                        "usage": oai.usage_json(event),
+                                    }
                                     await body(sse.event(usage))
             except (QueryFailed, trio.TooSlowError) as exc:
                 error = (from_code(exc.code, exc.message) if isinstance(exc, QueryFailed)
@@ -305,7 +310,7 @@ class MosaicApi:
 
     # ------------------------------------------------------------------ body
 
-    async def _read_body(self, scope: dict, receive: Callable) -> bytes:
+    async def _read_body(self, scope: Scope, receive: Callable) -> bytes:
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._max_body:

@@ -85,7 +85,10 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
 
 
 class CompletionRequest(_Sampling, kw_only=True):
-    prompt: Annotated[str, Meta(max_length=256 * 1024)] | Annotated[list[Annotated[str, Meta(max_length=256 * 1024)]], Meta(min_length=1, max_length=1)]
+    prompt: (
+        Annotated[str, Meta(max_length=256 * 1024)]
+        | Annotated[list[Annotated[str, Meta(max_length=256 * 1024)]], Meta(min_length=1, max_length=1)]
+    )
     echo: bool | None = None
     logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
     suffix: str | None = None
@@ -157,12 +160,17 @@ def _text(message: InMessage, index: int) -> str:
     return "".join(part.text for part in message.content)
 
 
+# OpenAI roles -> ours ("developer" is OpenAI's newer name for "system"); tool roles are refused.
+_ROLES: dict[str, Literal["system", "user", "assistant"]] = {
+    "system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
 def chat_messages(req: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
     out = []
     for i, m in enumerate(req.messages):
-        if m.role in ("tool", "function"):
+        role = _ROLES.get(m.role)
+        if role is None:
             raise _unsupported(f"messages[{i}].role", "tool messages are not supported.")
-        role = "system" if m.role == "developer" else m.role
         out.append(ChatMessage(role=role, content=_text(m, i)))
     return tuple(out)
 
@@ -170,9 +178,14 @@ def chat_messages(req: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
 def to_query(req: ChatCompletionRequest | CompletionRequest, *, strategy: str, model: str | None,
              default_timeout: float) -> QueryRequest:
     """The Mosaic query for an OpenAI request (``model``: a pinned expert, or None for the strategy's choice)."""
-    chat = isinstance(req, ChatCompletionRequest)
-    max_tokens = (req.max_completion_tokens if chat else None) or req.max_tokens or (
-        DEFAULT_CHAT_MAX_TOKENS if chat else DEFAULT_COMPLETION_MAX_TOKENS)
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+    if isinstance(req, ChatCompletionRequest):
+        max_tokens = req.max_completion_tokens or req.max_tokens or DEFAULT_CHAT_MAX_TOKENS
+        messages = chat_messages(req)
+    else:
+        max_tokens = req.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
+        prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
     stop = () if req.stop is None else ((req.stop,) if isinstance(req.stop, str) else tuple(req.stop))
     sampling = SamplingParams(
         max_new_tokens=max_tokens,
@@ -181,13 +194,10 @@ def to_query(req: ChatCompletionRequest | CompletionRequest, *, strategy: str, m
         stop=stop,
         seed=req.seed,
     )
-    common = dict(request_id=new_id("q"), strategy=strategy, tags=tuple(req.tags or ()), model=model,
-                  sampling=sampling, timeout_s=min(req.timeout or default_timeout, 3600.0), stream=bool(req.stream),
-                  params=dict(req.mosaic.params) if req.mosaic else {})
-    if chat:
-        return QueryRequest(messages=chat_messages(req), **common)
-    prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-    return QueryRequest(prompt=prompt, **common)
+    return QueryRequest(request_id=new_id("q"), prompt=prompt, messages=messages, strategy=strategy,
+                        tags=tuple(req.tags or ()), model=model, sampling=sampling,
+                        timeout_s=min(req.timeout or default_timeout, 3600.0), stream=bool(req.stream),
+                        params=dict(req.mosaic.params) if req.mosaic else {})
 
 
 def new_id(prefix: str) -> str:

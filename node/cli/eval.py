@@ -34,7 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", default=None, metavar="MODEL", help="the monolithic baseline's model id")
     p.add_argument("--baseline-http", default=None, metavar="URL",
                    help="where the baseline is served, when it is not part of the evaluated network")
-    p.add_argument("--max-tokens", default=None, help="N, or TYPE=N,... (default multiple_choice=32,exact_match=128,f1_match=48)")
+    p.add_argument(
+        "--max-tokens", default=None, help="N, or TYPE=N,... (default multiple_choice=32,exact_match=128,f1_match=48)"
+    )
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--task-tags", action="store_true",
                    help="send the task name as a capability tag with strategy queries (routing hint)")
@@ -117,7 +119,9 @@ async def _eval(args: argparse.Namespace, tasks, max_tokens) -> int:
             client = await stack.enter_async_context(open_client(http=args.http, peer=args.peer, token=args.token))
             baseline_client = None
             if args.baseline_http:
-                baseline_client = await stack.enter_async_context(open_client(http=args.baseline_http, token=args.token))
+                baseline_client = await stack.enter_async_context(
+                    open_client(http=args.baseline_http, token=args.token)
+                )
             models = await client.models()
             baseline_models = await baseline_client.models() if baseline_client else None
             systems = select_systems(models, args.experts, strategies, args.baseline, baseline_models,

@@ -30,7 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("cid")
     p.add_argument("-o", "--output", metavar="PATH",
                    help="new file/dir to write, or an existing dir to write <CID> into (default ./<CID>)")
-    p.add_argument("--peer", action="append", default=[], metavar="MULTIADDR", help="a provider to fetch from (repeatable)")
+    p.add_argument(
+        "--peer", action="append", default=[], metavar="MULTIADDR", help="a provider to fetch from (repeatable)"
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_common(p)
@@ -151,7 +153,9 @@ async def _fetch(config, cid, args, output: Path) -> int:
             except (FetchError, StorageError, OSError) as exc:
                 error = str(exc) or type(exc).__name__
                 if error.startswith("no providers"):
-                    error += " (no reachable peer has it: check the CID, or pass --peer MULTIADDR of a node that has it)"
+                    error += (
+                        " (no reachable peer has it: check the CID, or pass --peer MULTIADDR of a node that has it)"
+                    )
             finally:
                 nursery.cancel_scope.cancel()
         if bar is not None:

@@ -25,10 +25,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("publish", help="add a file or directory to the block store and provide it",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("path", help="file or directory (e.g. a model or LoRA adapter dir)")
-    p.add_argument("--cid-version", type=int, choices=[0, 1], default=1, help="1 (default, raw leaves) or 0 (Kubo's plain `ipfs add`)")
+    p.add_argument(
+        "--cid-version",
+        type=int,
+        choices=[0, 1],
+        default=1,
+        help="1 (default, raw leaves) or 0 (Kubo's plain `ipfs add`)",
+    )
     p.add_argument("--offline", action="store_true", help="only import and pin; do not start a node")
-    p.add_argument("--follow-links", action="store_true",
-                   help="copy in the targets of symlinks that leave PATH (default: refuse them), e.g. for a Hugging Face snapshot dir")
+    p.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="copy in the targets of symlinks leaving PATH (default: refuse them), e.g. for a Hugging Face snapshot",
+    )
     p.add_argument("--ipfs-api", metavar="MULTIADDR", help="also add it to this external IPFS daemon (Kubo RPC API)")
     add_common(p)
     add_network(p)
@@ -48,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
 
     store = BlockStore.for_data_dir(config.data_path)
     try:
-        entry = import_path(store, args.path, AddOptions(cid_version=args.cid_version), follow_external_links=args.follow_links)
+        entry = import_path(
+            store, args.path, AddOptions(cid_version=args.cid_version), follow_external_links=args.follow_links
+        )
         store.pin(entry.cid, os.path.basename(os.path.abspath(args.path)))
     except (OSError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)

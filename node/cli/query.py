@@ -130,6 +130,9 @@ async def _main(args: argparse.Namespace, request) -> int:
         except trio.TooSlowError:
             print(f"\nerror: no answer within {args.timeout:g} s", file=sys.stderr)
             return EXIT_FAILED
+    if result is None:  # ask() ends with a result or raises; a peer that closes early is reported here
+        print("\nerror: the peer closed the stream without a result", file=sys.stderr)
+        return EXIT_FAILED
     if args.trace and result.trace is not None:
         from .trace_view import render
 

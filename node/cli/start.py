@@ -20,18 +20,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="human-readable node name in the capability record")
     p.add_argument("--description", help="what this node offers, in a sentence")
     p.add_argument("--tags", help="comma-separated capability tags, e.g. math,code")
-    p.add_argument("--listen", action="append", metavar="MULTIADDR", help="listen address (repeatable), e.g. /ip4/0.0.0.0/tcp/4001")
-    p.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="peer to join through, with /p2p/<id> (repeatable)")
+    p.add_argument(
+        "--listen", action="append", metavar="MULTIADDR", help="listen address (repeatable), e.g. /ip4/0.0.0.0/tcp/4001"
+    )
+    p.add_argument(
+        "--bootstrap", action="append", metavar="MULTIADDR", help="peer to join through, with /p2p/<id> (repeatable)"
+    )
     p.add_argument("--mdns", action="store_true", default=None, help="discover peers on the LAN with mDNS")
-    p.add_argument("--trust", action="append", metavar="PEER_ID",
-                   help="private swarm: only these peers may connect, open streams or be listed (repeatable; default: open swarm)")
+    p.add_argument(
+        "--trust",
+        action="append",
+        metavar="PEER_ID",
+        help="private swarm: only these peers may connect, open streams or be listed (repeatable; default: open swarm)",
+    )
     p.add_argument("--record-ttl", type=float, help="seconds a capability record stays valid")
     p.add_argument("--announce-interval", type=float, help="seconds between gossip re-announcements (0: off)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     expert = p.add_argument_group("expert")
     expert.add_argument("--no-expert", action="store_true", help="do not serve a model (coordinate only)")
     expert.add_argument("--model", help="base model: HF dir, safetensors or GGUF path (default: embedded SmolLM2)")
-    expert.add_argument("--adapter", action="append", metavar="NAME=PATH", help="LoRA adapter (repeatable; PATH or CID)")
+    expert.add_argument(
+        "--adapter", action="append", metavar="NAME=PATH", help="LoRA adapter (repeatable; PATH or CID)"
+    )
     expert.add_argument("--device", help="auto, cpu, cuda, cuda:0, mps")
     expert.add_argument("--threads", type=int, metavar="N",
                         help="torch threads for inference (default: free physical cores, logged at start)")
@@ -209,12 +219,12 @@ async def _main(config, lock) -> tuple[int, bool]:
         interrupted_start = await _serve(node, lock, log)
     except* ModelLoadError as group:
         # A bad --model/--adapter is the operator's input: say which and why, no traceback.
-        for exc in _leaves(group):
-            print(f"error: {exc}", file=sys.stderr)
+        for error in _leaves(group):
+            print(f"error: {error}", file=sys.stderr)
         code = EXIT_USAGE
     except* PortInUse as group:  # taken between our check and the listen
-        for exc in _leaves(group):
-            print(f"error: {exc}", file=sys.stderr)
+        for error in _leaves(group):
+            print(f"error: {error}", file=sys.stderr)
         code = EXIT_IN_USE
     if code == EXIT_OK:
         event(log, "stopped", peer=node.peer_id)

@@ -43,7 +43,9 @@ def local_node_addr(args: argparse.Namespace) -> tuple[str | None, str | None]:
 
 
 def add_network(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="peer to join through, with /p2p/<id> (repeatable)")
+    p.add_argument(
+        "--bootstrap", action="append", metavar="MULTIADDR", help="peer to join through, with /p2p/<id> (repeatable)"
+    )
     p.add_argument("--listen", action="append", metavar="MULTIADDR", help="listen address (default from config)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 _NUMBER = r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?"
-_MARKED = re.compile(r"(?:####|\\boxed\{|answer(?: is)?\s*[:=]?|result(?: is)?\s*[:=]|=)\s*\**\s*\$?(" + _NUMBER + ")", re.IGNORECASE)
+_MARKED = re.compile(
+    r"(?:####|\\boxed\{|answer(?: is)?\s*[:=]?|result(?: is)?\s*[:=]|=)\s*\**\s*\$?(" + _NUMBER + ")", re.IGNORECASE
+)
 _ANY_NUMBER = re.compile(_NUMBER)
 _OPTION_MARKED = re.compile(r"(?:answer|option|choice)(?: is)?\s*[:=]?\s*\(?\**([A-J])\b\)?", re.IGNORECASE)
 # A reply that starts with the letter: "B", "B.", "(c) because"; not "I think" or "a dog" (A-H only,

@@ -13,7 +13,7 @@ penalties) and the lazily loaded semantic ``embedder``.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 
 import trio
 
@@ -73,7 +73,7 @@ class Coordinator:
                 for r in self._records()]
 
     @trio.as_safe_channel
-    async def answer(self, query: QueryRequest) -> AsyncIterator[QueryEvent]:
+    async def answer(self, query: QueryRequest) -> AsyncGenerator[QueryEvent, None]:
         """``async with coordinator.answer(q) as events``: chunks, then the result; raises QueryFailed.
 
         A channel (``trio.as_safe_channel``), not a bare async generator: the

@@ -53,7 +53,7 @@ def fusable_group(records: Iterable[R], k: int = 2, *, tokenizer_of: Callable[[R
     groups: dict[str, list[R]] = {}
     seen: list[str] = []
     for record in records:
-        tokenizer = tokenizer_of(record) if tokenizer_of else record.tokenizer
+        tokenizer = tokenizer_of(record) if tokenizer_of else getattr(record, "tokenizer", "")
         if not tokenizer:
             continue
         group = groups.setdefault(tokenizer, [])
@@ -86,11 +86,11 @@ def merge(distributions: Sequence[Distribution], weights: Sequence[float] | None
     if total <= 0:
         raise ValueError("weights sum to zero")
     merged: dict[int, float] = {}
-    for dist, weight in zip(distributions, weights):
+    for dist, weight in zip(distributions, weights, strict=True):
         if len(dist.token_ids) != len(dist.logprobs):
             raise ValueError("one log-probability per token id")
         share = weight / total
-        for token, logprob in zip(dist.token_ids, dist.logprobs):
+        for token, logprob in zip(dist.token_ids, dist.logprobs, strict=True):
             merged[token] = merged.get(token, 0.0) + share * math.exp(logprob)
     return merged
 

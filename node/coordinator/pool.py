@@ -27,10 +27,10 @@ single-forward calls.  See docs/collaboration.md, "Extending the engine".
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 import trio
@@ -73,6 +73,8 @@ from .routing import (
 )
 from .session_port import PoolSession, open_pool_session
 
+T = TypeVar("T")  # what a single call (score, next token) returns
+
 # Floor of the adaptive per-token budget (see Pool.token_budget).
 MIN_TOKEN_BUDGET = 3.0
 # Failures that another expert will not fix: do not fail over, tell the client.
@@ -110,7 +112,7 @@ class Transport(Protocol):
 
     def generate(
         self, peer_id: str, request: GenerateRequest
-    ) -> AsyncIterator[Queued | TokenChunk | GenerateResult]: ...
+    ) -> AsyncGenerator[Queued | TokenChunk | GenerateResult, None]: ...
 
     async def score(self, peer_id: str, request: ScoreRequest, timeout: float) -> ScoreResult: ...
 
@@ -390,17 +392,19 @@ class Pool:
             raise
         except Exception as exc:  # the infer client's typed errors, transport errors
             failure = (getattr(exc, "code", None) or "unavailable", str(exc) or type(exc).__name__)
-        code, message = failure
+        code, reason = failure
         if code not in CLIENT_ERRORS:
             self.health.failure(route.peer_id)
-        self.end_step(index, status="failed", error=f"{code}: {message}", output="".join(text),
+        self.end_step(index, status="failed", error=f"{code}: {reason}", output="".join(text),
                       first_token_s=first, tokens=tokens, seconds=finite(trio.current_time() - began))
         self._completion_tokens += tokens
         if text:
-            raise _Partial(code, message, "".join(text), tokens, index)
-        raise StepFailed(code, message)
+            raise _Partial(code, reason, "".join(text), tokens, index)
+        raise StepFailed(code, reason)
 
-    def _request(self, index: int, route: Route, ask: Ask, sampling: SamplingParams, deadline: float) -> GenerateRequest:
+    def _request(
+        self, index: int, route: Route, ask: Ask, sampling: SamplingParams, deadline: float
+    ) -> GenerateRequest:
         return GenerateRequest(request_id=self.step_request_id(index), prompt=ask.prompt, messages=ask.messages,
                                adapter=route.adapter, sampling=sampling,
                                timeout_s=min(3600.0, max(1.0, deadline - trio.current_time())), stream=True,
@@ -431,7 +435,8 @@ class Pool:
         return await self._single(index, route, deadline,
                                   lambda timeout: self._transport.next_token(route.peer_id, request, timeout))
 
-    async def _single(self, index: int, route: Route, deadline: float | None, call: Callable) -> object:
+    async def _single(self, index: int, route: Route, deadline: float | None,
+                      call: Callable[[float], Awaitable[T]]) -> T:
         deadline = min(self.deadline if deadline is None else deadline, self.deadline)
         began = trio.current_time()
         timeout = max(0.5, deadline - began)

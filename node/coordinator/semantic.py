@@ -89,7 +89,7 @@ class Embedder:
         vectors = await trio.to_thread.run_sync(self._embed, [text[:MAX_QUERY_CHARS], *missing])
         if len(self._cache) > _CACHE_LIMIT:
             self._cache.clear()
-        for doc, vector in zip(missing, vectors[1:]):
+        for doc, vector in zip(missing, vectors[1:], strict=True):
             self._cache[doc] = vector
         query = vectors[0]
         return {peer: float((query * self._cache[doc]).sum()) for peer, doc in docs.items()}

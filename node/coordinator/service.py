@@ -9,7 +9,7 @@ or resetting the stream cancels the query (and the expert's generation).
 from __future__ import annotations
 
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, aclosing, nullcontext
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,7 @@ from protocol import (
     ScoreResult,
     SessionOpen,
     TokenChunk,
+    is_error_code,
 )
 
 from .executor import Coordinator
@@ -54,8 +55,12 @@ def coordinator_for(node: Node) -> Coordinator:
     see the same latency and failure observations)."""
     coordinator = _coordinators.get(node)
     if coordinator is None:
-        coordinator = Coordinator(node.registry.experts, InferTransport(node.host, on_reached=node.registry.mark_reachable),
-                                  verified=node.registry.verified_peers, local_id=node.peer_id)
+        coordinator = Coordinator(
+            node.registry.experts,
+            InferTransport(node.host, on_reached=node.registry.mark_reachable),
+            verified=node.registry.verified_peers,
+            local_id=node.peer_id,
+        )
         _coordinators[node] = coordinator
     return coordinator
 
@@ -74,7 +79,7 @@ class InferTransport:
 
     async def generate(
         self, peer_id: str, request: GenerateRequest
-    ) -> AsyncIterator[Queued | TokenChunk | GenerateResult]:
+    ) -> AsyncGenerator[Queued | TokenChunk | GenerateResult, None]:
         from node.expert.client import generate
 
         async with aclosing(generate(self._host, peer_id, request)) as events:
@@ -106,13 +111,14 @@ async def answer_stream(coordinator: Coordinator, stream: FramedStream, activity
         with trio.fail_after(request.timeout_s), _recorded(activity, request) as recorder:
             async with coordinator.answer(request) as answer:
                 watched = answer if recorder is None else recorder.watch(answer)
-                async with aclosing(watched) as events:  # type: ignore[type-var]
+                async with aclosing(watched) as events:
                     async for event in events:
                         if isinstance(event, QueryChunk) and not request.stream:
                             continue
                         await stream.send(event)
     except QueryFailed as exc:
-        await stream.send(ErrorMessage(code=exc.code, message=exc.message[:2048], request_id=request.request_id))
+        code = exc.code if is_error_code(exc.code) else "internal"
+        await stream.send(ErrorMessage(code=code, message=exc.message[:2048], request_id=request.request_id))
     except trio.TooSlowError:
         await stream.send(ErrorMessage(code="timeout", message=f"no answer within {request.timeout_s:g} s",
                                        request_id=request.request_id))

@@ -205,7 +205,9 @@ def profile_vectors(systems: list[dict]) -> tuple[dict[str, dict[str, float]], s
         return {s["label"]: {k: float(v) for k, v in s["profile"].items()} for s in systems}, "dev profiles"
     vectors = {}
     for s in systems:
-        text = " ".join([s.get("label", ""), s.get("description", ""), " ".join(s.get("tags", [])), s.get("base_model", "")])
+        text = " ".join(
+            [s.get("label", ""), s.get("description", ""), " ".join(s.get("tags", [])), s.get("base_model", "")]
+        )
         words = [w for w in re.split(r"[^a-z0-9]+", text.lower()) if len(w) > 1]
         vectors[s["label"]] = {w: float(c) for w, c in Counter(words).items()}
     return vectors, "bag of words of name, description, tags and base model"

@@ -128,8 +128,13 @@ class HttpClient:
 
     async def ask(self, model: str, prompt: str, max_tokens: int, temperature: float, timeout: float,
                   tags: tuple[str, ...] = ()) -> Reply:
-        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-                "temperature": temperature, "timeout": timeout}
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "timeout": timeout,
+        }
         if tags:
             body["tags"] = list(tags)
         started = time.monotonic()

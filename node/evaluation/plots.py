@@ -15,7 +15,9 @@ def draw_plots(summary: dict[str, Any], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     files = []
-    rows = [(s, summary["accuracy"][s]["macro"]) for s in summary["experts"] + summary["baselines"] + summary["strategies"]]
+    rows = [
+        (s, summary["accuracy"][s]["macro"]) for s in summary["experts"] + summary["baselines"] + summary["strategies"]
+    ]
     if summary.get("oracle"):
         rows.append(("oracle", summary["oracle"]["macro"]))
     rows = [(s, iv) for s, iv in rows if iv["n"] and not math.isnan(iv["mean"])]

@@ -27,7 +27,10 @@ def summarize(out: Path, team_draws: int = 20) -> dict[str, Any]:
         summary["best_single_per_task"] = {t: {"expert": e, **_iv(iv)} for t, (e, iv) in per_task.items()}
         summary["best_single_overall"] = overall
         oracle = {t: list(an.oracle_scores(table, experts, t).values()) for t in table.tasks}
-        summary["oracle"] = {**{t: _iv(an.bootstrap({t: v})) for t, v in oracle.items()}, "macro": _iv(an.bootstrap(oracle))}
+        summary["oracle"] = {
+            **{t: _iv(an.bootstrap({t: v})) for t, v in oracle.items()},
+            "macro": _iv(an.bootstrap(oracle)),
+        }
         bs_macro = {t: [table.score(per_task[t][0], t, i) for i in sorted(table.records[per_task[t][0]][t])]
                     for t in per_task}
         summary["best_single_per_task"]["macro"] = _iv(an.bootstrap(bs_macro))
@@ -78,11 +81,18 @@ def render(summary: dict[str, Any], plots: list[str]) -> str:
         lines.append(f"| {s} | {kind} | " + " | ".join(_cell(acc[s].get(c)) for c in cols) + " |")
     if experts:
         bs = summary["best_single_per_task"]
-        lines.append("| best single (per task) | expert | " + " | ".join(
-            (_cell(bs[c]) + (f" {bs[c]['expert']}" if "expert" in bs[c] else "")) if c in bs else "-" for c in cols) + " |")
+        lines.append(
+            "| best single (per task) | expert | "
+            + " | ".join(
+                (_cell(bs[c]) + (f" {bs[c]['expert']}" if "expert" in bs[c] else "")) if c in bs else "-" for c in cols
+            )
+            + " |"
+        )
         lines.append(f"| best single overall: {summary['best_single_overall']} | expert | "
                      + " | ".join(_cell(acc[summary['best_single_overall']].get(c)) for c in cols) + " |")
-        lines.append("| oracle (any expert right) | - | " + " | ".join(_cell(summary["oracle"].get(c)) for c in cols) + " |")
+        lines.append(
+            "| oracle (any expert right) | - | " + " | ".join(_cell(summary["oracle"].get(c)) for c in cols) + " |"
+        )
     lines.append("")
     if experts and (strategies or baselines):
         lines += _emergence(summary)
@@ -125,8 +135,13 @@ def _teams(summary: dict[str, Any]) -> list[str]:
         lines.append(f"| {k} | {row['teams']} | {_pct(row['vote'])} | {_pct(row['vote_min'])}..{_pct(row['vote_max'])} "
                      f"| {_pct(row['oracle'])} |")
     if teams["similar_vs_dissimilar"]:
-        lines += ["", f"Similar vs dissimilar teams (similarity: {teams['similarity_source']}; mean pairwise cosine):", "",
-                  "| size | team | similarity | vote | oracle |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Similar vs dissimilar teams (similarity: {teams['similarity_source']}; mean pairwise cosine):",
+            "",
+            "| size | team | similarity | vote | oracle |",
+            "|---|---|---|---|---|",
+        ]
         for r in teams["similar_vs_dissimilar"]:
             for label in ("similar", "dissimilar"):
                 t = r[label]
@@ -143,7 +158,11 @@ def _contributors(summary: dict[str, Any], systems: list[str]) -> list[str]:
     lines = ["## Contributors' priorities: own task, expert alone vs the system", "",
              "| expert | own task | alone | " + " | ".join(systems) + " |", "|---|---|---|" + "---|" * len(systems)]
     for r in rows:
-        lines.append(f"| {r['expert']} | {r['task']} | {_pct(r['alone'])} | " + " | ".join(_pct(r.get(s, math.nan)) for s in systems) + " |")
+        lines.append(
+            f"| {r['expert']} | {r['task']} | {_pct(r['alone'])} | "
+            + " | ".join(_pct(r.get(s, math.nan)) for s in systems)
+            + " |"
+        )
     return lines + [""]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +141,10 @@ def cost(reply: Reply) -> tuple[int, int, str | None]:
         return 1, reply.completion_tokens, None
     steps = trace.get("steps", [])
     calls = len(steps) + int(trace.get("dropped_steps", 0))
-    digest = reply.trace_digest or "sha256:" + hashlib.sha256(json.dumps(trace, sort_keys=True, default=str).encode()).hexdigest()
+    digest = (
+        reply.trace_digest
+        or "sha256:" + hashlib.sha256(json.dumps(trace, sort_keys=True, default=str).encode()).hexdigest()
+    )
     return calls, sum(int(s.get("tokens", 0)) for s in steps), digest
 
 
@@ -160,8 +163,10 @@ async def run_eval(client: NetworkClient, tasks: list[TaskSet], systems: list[Sy
     run = read_run(out)
     clash = {k: (run[k], v) for k, v in settings.items() if k in run and run[k] != v}
     if clash:
-        raise PlanError(f"{out} holds a run with other settings ({', '.join(f'{k}: {a} != {b}' for k, (a, b) in clash.items())});"
-                        " use a new --out")
+        raise PlanError(
+            f"{out} holds a run with other settings ({', '.join(f'{k}: {a} != {b}' for k, (a, b) in clash.items())});"
+            " use a new --out"
+        )
     run.update(settings)
     run.setdefault("limit", limit)
     run["tasks"] = sorted({*run.get("tasks", []), *(t.name for t in tasks)})
@@ -206,8 +211,15 @@ async def run_eval(client: NetworkClient, tasks: list[TaskSet], systems: list[Sy
         bar.close()
         stats.seconds = time.monotonic() - started
         run = read_run(out)
-        run.setdefault("runs", []).append({"started_unix": time.time() - stats.seconds, "seconds": round(stats.seconds, 2),
-                                           "asked": stats.asked, "skipped": stats.skipped, "errors": stats.errors})
+        run.setdefault("runs", []).append(
+            {
+                "started_unix": time.time() - stats.seconds,
+                "seconds": round(stats.seconds, 2),
+                "asked": stats.asked,
+                "skipped": stats.skipped,
+                "errors": stats.errors,
+            }
+        )
         write_run(out, run)
     return stats
 
@@ -215,19 +227,19 @@ async def run_eval(client: NetworkClient, tasks: list[TaskSet], systems: list[Sy
 async def _ask_one(client: NetworkClient, job: Job, max_tokens: int, temperature: float, timeout: float,
                    tags: tuple[str, ...]) -> LogRecord:
     item, system = job.item, job.system
-    base = {"system": system.label, "kind": system.kind, "task": item.task, "task_type": item.task_type, "split": item.split,
-                "item": item.key, "gold": item.gold, "max_tokens": max_tokens}
+    base = LogRecord(system=system.label, kind=system.kind, task=item.task, task_type=item.task_type,
+                     split=item.split, item=item.key, gold=item.gold, max_tokens=max_tokens)
     started = time.monotonic()
     try:
         reply = await client.ask(system.model, build_prompt(item), max_tokens, temperature, timeout, tags)
     except QueryError as exc:
-        return LogRecord(**base, seconds=round(time.monotonic() - started, 3), error=str(exc)[:500])
+        return replace(base, seconds=round(time.monotonic() - started, 3), error=str(exc)[:500])
     except NetworkUnavailable:
         raise  # the whole run stops: nothing more can be asked (what is logged stays)
     result = score(item, reply.text)
     calls, tokens, digest = cost(reply)
     served = [str(p.get("expert", "")) for p in reply.provenance]
-    return LogRecord(**base, reply=reply.text, extracted=result.extracted, score=result.value, correct=result.correct,
-                     seconds=round(reply.seconds, 3), finish_reason=reply.finish_reason,
-                     prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
-                     expert_calls=calls, expert_tokens=tokens, served_by=served, trace_digest=digest)
+    return replace(base, reply=reply.text, extracted=result.extracted, score=result.value, correct=result.correct,
+                   seconds=round(reply.seconds, 3), finish_reason=reply.finish_reason,
+                   prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
+                   expert_calls=calls, expert_tokens=tokens, served_by=served, trace_digest=digest)

@@ -23,7 +23,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import ErrorMessage, GenerateRequest, GenerateResult, NextTokenRequest, Queued, TokenChunk, Usage
+from protocol import (
+    ErrorCode,
+    ErrorMessage,
+    FinishReason,
+    GenerateRequest,
+    GenerateResult,
+    NextTokenRequest,
+    Queued,
+    TokenChunk,
+    Usage,
+)
 
 from ..logs import event, get_logger
 from .errors import Busy, Cancelled, ExpertStopped, PromptTooLong, RequestRejected, UnknownAdapter
@@ -191,7 +201,8 @@ class InferenceWorker:
             # Until the first prefill shows the model's KV cache can be merged, admit one at a time.
             capacity = self.max_batch if self._batchable else 1
             free = min(capacity - len(self._slots), MAX_PREFILLS_PER_STEP)
-            taken, kept = [], collections.deque()
+            taken: list[Job] = []
+            kept: collections.deque[Job] = collections.deque()
             for job in self._pending:
                 if not job.is_generation or job.cancelled or free > 0:
                     taken.append(job)
@@ -328,15 +339,15 @@ class InferenceWorker:
         self._batch.cache = out.past_key_values
         self.steps += 1
         tokens = choose_tokens(out.logits[:, -1, :], [s.sampler for s in slots])
-        reasons = [self._accept(s, t) for s, t in zip(slots, tokens)]
-        done = [i for i, reason in enumerate(reasons) if reason is not None]
+        reasons = [self._accept(s, t) for s, t in zip(slots, tokens, strict=True)]
+        done = [(i, reason) for i, reason in enumerate(reasons) if reason is not None]
         # Free the rows before the terminal messages go out: whoever receives a result
         # may rely on its batch slot being free already.
-        self._remove(done)
-        for i in done:
-            self._finish(slots[i], reasons[i])  # type: ignore[arg-type]
+        self._remove([i for i, _ in done])
+        for i, reason in done:
+            self._finish(slots[i], reason)
 
-    def _accept(self, slot: _Slot, token: int) -> str | None:
+    def _accept(self, slot: _Slot, token: int) -> FinishReason | None:
         """Record and stream one chosen token; return the finish reason when the generation is over."""
         slot.position += 1
         if slot.first_token_at is None:
@@ -357,7 +368,7 @@ class InferenceWorker:
             return "length"
         return None
 
-    def _finish(self, slot: _Slot, reason: str) -> None:
+    def _finish(self, slot: _Slot, reason: FinishReason) -> None:
         tail = slot.text.finish() if not slot.text.stopped else ""
         if tail and slot.request.stream:
             slot.job.emit(TokenChunk(request_id=slot.job.request_id, index=slot.chunks, text=tail))
@@ -400,7 +411,7 @@ class InferenceWorker:
         self._slots = [self._slots[i] for i in keep]
         self._batch.keep(keep)
 
-    def _fail_all(self, message: str, code: str = "internal") -> None:
+    def _fail_all(self, message: str, code: ErrorCode = "internal") -> None:
         for slot in self._slots:
             slot.job.emit(ErrorMessage(code=code, message=message, request_id=slot.job.request_id))
         self._slots = []

@@ -8,9 +8,9 @@ the wire ``code`` (``busy`` -> try another expert, ``not_found``, ...).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
@@ -20,6 +20,7 @@ from protocol import (
     ErrorMessage,
     GenerateRequest,
     GenerateResult,
+    Message,
     NextTokenRequest,
     NextTokenResult,
     Queued,
@@ -31,6 +32,9 @@ from protocol import (
 from ..net.streams import FramedStream, StreamClosed, open_stream
 from .local import DEFAULT_CALL_TIMEOUT, ExpertError, LocalExpert, served_locally
 
+# The result type a score / next-token call expects back.
+R = TypeVar("R", bound=Message)
+
 if TYPE_CHECKING:
     from libp2p.abc import IHost
 
@@ -40,7 +44,7 @@ _CLIENT_GRACE = 10.0
 
 async def generate(
     host: IHost, peer_id: str, request: GenerateRequest
-) -> AsyncIterator[Queued | TokenChunk | GenerateResult]:
+) -> AsyncGenerator[Queued | TokenChunk | GenerateResult, None]:
     """Stream ``TokenChunk``s then the ``GenerateResult`` from expert ``peer_id``.
 
     With ``request.progress`` set, ``Queued`` messages come first while the
@@ -64,15 +68,15 @@ async def generate(
             await stream.send(request)
         while True:
             with trio.fail_at(deadline):
-                message = await stream.receive((Queued, TokenChunk, GenerateResult, ErrorMessage))
-            if isinstance(message, ErrorMessage):
+                reply = await stream.receive((Queued, TokenChunk, GenerateResult, ErrorMessage))
+            if isinstance(reply, ErrorMessage):
                 finished = True
-                raise ExpertError.from_message(message)
-            if isinstance(message, GenerateResult):
+                raise ExpertError.from_message(reply)
+            if isinstance(reply, GenerateResult):
                 finished = True
-                yield message
+                yield reply
                 return
-            yield message
+            yield reply
     finally:
         await _close(stream, graceful=finished)
 
@@ -88,28 +92,31 @@ async def cancel_and_collect(stream: FramedStream, request_id: str) -> GenerateR
             return message
 
 
-async def score(host: IHost, peer_id: str, request: ScoreRequest, *, timeout: float = DEFAULT_CALL_TIMEOUT) -> ScoreResult:
+async def score(
+    host: IHost, peer_id: str, request: ScoreRequest, *, timeout: float = DEFAULT_CALL_TIMEOUT
+) -> ScoreResult:
     """Per-token log-probabilities of ``request.continuation`` after the prompt."""
-    return await _call(host, peer_id, request, ScoreResult, timeout)  # type: ignore[return-value]
+    return await _call(host, peer_id, request, ScoreResult, timeout)
 
 
 async def next_token(
     host: IHost, peer_id: str, request: NextTokenRequest, *, timeout: float = DEFAULT_CALL_TIMEOUT
 ) -> NextTokenResult:
     """Top-k log-probabilities of the token after the prompt."""
-    return await _call(host, peer_id, request, NextTokenResult, timeout)  # type: ignore[return-value]
+    return await _call(host, peer_id, request, NextTokenResult, timeout)
 
 
-async def _call(host: IHost, peer_id: str, request: object, kind: type, timeout: float) -> object:
+async def _call(host: IHost, peer_id: str, request: ScoreRequest | NextTokenRequest, kind: type[R],
+                timeout: float) -> R:
     local = _local_target(host, peer_id)
     if local is not None:
         with trio.fail_after(timeout + _CLIENT_GRACE):
-            return await local._one(request, kind)  # type: ignore[arg-type]
+            return await local._one(request, kind)
     stream = await open_stream(host, peer_id, INFER_PROTOCOL)
     finished = False
     try:
         with trio.fail_after(timeout + _CLIENT_GRACE):
-            await stream.send(request)  # type: ignore[arg-type]
+            await stream.send(request)
             message = await stream.receive((kind, ErrorMessage))
         finished = True
         if isinstance(message, ErrorMessage):

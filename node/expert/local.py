@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
 from protocol import (
+    ErrorCode,
     ErrorMessage,
     GenerateRequest,
     GenerateResult,
@@ -37,10 +38,14 @@ from protocol import (
 from .batcher import InferenceWorker
 from .jobs import Job
 
+# The result type a score / next-token call expects back.
+R = TypeVar("R", bound=Message)
+
 if TYPE_CHECKING:
     from libp2p.abc import IHost
 
     from .notary import Notary
+    from .session_store import SessionOp
     from .sessions import SessionHost
 
 TERMINAL = (GenerateResult, ScoreResult, NextTokenResult, ErrorMessage)
@@ -52,9 +57,9 @@ DEFAULT_CALL_TIMEOUT = 60.0
 class ExpertError(Exception):
     """The expert answered with an ``ErrorMessage``; ``code`` is its ErrorCode (busy, not_found, ...)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(f"{code}: {message}")
-        self.code = code
+        self.code: ErrorCode = code
         self.message = message
 
     @classmethod
@@ -74,7 +79,7 @@ class LocalExpert:
 
     @asynccontextmanager
     async def open(
-        self, request: GenerateRequest | ScoreRequest | NextTokenRequest, *, timeout: float | None = None
+        self, request: GenerateRequest | ScoreRequest | NextTokenRequest | SessionOp, *, timeout: float | None = None
     ) -> AsyncIterator[tuple[Job, trio.MemoryReceiveChannel[Message]]]:
         """Submit ``request``; yield the job and the channel of its messages.
 
@@ -111,7 +116,7 @@ class LocalExpert:
         finally:
             job.cancel()
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[Queued | TokenChunk | GenerateResult]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Queued | TokenChunk | GenerateResult, None]:
         """(``Queued`` reports,) chunks, then the result; raises :class:`ExpertError` for an ``ErrorMessage``."""
         async with self.open(request) as (_, messages):
             async for message in messages:
@@ -127,7 +132,7 @@ class LocalExpert:
     async def next_token(self, request: NextTokenRequest) -> NextTokenResult:
         return await self._one(request, NextTokenResult)
 
-    async def _one(self, request: ScoreRequest | NextTokenRequest, kind: type) -> object:
+    async def _one(self, request: ScoreRequest | NextTokenRequest | SessionOp, kind: type[R]) -> R:
         async with self.open(request) as (_, messages):
             message = await messages.receive()
         if isinstance(message, ErrorMessage):

@@ -8,6 +8,7 @@ the text and distributions that went out, under the node's peer key.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import msgspec
 
@@ -39,8 +40,16 @@ class Notary:
             return None
         return self._adapter_cids.get(adapter) or self._adapter_digests.get(adapter)
 
-    def sign(self, *, kind: str, request_id: str, adapter: str | None, input_digest: str, output_digest: str,
-             tokens: int) -> SignedReceipt:
+    def sign(
+        self,
+        *,
+        kind: Literal["generate", "session"],
+        request_id: str,
+        adapter: str | None,
+        input_digest: str,
+        output_digest: str,
+        tokens: int,
+    ) -> SignedReceipt:
         receipt = Receipt(kind=kind, request_id=request_id, peer_id=self.peer_id, model_cid=self.model_cid[:128],
                           adapter=adapter, adapter_cid=(self.adapter_cid(adapter) or "")[:128] or None,
                           input_digest=input_digest, output_digest=output_digest, tokens=tokens)

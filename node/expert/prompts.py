@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol import GenerateRequest, NextTokenRequest, ScoreRequest
+from protocol import GenerateRequest, NextTokenRequest, ScoreRequest, SessionOpen
 
 from .errors import RequestRejected
 
-AnyPromptRequest = GenerateRequest | ScoreRequest | NextTokenRequest
+AnyPromptRequest = GenerateRequest | ScoreRequest | NextTokenRequest | SessionOpen
 
 
 class PromptBuilder:
@@ -37,7 +37,8 @@ class PromptBuilder:
         text = self.text(request)
         ids = self._tokenizer(text, add_special_tokens=request.messages is None)["input_ids"]
         if not ids:
-            raise RequestRejected("the prompt is empty", request_id=request.request_id)
+            request_id = request.session_id if isinstance(request, SessionOpen) else request.request_id
+            raise RequestRejected("the prompt is empty", request_id=request_id)
         return list(ids)
 
     def continuation_ids(self, continuation: str) -> list[int]:

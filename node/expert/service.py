@@ -61,7 +61,7 @@ _TERMINAL_GRACE = 5.0
 async def handle_infer_stream(expert: LocalExpert, stream: FramedStream) -> None:
     """Serve one request on ``stream`` (see the module docstring)."""
     request = await stream.receive(REQUEST_TYPES)
-    if isinstance(request, SESSION_MESSAGES):
+    if not isinstance(request, (GenerateRequest, ScoreRequest, NextTokenRequest)):  # one of SESSION_MESSAGES
         if expert.sessions is None:
             await stream.send(ErrorMessage(code="unavailable", message="this expert serves no sessions"))
             return
@@ -201,10 +201,8 @@ class ExpertService:
 
     async def run(self, node: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from .batcher import InferenceWorker
-        from .notary import Notary
-
         from .loader import ModelLoadError
-
+        from .notary import Notary
         from .threads import log_choice, prepare_openmp, resolve_threads
 
         cfg = self.config

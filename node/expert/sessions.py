@@ -28,7 +28,7 @@ from __future__ import annotations
 import collections
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 import trio
@@ -53,6 +53,8 @@ from .session_store import SessionOp, UnknownSession
 if TYPE_CHECKING:
     from .local import LocalExpert
     from .notary import Notary
+
+R = TypeVar("R", bound=Message)  # the reply type a session op expects
 
 log = get_logger("expert.sessions")
 
@@ -219,9 +221,9 @@ class SessionHost:
             reply = msgspec.structs.replace(reply, receipt=receipt)
         return reply
 
-    async def _run(self, op: SessionOp, kind: type) -> object:
+    async def _run(self, op: SessionOp, kind: type[R]) -> R:
         with trio.fail_after(OP_TIMEOUT + 5.0):
-            return await self.local._one(op, kind)  # type: ignore[arg-type]
+            return await self.local._one(op, kind)
 
     async def reap_forever(self) -> None:
         """Free expired sessions' memory, once a second (the worker thread owns the caches)."""

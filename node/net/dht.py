@@ -32,8 +32,10 @@ record for (see :mod:`node.net.discovery`).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import trio
+from libp2p.abc import IHost
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.records.ipns import IPNSValidator
@@ -107,7 +109,7 @@ class DHTValueRefused(ValueError):
 class Capped(Validator):
     """Wraps a namespace's validator with a value-size cap and a cap on stored entries."""
 
-    def __init__(self, inner: Validator, store: dict[bytes, object], *, own_key: str = "",
+    def __init__(self, inner: Validator, store: Mapping[bytes, object], *, own_key: str = "",
                  max_value: int = MAX_DHT_VALUE, max_values: int = MAX_DHT_VALUES) -> None:
         self.inner = inner
         self.store = store
@@ -124,14 +126,16 @@ class Capped(Validator):
             self.inner.validate(key, value)
         except Exception as exc:
             # libp2p logs the whole value in hex at warning level: say it briefly here instead.
-            limited_event(log, "dht_value_refused", key=key[:80], size=len(value), reason=f"{type(exc).__name__}: {exc}"[:160])
+            limited_event(
+                log, "dht_value_refused", key=key[:80], size=len(value), reason=f"{type(exc).__name__}: {exc}"[:160]
+            )
             raise
 
     def select(self, key: str, values: list[bytes]) -> int:
         return self.inner.select(key, values)
 
 
-def build_dht(host: object, *, client: bool = False) -> KadDHT:
+def build_dht(host: IHost, *, client: bool = False) -> KadDHT:
     """A server-mode KadDHT (every Mosaic node stores records) that stores only namespaces it
     validates (strict validation), each behind :class:`Capped`.
 
@@ -140,7 +144,7 @@ def build_dht(host: object, *, client: bool = False) -> KadDHT:
     """
     dht = KadDHT(host, DHTMode.CLIENT if client else DHTMode.SERVER, strict_validation=True)
     store = dht.value_store.store
-    own = record_key(str(host.get_id()))  # type: ignore[attr-defined]
+    own = record_key(str(host.get_id()))
     dht.set_validator(NamespacedValidator({
         DHT_NAMESPACE: Capped(CapabilityRecordValidator(), store, own_key=own),
         "pk": Capped(PublicKeyValidator(), store),

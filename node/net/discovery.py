@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import trio
-from libp2p.abc import INotifee
+from libp2p.abc import IHost, INotifee
+from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from multiaddr import Multiaddr
@@ -36,12 +37,12 @@ def peer_info_from_multiaddr(addr: str) -> PeerInfo:
         raise DialError(f"{addr!r} is not a dialable multiaddr with /p2p/<peer id>: {exc}") from None
 
 
-async def dial(host: object, addr: str, *, timeout: float = DIAL_TIMEOUT) -> str:
+async def dial(host: IHost, addr: str, *, timeout: float = DIAL_TIMEOUT) -> str:
     """Connect to ``addr`` (Noise-authenticated); return the peer id."""
     info = peer_info_from_multiaddr(addr)
     try:
         with trio.fail_after(timeout):
-            await host.connect(info)  # type: ignore[attr-defined]
+            await host.connect(info)
     except trio.TooSlowError:
         raise DialError(f"dial {addr} timed out after {timeout:.0f}s") from None
     except Exception as exc:  # SwarmException, OpenConnectionError, handshake failures
@@ -49,7 +50,7 @@ async def dial(host: object, addr: str, *, timeout: float = DIAL_TIMEOUT) -> str
     return info.peer_id.to_base58()
 
 
-def forget_dial_failure(host: object, addr: str) -> None:
+def forget_dial_failure(host: IHost, addr: str) -> None:
     """Let ``addr``'s peer be dialled again now: py-libp2p refuses for 60 s to dial a peer
     whose addresses all failed ("negative cache"), which would defeat a retry schedule."""
     try:
@@ -58,28 +59,28 @@ def forget_dial_failure(host: object, addr: str) -> None:
         pass
 
 
-async def add_to_routing_table(dht: object, peer_id: str) -> bool:
+async def add_to_routing_table(dht: KadDHT, peer_id: str) -> bool:
     """Add a known Mosaic (DHT server) peer to the routing table without the identify check."""
     try:
-        return bool(await dht.add_peer(ID.from_base58(peer_id), skip_server_mode_check=True))  # type: ignore[attr-defined]
+        return bool(await dht.add_peer(ID.from_base58(peer_id), skip_server_mode_check=True))
     except Exception as exc:
         event(log, "routing_add_failed", peer=peer_id, error=type(exc).__name__)
         return False
 
 
-async def refresh_routing_table(dht: object) -> None:
+async def refresh_routing_table(dht: KadDHT) -> None:
     try:
-        await dht.refresh_routing_table()  # type: ignore[attr-defined]
+        await dht.refresh_routing_table()
     except Exception as exc:  # a failed refresh is retried on the next interval
         event(log, "routing_refresh_failed", error=f"{type(exc).__name__}: {exc}"[:160])
 
 
-def routing_table_peers(dht: object) -> set[str]:
-    return {pid.to_base58() for pid in dht.routing_table.get_peer_ids()}  # type: ignore[attr-defined]
+def routing_table_peers(dht: KadDHT) -> set[str]:
+    return {pid.to_base58() for pid in dht.routing_table.get_peer_ids()}
 
 
-def connected_peers(host: object) -> set[str]:
-    return {pid.to_base58() for pid in host.get_connected_peers()}  # type: ignore[attr-defined]
+def connected_peers(host: IHost) -> set[str]:
+    return {pid.to_base58() for pid in host.get_connected_peers()}
 
 
 def _dialled_by_us(conn: object) -> bool | None:

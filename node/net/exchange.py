@@ -66,7 +66,9 @@ class ExchangeRefused(Exception):
     """The peer answered with an ``ErrorMessage`` (e.g. ``busy``) instead of its table."""
 
 
-async def fetch_table(host: IHost, peer_id: str, own: SignedRecord | None, *, timeout: float = EXCHANGE_TIMEOUT) -> list[SignedRecord]:
+async def fetch_table(
+    host: IHost, peer_id: str, own: SignedRecord | None, *, timeout: float = EXCHANGE_TIMEOUT
+) -> list[SignedRecord]:
     """Send ``own`` (if any) to ``peer_id`` and return every signed record it holds (unverified)."""
     records: list[SignedRecord] = []
     with trio.fail_after(timeout):

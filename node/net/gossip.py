@@ -64,7 +64,9 @@ class _Budget:
         return True
 
 
-def build_pubsub(host: IHost, *, heartbeat_interval: int = 1, max_messages_per_second: float = 100.0) -> tuple[GossipSub, Pubsub]:
+def build_pubsub(
+    host: IHost, *, heartbeat_interval: int = 1, max_messages_per_second: float = 100.0
+) -> tuple[GossipSub, Pubsub]:
     """GossipSub with a 1 s heartbeat (default 120 s, B4) and a spam limit sized for N announcers.
 
     The default 10 msg/s per forwarding peer drops relays as soon as more than
@@ -143,7 +145,7 @@ class Announcer:
         except ProtocolError as exc:
             return self._reject(via, type(exc).__name__, str(exc))
         if via != str(self.pubsub.my_id):
-            new = sum(1 for s in batch.records if not self.known(decode(s.payload).peer_id))  # type: ignore[attr-defined]
+            new = len([s for s in batch.records if not self.known(decode(s.payload).peer_id)])  # type: ignore[attr-defined]
             now = time.monotonic()
             budget = self._budgets.get(via)
             if budget is None:

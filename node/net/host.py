@@ -92,12 +92,12 @@ async def disconnect_all(host: IHost, *, timeout: float = 2.0) -> None:
                 pass
 
 
-async def disconnect_peer(host: object, peer_id: str, *, timeout: float = 2.0) -> None:
+async def disconnect_peer(host: IHost, peer_id: str, *, timeout: float = 2.0) -> None:
     """Close our connection to ``peer_id`` (bounded; a peer already gone is not an error)."""
     from libp2p.peer.id import ID
 
     with trio.move_on_after(timeout):
         try:
-            await host.disconnect(ID.from_base58(peer_id))  # type: ignore[attr-defined]
+            await host.disconnect(ID.from_base58(peer_id))
         except Exception:  # already gone
             pass

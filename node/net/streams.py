@@ -19,8 +19,10 @@ import math
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar, overload
 
 import trio
+from libp2p.abc import IHost
 from libp2p.custom_types import TProtocol
 from libp2p.io.exceptions import IOException
 from libp2p.peer.id import ID
@@ -30,6 +32,11 @@ import protocol
 from protocol import ErrorMessage, FrameDecoder, Message, MessageTooLarge, ProtocolError, encode, encode_frame
 
 from ..logs import event, get_logger, limited_event
+
+M = TypeVar("M", bound=Message)
+M2 = TypeVar("M2", bound=Message)
+M3 = TypeVar("M3", bound=Message)
+M4 = TypeVar("M4", bound=Message)
 
 log = get_logger("net.streams")
 
@@ -78,9 +85,23 @@ class FramedStream:
         try:
             await self._stream.write(data)  # type: ignore[attr-defined]
         except TRANSPORT_ERRORS as exc:
-            raise StreamClosed(f"stream to {self.remote_peer[-8:]} closed while sending: {type(exc).__name__}") from None
+            raise StreamClosed(
+                f"stream to {self.remote_peer[-8:]} closed while sending: {type(exc).__name__}"
+            ) from None
 
-    async def receive(self, expected: type | tuple[type, ...] | None = None) -> Message:
+    # The reply is one of the expected types: say so to the type checker.
+    @overload
+    async def receive(self, expected: type[M]) -> M: ...
+    @overload
+    async def receive(self, expected: tuple[type[M], type[M2]]) -> M | M2: ...
+    @overload
+    async def receive(self, expected: tuple[type[M], type[M2], type[M3]]) -> M | M2 | M3: ...
+    @overload
+    async def receive(self, expected: tuple[type[M], type[M2], type[M3], type[M4]]) -> M | M2 | M3 | M4: ...
+    @overload
+    async def receive(self, expected: tuple[type[Message], ...] | None = None) -> Message: ...
+
+    async def receive(self, expected: type[Message] | tuple[type[Message], ...] | None = None) -> Message:
         """Next message; ``ProtocolError`` on bad bytes, :class:`StreamClosed` on EOF/reset."""
         frame = await self._next_frame()
         return protocol.decode(frame, expected, max_size=self.max_frame)
@@ -129,10 +150,12 @@ class FramedStream:
             pass
 
 
-async def open_stream(host: object, peer_id: str, protocol_id: str, *, max_frame: int = protocol.MAX_MESSAGE_SIZE) -> FramedStream:
+async def open_stream(
+    host: IHost, peer_id: str, protocol_id: str, *, max_frame: int = protocol.MAX_MESSAGE_SIZE
+) -> FramedStream:
     """Open a new stream to ``peer_id`` (which must be connected or dialable from the peerstore)."""
     try:
-        raw = await host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol_id)])  # type: ignore[attr-defined]
+        raw = await host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol_id)])
     except trio.Cancelled:
         raise
     except Exception as exc:  # libp2p raises StreamFailure, SwarmException, IOException, ...
@@ -270,16 +293,16 @@ class _Limits:
 _allowlists: weakref.WeakKeyDictionary[object, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
-def set_allowlist(host: object, peers: Iterable[str] | None) -> None:
+def set_allowlist(host: IHost, peers: Iterable[str] | None) -> None:
     """Only ``peers`` (and the host itself) may open streams on protocols :func:`serve` registers
     on ``host``; ``None`` or empty: anyone may (an open swarm)."""
     if peers:
-        _allowlists[host] = frozenset(peers) | {str(host.get_id())}  # type: ignore[attr-defined]
+        _allowlists[host] = frozenset(peers) | {str(host.get_id())}
     else:
         _allowlists.pop(host, None)
 
 
-def is_allowed(host: object, peer_id: str) -> bool:
+def is_allowed(host: IHost, peer_id: str) -> bool:
     allowed = _allowlists.get(host)
     return allowed is None or peer_id in allowed
 
@@ -293,7 +316,7 @@ def _remote_ip(raw: object) -> str | None:
 
 
 def serve(
-    host: object,
+    host: IHost,
     protocol_id: str,
     handler: Handler,
     *,
@@ -376,7 +399,7 @@ def serve(
             limits.waiting.pop(stream, None)
             limits.release(peer, ip)
 
-    host.set_stream_handler(TProtocol(protocol_id), _on_stream)  # type: ignore[attr-defined]
+    host.set_stream_handler(TProtocol(protocol_id), _on_stream)
 
 
 async def _say_goodbye(stream: FramedStream, reply: ErrorMessage) -> None:

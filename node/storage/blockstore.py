@@ -202,7 +202,9 @@ class BlockStore:
             try:
                 raw = json.loads(path.read_text())
                 parse_cid(raw["cid"])
-                out.append(Pin(raw["cid"], raw.get("name", ""), int(raw.get("size", 0)), float(raw.get("pinned_at", 0))))
+                out.append(
+                    Pin(raw["cid"], raw.get("name", ""), int(raw.get("size", 0)), float(raw.get("pinned_at", 0)))
+                )
             except (ValueError, KeyError, TypeError, ProtocolError):
                 log.warning("ignoring unreadable pin file %s", path.name)
         return out

@@ -108,7 +108,9 @@ class FetchStats:
 class _Scheduler:
     """Shared want-queue; tracks which provider lacks what and who is still alive."""
 
-    def __init__(self, store: BlockStore, stats: FetchStats, progress: Progress | None, max_bytes: int = MAX_DAG_BYTES) -> None:
+    def __init__(
+        self, store: BlockStore, stats: FetchStats, progress: Progress | None, max_bytes: int = MAX_DAG_BYTES
+    ) -> None:
         self.store = store
         self.max_bytes = max_bytes
         self.declared: dict[bytes, int] = {}  # CID digest -> size its parent's link declares

@@ -107,7 +107,9 @@ class StorageService:
 
     # ------------------------------------------------------------------ publish
 
-    async def publish(self, path: str | os.PathLike[str], options: AddOptions = AddOptions(), *, announce: bool = True) -> Published:
+    async def publish(
+        self, path: str | os.PathLike[str], options: AddOptions = AddOptions(), *, announce: bool = True
+    ) -> Published:
         """Import ``path`` (file or directory) into the store, pin it and provide it."""
         entry: Entry = await trio.to_thread.run_sync(import_path, self.store, Path(path), options)
         await trio.to_thread.run_sync(self.store.pin, entry.cid, Path(path).name)
@@ -198,7 +200,9 @@ class StorageService:
         return await trio.to_thread.run_sync(export, self.store, root, Path(dest))
 
 
-async def ensure_local(node: Node, cid: CID | str, dest_dir: str | os.PathLike[str] | None = None, *, peers: Iterable[str] = ()) -> Path:
+async def ensure_local(
+    node: Node, cid: CID | str, dest_dir: str | os.PathLike[str] | None = None, *, peers: Iterable[str] = ()
+) -> Path:
     """Return a local path holding the content of ``cid``, fetching what is missing.
 
     A directory DAG (a model or adapter dir) is exported *as* ``dest_dir``; a single

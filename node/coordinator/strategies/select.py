@@ -34,12 +34,12 @@ async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer
     shape = None if params["kind"] == "auto" else params["kind"]
     by_expert: dict[tuple[str, str | None], list[tuple[Reply, str]]] = {}
     for reply in replies:
-        key = aggregate.extract(reply.text, shape)  # type: ignore[arg-type]
+        key = aggregate.extract(reply.text, shape)
         by_expert.setdefault((reply.route.peer_id, reply.route.adapter), []).append((reply, key))
     best: tuple[float, float, float] | None = None
     chosen: Reply | None = None
     summary = []
-    for rank_index, ((peer, _adapter), samples) in enumerate(by_expert.items()):
+    for rank_index, ((_peer, _adapter), samples) in enumerate(by_expert.items()):
         majority, share = aggregate.confidence([key for _, key in samples])
         for reply, key in samples:
             pool.end_step(reply.step, answer=key, score=round(share, 3))

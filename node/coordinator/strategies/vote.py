@@ -25,7 +25,7 @@ def tally(pool: Pool, replies: list[Reply], kind: str) -> tuple[Reply, aggregate
         ballots.append(aggregate.Ballot(aggregate.extract(reply.text, shape),  # type: ignore[arg-type]
                                         tiebreak=dev if dev is not None else reply.route.score / 1000))
     decision = aggregate.vote(ballots)
-    for reply, ballot in zip(replies, ballots):
+    for reply, ballot in zip(replies, ballots, strict=True):
         votes = sum(1 for b in ballots if b.key == ballot.key and b.key)
         pool.end_step(reply.step, answer=ballot.key, votes=votes)
     return replies[decision.index], decision
