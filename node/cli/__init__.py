@@ -13,7 +13,20 @@ import argparse
 import importlib
 
 # Order is the order shown in --help.
-COMMANDS = ("start", "peers", "query", "status", "publish", "fetch", "pin", "eval", "models", "train", "merge", "spot_check")
+COMMANDS = (
+    "start",
+    "peers",
+    "query",
+    "status",
+    "publish",
+    "fetch",
+    "pin",
+    "eval",
+    "models",
+    "train",
+    "merge",
+    "spot_check",
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the operation ran and failed (fetch incomplete, query answered an error, ...)

@@ -13,8 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from .storage_options import add_common, add_network, setup
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from node.training.data import Example
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"error: --weights {args.weights!r}: expected comma-separated numbers", file=sys.stderr)
             return 2
-    search = ()
+    search: tuple[Example, ...] = ()
     if args.search:
         try:
             search = load_dataset(args.search, split=args.search_split).examples[: args.search_n]
@@ -95,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_refs(config, refs: list[str], peers: list[str], timeout: float) -> list[tuple[object, str | None]]:
+def resolve_refs(config, refs: list[str], peers: list[str], timeout: float) -> list[tuple[Path, str | None]]:
     """``(local dir, cid or None)`` per ref; CIDs already in the local block store are exported, others fetched."""
     from pathlib import Path
 
@@ -105,7 +111,7 @@ def resolve_refs(config, refs: list[str], peers: list[str], timeout: float) -> l
     from protocol.cid import parse_cid
 
     store = BlockStore.for_data_dir(config.data_path)
-    out: list[tuple[object, str | None]] = []
+    out: list[tuple[Path, str | None]] = []
     remote = []
     for ref in refs:
         if Path(ref).expanduser().is_dir():

@@ -29,8 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="base: smollm2-135m (default), gemma3-270m, qwen2.5-0.5b, "
                    "qwen2.5-1.5b, a GGUF file or an HF dir")
     p.add_argument("--out", default=None, metavar="DIR", help="adapter output directory (default ./adapters/NAME)")
-    p.add_argument("--data-dir", help="node data dir: checkpoints, block store (default ~/.mosaic); models are cached in "
-                   "$MOSAIC_CACHE_DIR or the user cache dir")
+    p.add_argument(
+        "--data-dir",
+        help="node data dir: checkpoints, block store (default ~/.mosaic); models are cached in "
+        "$MOSAIC_CACHE_DIR or the user cache dir",
+    )
     p.add_argument("--rank", type=int, default=d.rank, help=f"LoRA rank (default {d.rank})")
     p.add_argument("--alpha", type=int, default=d.alpha, help=f"LoRA alpha (default {d.alpha})")
     p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")

@@ -113,8 +113,16 @@ def relevance_weights(query: str, inputs: Sequence[MergeInput], *, temperature: 
     return tuple(round(e / sum(exps), 6) for e in exps)
 
 
-def search_weights(objective: Callable[[tuple[float, ...]], float], count: int, *, budget: int = 16,
-                   seed: int = 0, sigma: float = 0.3, low: float = 0.0, high: float = 1.5) -> tuple[tuple[float, ...], float]:
+def search_weights(
+    objective: Callable[[tuple[float, ...]], float],
+    count: int,
+    *,
+    budget: int = 16,
+    seed: int = 0,
+    sigma: float = 0.3,
+    low: float = 0.0,
+    high: float = 1.5,
+) -> tuple[tuple[float, ...], float]:
     """Gradient-free minimisation of ``objective`` over adapter weights (LoraHub's idea).
 
     A small (1+λ) evolution strategy with step-size adaptation: start at uniform weights,
@@ -193,9 +201,17 @@ def merged_card(name: str, inputs: Sequence[MergeInput], weights: Sequence[float
     return {
         "name": name,
         "kind": "lora-merge",
-        "description": "merge of: " + "; ".join(d for d in descriptions if d) if any(descriptions) else "merged adapter",
+        "description": "merge of: " + "; ".join(d for d in descriptions if d)
+        if any(descriptions)
+        else "merged adapter",
         "tags": tags[:32],
         "base": base,
-        "merge": {"inputs": [i.ref for i in inputs], "weights": list(weights), "method": method,
-                  "density": density, "weights_from": how, **(extra or {})},
+        "merge": {
+            "inputs": [i.ref for i in inputs],
+            "weights": list(weights),
+            "method": method,
+            "density": density,
+            "weights_from": how,
+            **(extra or {}),
+        },
     }
