@@ -26,6 +26,8 @@ import msgspec
 import trio
 
 from protocol import QueryChunk, QueryRequest, QueryResult
+from protocol.trace import Trace
+from protocol.verify import check_trace
 
 from .metrics import NodeMetrics, metrics_for
 
@@ -143,7 +145,7 @@ class Activity:
         view.prompt_tokens = result.usage.prompt_tokens
         view.completion_tokens = result.usage.completion_tokens
         view.provenance = [msgspec.to_builtins(p) for p in result.provenance]
-        view.trace = msgspec.to_builtins(getattr(result, "trace", None))
+        view.trace = _checked_trace(getattr(result, "trace", None))
         self.metrics.latency.labels(view.strategy).observe(seconds)
         self.metrics.tokens.labels("prompt").inc(view.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(view.completion_tokens)
@@ -200,6 +202,26 @@ class QueryRecorder:
             if isinstance(item, QueryResult):
                 activity._finished(view, item, self.elapsed())
             yield item
+
+
+def _checked_trace(trace: Trace | None) -> Any:
+    """The trace as JSON, each receipt replaced by the outcome of checking it (protocol/verify.py).
+
+    This node checks what it is about to show: whether the step's peer signed exactly the
+    prompt and output the trace records.  A client that does not trust this node checks the
+    same receipts itself (``node query --verify``).
+    """
+    data = msgspec.to_builtins(trace)
+    if not isinstance(trace, Trace) or not isinstance(data, dict):
+        return data
+    checks = {check.step: check for check in check_trace(trace)}
+    for step in data.get("steps", ()):
+        if isinstance(step, dict) and step.get("receipt") is not None:
+            check = checks.get(step.get("index", -1))
+            step["receipt"] = "signed"  # the bytes are for verifiers, not for the page
+            if check is not None:
+                step["verified"], step["receipt_check"] = check.ok, check.detail
+    return data
 
 
 def _cause(exc: BaseException | None) -> BaseException | None:

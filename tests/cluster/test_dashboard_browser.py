@@ -5,6 +5,7 @@ and 2 serve SmolLM2 (node 2 with the ``noisy`` adapter).  The page, opened
 with the token in its URL fragment, must list the three peers and their
 experts, stream an answer to a question asked from its box, and draw that
 answer's trace naming the serving peer; the live query feed must show it too.
+A second question through ``vote`` must draw one proposer branch per expert.
 A screenshot lands in the test's tmp_path.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (scripts/install.sh installs
@@ -85,9 +86,28 @@ def drive(url: str, peers: dict[str, str], experts: set[str], profile: Path, scr
                           d.find_elements(By.CSS_SELECTOR, "#queries li .trace [data-peer]"))
         feed_peers = [e.get_attribute("data-peer") for e in feed]
         usage_rows = [r.get_attribute("data-peer-id") for r in driver.find_elements(By.CSS_SELECTOR, "#usage tbody tr")]
+
+        # A fan-out strategy: its trace is a tree with one proposer step per expert, with their votes.
+        Select(driver.find_element(By.ID, "strategy")).select_by_value("mosaic/vote")
+        driver.find_element(By.ID, "question").clear()
+        driver.find_element(By.ID, "question").send_keys("What is 2 + 2? Answer with a number.")
+        driver.find_element(By.ID, "max-tokens").clear()
+        driver.find_element(By.ID, "max-tokens").send_keys("8")
+        driver.execute_script("document.getElementById('ask-trace').dataset.done = ''")
+        driver.find_element(By.ID, "ask-button").click()
+        wait.until(lambda d: d.find_element(By.ID, "ask-trace").get_attribute("data-done") == "1"
+                   or "error" in d.find_element(By.ID, "ask-meta").text)
+        # ... then redrawn from the node's own record of it, whose receipts the node checked (SSE).
+        wait.until(lambda d: d.find_element(By.ID, "ask-trace").get_attribute("data-checked") == "1")
+        vote_meta = driver.find_element(By.ID, "ask-meta").text
+        vote_steps = [(e.get_attribute("data-step"), [p.get_attribute("data-peer") for p in
+                       e.find_elements(By.CSS_SELECTOR, ":scope > .head [data-peer]")])
+                      for e in driver.find_elements(By.CSS_SELECTOR, "#ask-trace li.step[data-step]")]
+        vote_text = driver.find_element(By.ID, "ask-trace").text
         driver.save_screenshot(str(screenshot))
         return {"listed": listed, "meta": meta, "answer": answer, "trace_peers": trace_peers,
-                "trace_text": trace_text, "feed_peers": feed_peers, "usage_rows": usage_rows}
+                "trace_text": trace_text, "feed_peers": feed_peers, "usage_rows": usage_rows,
+                "vote_meta": vote_meta, "vote_steps": vote_steps, "vote_text": vote_text}
     finally:
         driver.quit()
 
@@ -113,5 +133,11 @@ async def test_dashboard_lists_peers_and_answers_from_the_page(base_expert, adap
     served = [p for p in seen["trace_peers"] if p in (c.base.peer_id, c.noisy.peer_id)]
     assert served, seen["trace_text"]
     assert served[0] in seen["feed_peers"] and served[0] in seen["usage_rows"]
+    assert "strategy vote" in seen["vote_meta"], seen["vote_meta"]
+    step_peers = {peer for _, peers in seen["vote_steps"] for peer in peers}
+    assert {c.base.peer_id, c.noisy.peer_id} <= step_peers, seen["vote_text"]  # one branch per expert
+    assert "votes" in seen["vote_text"] and "proposer" in seen["vote_text"], seen["vote_text"]
+    # The node checked each expert's signed receipt against the step it shows.
+    assert seen["vote_text"].count("receipt verified") >= 2 and "NOT verified" not in seen["vote_text"]
     assert screenshot.stat().st_size > 10_000
     print(f"screenshot: {screenshot}")

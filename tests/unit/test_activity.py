@@ -149,3 +149,33 @@ def test_failed_steps_of_a_trace_are_failovers_by_code():
     assert failed_steps(trace) == ["busy", "error"]
     assert failed_steps(None) == [] and failed_steps([{"status": "failed"}]) == []
     assert trace_peers(trace) == {A, B, "C"}
+
+
+def test_receipts_in_a_trace_are_checked_before_the_dashboard_shows_them():
+    import msgspec
+
+    from node.activity import _checked_trace
+    from protocol.receipts import Receipt, sign_receipt, text_digest
+    from protocol.trace import Trace, TraceStep
+    from protocol.verify import encode_receipt, step_request_id
+
+    expert = p.Identity.generate()
+    prompt_digest = "sha256:" + "0" * 64
+
+    def step(index: int, output: str, signed_output: str) -> TraceStep:
+        receipt = Receipt(kind="generate", request_id=step_request_id("q1", index), peer_id=expert.peer_id,
+                          model_cid="", input_digest=prompt_digest, output_digest=text_digest(signed_output), tokens=3)
+        return TraceStep(index=index, role="proposer", peer=expert.peer_id, input_digest=prompt_digest,
+                         output=output, receipt=encode_receipt(sign_receipt(receipt, expert)))
+
+    trace = Trace(request_id="q1", strategy="vote", steps=(
+        step(0, "four", "four"),       # what the expert signed
+        step(1, "five", "four"),       # the coordinator changed the output after the expert signed it
+        TraceStep(index=2, role="judge", peer=expert.peer_id, call="score"),  # unsigned call: nothing to check
+    ))
+    shown = _checked_trace(trace)
+    good, edited, unsigned = shown["steps"]
+    assert good["verified"] is True and good["receipt"] == "signed"
+    assert edited["verified"] is False and edited["receipt_check"]
+    assert "verified" not in unsigned and unsigned["receipt"] is None
+    assert msgspec.json.encode(shown)  # JSON for the page: no bytes left

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { peers: [], queries: new Map(), usage: {}, names: {} };
+const state = { peers: [], queries: new Map(), usage: {}, names: {}, asked: null };
 let token = null;
 
 // ------------------------------------------------------------------ token (docs/operators.md)
@@ -182,6 +182,7 @@ function renderStep(step) {
   const fields = [];
   for (const [key, value] of Object.entries(step)) {
     if (PEER_KEYS.includes(key) || ["role", "kind", "step", "expert", "adapter", "verified", "receipt"].includes(key)) continue;
+    if (key === "receipt_check" && step.verified === true) continue; // the detail matters when a check fails
     if (isEmpty(value) && value !== 0) continue;
     if (key === "dropped_steps" && !value) continue;
     if (key === "call" && value === "generate") continue; // the default call; score / next_token stand out
@@ -221,6 +222,11 @@ function renderQuery(q) {
     q.status === "ok" ? el("div", { class: "trace" }, renderTrace(traceOf(q.trace, q.provenance))) : null);
   if (item) item.replaceWith(fresh);
   else $("queries").prepend(fresh);
+  // The node's own record of the question asked from the box carries its receipts checked: show that one.
+  if (q.request_id === state.asked && q.status === "ok") {
+    $("ask-trace").replaceChildren(renderTrace(traceOf(q.trace, q.provenance)));
+    $("ask-trace").dataset.checked = "1";
+  }
   while ($("queries").children.length > 50) $("queries").lastChild.remove();
 }
 
@@ -343,6 +349,8 @@ async function ask(event) {
       throw new Error((body.error && body.error.message) || "HTTP " + reply.status);
     }
     const servedBy = reply.headers.get("x-mosaic-served-by");
+    state.asked = reply.headers.get("x-mosaic-request-id");
+    $("ask-trace").dataset.checked = "";
     $("ask-meta").textContent = servedBy ? `answering: ${state.names[servedBy] || short(servedBy)}` : "answering…";
     let final = null;
     let usage = null;
@@ -361,7 +369,9 @@ async function ask(event) {
     if (final && final.seconds !== undefined) parts.push(secs(final.seconds));
     if (usage) parts.push(`${usage.completion_tokens} tokens`);
     $("ask-meta").textContent = parts.join(" · ");
-    if (final) $("ask-trace").replaceChildren(renderTrace(traceOf(final.trace, final.provenance)));
+    const recorded = state.queries.get(state.asked);
+    if (recorded && recorded.status === "ok") renderQuery(recorded); // its checked trace arrived first
+    else if (final) $("ask-trace").replaceChildren(renderTrace(traceOf(final.trace, final.provenance)));
     $("ask-trace").dataset.done = "1";
   } catch (err) {
     if (!(err instanceof Unauthorized)) $("ask-meta").textContent = "error: " + err.message;
