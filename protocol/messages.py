@@ -235,17 +235,25 @@ class Cancel(Message, frozen=True, kw_only=True, tag="cancel"):
 
 
 class Queued(Message, frozen=True, kw_only=True, tag="queued"):
-    """The expert is alive and the request waits for a batch slot (sent when ``progress`` is set).
+    """The expert is alive and working towards this request (sent when ``progress`` is set).
 
     Sent when the request is queued, when its position changes (rate-limited)
-    and as a keep-alive while it waits, so a client can tell a busy, progressing
-    expert from a dead one without a fixed first-token deadline.
+    and as a keep-alive whenever the expert has sent nothing else on the stream
+    for about a second: while the request waits, and also once it runs (a long
+    prefill, a slow decode step), with ``started`` set.  So a client can tell a
+    busy, progressing expert from a dead one without a fixed first-token (or
+    next-token) deadline; a stopped or dead expert sends nothing.
+
+    Wire compatibility: ``started`` is a later addition with a default, and a
+    running request reports ``position`` 1 (not 0), so a peer that predates it
+    decodes the keep-alive as "next to start", which is still a liveness report.
     """
 
     request_id: RequestId
-    position: Annotated[int, Meta(ge=1)]  # 1: the next generation to start
+    position: Annotated[int, Meta(ge=1)]  # 1: the next generation to start (or, with started, running)
     waiting: NonNegInt  # generations queued in total
     running: NonNegInt  # generations in the batch now
+    started: bool = False  # the request is in the batch already: a keep-alive during its forward passes
 
 
 ErrorCode = Literal[

@@ -12,7 +12,10 @@ Strategies only decide; the pool handles what goes wrong:
   adaptive budget, else the step fails instead of eating the query's time; a
   busy expert that reports its queue position (``Queued``) is alive, and each
   report restarts that budget (:func:`alive_but_waiting`), so a live expert's
-  queue is waited on until the query's deadline instead of failing over;
+  queue is waited on until the query's deadline instead of failing over; an
+  expert also sends ``Queued(started=True)`` keep-alives while its forward pass
+  runs (a long prefill, a slow decode step), which hold the step the same way,
+  before the first token and mid-answer;
 - a failure before the first token: the next expert of the failover list;
 - a failure after tokens: the next expert continues from the partial text, so a
   streaming client sees one answer (``Ask.continued``), the trace links the steps;
@@ -93,7 +96,10 @@ class QueryFailed(Exception):
 
 
 def alive_but_waiting(message: object) -> bool:
-    """The liveness policy: is ``message`` an expert's report that our request waits in its queue?
+    """The liveness policy: is ``message`` an expert's report that it is alive and on our request?
+
+    A ``Queued`` report: the request waits in its queue, or (``started``) runs a
+    forward pass that is taking a while (the expert's keep-alive, node/expert/local.py).
 
     Such a report restarts the token budget without counting as a first token.  A
     fixed first-token wait turned a burst of 64 requests into 48 errors on an

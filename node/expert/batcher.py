@@ -48,7 +48,9 @@ BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in adapter_names
 
 # Queued reports (for requests with ``progress``): a changed position is sent at most every
 # QUEUE_REPORT_MIN_S, and an unchanged one again after QUEUE_KEEPALIVE_S, so a client can
-# wait on a live expert with a short silence window (the coordinator's is >= 3 s).
+# wait on a live expert with a short silence window (the coordinator's is >= 3 s).  While this
+# thread is inside a long forward pass it reports nothing: the trio side then sends the
+# keep-alive itself (local.py, with_keepalive), for queued and running jobs alike.
 QUEUE_REPORT_MIN_S = 0.5
 QUEUE_KEEPALIVE_S = 1.0
 # New generations prefilled between two decode steps.  Prefills run one by one (batch of one),
@@ -245,6 +247,7 @@ class InferenceWorker:
             return
         try:
             if isinstance(job.request, GenerateRequest):
+                job.started = True
                 self._admit(job, job.request)
             elif isinstance(job.request, NextTokenRequest):
                 job.emit(self._forward_tools().next_token(job.request))

@@ -34,6 +34,9 @@ class Job:
     # Queue reporting (worker thread only): the last Queued position sent, and when.
     reported_position: int = 0
     reported_at: float = float("-inf")
+    # Set by the worker when the job leaves the queue for its prefill (read by the trio side's
+    # keep-alive, node/expert/local.py: a bool write is atomic under the GIL).
+    started: bool = False
 
     def cancel(self) -> None:
         self.cancelled = True

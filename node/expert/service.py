@@ -17,13 +17,17 @@ first-message deadline, per-peer limits and typed errors for bad frames
 
 ``Queued`` (only when the request sets ``progress``) tells the client the
 expert is alive and where the request waits; it is sent even for a
-non-streamed request, since it carries no text.
+non-streamed request, since it carries no text.  It is also the keep-alive
+of a request that already runs (``started``): after each QUEUE_KEEPALIVE_S
+with nothing sent on the stream (LocalExpert.with_keepalive), so a slow
+forward pass is not mistaken for a dead expert.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import aclosing
 from typing import Any
 
 import trio
@@ -36,7 +40,6 @@ from protocol import (
     GenerateRequest,
     NextTokenRequest,
     ScoreRequest,
-    TokenChunk,
 )
 
 from ..config import ExpertConfig
@@ -76,16 +79,16 @@ async def handle_infer_stream(expert: LocalExpert, stream: FramedStream) -> None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_client, stream, job)
                 with trio.fail_after(_remaining(job) + _TERMINAL_GRACE):
-                    async for message in messages:
-                        if isinstance(message, TokenChunk) and not request.stream:
-                            continue
-                        try:
-                            await stream.send(message)
-                        except StreamClosed:
-                            job.cancel()  # client gone: free the batch slot
-                            raise
-                        if isinstance(message, TERMINAL):
-                            break
+                    events = expert.with_keepalive(job, messages, drop_chunks=not request.stream)
+                    async with aclosing(events):
+                        async for message in events:
+                            try:
+                                await stream.send(message)
+                            except StreamClosed:
+                                job.cancel()  # client gone: free the batch slot
+                                raise
+                            if isinstance(message, TERMINAL):
+                                break
                 nursery.cancel_scope.cancel()
     except RequestRejected as exc:
         await stream.send(exc.to_message())

@@ -8,6 +8,7 @@ batch; backpressure, cancellation and deadlines free slots.
 from __future__ import annotations
 
 import dataclasses
+import time
 from contextlib import aclosing
 
 import msgspec
@@ -139,12 +140,49 @@ async def test_waiting_generations_report_their_queue_position(base_expert):
     assert reports and reports[0].position == 3 and reports[0].waiting >= 3 and reports[0].running == 1
     positions = [r.position for r in reports]
     assert positions == sorted(positions, reverse=True)
-    # Reports only come before the first token, and the answer is unaffected.
+    # Queue reports only come before the first token (after it, only a slow step's keep-alive,
+    # marked started), and the answer is unaffected.
     first_chunk = next(i for i, m in enumerate(last) if isinstance(m, TokenChunk))
-    assert all(not isinstance(m, Queued) for m in last[first_chunk:])
+    assert all(m.started for m in last[first_chunk:] if isinstance(m, Queued))
+    started = [m.started for m in reports]
+    assert started == sorted(started)  # once running, never reported as waiting again
     assert isinstance(last[-1], GenerateResult) and last[-1].usage.completion_tokens > 0
     # A request that did not ask (an older client) never sees a Queued message.
     assert not any(isinstance(m, Queued) for m in seen["quiet"])
+
+
+async def test_a_running_generation_keeps_reporting_while_its_forward_pass_is_slow(base_expert, monkeypatch):
+    """The trio side's keep-alive: a prefill slower than the keep-alive interval is not silence."""
+    worker = InferenceWorker(base_expert, max_batch=1, queue_size=8)
+    real_forward = worker._forward
+    slowed: list[bool] = []
+
+    def slow_forward(adapters, **inputs):
+        if not slowed:  # the first prefill only
+            slowed.append(True)
+            time.sleep(2.5)
+        return real_forward(adapters, **inputs)
+
+    monkeypatch.setattr(worker, "_forward", slow_forward)
+    worker.start()
+    local = LocalExpert(worker)
+    try:
+        with trio.fail_after(60):
+            seen = []
+            request = msgspec.structs.replace(chat("Name a colour.", "slow", tokens=4), progress=True)
+            async with aclosing(local.generate(request)) as events:
+                seen = [message async for message in events]
+            slowed.clear()  # a request without progress hears nothing but its answer (older clients)
+            request = chat("Name a colour.", "quiet", tokens=4)
+            async with aclosing(local.generate(request)) as events:
+                quiet = [message async for message in events]
+    finally:
+        await trio.to_thread.run_sync(worker.stop)
+    first_chunk = next(i for i, m in enumerate(seen) if isinstance(m, TokenChunk))
+    alive = [m for m in seen[:first_chunk] if isinstance(m, Queued) and m.started]
+    assert alive and all(m.position == 1 and m.request_id == "slow" for m in alive)
+    assert isinstance(seen[-1], GenerateResult) and seen[-1].usage.completion_tokens > 0
+    assert slowed and not any(isinstance(m, Queued) for m in quiet) and isinstance(quiet[-1], GenerateResult)
 
 
 async def test_running_rows_keep_decoding_while_new_requests_are_prefilled(local):

@@ -24,6 +24,7 @@ SAMPLES: list[p.Message] = [
     p.NextTokenResult(request_id="r4", token_ids=(19, 20), logprobs=(-0.1, -2.0), tokens=("4", "5")),
     p.Cancel(request_id="r1"),
     p.Queued(request_id="r1", position=3, waiting=5, running=8),
+    p.Queued(request_id="r1", position=1, waiting=0, running=1, started=True),
     p.ErrorMessage(code="busy", message="queue full", request_id="r1"),
     p.QueryRequest(request_id="q1", prompt="why?", tags=("math",), model="mosaic/route"),
     p.QueryChunk(request_id="q1", index=0, text="be", provenance=p.Provenance(served_by="12D3KooWx", adapter="law")),
@@ -147,3 +148,19 @@ def test_frame_decoder_rejects_overlong_varint():
 def test_encode_frame_enforces_cap():
     with pytest.raises(p.MessageTooLarge):
         encode_frame(b"x" * 10, max_size=9)
+
+
+def test_queued_keepalive_is_wire_compatible_both_ways():
+    """``started`` (the running request's keep-alive) came later: old and new peers still agree."""
+    class OldQueued(msgspec.Struct, frozen=True, kw_only=True, tag="queued", tag_field="t"):
+        v: int
+        request_id: str
+        position: int
+        waiting: int
+        running: int
+
+    new = p.Queued(request_id="r1", position=1, waiting=0, running=2, started=True)
+    old = msgspec.msgpack.decode(p.encode(new), type=OldQueued)  # an old client ignores the field
+    assert (old.position, old.running) == (1, 2)
+    old_frame = _raw(t="queued", v=p.PROTOCOL_VERSION, request_id="r1", position=2, waiting=3, running=1)
+    assert p.decode(old_frame) == p.Queued(request_id="r1", position=2, waiting=3, running=1, started=False)
