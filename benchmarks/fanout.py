@@ -12,6 +12,11 @@ workers in one process starve the trio loop of the GIL).  For every k, in one ru
   (first proposer start to last proposer end, from the trace); the aggregator
   is one more sequential generation on top.
 
+* together-k: the same k experts each asked alone (``route`` pinned), all k
+  queries at once: the time k experts need side by side on this machine, with
+  no aggregation.  fan-out / together-k isolates what coordination costs from
+  what k busy experts sharing too few cores cost.
+
 ratio = latency / slowest single expert among the ones the strategy used.
 Target (issue 8): fan-out part <= 1.3x.  Rounds alternate the variants so
 load from other processes hits all alike; medians are reported.  The experts
@@ -47,6 +52,17 @@ async def timed(host, peer: str, query) -> tuple[float, object]:
             if isinstance(event, p.QueryResult):
                 return time.perf_counter() - started, event
     raise RuntimeError("no result")
+
+
+async def side_by_side(host, peer: str, queries) -> float:
+    """Wall time until every one of ``queries`` (sent at once) has its answer."""
+    import trio
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for q in queries:
+            nursery.start_soon(timed, host, peer, q)
+    return time.perf_counter() - started
 
 
 def fan_out_seconds(result, role: str = "proposer") -> float:
@@ -90,11 +106,14 @@ async def main(args: argparse.Namespace) -> None:
                 await timed(host, peer, query("vote", params={"k": n}))  # warm-up: every expert once
                 singles: dict[str, list[float]] = {e.peer_id: [] for e in procs}
                 runs: dict[str, list[tuple[float, object]]] = {}
+                together: dict[int, list[float]] = {}
                 for _ in range(args.rounds):
                     for e in procs:
                         seconds, _ = await timed(host, peer, query("route", model=e.peer_id))
                         singles[e.peer_id].append(seconds)
                     for k in ks:
+                        together.setdefault(k, []).append(await side_by_side(host, peer, [
+                            query("route", model=e.peer_id) for e in procs[:k]]))
                         for strategy in ("vote", "moa"):
                             runs.setdefault(f"{strategy}-{k}", []).append(
                                 await timed(host, peer, query(strategy, params={"k": k, "k_min": k})))
@@ -106,13 +125,18 @@ async def main(args: argparse.Namespace) -> None:
     single = {peer_id: statistics.median(v) for peer_id, v in singles.items()}
     print(f"single experts (median of {args.rounds}, {args.tokens} tokens): "
           + ", ".join(f"{s:.2f}s" for s in single.values()))
-    print(f"{'variant':<8} {'e2e s':>7} {'fan-out s':>9} {'slowest 1':>9} {'e2e/1':>6} {'fan-out/1':>9}")
+    print("together-k (k experts asked at once, no aggregation): "
+          + ", ".join(f"k={k} {statistics.median(v):.2f}s" for k, v in together.items()))
+    print(f"{'variant':<8} {'e2e s':>7} {'fan-out s':>9} {'slowest 1':>9} {'e2e/1':>6} {'fan-out/1':>9}"
+          f" {'fan-out/together-k':>18}")
     for name, samples in runs.items():
         e2e = statistics.median(s for s, _ in samples)
         fan = statistics.median(fan_out_seconds(r) for _, r in samples)
         used = {s.peer for _, r in samples for s in r.trace.steps if s.role == "proposer"}
         slowest = max(single[u] for u in used)
-        print(f"{name:<8} {e2e:7.2f} {fan:9.2f} {slowest:9.2f} {e2e / slowest:6.2f} {fan / slowest:9.2f}")
+        side = statistics.median(together[int(name.rsplit("-", 1)[1])])
+        print(f"{name:<8} {e2e:7.2f} {fan:9.2f} {slowest:9.2f} {e2e / slowest:6.2f} {fan / slowest:9.2f}"
+              f" {fan / side:18.2f}")
     print(f"cpu cores: {os.cpu_count()}; load average: {os.getloadavg()[0]:.1f}")
 
 
