@@ -9,22 +9,14 @@ the network paths run them.
 from __future__ import annotations
 
 import time
-from contextlib import asynccontextmanager
 
 import trio
-from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
-from libp2p.records.validator import Validator
-from libp2p.tools.anyio_service import background_trio_service
 
 from node.net.dht import fetch_record, record_key
 from node.net.discovery import add_to_routing_table, dial, refresh_routing_table
-from node.net.gossip import build_pubsub
-from node.net.host import build_host, disconnect_all, listen_multiaddrs
-from node.net.keys import libp2p_key_pair
 from protocol import (
     CAPABILITIES_TOPIC,
-    DHT_NAMESPACE,
     CapabilityRecord,
     Identity,
     RecordBatch,
@@ -35,9 +27,8 @@ from protocol import (
 )
 from protocol.records import _SIGNING_DOMAIN
 
+from ..attacks.adversary import adversary
 from ..cluster.harness import in_process_cluster
-
-LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 
 
 def _record(identity: Identity, *, peer_id: str | None = None, name: str = "evil", issued_at: float | None = None, ttl: float = 60.0) -> CapabilityRecord:
@@ -57,34 +48,6 @@ def _tamper(signed: SignedRecord, **changes: object) -> SignedRecord:
     fields = {f: getattr(record, f) for f in record.__struct_fields__ if f != "v"}
     fields.update(changes)
     return SignedRecord(payload=encode(CapabilityRecord(**fields)), signature=signed.signature)
-
-
-class _AcceptAnything(Validator):
-    def validate(self, key: str, value: bytes) -> None:
-        return None
-
-    def select(self, key: str, values: list[bytes]) -> int:
-        return len(values) - 1
-
-
-@asynccontextmanager
-async def _attacker():
-    identity = Identity.generate()
-    host = build_host(libp2p_key_pair(identity), LOOPBACK)
-    dht = KadDHT(host, DHTMode.SERVER)
-    dht.register_validator(DHT_NAMESPACE, _AcceptAnything())
-    router, pubsub = build_pubsub(host)
-    async with (
-        host.run(listen_addrs=listen_multiaddrs(LOOPBACK)),
-        background_trio_service(dht),
-        background_trio_service(pubsub),
-        background_trio_service(router),
-    ):
-        await pubsub.wait_until_ready()
-        try:
-            yield identity, host, dht, pubsub
-        finally:
-            await disconnect_all(host)
 
 
 async def test_forged_replayed_and_expired_gossip_never_enters_a_registry() -> None:
@@ -113,7 +76,8 @@ async def test_forged_replayed_and_expired_gossip_never_enters_a_registry() -> N
                 # A fresh attacker per attack: GossipSub's score gate mutes a peer after an
                 # invalid message, which would hide the later attacks from the node.
                 before = nodes[0].registry.rejected[counter]
-                async with _attacker() as (_me, host, _dht, pubsub):
+                async with adversary() as attacker:
+                    host, pubsub = attacker.host, attacker.pubsub
                     await dial(host, nodes[0].full_multiaddrs()[0])
                     await pubsub.subscribe(CAPABILITIES_TOPIC)
                     await pubsub.wait_for_subscription(nodes[0].host.get_id(), CAPABILITIES_TOPIC, timeout=10)
@@ -137,7 +101,8 @@ async def test_forged_replayed_and_expired_gossip_never_enters_a_registry() -> N
 
 async def test_forged_dht_values_are_refused_and_never_read_back() -> None:
     with trio.fail_after(60):
-        async with in_process_cluster(3, record_ttl=60.0) as cluster, _attacker() as (me, host, dht, _pubsub):
+        async with in_process_cluster(3, record_ttl=60.0) as cluster, adversary() as attacker:
+            me, host, dht = attacker.identity, attacker.host, attacker.dht
             nodes = cluster.nodes
             with trio.fail_after(10):
                 for node in nodes:
