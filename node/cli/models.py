@@ -37,6 +37,7 @@ def _cache_dir(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from node.expert import catalog
     from node.expert.loader import ModelLoadError
+    from node.expert.model_cache import ensure_converted
 
     cache = _cache_dir(args)
     if args.action == "list":
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             path, digest, cid = catalog.ensure_gguf(model, cache)
             print(f"{model.key}: verified sha256 {digest[:16]}… cid {cid} ({path})", flush=True)
             if args.action == "prepare":
-                print(f"{model.key}: converted to {catalog.ensure_converted(model, path, digest, cache)}", flush=True)
+                print(f"{model.key}: converted to {ensure_converted(path, digest, cache)}", flush=True)
         except ModelLoadError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

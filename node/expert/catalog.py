@@ -281,41 +281,6 @@ def ensure_gguf(model: CatalogModel, cache_root: Path) -> tuple[Path, str, str]:
     return target, digest, cid
 
 
-def ensure_converted(model: CatalogModel, gguf: Path, digest: str, cache_root: Path) -> Path:
-    """The safetensors entry of a verified catalog GGUF in the per-user cache, converting once.
-
-    Same cache entry (and lock) as :func:`node.expert.model_cache.ensure_converted`, with a
-    leaner build: the plain model is created on the ``meta`` device and *takes* the
-    dequantized tensors (``assign=True``) instead of copying them.  The copy doubled the
-    peak: converting Qwen2.5-1.5B that way reached 13.4 GB RSS and was OOM-killed here.
-    """
-    from .model_cache import ensure_entry
-
-    return ensure_entry(cache_root, digest, lambda out: _convert_lean(gguf, out), source=model.filename)
-
-
-def _convert_lean(gguf: Path, out: Path) -> None:
-    import gc
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    kwargs = {"gguf_file": gguf.name, "local_files_only": True}
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
-    config = quantized.config
-    if hasattr(config, "quantization_config"):  # save_pretrained refuses GGUF-quantized models
-        del config.quantization_config
-    with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantized.state_dict(), strict=True, assign=True)
-    del quantized
-    gc.collect()
-    plain.tie_weights()
-    plain.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-
-
 # --------------------------------------------------------------------------- state + install
 
 

@@ -110,7 +110,7 @@ def resolve_source(model: str | None, cache_dir: Path) -> ModelSource:
     entry = catalog.lookup(model)
     if entry is not None and not Path(model).expanduser().exists():
         gguf, digest, cid = catalog.ensure_gguf(entry, cache_dir)
-        return ModelSource(entry.model_id, digest, catalog.ensure_converted(entry, gguf, digest, cache_dir), cid)
+        return ModelSource(entry.model_id, digest, ensure_converted(gguf, digest, cache_dir), cid)
     path = Path(model).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":
