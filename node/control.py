@@ -3,9 +3,12 @@
 ``publish`` and ``pin`` write to the block store of the data dir themselves (block
 writes are atomic) and then ask the node holding the data-dir lock to provide the
 new root (``{"op": "provide", "cid": ...}``) or to stop (``unprovide``), instead
-of starting a second host with the node's identity.  One JSON line each way, on
-127.0.0.1 only, authenticated by a random token that only ``<data dir>/node.json``
-(mode 0600) holds.  See :mod:`node.local_node` for the client side.
+of starting a second host with the node's identity.  ``self-eval`` asks the node to
+score its expert on task files now (``{"op": "self_eval", "tasks": [...], "limit": N}``):
+the node re-signs and re-announces its capability record with the new ``evals`` and
+answers with them.  One JSON line each way, on 127.0.0.1 only, authenticated by a
+random token that only ``<data dir>/node.json`` (mode 0600) holds.  See
+:mod:`node.local_node` for the client side.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import json
 import secrets
 from typing import TYPE_CHECKING
 
+import msgspec
 import trio
 
 from protocol.cid import parse_cid
 from protocol.errors import ProtocolError
 
-from .local_node import MAX_CONTROL_LINE
+from .local_node import MAX_CONTROL_LINE, SELF_EVAL_TIMEOUT
 from .logs import event, get_logger
 from .storage import StorageService
 
@@ -28,7 +32,8 @@ if TYPE_CHECKING:
 
 log = get_logger("control")
 
-REQUEST_TIMEOUT = 5.0
+REQUEST_TIMEOUT = 5.0  # to read the request, and for the quick ops (provide, unprovide)
+MAX_SELF_EVAL_LIMIT = 1000  # items per task: the record says n, a spot-checker re-asks some of them
 
 
 class ControlService:
@@ -55,9 +60,15 @@ class ControlService:
         """One request per connection; nothing a client sends or does can stop the node."""
         try:
             async with stream:
-                with trio.move_on_after(REQUEST_TIMEOUT):
+                with trio.move_on_after(REQUEST_TIMEOUT) as reading:
+                    line = await _read_line(stream)
+                if reading.cancelled_caught:
+                    return
+                # A self-evaluation runs for minutes (generations on the node's own worker).
+                slow = b'"self_eval"' in line
+                with trio.move_on_after(SELF_EVAL_TIMEOUT if slow else REQUEST_TIMEOUT):
                     try:
-                        reply = await self._answer(await _read_line(stream))
+                        reply = await self._answer(line)
                     except ValueError as exc:
                         reply = {"ok": False, "error": str(exc)}
                     except Exception as exc:  # e.g. a store error: the client hears it, the node lives on
@@ -68,14 +79,21 @@ class ControlService:
             pass  # the client went away
 
     async def _answer(self, line: bytes) -> dict[str, object]:
-        request = json.loads(line)
+        try:
+            request = json.loads(line)
+        except ValueError:
+            raise ValueError("the request is not JSON") from None
         if not isinstance(request, dict) or not secrets.compare_digest(str(request.get("token", "")), self.token):
             raise ValueError("bad token")
         node = self._node
-        storage = node.service(StorageService) if node is not None else None
-        if node is None or storage is None:
-            raise ValueError("this node runs no storage service")
+        if node is None:
+            raise ValueError("the node is still starting")
         op = request.get("op")
+        if op == "self_eval":
+            return await self._self_eval(node, request)
+        storage = node.service(StorageService)
+        if storage is None:
+            raise ValueError("this node runs no storage service")
         try:
             cid = parse_cid(str(request.get("cid", "")))
         except ProtocolError as exc:
@@ -90,6 +108,32 @@ class ControlService:
             raise ValueError(f"unknown op {op!r}")
         event(log, "control_request", op=op, cid=str(cid))
         return {"ok": True, "peer_id": node.peer_id}
+
+    async def _self_eval(self, node: Node, request: dict[str, object]) -> dict[str, object]:
+        """Score the node's expert on the named tasks now; the new scores go out in its signed record."""
+        from .expert import ExpertService
+        from .expert.self_eval import SelfEvalError, task_path
+
+        expert = node.service(ExpertService)
+        if expert is None or expert.local is None:
+            raise ValueError("this node serves no expert (started with --no-expert?): nothing to evaluate")
+        tasks, limit = request.get("tasks"), request.get("limit", 20)
+        if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) and t for t in tasks):
+            raise ValueError("tasks: expected a non-empty list of task names")
+        if len(tasks) > 8:
+            raise ValueError("at most 8 tasks (the record holds 16 scores)")
+        if type(limit) is not int or not 1 <= limit <= MAX_SELF_EVAL_LIMIT:
+            raise ValueError(f"limit: expected an integer in [1, {MAX_SELF_EVAL_LIMIT}]")
+        try:  # every name first: a typo must not cost the minutes the other tasks take
+            for name in tasks:
+                task_path(name, expert.config.tasks_dir)
+        except SelfEvalError as exc:
+            raise ValueError(str(exc)) from None
+        event(log, "control_request", op="self_eval", tasks=",".join(tasks), limit=limit)
+        scores = await expert.self_evaluate(node, list(tasks), limit=limit)
+        record = node.own_record()
+        return {"ok": True, "peer_id": node.peer_id, "seq": record.seq if record is not None else None,
+                "evals": [msgspec.to_builtins(s) for s in scores]}
 
 
 async def _read_line(stream: trio.SocketStream) -> bytes:

@@ -27,6 +27,9 @@ LOCK_FILE = "node.lock"
 INFO_FILE = "node.json"
 CONTROL_TIMEOUT = 10.0
 MAX_CONTROL_LINE = 4096
+# How long `self-eval` waits for the node (every task x every adapter, on the node's own worker).
+SELF_EVAL_TIMEOUT = 3600.0
+MAX_CONTROL_REPLY = 64 * 1024  # a self-evaluation answers with up to 16 scores
 
 
 class DataDirBusy(Exception):
@@ -121,16 +124,16 @@ def running_node(data_dir: str | os.PathLike[str]) -> RunningNode | None:
     return None
 
 
-def ask(node: RunningNode, op: str, **fields: str) -> dict[str, object]:
-    """Send one control request (``provide``, ``unprovide``) to the running node; blocking."""
+def ask(node: RunningNode, op: str, *, timeout: float = CONTROL_TIMEOUT, **fields: object) -> dict[str, object]:
+    """Send one control request (``provide``, ``unprovide``, ``self_eval``) to the running node; blocking."""
     if not node.control:
         raise ControlError(f"the node (pid {node.pid}) has no control endpoint")
     host, _, port = node.control.rpartition(":")
     request = json.dumps({"token": node.token, "op": op, **fields}).encode() + b"\n"
     try:
-        with socket.create_connection((host, int(port)), timeout=CONTROL_TIMEOUT) as sock:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
             sock.sendall(request)
-            reply = sock.makefile("rb").readline(MAX_CONTROL_LINE)
+            reply = sock.makefile("rb").readline(MAX_CONTROL_REPLY)
     except OSError as exc:
         raise ControlError(f"cannot reach the running node (pid {node.pid}) at {node.control}: {exc}") from None
     try:

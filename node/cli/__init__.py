@@ -26,6 +26,7 @@ COMMANDS = (
     "train",
     "merge",
     "spot_check",
+    "self_eval",
 )
 
 EXIT_OK = 0

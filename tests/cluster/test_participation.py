@@ -3,8 +3,14 @@ self-evaluation scores reach a peer's registry in a signed record and survive a 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from contextlib import aclosing
+
+import msgspec
 
 import pytest
 import trio
@@ -19,7 +25,7 @@ from protocol import (
     SamplingParams,
     verify_record,
 )
-from tests.cluster.harness import in_process_cluster
+from tests.cluster.harness import REPO_ROOT, in_process_cluster
 from tests.training.fixtures import QUESTION, tasks_dir
 
 pytestmark = pytest.mark.timeout(600)  # model loads on a shared 2-core box
@@ -83,3 +89,62 @@ async def test_self_evaluation_scores_reach_a_peer_signed_and_pass_a_spot_check(
     # Greedy replies are reproducible: re-asking all three items gives the claimed accuracy.
     assert check.asked == 3 and check.observed == pytest.approx(claim.accuracy, abs=1e-3)
     assert check.p_value > 0.05
+
+
+def _self_eval_cli(data_dir, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "node", "self-eval", "--data-dir", str(data_dir), *args],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+async def test_self_eval_on_command_reaches_a_peer_signed(base_expert, tmp_path):
+    """`node self-eval` on a running node's data dir: the node scores itself, re-signs, re-announces;
+    the peer's registry then holds the new scores in a record signed by the node's key."""
+    from node.control import ControlService
+    from node.local_node import DataDirLock, RunningNode
+
+    if not (tasks_dir() / "arc_challenge.json").is_file():
+        pytest.skip("shared/data/tasks is not beside the repository")
+    config = ExpertConfig(tasks_dir=str(tasks_dir()))
+    with trio.fail_after(300):
+        async with in_process_cluster() as cluster:
+            control = ControlService()
+            node0 = await cluster.add(0, services=[ExpertService(config, expert=base_expert, threads=1), control])
+            bare_control = ControlService()
+            node1 = await cluster.add(1, services=[bare_control])
+            await node1.registry.wait_for(lambda r: r.get(node0.peer_id) is not None, timeout=30)
+            assert not node1.registry.get(node0.peer_id).evals
+            # What `start` does for local commands: hold the data-dir lock, describe the node in node.json.
+            locks = []
+            for node, ctl in ((node0, control), (node1, bare_control)):
+                lock = DataDirLock(node.config.data_path)
+                lock.acquire()
+                lock.describe(RunningNode(pid=os.getpid(), peer_id=node.peer_id, command="start",
+                                          control=ctl.address, token=ctl.token))
+                locks.append(lock)
+            try:
+                unknown = await trio.to_thread.run_sync(_self_eval_cli, node0.config.data_path, "--tasks",
+                                                        "arc_challenge,no_such_task", "--limit", "2")
+                no_expert = await trio.to_thread.run_sync(_self_eval_cli, node1.config.data_path, "--tasks",
+                                                          "arc_challenge")
+                done = await trio.to_thread.run_sync(_self_eval_cli, node0.config.data_path, "--tasks",
+                                                     "arc_challenge", "--limit", "2", "--json")
+                await node1.registry.wait_for(
+                    lambda r: (rec := r.get(node0.peer_id)) is not None and bool(rec.evals), timeout=60)
+                seen = node1.registry.get(node0.peer_id)
+                verified = [verify_record(s, time.time()) for s in node1.registry.signed_records()]
+            finally:
+                for lock in locks:
+                    lock.release()
+    nobody = _self_eval_cli(tmp_path / "empty", "--tasks", "arc_challenge")
+    assert unknown.returncode == 1 and "no_such_task" in unknown.stderr, unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    assert no_expert.returncode == 1 and "serves no expert" in no_expert.stderr, no_expert.stderr
+    assert nobody.returncode == 3 and "no node is running on data dir" in nobody.stderr, nobody.stderr
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = json.loads(done.stdout)
+    [claim] = seen.evals
+    assert printed["peer_id"] == node0.peer_id and printed["seq"] == seen.seq
+    assert printed["evals"] == [msgspec.to_builtins(claim)]
+    assert (claim.task, claim.split, claim.n, claim.adapter) == ("arc_challenge", "dev", 2, None)
+    assert [r.evals for r in verified if r.peer_id == node0.peer_id] == [seen.evals]
