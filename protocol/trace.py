@@ -32,7 +32,9 @@ class TraceStep(msgspec.Struct, frozen=True, kw_only=True):
     :class:`~protocol.receipts.SignedReceipt`, checked by ``node query --verify``,
     see protocol/verify.py).  A ``session`` step (token-level fusion) lists in
     ``token_ids`` the tokens fed to the expert after the prompt: what its
-    receipt's input digest covers.
+    receipt's input digest covers.  A ``merge`` step (the ``merge`` strategy) is the
+    coordinator's own work: ``adapter``/``adapter_cid`` name the merged adapter and
+    ``output`` its spec (input CIDs, method, weights, cache hit or miss).
     """
 
     index: Annotated[int, Meta(ge=0)]
@@ -43,7 +45,7 @@ class TraceStep(msgspec.Struct, frozen=True, kw_only=True):
     model: Annotated[str, Meta(max_length=256)] = ""
     adapter: Annotated[str, Meta(max_length=64)] | None = None
     adapter_cid: Short | None = None
-    call: Literal["generate", "score", "next_token", "session"] = "generate"
+    call: Literal["generate", "score", "next_token", "session", "merge"] = "generate"
     input_digest: Short = ""
     output: Annotated[str, Meta(max_length=MAX_OUTPUT)] = ""
     answer: Annotated[str, Meta(max_length=128)] | None = None  # the extracted answer, for votes

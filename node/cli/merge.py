@@ -143,6 +143,7 @@ async def _fetch_all(config, store, remote, peers: list[str], timeout: float) ->
     import trio
 
     from node.app import Node
+    from node.expert.content import fetch_adapters
     from node.expert.loader import ModelLoadError
     from node.storage import StorageService
 
@@ -151,16 +152,21 @@ async def _fetch_all(config, store, remote, peers: list[str], timeout: float) ->
         node_config = copy.deepcopy(config)
         node_config.data_dir = ephemeral  # throw-away identity; blocks go to the real store
         node = Node(node_config, services=[storage])
+        failure: ModelLoadError | None = None  # raised outside the nursery: not wrapped in a group
         try:
             with trio.fail_after(timeout):
                 async with trio.open_nursery() as nursery:
                     await nursery.start(node.run)
                     ids = [await node.connect(addr) for addr in peers]
-                    for cid, dest in remote:
-                        await storage.fetch(cid, peers=ids)
-                        await storage.export(cid, dest)
+                    try:
+                        await fetch_adapters(node, [str(cid) for cid, _ in remote], peers=ids,
+                                             dests=[dest for _, dest in remote])
+                    except ModelLoadError as exc:
+                        failure = exc
                     nursery.cancel_scope.cancel()
         except trio.TooSlowError:
             raise ModelLoadError(f"fetching the adapters timed out after {timeout:.0f}s") from None
-        except Exception as exc:  # noqa: BLE001 - FetchError, StorageError, DialError (in a group): one line
+        except Exception as exc:  # noqa: BLE001 - DialError (in a group): one line
             raise ModelLoadError(f"cannot fetch the adapters: {type(exc).__name__}: {exc}") from None
+        if failure is not None:
+            raise failure

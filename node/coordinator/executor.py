@@ -21,6 +21,7 @@ from node.logs import get_logger
 from protocol import CapabilityRecord, Provenance, QueryChunk, QueryRequest, QueryResult
 
 from .health import Health
+from .merge_port import MergePort
 from .pool import Pool, QueryFailed, Transport
 from .reputation import Reputation, SpotChecker
 from .routing import Candidate
@@ -43,8 +44,9 @@ class Coordinator:
     def __init__(self, records: Callable[[], Iterable[CapabilityRecord]], transport: Transport | None, *,
                  first_token_timeout: float = 20.0, max_attempts: int = 3, embedder: Embedder | None = None,
                  health: Health | None = None, verified: Callable[[], set[str]] = set,
-                 local_id: str | None = None) -> None:
+                 local_id: str | None = None, merges: MergePort | None = None) -> None:
         self._records = records
+        self.merges = merges  # set by the node (coordinator_for): fetch, merge and serve adapters
         # Who this node verified (registry.verified_peers) and its own id: verified experts rank
         # first and a shared name means the local expert (Sybil flood, name hijack: issue 12).
         self._verified = verified
@@ -132,7 +134,8 @@ class Coordinator:
 
         pool = Pool(query, self._records, self._transport, self.health, first_token_timeout=self._first_token_timeout,
                     max_attempts=self._max_attempts, relevance=self.embedder.similarities, emit=emit_text,
-                    verified=self._verified, local_id=self._local_id, demoted=self.reputation.demoted)
+                    verified=self._verified, local_id=self._local_id, demoted=self.reputation.demoted,
+                    merges=self.merges)
         with trio.move_on_at(pool.deadline) as scope:
             answer = await strategy.run(pool, query, params)
         if scope.cancelled_caught:

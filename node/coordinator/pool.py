@@ -74,6 +74,7 @@ from .routing import (
     diverse,
     rank,
 )
+from .merge_port import MergePort
 from .session_port import PoolSession, open_pool_session
 
 T = TypeVar("T")  # what a single call (score, next token) returns
@@ -186,8 +187,9 @@ class Pool:
                  health: Health, *, first_token_timeout: float = 20.0, max_attempts: int = 3,
                  relevance: Callable[[str, list[CapabilityRecord]], Awaitable[dict[str, float]]] | None = None,
                  emit: Emit | None = None, verified: Callable[[], set[str]] = set, local_id: str | None = None,
-                 demoted: Callable[[str], bool] = lambda peer_id: False) -> None:
+                 demoted: Callable[[str], bool] = lambda peer_id: False, merges: MergePort | None = None) -> None:
         self.query = query
+        self.merges = merges  # the node's adapter merging (the `merge` strategy), None where it has none
         self._records = records
         self._verified = verified  # peers this node verified are reachable (rank first: issue 12)
         self._local_id = local_id

@@ -82,17 +82,24 @@ class Embedder:
 
     async def similarities(self, text: str, records: Sequence[CapabilityRecord]) -> dict[str, float]:
         """Cosine similarity of ``text`` to each expert's description, by peer id."""
-        if not records or not await self._ensure():
+        if not records:
             return {}
         docs = {r.peer_id: describe(r) for r in records}
-        missing = [d for d in set(docs.values()) if d not in self._cache]
+        sims = await self.text_similarities(text, list(docs.values()))
+        return {} if sims is None else dict(zip(docs, sims, strict=True))
+
+    async def text_similarities(self, text: str, documents: Sequence[str]) -> list[float] | None:
+        """Cosine similarity of ``text`` to each of ``documents`` (None: MiniLM is unavailable)."""
+        if not await self._ensure():
+            return None
+        missing = [d for d in set(documents) if d not in self._cache]
         vectors = await trio.to_thread.run_sync(self._embed, [text[:MAX_QUERY_CHARS], *missing])
         if len(self._cache) > _CACHE_LIMIT:
             self._cache.clear()
         for doc, vector in zip(missing, vectors[1:], strict=True):
             self._cache[doc] = vector
         query = vectors[0]
-        return {peer: float((query * self._cache[doc]).sum()) for peer, doc in docs.items()}
+        return [float((query * self._cache[doc]).sum()) for doc in documents]
 
     def _embed(self, texts: list[str]) -> Any:
         import torch

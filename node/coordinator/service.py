@@ -61,6 +61,9 @@ def coordinator_for(node: Node) -> Coordinator:
             verified=node.registry.verified_peers,
             local_id=node.peer_id,
         )
+        from .merging import NodeMerging  # imports the expert package: only when a node needs it
+
+        coordinator.merges = NodeMerging(node, coordinator.embedder)
         _coordinators[node] = coordinator
     return coordinator
 

@@ -11,16 +11,19 @@ steps, score / next-token jobs run (one forward each), new generations are
 prefilled alone and merged into the running batch (see batch_cache.py), and
 finished, cancelled or expired rows leave.  Every row may use a different
 LoRA adapter: peft's ``adapter_names=[...]`` forward kwarg mixes adapters
-within one batch.
+within one batch.  Changes to the model itself (an adapter added while serving,
+live_adapters.py) run on this thread too, between two steps (:meth:`between_steps`).
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from protocol import (
@@ -109,6 +112,7 @@ class InferenceWorker:
         self.steps = 0  # decode steps run (for tests and metrics)
         self.busy_rejections = 0  # jobs refused because the queue was full (/metrics)
         self._batchable: bool | None = None  # can prefilled caches merge into the batch? (batch_cache.py)
+        self._between: list[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = []
 
     # ------------------------------------------------------------------ trio-side API (any thread)
 
@@ -153,6 +157,38 @@ class InferenceWorker:
             self._pending.append(job)
             self._cond.notify()
 
+    def between_steps(self, change: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        """Run ``change`` on the worker thread before the next step; its result (or error) in the future.
+
+        For changes to the model itself (peft mutates the LoRA layers when it loads or
+        deletes an adapter): no forward ever runs during one.
+        """
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._cond:
+            if self._stopping:
+                raise ExpertStopped("the expert is shutting down")
+            self._between.append((change, future))
+            self._cond.notify()
+        return future
+
+    def adapters_in_use(self) -> set[str]:
+        """Adapters of running and queued requests and of open sessions (worker thread: ``between_steps``)."""
+        with self._cond:
+            queued = {job.adapter for job in self._pending}
+        sessions = [s.adapter for s in self._sessions._sessions.values()] if hasattr(self, "_sessions") else []
+        return {a for a in (*queued, *sessions, *(s.request.adapter for s in self._slots)) if a is not None}
+
+    def _run_between_steps(self) -> None:
+        with self._cond:
+            changes, self._between = self._between, []
+        for change, future in changes:
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(change())
+            except Exception as exc:  # the caller hears it; the worker goes on serving
+                future.set_exception(exc)
+
     def _purge_cancelled(self) -> None:
         """Drop queued jobs whose caller already left: they must not hold queue room (lock held)."""
         gone = [job for job in self._pending if job.cancelled]
@@ -177,6 +213,7 @@ class InferenceWorker:
                 work = self._take_work()
                 if work is None:
                     break
+                self._run_between_steps()
                 try:
                     for i, job in enumerate(work):
                         self._start_job(job)
@@ -190,13 +227,17 @@ class InferenceWorker:
                     log.exception("inference step failed")
                     self._fail_all(f"inference failed: {type(exc).__name__}")
         self._fail_all("the expert is shutting down", code="unavailable")
+        with self._cond:
+            changes, self._between = self._between, []
+        for _, future in changes:
+            future.set_exception(ExpertStopped("the expert is shutting down"))
         for job in self._drain_pending():
             self._emit_error(job, ExpertStopped("the expert is shutting down", request_id=job.request_id))
 
     def _take_work(self) -> list[Job] | None:
         """Jobs to start before the next step: all quick jobs, generations while slots are free."""
         with self._cond:
-            while not self._stopping and not self._pending and not self._slots:
+            while not self._stopping and not self._pending and not self._slots and not self._between:
                 self._cond.wait()
             if self._stopping:
                 return None

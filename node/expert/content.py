@@ -11,6 +11,7 @@ the sha256 of the adapter weights.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,27 @@ async def resolve_reference(node: Node, reference: str) -> tuple[str, str | None
     except Exception as exc:  # FetchError, StorageError (no storage service), transport errors
         raise ModelLoadError(f"cannot fetch {reference}: {type(exc).__name__}: {exc}") from None
     return str(path), str(cid)
+
+
+async def fetch_adapters(node: Node, cids: Sequence[str], *, peers: Sequence[str] = (),
+                         dests: Sequence[Path | None] | None = None) -> list[Path]:
+    """Each adapter CID as a local directory, fetched through the node's storage (block by block,
+    verified) from ``peers`` and DHT providers, or reused when already exported.
+
+    ``dests``: where each export goes (default ``<data_dir>/content/<cid>``).  What ``node merge``
+    and the ``merge`` strategy fetch their inputs with.  :class:`ModelLoadError` names the CID that failed.
+    """
+    from ..storage.service import ensure_local
+    from .loader import ModelLoadError
+
+    paths = []
+    for cid, dest in zip(cids, dests or [None] * len(cids), strict=True):
+        event(log, "fetching_adapter", cid=cid)
+        try:
+            paths.append(await ensure_local(node, cid, dest, peers=peers))
+        except Exception as exc:  # FetchError, StorageError, ProtocolError (a bad CID), transport errors
+            raise ModelLoadError(f"cannot fetch adapter {cid}: {type(exc).__name__}: {exc}") from None
+    return paths
 
 
 async def _join(node: Node) -> list[str]:

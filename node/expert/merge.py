@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .adapter_card import base_identity, read_card, save_adapter
+from .adapter_card import CardError, base_identity, read_card, save_adapter
 from .loader import ModelLoadError
 
 METHODS = ("linear", "ties", "dare_ties", "dare_linear")
@@ -90,8 +90,8 @@ def cache_key(inputs: Sequence[MergeInput], weights: Sequence[float], method: st
 # --------------------------------------------------------------------------- weights
 
 
-def relevance_weights(query: str, inputs: Sequence[MergeInput], *, temperature: float = 0.1) -> tuple[float, ...]:
-    """Softmax of the bag-of-words cosine between ``query`` and each card's name, description and tags."""
+def bag_similarity(query: str, document: str) -> float:
+    """Bag-of-words cosine of two texts (words of 3+ letters): relevance without an embedding model."""
 
     def bag(text: str) -> dict[str, int]:
         words: dict[str, int] = {}
@@ -100,17 +100,50 @@ def relevance_weights(query: str, inputs: Sequence[MergeInput], *, temperature: 
                 words[w] = words.get(w, 0) + 1
         return words
 
-    q = bag(query)
+    q, d = bag(query), bag(document)
+    dot = sum(v * d.get(k, 0) for k, v in q.items())
+    norm = math.sqrt(sum(v * v for v in q.values())) * math.sqrt(sum(v * v for v in d.values()))
+    return dot / norm if norm else 0.0
+
+
+def softmax_weights(similarities: Sequence[float], *, temperature: float = 0.1) -> tuple[float, ...]:
+    """Merge weights from relevance scores: a softmax, sharp enough that the relevant adapter leads."""
+    top = max(similarities)
+    exps = [math.exp((s - top) / temperature) for s in similarities]
+    return tuple(round(e / sum(exps), 6) for e in exps)
+
+
+def relevance_weights(query: str, inputs: Sequence[MergeInput], *, temperature: float = 0.1) -> tuple[float, ...]:
+    """Softmax of the bag-of-words cosine between ``query`` and each card's name, description and tags."""
     sims = []
     for item in inputs:
         card = item.card or {}
-        d = bag(" ".join([card.get("name", ""), card.get("description", ""), " ".join(card.get("tags", []))]))
-        dot = sum(v * d.get(k, 0) for k, v in q.items())
-        norm = math.sqrt(sum(v * v for v in q.values())) * math.sqrt(sum(v * v for v in d.values()))
-        sims.append(dot / norm if norm else 0.0)
-    top = max(sims)
-    exps = [math.exp((s - top) / temperature) for s in sims]
-    return tuple(round(e / sum(exps), 6) for e in exps)
+        sims.append(bag_similarity(query, " ".join([card.get("name", ""), card.get("description", ""),
+                                                    " ".join(card.get("tags", []))])))
+    return softmax_weights(sims, temperature=temperature)
+
+
+def find_searched(merged_root: Path, refs: Sequence[str], method: str) -> tuple[float, ...] | None:
+    """Weights an earlier ``node merge --search`` found for exactly these inputs and method, if cached.
+
+    A weight search costs dozens of merges and loss evaluations (minutes on a CPU), far
+    too slow for a query; the ``merge`` strategy reuses the command's result instead.
+    """
+    if not merged_root.is_dir():
+        return None
+    for card_path in sorted(merged_root.glob("*/mosaic-card.json")):
+        try:
+            card = read_card(card_path.parent) or {}
+        except CardError:
+            continue
+        merge = card.get("merge") or {}
+        if (merge.get("weights_from") == "search" and merge.get("method") == method
+                and list(merge.get("inputs", [])) == list(refs)):
+            try:
+                return check_weights([float(w) for w in merge.get("weights", [])], len(refs))
+            except (TypeError, ValueError, MergeError):
+                continue
+    return None
 
 
 def search_weights(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -134,6 +135,8 @@ class ExpertService:
         self.model_cache_dir = model_cache_dir
         self.adapter_cids: dict[str, str] = {}  # adapter name -> UnixFS CID (fetched or published)
         self.evals: list[Any] = []  # EvalScore of the last self-evaluation (in the record)
+        self.live_adapters: list[str] = []  # added while serving (merged adapters), oldest first
+        self.adapter_descriptions: dict[str, str] = {}  # from the adapters' cards: what routers match on
         self.worker: Any = None
         self.local: LocalExpert | None = None
 
@@ -145,7 +148,8 @@ class ExpertService:
             "base_model": expert.model_id,
             "base_model_cid": expert.content_id,
             "adapters": tuple(
-                AdapterInfo(name=name, cid=self.adapter_cids.get(name, digest))
+                AdapterInfo(name=name, cid=self.adapter_cids.get(name, digest),
+                            description=self.adapter_descriptions.get(name, ""))
                 for name, digest in sorted(expert.adapters.items())
             ),
             "tokenizer": expert.tokenizer_id,
@@ -174,6 +178,41 @@ class ExpertService:
         await node.announce_now()
         return self.evals
 
+    async def add_adapter(self, name: str, path: str | Path, cid: str | None, *, timeout: float = 300.0) -> bool:
+        """Serve adapter ``name`` (a safetensors LoRA dir of our base) from now on; False if already served.
+
+        Loaded on the worker thread between two steps (live_adapters.py); older live
+        adapters beyond the bound are evicted.  The caller re-announces the record.
+        """
+        from .live_adapters import attach
+
+        assert self.worker is not None and self.expert is not None, "the service is not running"
+        if name in self.expert.adapters:
+            return False
+        future = self.worker.between_steps(
+            lambda: attach(self.worker, name, Path(path), evictable=tuple(self.live_adapters)))
+        evicted = await trio.to_thread.run_sync(lambda: future.result(timeout), abandon_on_cancel=True)
+        for old in evicted:
+            self.live_adapters.remove(old)
+            self.adapter_cids.pop(old, None)
+            self.adapter_descriptions.pop(old, None)
+        self.live_adapters.append(name)
+        self._describe(name, path)
+        if cid is not None:
+            self.adapter_cids[name] = cid
+        event(log, "adapter_added", adapter=name, cid=cid or "-", evicted=",".join(evicted) or "-")
+        return True
+
+    def _describe(self, name: str, path: str | Path) -> None:
+        from .adapter_card import CardError, read_card
+
+        try:
+            card = read_card(path) or {}
+        except CardError:
+            return
+        if isinstance(card.get("description"), str):
+            self.adapter_descriptions[name] = card["description"][:512]
+
     async def _load(self, node: Any) -> None:
         """Fetch CID-named weights, load the model in a thread, publish local adapters."""
         from .content import publish_adapter, resolve_reference
@@ -197,6 +236,8 @@ class ExpertService:
         self.expert = await trio.to_thread.run_sync(
             lambda: load_expert(model, adapters, cache_dir=cache, device=cfg.device), abandon_on_cancel=True
         )
+        for name, path in adapters.items():
+            self._describe(name, path)
         for name, path in local_adapters.items():
             cid = await publish_adapter(node, path)
             if cid is not None:

@@ -17,6 +17,7 @@ import trio
 import trio.lowlevel
 
 import protocol as p
+from protocol.cid import RAW, cid_for_block
 from node.expert.local import ExpertError
 
 
@@ -33,10 +34,14 @@ class FakeExpert:
     delay: float = 0.0  # seconds per chunk
     logprob: float = -0.1  # per token, for score()
     seen: list[str] = field(default_factory=list)
+    adapters: tuple[p.AdapterInfo, ...] = ()
+    base_cid: str | None = None
+    adapters_asked: list[str | None] = field(default_factory=list)
 
     def record(self) -> p.CapabilityRecord:
         return p.CapabilityRecord(peer_id=self.peer_id, name=self.name, description=self.description,
                                   tags=self.tags, base_model="fake-135M", tokenizer="vocab-sha256:fake",
+                                  base_model_cid=self.base_cid, adapters=self.adapters,
                                   seq=1, issued_at=0.0, ttl=3600.0)
 
     def reply_to(self, request: p.GenerateRequest) -> str:
@@ -67,6 +72,7 @@ class FakeTransport:
         expert = self.experts[peer_id]
         self.calls[peer_id] = self.calls.get(peer_id, 0) + 1
         expert.seen.append(request.messages[-1].content if request.messages else request.prompt or "")
+        expert.adapters_asked.append(request.adapter)
         await trio.lowlevel.checkpoint()
         if expert.dead:
             raise ExpertError("unavailable", "expert stopped")
@@ -176,3 +182,59 @@ def team(**overrides: dict) -> list[FakeExpert]:
         for key, value in overrides.get(expert.peer_id, {}).items():
             setattr(expert, key, value)
     return experts
+
+
+# Adapter merging (the `merge` strategy): content ids are real CIDs of made-up bytes.
+FAKE_BASE = str(cid_for_block(b"fake-135M base weights", codec=RAW))
+
+
+def fake_cid(text: str) -> str:
+    return str(cid_for_block(text.encode(), codec=RAW))
+
+
+def with_adapters(experts: list[FakeExpert], base: str = FAKE_BASE) -> list[FakeExpert]:
+    """Every expert advertises one LoRA adapter of ``base``, described like its expert."""
+    for expert in experts:
+        expert.base_cid = base
+        expert.adapters = (p.AdapterInfo(name=f"{expert.name}-lora", cid=fake_cid(expert.peer_id),
+                                         description=expert.description),)
+    return experts
+
+
+class FakeMerges:
+    """The node's merge port over the fake pool: "merges" by recording the request, serves it on ``local``.
+
+    The relevance is the real bag-of-words fallback; the merged CID is a CID of the
+    request, so equal requests give equal CIDs, and a repeat is a cache hit.
+    """
+
+    def __init__(self, transport: FakeTransport, local: str | None, *, searched: tuple[float, ...] | None = None):
+        from node.expert.merge import bag_similarity
+
+        self._transport, self._local, self._searched = transport, local, searched
+        self._similarity = bag_similarity
+        self.prepared: list = []
+
+    def local_base(self) -> str | None:
+        local = self._transport.experts.get(self._local or "")
+        return None if local is None else local.base_cid
+
+    async def similarities(self, text: str, documents) -> list[float]:
+        return [self._similarity(text, d) for d in documents]
+
+    async def searched_weights(self, refs, method: str):
+        return self._searched
+
+    async def prepare(self, request):
+        from node.coordinator.merge_port import MergedAdapter
+
+        cid = fake_cid(repr((request.refs, request.weights, request.method, request.density)))
+        cached = any(r == request for r in self.prepared)
+        self.prepared.append(request)
+        local = self._transport.experts[self._local]
+        name = f"merged-{cid[-12:]}"
+        if all(a.name != name for a in local.adapters):
+            local.adapters += (p.AdapterInfo(name=name, cid=cid),)
+        await trio.lowlevel.checkpoint()
+        return MergedAdapter(name=name, cid=cid, base=local.base_cid or "", cached=cached, loaded=not cached,
+                             seconds=0.0)

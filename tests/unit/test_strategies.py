@@ -15,7 +15,7 @@ import trio
 import protocol as p
 from node.coordinator import STRATEGIES, Coordinator, QueryFailed
 from node.coordinator.health import Health
-from tests.unit.fake_experts import FakeTransport, team
+from tests.unit.fake_experts import FakeMerges, FakeTransport, team, with_adapters
 
 QUESTION = (p.ChatMessage(role="user", content="What is six times seven?"),)
 
@@ -42,7 +42,11 @@ async def run(strategy: str, transport: FakeTransport, **fields) -> tuple[p.Quer
     async def emit(chunk: p.QueryChunk) -> None:
         chunks.append(chunk)
 
-    result = await coordinator(transport).run(query(strategy, **fields), emit)
+    kw = {}
+    if strategy == "merge":  # peers advertise adapters; peer-d's own expert serves the merge
+        with_adapters(list(transport.experts.values()))
+        kw = {"local_id": "peer-d", "merges": FakeMerges(transport, "peer-d")}
+    result = await coordinator(transport, **kw).run(query(strategy, **fields), emit)
     return result, chunks
 
 

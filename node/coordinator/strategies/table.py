@@ -9,6 +9,7 @@ from . import (
     fuse,
     judge,
     knowledge,
+    merge,
     moa,
     prompt_route,
     refine,
@@ -44,4 +45,7 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
              "1 to max_steps generations + as many scores", cascade.PARAMS),
     Strategy("fuse", fuse.run, "k experts sharing a tokenizer write one answer token by token (merged next-token "
              "distributions)", "k sessions: 1 prefill + 1 one-token step per answer token each", fuse.PARAMS),
+    Strategy("merge", merge.run, "peers' LoRA adapters of this node's base, merged (TIES/DARE/linear) into one "
+             "adapter that this node's expert answers with", "1 merge (cached by content) + 1 generation",
+             merge.PARAMS),
 )}
