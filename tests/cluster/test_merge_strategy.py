@@ -5,6 +5,8 @@ and answers with it; the same query again reuses the cached merge (same CID, no 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from contextlib import aclosing
 
@@ -17,7 +19,7 @@ from node.coordinator.service import QueryService
 from node.expert import ExpertService, client
 from node.net.discovery import dial
 from node.storage import BlockStore, StorageService
-from tests.cluster.harness import in_process_cluster
+from tests.cluster.harness import REPO_ROOT, in_process_cluster
 from tests.cluster.test_collaboration import answer
 from tests.cluster.test_query import client_host
 from tests.training.fixtures import QUESTION
@@ -91,3 +93,30 @@ async def test_merge_strategy_fetches_by_cid_merges_once_and_answers_with_the_me
     assert "Pineapple" in inputs["pineapple"] and "Mango" in inputs["mango"]
     for adapter in ("pineapple", "mango"):
         assert text.strip() != inputs[adapter].strip() or abs(beliefs["merged"] - beliefs[adapter]) > 0.1, adapter
+
+
+def _merge_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "node", "merge", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+async def test_merge_command_fetches_cids_from_a_peer(trained_adapters, tmp_path):
+    """`node merge CID CID --peer ADDR`: the inputs come through the block store (the same fetch as the strategy)."""
+    with trio.fail_after(300):
+        async with in_process_cluster() as cluster:
+            storage = StorageService(BlockStore(cluster.root / "store-0"))
+            node0 = await cluster.add(0, services=[storage])
+            cids = [str((await storage.publish(trained_adapters[name])).cid) for name in ("pineapple", "mango")]
+            addr = node0.full_multiaddrs()[0]
+            done = await trio.to_thread.run_sync(lambda: _merge_cli(
+                *cids, "--peer", addr, "--weights", "0.5,0.5", "--method", "linear", "--publish",
+                "--data-dir", str(tmp_path / "merger"), "--timeout", "120"))
+            missing = await trio.to_thread.run_sync(lambda: _merge_cli(
+                cids[0], "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku", "--peer", addr,
+                "--data-dir", str(tmp_path / "other"), "--timeout", "20"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "merged 2 adapters (linear, weights [0.5, 0.5]" in done.stdout and "published bafy" in done.stdout
+    for cid in cids:  # exported from the fetched blocks, card included
+        assert (tmp_path / "merger" / "content" / cid / "mosaic-card.json").is_file()
+    assert missing.returncode == 1 and "cannot fetch adapter bafkrei" in missing.stderr, missing.stderr[-2000:]
+    assert "Traceback" not in missing.stderr
