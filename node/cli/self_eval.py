@@ -19,7 +19,8 @@ from .storage_options import add_common, build_config
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("self-eval", help="score the running node's expert on task files; the scores go in its record",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--tasks", required=True, metavar="TASKS", help="comma-separated task names, e.g. arc_challenge,gsm8k")
+    p.add_argument("--tasks", required=True, metavar="TASKS",
+                   help="comma-separated task names, e.g. arc_challenge,gsm8k")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="dev items per task (default 20)")
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     add_common(p)
@@ -57,12 +58,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         # The node answered but refused (unknown task, no expert): the request was wrong, not the reach.
         return EXIT_FAILED if "refused" in str(exc) else EXIT_UNREACHABLE
-    scores = answer.get("evals") or []
+    scores = answer.get("evals")
+    if not isinstance(scores, list):
+        print(f"error: the running node (pid {node.pid}) answered without scores", file=sys.stderr)
+        return EXIT_FAILED
     if args.json:
         print(json.dumps({"peer_id": answer.get("peer_id"), "seq": answer.get("seq"), "evals": scores}, indent=2))
         return EXIT_OK
     print(f"{'TASK':<16} {'ADAPTER':<16} {'SPLIT':<6} {'N':>4} {'ACCURACY':>8}")
-    for s in scores:  # type: ignore[union-attr]
+    for s in scores:
         print(f"{s['task']:<16} {s.get('adapter') or '(base)':<16} {s['split']:<6} {s['n']:>4} {s['accuracy']:>8.3f}")
     print(f"signed and announced in record seq {answer.get('seq')}", file=sys.stderr)
     return EXIT_OK

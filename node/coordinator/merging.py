@@ -10,7 +10,8 @@ pinned and provided) and loaded into this node's own expert as one more adapter
 peers see, and can fetch, the merged adapter.
 
 One merge of a given spec runs at a time (a per-spec lock): two identical queries
-arriving together merge once.
+arriving together merge once.  The expert and storage packages are imported on use: a
+coordinator-only node never loads them.
 """
 
 from __future__ import annotations
@@ -22,11 +23,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from node.expert import ExpertService
-from node.expert.loader import ModelLoadError
-from node.expert.merge import MergeError, bag_similarity, find_searched
 from node.logs import event, get_logger
-from node.storage import StorageService
 
 from .merge_port import MergedAdapter, MergeRequest
 from .pool import QueryFailed
@@ -34,6 +31,7 @@ from .semantic import Embedder
 
 if TYPE_CHECKING:
     from node.app import Node
+    from node.expert import ExpertService
 
 log = get_logger("coordinator.merging")
 
@@ -48,6 +46,8 @@ class NodeMerging:
         self._cids: dict[Path, str] = {}  # merged dir -> its CID (published once per process)
 
     def _expert(self) -> ExpertService | None:
+        from node.expert import ExpertService
+
         service = self._node.service(ExpertService)
         if service is None or service.expert is None or service.local is None:
             return None
@@ -58,10 +58,14 @@ class NodeMerging:
         return None if service is None else service.expert.content_id
 
     async def similarities(self, text: str, documents: Sequence[str]) -> list[float]:
+        from node.expert.merge import bag_similarity
+
         sims = await self._embedder.text_similarities(text, documents)
         return sims if sims is not None else [bag_similarity(text, d) for d in documents]
 
     async def searched_weights(self, refs: Sequence[str], method: str) -> tuple[float, ...] | None:
+        from node.expert.merge import find_searched
+
         root = self._node.config.data_path / "merged"
         return await trio.to_thread.run_sync(find_searched, root, list(refs), method)
 
@@ -77,6 +81,8 @@ class NodeMerging:
 
     async def _prepare(self, service: ExpertService, request: MergeRequest, began: float) -> MergedAdapter:
         from node.expert.content import fetch_adapters
+        from node.expert.loader import ModelLoadError
+        from node.expert.merge import MergeError
         from node.training.merging import merge_adapters
 
         node = self._node
@@ -111,6 +117,8 @@ class NodeMerging:
 
     async def _publish(self, path: Path) -> str:
         """The merged adapter's CID: imported, pinned and provided (the weights' sha256 without storage)."""
+        from node.storage import StorageService
+
         if path in self._cids:
             return self._cids[path]
         storage = self._node.service(StorageService)

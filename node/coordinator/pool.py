@@ -65,6 +65,7 @@ from protocol.receipts import prompt_digest
 from protocol.verify import encode_receipt, step_request_id
 
 from .health import Health, finite
+from .merge_port import MergePort
 from .routing import (
     Candidate,
     Need,
@@ -74,7 +75,6 @@ from .routing import (
     diverse,
     rank,
 )
-from .merge_port import MergePort
 from .session_port import PoolSession, open_pool_session
 
 T = TypeVar("T")  # what a single call (score, next token) returns

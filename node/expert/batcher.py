@@ -22,8 +22,8 @@ import concurrent.futures
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from protocol import (

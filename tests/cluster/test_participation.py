@@ -11,7 +11,6 @@ import time
 from contextlib import aclosing
 
 import msgspec
-
 import pytest
 import trio
 

@@ -17,8 +17,8 @@ import trio
 import trio.lowlevel
 
 import protocol as p
-from protocol.cid import RAW, cid_for_block
 from node.expert.local import ExpertError
+from protocol.cid import RAW, cid_for_block
 
 
 @dataclass

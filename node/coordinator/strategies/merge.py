@@ -85,7 +85,8 @@ async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer
     local = own_expert(pool)
     spec = {"inputs": [o.label() for o in chosen], "cids": list(refs), "method": params["method"],
             "density": params["density"], "weights": list(weights), "weights_from": how}
-    step = pool.begin_step(Route(local, None, 0.0), role="merger", call="merge", input_text=json.dumps(spec, sort_keys=True))
+    step = pool.begin_step(Route(local, None, 0.0), role="merger", call="merge",
+                           input_text=json.dumps(spec, sort_keys=True))
     try:
         merged = await port.prepare(request)
     except QueryFailed as exc:
