@@ -191,7 +191,10 @@ class ExpertService:
             return False
         future = self.worker.between_steps(
             lambda: attach(self.worker, name, Path(path), evictable=tuple(self.live_adapters)))
-        evicted = await trio.to_thread.run_sync(lambda: future.result(timeout), abandon_on_cancel=True)
+        # Shielded: a cancelled caller must not leave a loaded adapter out of the bookkeeping (never
+        # evicted, announced without its CID); loading a LoRA adapter takes well under a second.
+        with trio.CancelScope(shield=True):
+            evicted = await trio.to_thread.run_sync(lambda: future.result(timeout))
         for old in evicted:
             self.live_adapters.remove(old)
             self.adapter_cids.pop(old, None)
