@@ -14,6 +14,9 @@ from typing import Protocol
 
 # peft's add_weighted_adapter combinations (node/expert/merge.py METHODS; a test keeps them equal).
 METHODS = ("linear", "ties", "dare_ties", "dare_linear")
+# Name prefix of the merged adapters an expert serves: the default choice of inputs skips them
+# (merging merges of the same inputs again would only drift); naming one still works.
+MERGED_PREFIX = "merged-"
 
 
 @dataclass(frozen=True, slots=True)

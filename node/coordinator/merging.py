@@ -25,7 +25,7 @@ import trio
 
 from node.logs import event, get_logger
 
-from .merge_port import MergedAdapter, MergeRequest
+from .merge_port import MERGED_PREFIX, MergedAdapter, MergeRequest
 from .pool import QueryFailed
 from .semantic import Embedder
 
@@ -102,7 +102,7 @@ class NodeMerging:
             raise QueryFailed("unavailable", f"the merged adapter is for base {merged_base}, but this node's "
                                              f"expert serves base {local_base}: ask a node that serves that base")
         cid = await self._publish(result.path)
-        name = f"merged-{cid[-12:]}"
+        name = f"{MERGED_PREFIX}{cid[-12:]}"
         try:
             loaded = await service.add_adapter(name, result.path, cid)
         except ModelLoadError as exc:

@@ -60,6 +60,9 @@ async def test_relevance_picks_the_adapters_that_match_the_question_and_weighs_t
     weights = dict(zip(request.refs, request.weights, strict=True))
     assert weights[fake_cid("peer-c")] > 0.9 and request.weights_from == "relevance"
     assert json.loads(merge_step(result).output)["weights_from"] == "relevance"
+    # peer-d now serves the merge too; asked again, the inputs are the contributors' adapters, not the merge.
+    await ask(transport, merges, "Write a short poem with rhymes about creative writing", k=4)
+    assert len(merges.prepared[1].refs) == 4 and merge_step(result).adapter_cid not in merges.prepared[1].refs
 
 
 async def test_adapters_of_different_bases_are_refused_before_anything_is_fetched(autojump_clock):

@@ -4,10 +4,11 @@ The candidates are the adapters the signed records advertise with a CID (fetchab
 on this node's own base: the merged adapter is served by the coordinator's expert,
 so a coordinator without one, or with another base, says so.  ``adapters`` names
 them (CIDs, ``expert/adapter`` or adapter names), else the ``k`` most relevant to
-the question are taken.  Weights: ``relevance`` (MiniLM similarity of the question
-to each adapter's description, bag-of-words without MiniLM; a softmax), ``uniform``,
-numbers, or ``search``: a LoraHub weight search on dev items costs minutes, so it is
-the ``node merge --search`` command's job; the strategy reuses its cached result.
+the question are taken (earlier merges, ``merged-*``, are not inputs unless named).
+Weights: ``relevance`` (MiniLM similarity of the question to each adapter's
+description, bag-of-words without MiniLM; a softmax), ``uniform``, numbers, or
+``search``: a LoraHub weight search on dev items costs minutes, so it is the
+``node merge --search`` command's job; the strategy reuses its cached result.
 
 The node (coordinator/merging.py, behind :class:`MergePort`) fetches the inputs by
 CID through its block store, merges them (peft TIES / DARE / linear), caches the
@@ -26,7 +27,7 @@ from protocol import ProtocolError, QueryRequest
 from protocol.cid import parse_cid
 
 from .. import prompts
-from ..merge_port import METHODS, MergeRequest
+from ..merge_port import MERGED_PREFIX, METHODS, MergeRequest
 from ..pool import Ask, Pool, QueryFailed, StepFailed
 from ..routing import Candidate, Route
 from .base import Answer, Param
@@ -71,7 +72,8 @@ async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer
                                          "none: ask a node that serves the adapters' base model")
     offers = advertised(pool)
     named = [r.strip() for r in params["adapters"].split(",") if r.strip()]
-    chosen = pick_named(offers, named) if named else [o for o in offers if o.base == local_base]
+    chosen = (pick_named(offers, named) if named else
+              [o for o in offers if o.base == local_base and not o.adapter.startswith(MERGED_PREFIX)])
     check_bases(chosen, local_base, named=bool(named))
     if named and params["weights"].strip() != "relevance":
         sims = [0.0] * len(chosen)  # nothing to rank or weigh: no embedding (MiniLM's first load is seconds)
