@@ -118,6 +118,7 @@ class Dashboard:
                 "last_seen_s": round(now - entry.received_at, 1) if entry else None,
                 "expires_in_s": round(record.expires_at() - now, 1),
                 **health.snapshot(record.peer_id),  # latency_s, recent_failures (decaying), banned
+                "reputation": self.coordinator.reputation.snapshot(record.peer_id),  # demoted, and why
             })
         return out
 

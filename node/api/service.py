@@ -43,6 +43,8 @@ def network_status(node: Node) -> dict[str, Any]:
             "adapters": [a.name for a in record.adapters], "device": record.device,
             "load": record.load, "queue_depth": record.queue_depth,
             **coordinator.health.snapshot(record.peer_id),
+            # Evidence of lying (spot checks, claims, consensus) and whether and why it is demoted.
+            "reputation": coordinator.reputation.snapshot(record.peer_id),
             "expires_in_s": round(record.expires_at() - now, 1),
             "multiaddrs": list(record.multiaddrs),
             "self": record.peer_id == node.peer_id,

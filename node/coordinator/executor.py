@@ -68,8 +68,8 @@ class Coordinator:
     def candidates(self) -> list[Candidate]:
         h = self.health
         verified = self._verified()
-        return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id),
-                          h.banned(r.peer_id) or self.reputation.demoted(r.peer_id),
+        return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id), h.banned(r.peer_id),
+                          demoted=self.reputation.demoted(r.peer_id),
                           verified=r.peer_id in verified or r.peer_id == self._local_id,
                           local=r.peer_id == self._local_id)
                 for r in self._records()]
@@ -114,7 +114,9 @@ class Coordinator:
         # Any contributor, not only the winner: a liar that loses every vote still proposes.
         peers = sorted({p.served_by for p in result.provenance if p.served_by and p.served_by != self._local_id})
         if peers:
-            await self.spot_checks.check(self._transport, self.spot_checks.pick(peers))
+            peer_id = self.spot_checks.pick(peers)
+            record = next((r for r in self._records() if r.peer_id == peer_id), None)
+            await self.spot_checks.check(self._transport, peer_id, record.evals if record is not None else ())
 
     async def run(self, query: QueryRequest, emit: EmitChunk | None = None) -> QueryResult:
         """Answer ``query``; raises :class:`QueryFailed` (typed) when it cannot be answered in time."""
@@ -145,4 +147,6 @@ class Coordinator:
         result = pool.result(answer.text, answer.finish_reason, decision=answer.decision, final=answer.final,
                              params=params)
         log.info("query %s: %s (%d steps)", query.request_id[-12:], answer.decision[:200], len(pool.steps))
+        if result.trace is not None:
+            self.reputation.observe(result.trace)  # consensus evidence of fan-outs (consensus.py)
         return result

@@ -213,8 +213,8 @@ class Pool:
     def candidates(self) -> list[Candidate]:
         h = self.health
         verified = self._verified()
-        return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id),
-                          h.banned(r.peer_id) or self._demoted(r.peer_id),
+        return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id), h.banned(r.peer_id),
+                          demoted=self._demoted(r.peer_id),
                           verified=r.peer_id in verified or r.peer_id == self._local_id,
                           local=r.peer_id == self._local_id,
                           dev_score=claimed_dev_score(r, self.query.tags))
@@ -234,7 +234,10 @@ class Pool:
         routes = self.rank(need, relevance=relevance)
         if not routes:
             raise QueryFailed("unavailable", "no expert is known to this node")
-        return diverse(routes, k)
+        # A demoted expert (reputation.py) is left out of a fan-out while two others can answer:
+        # ranking it last is not enough when k covers every expert (a vote of all four).
+        trusted = diverse([r for r in routes if not r.candidate.demoted], k)
+        return trusted if len(trusted) >= min(k, 2) else diverse(routes, k)
 
     async def relevance(self, text: str) -> dict[str, float]:
         """Semantic similarity of ``text`` to each expert's self-description (empty without an embedder)."""

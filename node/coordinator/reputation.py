@@ -1,23 +1,31 @@
-"""Reputation from evidence: spot checks with known-answer items, decaying demotion of liars.
+"""Reputation from evidence: spot checks, claimed vs observed scores, consensus; decaying demotion.
 
 An expert that answers promptly but wrongly (issue 12, "lying experts": one
 that always picks a wrong option) is invisible to latency and failure
-bookkeeping.  So at a low rate (:data:`SPOT_CHECK_RATE` of queries) the
-coordinator also asks the expert that answered a dev item of the shared task
-files (``../shared/data/tasks``, scored by :mod:`node.evaluation`, the same
-scorer as the evaluation) whose answer it knows, and keeps decaying counts of
-right and wrong answers per peer.
+bookkeeping.  Three kinds of evidence catch it, each kept as decaying counts per
+peer (:data:`HALF_LIFE_S`, so a peer that stops lying comes back):
 
-An expert is *demoted* when its observed accuracy is implausibly low next to
-what the other checked experts achieve on the same kind of items: the
-one-sided binomial probability of doing that badly by chance falls under
-:data:`DEMOTE_P`.  A weak honest model is compared with its peers, not with
-perfection, so it is not demoted for being small.  Demoted experts rank after
-every other one (as banned ones do) and the evidence decays with
-:data:`HALF_LIFE_S`, so a peer that stops lying comes back.
+* **Spot checks**: at a low rate (:data:`SPOT_CHECK_RATE` of queries) the
+  coordinator asks an expert that contributed a dev item of the shared task files
+  (``../shared/data/tasks``, scored by :mod:`node.evaluation`, the evaluation's
+  scorer) whose answer it knows.  Demoted when its accuracy is implausibly low
+  next to what the other checked experts achieve (one-sided binomial under
+  :data:`DEMOTE_P`), so a small honest model is compared with its peers, not
+  with perfection.
+* **Claimed vs observed**: a record's self-evaluation (``evals``: task, accuracy)
+  is a claim.  Spot checks ask items of a task the expert claims, and it is
+  demoted when doing as badly as observed is implausible at its own claim (less
+  :data:`CLAIM_MARGIN`): a liar that over-claims to be routed first is caught
+  after a few checks.
+* **Consensus** (consensus.py): every fan-out query tells whether each member
+  agreed with a clear majority of the others.  Demoted when its agreement rate is
+  implausibly below :data:`AGREEMENT_RATIO` of its peers' rate, after at least
+  :data:`MIN_AGREEMENT_OBSERVATIONS` observations.  The ratio is the slack that
+  keeps an honest expert that is sometimes right against the majority routable.
 
-Not done here: comparing an expert's *claimed* self-evaluation score with the
-observed one (records carry no claim yet; docs/security.md).
+Demoted experts rank after every other one, like banned ones, and fan-outs leave
+them out while enough other experts remain (pool.py); ``snapshot`` (``/status``)
+says why, and every demotion and restoration is logged (``expert_demoted``).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -33,20 +41,29 @@ import trio
 
 from node.evaluation import TaskItem, build_prompt, find_tasks_dir, load_task_dir, score
 from node.logs import event, get_logger
-from protocol import ChatMessage, GenerateRequest, GenerateResult, SamplingParams
+from protocol import ChatMessage, EvalScore, GenerateRequest, GenerateResult, SamplingParams, Trace
+
+from . import consensus
 
 log = get_logger("coordinator.reputation")
 
-# Fraction of answered queries after which the answering expert is spot-checked.
+# Fraction of answered queries after which a contributing expert is spot-checked.
 SPOT_CHECK_RATE = 0.05
 # Known-answer items asked per spot check.
 ITEMS_PER_CHECK = 2
 # Seconds after which a piece of evidence counts half (a reformed peer comes back).
 HALF_LIFE_S = 3600.0
-# Demote when doing this badly by chance is less likely than this (one-sided binomial).
+# Demote when doing this badly by chance is less likely than this (one-sided binomial); a demoted
+# peer is restored only once it is no longer below RESTORE_P (hysteresis: no flapping at the edge).
 DEMOTE_P = 0.01
+RESTORE_P = 0.05
 # Floor of the baseline accuracy a peer is compared with (chance on four options).
 MIN_BASELINE = 0.25
+# Claims are compared with what spot checks observe less this margin (other items than the claim's).
+CLAIM_MARGIN = 0.1
+# Consensus: compared with this fraction of the peers' agreement rate, after this many observations.
+AGREEMENT_RATIO = 0.7
+MIN_AGREEMENT_OBSERVATIONS = 8
 # Tokens an expert may spend on one spot-check answer, and seconds it may take.
 CHECK_TOKENS = 24
 CHECK_TIMEOUT = 60.0
@@ -55,56 +72,136 @@ CHECK_TASKS = ("arc_challenge", "mmlu_redux", "truthfulqa")
 
 
 @dataclass
-class _Evidence:
-    correct: float = 0.0
+class _Tally:
+    """Decaying hits out of total."""
+
+    hits: float = 0.0
     total: float = 0.0
     at: float = 0.0
 
 
 class Reputation:
-    """Decaying right/wrong counts per peer and the demotion rule."""
+    """Decaying evidence per peer (spot checks by task, claims, consensus) and the demotion rules."""
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, half_life_s: float = HALF_LIFE_S) -> None:
         self._clock = clock
         self._half_life = half_life_s
-        self._peers: dict[str, _Evidence] = {}
+        self._checks: dict[str, dict[str, _Tally]] = {}  # peer -> task -> right of checked
+        self._agreement: dict[str, _Tally] = {}  # peer -> agreed of observed clear majorities
+        self._claims: dict[str, dict[str, float]] = {}  # peer -> task -> claimed dev accuracy
+        self._why: dict[str, str] = {}  # peers demoted at the last look, and why (logs transitions)
 
-    def _current(self, peer_id: str) -> _Evidence:
+    def _decayed(self, tally: _Tally) -> _Tally:
         now = self._clock()
-        evidence = self._peers.setdefault(peer_id, _Evidence(at=now))
-        factor = 0.5 ** (max(0.0, now - evidence.at) / self._half_life)
-        evidence.correct, evidence.total, evidence.at = evidence.correct * factor, evidence.total * factor, now
-        return evidence
+        factor = 0.5 ** (max(0.0, now - tally.at) / self._half_life)
+        tally.hits, tally.total, tally.at = tally.hits * factor, tally.total * factor, now
+        return tally
 
-    def record(self, peer_id: str, correct: bool) -> None:
-        evidence = self._current(peer_id)
-        evidence.total += 1.0
-        evidence.correct += 1.0 if correct else 0.0
+    # ------------------------------------------------------------------ evidence in
 
-    def observed(self, peer_id: str) -> tuple[float, float]:
-        """(right answers, answers checked), decayed."""
-        evidence = self._current(peer_id)
-        return evidence.correct, evidence.total
+    def record(self, peer_id: str, correct: bool, task: str = "") -> None:
+        """One spot-check verdict."""
+        tally = self._decayed(self._checks.setdefault(peer_id, {}).setdefault(task, _Tally(at=self._clock())))
+        tally.total += 1.0
+        tally.hits += 1.0 if correct else 0.0
+
+    def note_claims(self, peer_id: str, evals: Iterable[EvalScore]) -> None:
+        """The dev accuracies ``peer_id``'s signed record claims for its base model (the best per task)."""
+        claims: dict[str, float] = {}
+        for e in evals:
+            if e.split == "dev" and e.adapter is None:
+                claims[e.task] = max(e.accuracy, claims.get(e.task, 0.0))
+        self._claims[peer_id] = claims
+
+    def claims(self, peer_id: str) -> dict[str, float]:
+        return dict(self._claims.get(peer_id, {}))
+
+    def observe(self, trace: Trace) -> list[tuple[str, bool]]:
+        """Consensus evidence from one answered query (nothing unless it fanned out to 3+ peers)."""
+        seen = consensus.observations(consensus.member_answers(trace))
+        for peer_id, agreed in seen:
+            tally = self._decayed(self._agreement.setdefault(peer_id, _Tally(at=self._clock())))
+            tally.total += 1.0
+            tally.hits += 1.0 if agreed else 0.0
+        return seen
+
+    # ------------------------------------------------------------------ evidence out
+
+    def observed(self, peer_id: str, task: str | None = None) -> tuple[float, float]:
+        """(right answers, answers checked) by spot checks, decayed; ``task`` narrows to one task."""
+        tallies = self._checks.get(peer_id, {})
+        right = total = 0.0
+        for name, tally in list(tallies.items()):
+            if task is None or name == task:
+                t = self._decayed(tally)
+                right, total = right + t.hits, total + t.total
+        return right, total
+
+    def agreement(self, peer_id: str) -> tuple[float, float]:
+        """(agreed, observed) clear majorities of the other members, decayed."""
+        tally = self._agreement.get(peer_id)
+        if tally is None:
+            return 0.0, 0.0
+        t = self._decayed(tally)
+        return t.hits, t.total
 
     def baseline(self, exclude: str) -> float:
-        """Pooled accuracy of the other checked peers (at least :data:`MIN_BASELINE`)."""
-        right = total = 0.0
-        for peer_id in list(self._peers):
-            if peer_id != exclude:
-                c, t = self.observed(peer_id)
-                right, total = right + c, total + t
+        """Pooled spot-check accuracy of the other checked peers (at least :data:`MIN_BASELINE`)."""
+        right, total = _pooled(self.observed(p) for p in list(self._checks) if p != exclude)
         return max(MIN_BASELINE, right / total) if total else MIN_BASELINE
 
-    def demoted(self, peer_id: str) -> bool:
-        if peer_id not in self._peers:
-            return False
-        correct, total = self.observed(peer_id)
-        n, k = int(total + 1e-9), int(correct + 0.5)
-        return n > 0 and binomial_cdf(k, n, self.baseline(peer_id)) < DEMOTE_P
+    def agreement_baseline(self, exclude: str) -> float | None:
+        """Pooled agreement rate of the other observed peers (None: nobody else observed)."""
+        agreed, total = _pooled(self.agreement(p) for p in list(self._agreement) if p != exclude)
+        return agreed / total if total else None
 
-    def snapshot(self, peer_id: str) -> dict[str, float | bool]:
-        correct, total = self.observed(peer_id)
-        return {"checked": round(total, 2), "right": round(correct, 2), "demoted": self.demoted(peer_id)}
+    def why_demoted(self, peer_id: str, p: float = DEMOTE_P) -> str | None:
+        """Why ``peer_id``'s evidence is below ``p`` now (None: it is not)."""
+        right, total = self.observed(peer_id)
+        if total >= 1 and _implausible(right, total, self.baseline(peer_id), p):
+            return f"spot checks: {right:.0f}/{total:.0f} right vs peers' {self.baseline(peer_id):.0%}"
+        for task, claimed in sorted(self._claims.get(peer_id, {}).items()):
+            right, total = self.observed(peer_id, task)
+            if total >= 1 and _implausible(right, total, max(0.0, claimed - CLAIM_MARGIN), p):
+                return f"claimed {claimed:.0%} on {task}, spot checks saw {right:.0f}/{total:.0f} right"
+        agreed, total = self.agreement(peer_id)
+        peers = self.agreement_baseline(peer_id)
+        if total >= MIN_AGREEMENT_OBSERVATIONS and peers is not None and \
+                _implausible(agreed, total, AGREEMENT_RATIO * peers, p):
+            return f"agreed with {agreed:.0f}/{total:.0f} clear majorities vs peers' {peers:.0%}"
+        return None
+
+    def demoted(self, peer_id: str) -> bool:
+        if peer_id not in self._checks and peer_id not in self._agreement:
+            return False
+        why = self.why_demoted(peer_id, RESTORE_P if peer_id in self._why else DEMOTE_P)
+        if (why is None) != (peer_id not in self._why):  # a change: log it once
+            event(log, "expert_demoted" if why else "expert_restored", peer=peer_id, why=why or "")
+            if why is None:
+                self._why.pop(peer_id, None)
+        if why is not None:
+            self._why[peer_id] = why
+        return why is not None
+
+    def snapshot(self, peer_id: str) -> dict[str, float | bool | str | None]:
+        right, total = self.observed(peer_id)
+        agreed, observed = self.agreement(peer_id)
+        return {"checked": round(total, 2), "right": round(right, 2), "agreed": round(agreed, 2),
+                "agreement_observed": round(observed, 2), "demoted": self.demoted(peer_id),
+                "demoted_why": self._why.get(peer_id)}
+
+
+def _pooled(pairs: Iterable[tuple[float, float]]) -> tuple[float, float]:
+    hits = total = 0.0
+    for h, t in pairs:
+        hits, total = hits + h, total + t
+    return hits, total
+
+
+def _implausible(hits: float, total: float, expected: float, p: float) -> bool:
+    """Is ``hits`` of ``total`` (decayed counts, rounded) implausibly low (under ``p``) at rate ``expected``?"""
+    n, k = round(total), round(hits)  # a millisecond of decay must not turn 3 answers into 2
+    return n > 0 and binomial_cdf(k, n, expected) < p
 
 
 def binomial_cdf(k: int, n: int, p: float) -> float:
@@ -142,17 +239,35 @@ class SpotChecker:
         return self.rate > 0 and self._rng.random() < self.rate
 
     def pick(self, peers: Sequence[str]) -> str:
-        return self._rng.choice(list(peers))
+        """A contributor to check; half the time the one agreeing least with its fan-outs' majorities
+        (consensus points the expensive ground-truth evidence at suspects)."""
+        peers = list(peers)
+        if len(peers) > 1 and self._rng.random() < 0.5:
+            def agreement(peer_id: str) -> float:
+                agreed, observed = self.reputation.agreement(peer_id)
+                return agreed / observed if observed >= 1 else 1.0
+            return min(peers, key=agreement)
+        return self._rng.choice(peers)
 
-    async def check(self, transport: object, peer_id: str) -> None:
+    def choose(self, peer_id: str) -> list[TaskItem]:
+        """Items for one check: the first from a task ``peer_id`` claims a score on (claimed vs
+        observed), the rest from any check task (compared with the peers)."""
+        items = self._items or []
+        claimed = [item for item in items if item.task in self.reputation.claims(peer_id)]
+        chosen = [self._rng.choice(claimed)] if claimed else []
+        rest = [item for item in items if item not in chosen]
+        return chosen + self._rng.sample(rest, min(self.items_per_check - len(chosen), len(rest)))
+
+    async def check(self, transport: object, peer_id: str, claims: Iterable[EvalScore] = ()) -> None:
         """Ask ``peer_id`` known-answer items and record each verdict (a failed call records nothing:
-        failures are the health bookkeeping's business)."""
+        failures are the health bookkeeping's business).  ``claims``: its record's self-evaluation."""
         if self._items is None:
             self._items = await trio.to_thread.run_sync(load_check_items)
         if not self._items:
             return
         self.checks += 1
-        for item in self._rng.sample(self._items, min(self.items_per_check, len(self._items))):
+        self.reputation.note_claims(peer_id, claims)
+        for item in self.choose(peer_id):
             request = GenerateRequest(request_id=f"spot-{self.checks}-{self._rng.randrange(1 << 30)}",
                                       messages=(ChatMessage(role="user", content=build_prompt(item)),),
                                       sampling=SamplingParams(max_new_tokens=CHECK_TOKENS, temperature=0.0),
@@ -169,6 +284,6 @@ class SpotChecker:
             if reply is None:
                 continue
             verdict = score(item, reply)
-            self.reputation.record(peer_id, verdict.correct)
+            self.reputation.record(peer_id, verdict.correct, item.task)
             event(log, "spot_check", peer=peer_id, task=item.task, correct=verdict.correct,
                   demoted=self.reputation.demoted(peer_id))

@@ -92,7 +92,8 @@ function renderPeers(peers) {
       el("td", {}, ...adapters),
       el("td", {}, ...scores),
       el("td", {}, r.base_model ? `${(r.load * 100).toFixed(0)}% · queue ${r.queue_depth}` : "–"),
-      el("td", {}, secs(p.latency_s), p.recent_failures ? el("div", { class: "unverified", text: `${p.recent_failures} recent failures` }) : null),
+      el("td", {}, secs(p.latency_s), p.recent_failures ? el("div", { class: "unverified", text: `${p.recent_failures} recent failures` }) : null,
+        p.reputation && p.reputation.demoted ? el("div", { class: "unverified", title: p.reputation.demoted_why || "", text: "demoted (lying?)" }) : null),
       el("td", {}, p.last_seen_s === null ? "–" : `${secs(p.last_seen_s)} ago`, el("div", { class: "muted", text: p.source || "" })));
   }));
   $("peer-count").textContent = `(${peers.length})`;
