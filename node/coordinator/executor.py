@@ -69,10 +69,14 @@ class Coordinator:
         h = self.health
         verified = self._verified()
         return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id), h.banned(r.peer_id),
-                          demoted=self.reputation.demoted(r.peer_id),
+                          demoted=self.demoted(r.peer_id),
                           verified=r.peer_id in verified or r.peer_id == self._local_id,
                           local=r.peer_id == self._local_id)
                 for r in self._records()]
+
+    def demoted(self, peer_id: str) -> bool:
+        """Caught lying (reputation.py); never this node's own expert, which it runs itself."""
+        return peer_id != self._local_id and self.reputation.demoted(peer_id)
 
     @trio.as_safe_channel
     async def answer(self, query: QueryRequest) -> AsyncGenerator[QueryEvent, None]:
@@ -136,7 +140,7 @@ class Coordinator:
 
         pool = Pool(query, self._records, self._transport, self.health, first_token_timeout=self._first_token_timeout,
                     max_attempts=self._max_attempts, relevance=self.embedder.similarities, emit=emit_text,
-                    verified=self._verified, local_id=self._local_id, demoted=self.reputation.demoted,
+                    verified=self._verified, local_id=self._local_id, demoted=self.demoted,
                     merges=self.merges)
         with trio.move_on_at(pool.deadline) as scope:
             answer = await strategy.run(pool, query, params)
