@@ -68,8 +68,8 @@ class Coordinator:
     def candidates(self) -> list[Candidate]:
         h = self.health
         verified = self._verified()
-        return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id), h.banned(r.peer_id),
-                          demoted=self.demoted(r.peer_id),
+        return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id),
+                          h.banned(r.peer_id) or self.demoted(r.peer_id), demoted=self.demoted(r.peer_id),
                           verified=r.peer_id in verified or r.peer_id == self._local_id,
                           local=r.peer_id == self._local_id)
                 for r in self._records()]

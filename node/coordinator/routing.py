@@ -56,15 +56,11 @@ class Candidate:
     record: CapabilityRecord
     latency_s: float | None = None  # mean time to first token this coordinator observed
     recent_failures: float = 0
-    banned: bool = False  # failed recently; tried only after every other expert
+    banned: bool = False  # failed recently or demoted; tried only after every other expert
     dev_score: float | None = None  # accuracy on the query's task measured on dev data (0..1)
     verified: bool = False  # this node verified the peer is reachable (registry.verified_peers)
     local: bool = False  # the expert runs on this very node
-    demoted: bool = False  # caught lying (reputation.py): ranked like a ban, left out of fan-outs
-
-    @property
-    def distrusted(self) -> bool:
-        return self.banned or self.demoted
+    demoted: bool = False  # caught lying (reputation.py; also ``banned``): left out of fan-outs too
 
     @property
     def peer_id(self) -> str:
@@ -145,7 +141,7 @@ def score(candidate: Candidate, need: Need, adapter_match: float = 0.0) -> float
     value -= FAILURE_WEIGHT * candidate.recent_failures
     if candidate.dev_score is not None:
         value += DEV_SCORE_WEIGHT * candidate.dev_score
-    if candidate.distrusted:
+    if candidate.banned:
         value -= BANNED_PENALTY
     return value
 

@@ -234,7 +234,8 @@ NET = dict(record_ttl=120.0, announce_interval=10.0)
 
 async def _vote(engine, item: TaskItem, n: int, k: int = 4) -> p.QueryResult:
     """A vote through the coordinator node's engine (the experts answer over libp2p)."""
-    request = p.QueryRequest(request_id=f"vote-{n}", strategy="vote", params={"k": k},
+    # k_min = k: every member answers before the vote, even on a loaded box.
+    request = p.QueryRequest(request_id=f"vote-{n}", strategy="vote", params={"k": k, "k_min": k},
                              messages=(p.ChatMessage(role="user", content=build_prompt(item)),),
                              sampling=p.SamplingParams(max_new_tokens=4), timeout_s=30.0)
     last = None
