@@ -6,9 +6,17 @@ can consult it), runs ``python -m node eval`` on a fixed slice of test items per
 both, and writes the report (markdown, PNG plots, JSON) into ``--out``.
 
     python benchmarks/participation.py --out docs/results/cpu-small
+    python benchmarks/participation.py --contrib-dir /tmp/i9/contrib --out docs/results/cpu-contrib
+
+``--contrib-dir DIR`` makes the team the contributors of the participation run
+(docs/contributors.md): each ``DIR/*/mosaic-card.json`` adapter is served by a node of its own
+on the card's base model, described and tagged by its card (plus the task it was trained on),
+and measured as ``c-NAME/NAME`` (its adapter; the node's bare base is not measured as a single
+expert, it would be the plain base once per contributor).  The catalog's other bases join them.
 
 Experts (``--expert NAME=MODEL[+ADAPTER_NAME=PATH][@TAGS]``, repeatable) default to the model
-catalog's small chat bases when the catalog is in this tree (SmolLM2-135M, Qwen2.5-Coder-0.5B),
+catalog's small bases when the catalog is in this tree (SmolLM2-135M, Qwen2.5-Coder-0.5B, Gemma 3
+270M, the last a base model asked with plain completion prompts),
 else to the one embedded SmolLM2-135M; the baseline defaults to the
 largest catalog model (Qwen2.5-Coder-1.5B).  Converted weights live in the per-user model cache
 (``MOSAIC_CACHE_DIR``), so a rerun starts in seconds; a rerun with the same ``--out`` resumes.
@@ -35,7 +43,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LISTEN_LINE = re.compile(r"^mosaic node (\S+) listening on (\S+)$")
 DEFAULT_TASKS = "arc_challenge,truthfulqa,gsm8k,popqa"
-# Catalog keys -> what each contributor is said to offer (descriptions feed the similarity analysis).
 # Catalog keys -> what each contributor says it offers.  The tags name the tasks it claims as its
 # own (declarations, not measurements): routing hints, and the "contributors' priorities" rows.
 CATALOG_EXPERTS = {
@@ -43,10 +50,11 @@ CATALOG_EXPERTS = {
                 "general,chat,truthfulqa,popqa"),
     "qwen-coder": ("qwen2.5-0.5b", "Qwen2.5 Coder 0.5B instruct: code, math and step-by-step reasoning, science",
                    "code,math,gsm8k,arc_challenge,mmlu_redux"),
+    # A base model without a chat template: the expert renders chat messages as a plain
+    # "...\nAnswer:" completion prompt (node/expert/prompts.py), so strategies can ask it too.
+    "gemma": ("gemma3-270m", "Gemma 3 270M base: plain text completion, general knowledge and facts",
+              "general,facts,popqa"),
 }
-# gemma3-270m is left out: the packaged Gemma 3 270M is the base model without a chat template,
-# and a strategy that fans out to it fails the whole query (`node eval` asks a pinned template-less
-# expert with a raw prompt, but the coordinator sends every expert chat messages).
 BASELINE = "qwen2.5-1.5b"
 
 
@@ -57,6 +65,33 @@ class ExpertSpec:
     description: str = ""
     tags: str = ""
     adapters: list[str] = field(default_factory=list)  # NAME=PATH
+    ask_base: bool = True  # measure the bare base model as a single expert too
+    own_task: str | None = None  # the task a contributor trained its adapter on
+
+
+def contributor_experts(directory: Path, models: dict[str, str]) -> list[ExpertSpec]:
+    """One expert per adapter directory under ``directory`` (``*/mosaic-card.json``), from its card.
+
+    ``models`` maps catalog keys to model paths (e.g. an already converted GGUF), so the card's
+    base resolves without joining the catalog's chunks again in every node's data dir; the
+    embedded SmolLM2-135M needs no entry.
+    """
+    cards = sorted(directory.glob("*/mosaic-card.json"))
+    if not cards:
+        raise SystemExit(f"--contrib-dir {directory}: no */mosaic-card.json (adapter directories of `node train`)")
+    specs = []
+    for path in cards:
+        card = json.loads(path.read_text())
+        name, base = card["name"], card["base"]["model"]
+        kind = card.get("data", {}).get("kind", "")
+        task = kind.removeprefix("task:").split("/")[0] if kind.startswith("task:") else None
+        tags = [*card.get("tags", []), *([task] if task else [])]
+        description = (f"contributor {name}: {card.get('description', '')} "
+                       f"(LoRA on {card['base'].get('model_id', base)}, trained on {kind or 'own data'})")
+        model = models.get(base, None if base == "smollm2-135m" else base)
+        specs.append(ExpertSpec(f"c-{name}", model, description, ",".join(dict.fromkeys(tags)),
+                                [f"{name}={path.parent.resolve()}"], ask_base=False, own_task=task))
+    return specs
 
 
 def catalog_available() -> bool:
@@ -182,8 +217,12 @@ def main() -> int:
                         help="node data dirs (identities) and logs")
     parser.add_argument("--tasks", default=None, help="task folder (default: shared/data/tasks beside the repo)")
     parser.add_argument("--names", default=DEFAULT_TASKS)
-    parser.add_argument("--limit", type=int, default=5, help="test items per task (the first N, fixed)")
+    parser.add_argument("--limit", default="5", metavar="N[,TASK=N...]",
+                        help="test items per task (the first N, fixed); TASK=N for one task, e.g. 20,gsm8k=10")
     parser.add_argument("--expert", action="append", help="NAME=MODEL[+ADAPTER=PATH][@TAGS] (repeatable)")
+    parser.add_argument("--contrib-dir", help="contributors' adapter dirs (*/mosaic-card.json): each is an expert")
+    parser.add_argument("--model-path", action="append", metavar="KEY=PATH",
+                        help="use PATH for catalog model KEY (e.g. a converted GGUF); repeatable")
     parser.add_argument("--baseline", default=None, help="catalog key or model path; 'none' to skip")
     parser.add_argument("--strategies", default="route,vote,moa", help="strategies to evaluate (those the network offers)")
     parser.add_argument("--max-tokens", default="multiple_choice=16,exact_match=64,f1_match=24")
@@ -196,8 +235,19 @@ def main() -> int:
     experts, baseline, source = default_experts()
     if args.expert:
         experts, source = [parse_expert(e) for e in args.expert], "given on the command line"
+    if args.contrib_dir:
+        models = dict(m.split("=", 1) for m in args.model_path or [])
+        if not args.expert:  # the catalog's bases as they are, each at most once
+            experts = [parse_expert(f"{name}={models.get(key, key)}") for name, (key, _, _) in CATALOG_EXPERTS.items()]
+            experts = [e for e in experts if e.model != "smollm2-135m"] + [ExpertSpec(
+                "smollm2", None, CATALOG_EXPERTS["smollm2"][1], CATALOG_EXPERTS["smollm2"][2])]
+        experts = contributor_experts(Path(args.contrib_dir), models) + experts
+        source = f"contributors' adapters from {args.contrib_dir} + " + (
+            "experts given on the command line" if args.expert else "the catalog's bases")
     if args.baseline:
         baseline = None if args.baseline == "none" else args.baseline
+    elif baseline and args.model_path:
+        baseline = dict(m.split("=", 1) for m in args.model_path).get(baseline, baseline)
     out, work = Path(args.out).resolve(), Path(args.work).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -205,13 +255,14 @@ def main() -> int:
     # Two phases so that the team and the baseline never hold memory at the same time (CPU fp32:
     # Qwen2.5-Coder-1.5B alone takes ~6 GB), and nodes start one by one so that at most one model
     # is being converted at a time (a first conversion peaks at several GB).
-    common = ["--names", args.names, "--split", "test", "--limit", str(args.limit), "--max-tokens", args.max_tokens,
+    common = ["--names", args.names, "--split", "test", "--limit", args.limit, "--max-tokens", args.max_tokens,
               "--concurrency", str(args.concurrency), "--timeout", str(args.timeout), "--out", str(out), "--no-progress",
               "--task-tags"]  # strategy queries carry the task name as a routing hint
     if args.tasks:
         common += ["--tasks", args.tasks]
     phases: dict[str, dict[str, float]] = {}
-    wanted = sorted({s.name for s in experts} | {f"{s.name}/{a.split('=')[0]}" for s in experts for a in s.adapters})
+    wanted = sorted({s.name for s in experts if s.ask_base}
+                    | {f"{s.name}/{a.split('=')[0]}" for s in experts for a in s.adapters})
     code = _phase("team", work, args.device, experts, coordinator_http=True, phases=phases, eval_args=[
         "--experts", ",".join(wanted), "--strategies", args.strategies, *common])
     if baseline and code in (0, 4):
@@ -269,6 +320,8 @@ def _annotate(out: Path, experts: list[ExpertSpec], baseline: str | None, source
         spec = by_name.get(system["label"].split("/")[0])
         if spec is not None and system["kind"] == "expert":
             system["contributor_model"] = spec.model or "embedded SmolLM2-135M"
+            if spec.own_task and "/" in system["label"]:
+                system["own_task"] = spec.own_task
     run["benchmark"] = {
         "command": "python benchmarks/participation.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "experts_source": source, "baseline": baseline, "device": args.device,

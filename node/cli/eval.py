@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", metavar="DIR", help="folder of task files (default: shared/data/tasks beside the repo)")
     p.add_argument("--names", default=None, help="comma-separated task names (default: every task file)")
     p.add_argument("--split", default="test", choices=["dev", "test"])
-    p.add_argument("--limit", type=int, default=None, help="first N items of each task")
+    p.add_argument("--limit", default=None, metavar="N[,TASK=N...]",
+                   help="first N items of each task; TASK=N sets one task's own, e.g. 20,gsm8k=10")
     p.add_argument("--experts", default="all", help="'all', 'none' or comma-separated expert model ids to pin")
     p.add_argument("--strategies", default="route", help="comma-separated strategies (mosaic/<name>), '' for none")
     p.add_argument("--baseline", default=None, metavar="MODEL", help="the monolithic baseline's model id")
@@ -96,8 +97,10 @@ def _run(args: argparse.Namespace) -> int:
     except (TaskFileError, PlanError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.limit is not None and args.limit < 1:
-        print("error: --limit must be at least 1", file=sys.stderr)
+    try:
+        args.limit, args.task_limits = parse_limit(args.limit)
+    except ValueError as exc:
+        print(f"error: --limit: {exc}", file=sys.stderr)
         return 2
     import trio
 
@@ -129,6 +132,7 @@ async def _eval(args: argparse.Namespace, tasks, max_tokens) -> int:
             meta = {"command": "python -m node eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
                     "source": args.http or args.peer, "baseline_source": args.baseline_http}
             stats = await run_eval(client, tasks, systems, out, split=args.split, limit=args.limit,
+                                   task_limits=args.task_limits,
                                    max_tokens=max_tokens, temperature=args.temperature, timeout=args.timeout,
                                    concurrency=args.concurrency, baseline_client=baseline_client,
                                    progress=not args.no_progress, task_tags=args.task_tags, meta=meta)
@@ -143,3 +147,24 @@ async def _eval(args: argparse.Namespace, tasks, max_tokens) -> int:
     if args.report:
         print(write_report(out))
     return EXIT_FAILED if stats.errors else EXIT_OK  # failed items are logged; a rerun retries them
+
+
+def parse_limit(text: str | None) -> tuple[int | None, dict[str, int]]:
+    """``"20"`` -> (20, {}); ``"20,gsm8k=10"`` -> (20, {"gsm8k": 10}); ``"gsm8k=10"`` -> (None, {...})."""
+    limit: int | None = None
+    per_task: dict[str, int] = {}
+    for part in (p.strip() for p in (text or "").split(",")):
+        if not part:
+            continue
+        name, sep, value = part.rpartition("=")
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError(f"{part!r} is not N or TASK=N") from None
+        if n < 1:
+            raise ValueError(f"{part!r}: must be at least 1")
+        if sep:
+            per_task[name.strip()] = n
+        else:
+            limit = n
+    return limit, per_task

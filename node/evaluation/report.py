@@ -65,7 +65,8 @@ def render(summary: dict[str, Any], plots: list[str]) -> str:
     tasks, experts, strategies, baselines = (summary[k] for k in ("tasks", "experts", "strategies", "baselines"))
     run = summary.get("run", {})
     lines = ["# Mosaic eval report", ""]
-    lines += [(f"Split `{run.get('split', '?')}`, first {run.get('limit', 'all')} items per task, "
+    own = "".join(f", {t} {n}" for t, n in sorted(run.get("task_limits", {}).items()))
+    lines += [(f"Split `{run.get('split', '?')}`, first {run.get('limit', 'all')} items per task{own}, "
               f"temperature {run.get('temperature', '?')}, max new tokens {run.get('max_tokens', '?')}."),
               f"Items per task: {', '.join(f'{t} {_n(summary, t)}' for t in tasks)}.", ""]
     if run.get("command"):

@@ -152,7 +152,8 @@ async def run_eval(client: NetworkClient, tasks: list[TaskSet], systems: list[Sy
                    split: str = "test", limit: int | None = None, max_tokens: dict[str, int] | None = None,
                    temperature: float = 0.0, timeout: float = 300.0, concurrency: int = 4,
                    baseline_client: NetworkClient | None = None, progress: bool = True,
-                   task_tags: bool = False, meta: dict[str, Any] | None = None) -> RunStats:
+                   task_tags: bool = False, meta: dict[str, Any] | None = None,
+                   task_limits: dict[str, int] | None = None) -> RunStats:
     """Ask, score and log every (item, system) not yet logged under ``out``; returns what it did.
 
     ``task_tags`` sends the task's name as a capability tag with every strategy query (a hint a
@@ -169,6 +170,9 @@ async def run_eval(client: NetworkClient, tasks: list[TaskSet], systems: list[Sy
         )
     run.update(settings)
     run.setdefault("limit", limit)
+    task_limits = task_limits or {}
+    if task_limits:
+        run.setdefault("task_limits", {}).update(task_limits)
     run["tasks"] = sorted({*run.get("tasks", []), *(t.name for t in tasks)})
     run.setdefault("task_types", {}).update({t.name: t.task_type for t in tasks})
     known = {s["label"]: s for s in run.get("systems", [])}
@@ -179,7 +183,8 @@ async def run_eval(client: NetworkClient, tasks: list[TaskSet], systems: list[Sy
     write_run(out, run)
 
     done = done_keys(out)
-    jobs = [Job(system, item) for task in tasks for item in task.items(split, limit) for system in systems]
+    jobs = [Job(system, item) for task in tasks for item in task.items(split, task_limits.get(task.name, limit))
+            for system in systems]
     todo = [j for j in jobs if (j.system.label, j.item.task, j.item.split, j.item.key) not in done]
     stats = RunStats(skipped=len(jobs) - len(todo))
     started = time.monotonic()

@@ -180,3 +180,16 @@ def test_cli_eval_report_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "no logs/ folder" in capsys.readouterr().err
     assert main(["eval", "--out", str(tmp_path)]) == 2  # neither --http nor --peer
     assert "exactly one of --http" in capsys.readouterr().err
+
+
+async def test_a_task_limit_overrides_the_common_limit(tmp_path: Path) -> None:
+    net = ScriptedNetwork()
+    systems = select_systems(await net.models(), "e1", [], None)
+    items = tuple(TaskItem("other", "multiple_choice", "test", str(i), f"O{i}?", ("B",), (("A", "x"), ("B", "y")))
+                  for i in range(4))
+    other = TaskSet("other", "multiple_choice", {"test": items, "dev": ()}, {"test": 0, "dev": 0})
+    stats = await run_eval(net, [task_set(5), other], systems, tmp_path, limit=4, task_limits={"quiz": 2},
+                           progress=False)
+    assert stats.asked == 6  # quiz 2 + other 4
+    assert sorted((r.task, r.item) for r in read_logs(tmp_path))[:2] == [("other", "0"), ("other", "1")]
+    assert json.loads((tmp_path / "run.json").read_text())["task_limits"] == {"quiz": 2}

@@ -81,3 +81,15 @@ def test_limit_takes_the_first_items_in_file_order(tmp_path: Path) -> None:
     assert [i.key for i in task.items("test", 3)] == ["0", "1", "2"]
     with pytest.raises(KeyError, match="no split 'train'"):
         task.items("train")
+
+
+def test_limit_option_takes_one_n_and_per_task_overrides() -> None:
+    from node.cli.eval import parse_limit
+
+    assert parse_limit(None) == (None, {})
+    assert parse_limit("20") == (20, {})
+    assert parse_limit("20, gsm8k=10") == (20, {"gsm8k": 10})
+    assert parse_limit("gsm8k=10") == (None, {"gsm8k": 10})
+    for bad in ("0", "x", "gsm8k=", "gsm8k=-1"):
+        with pytest.raises(ValueError):
+            parse_limit(bad)
