@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+
+import pytest
+
 import protocol as p
 from node.evaluation.client import raw_prompt
 from node.expert.prompts import PromptBuilder, plain_prompt
@@ -17,22 +21,14 @@ def test_plain_prompt_reads_like_a_question_and_its_answers():
     assert plain_prompt([("user", "Q?"), ("assistant", "The ans")]) == "Q?\nAnswer: The ans"
 
 
-def _smollm2_tokenizer():
-    """The embedded SmolLM2's tokenizer, read from its GGUF (no model conversion needed)."""
-    from transformers import AutoTokenizer
-
-    from node.expert.loader import default_gguf_path
-
-    gguf = default_gguf_path()
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-
-
 def _chat(*turns: tuple[str, str]) -> p.GenerateRequest:
     return p.GenerateRequest(request_id="r", messages=tuple(p.ChatMessage(role=r, content=c) for r, c in turns))
 
 
-def test_template_less_model_gets_messages_as_a_plain_prompt_with_its_bos():
-    tok = _smollm2_tokenizer()
+# The session's SmolLM2 expert (shared with other tests) takes most of a minute to load on a loaded box.
+@pytest.mark.timeout(300)
+def test_template_less_model_gets_messages_as_a_plain_prompt_with_its_bos(base_expert):
+    tok = copy.deepcopy(base_expert.tokenizer)  # the session's expert keeps its template
     templated = PromptBuilder(tok)
     request = _chat(("system", "Be brief."), ("user", "What is 2+2?"))
     assert "<|im_start|>" in templated.text(request)  # SmolLM2's own template
