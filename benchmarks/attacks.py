@@ -11,8 +11,8 @@ table per attack:
           expert (seconds).
 * fuzz  - M mutated frames per stream protocol (infer, query, record, blocks)
           from 16 fresh identities.  Printed: answered / closed / silent (hangs)
-          per protocol, seconds, RSS growth, and whether an honest query is
-          still answered afterwards.
+          per protocol, seconds, RSS growth, an honest client's query latency
+          during each protocol's fuzz, and whether it is still answered afterwards.
 
 Usage: .venv/bin/python benchmarks/attacks.py [--flood 20000] [--fuzz 10000]
 """
@@ -98,9 +98,9 @@ async def flood(expert_model, count: int) -> None:
 
 
 async def fuzz(expert_model, count: int) -> None:
-    def progress(protocol_id: str, report, seconds: float) -> None:
+    def progress(protocol_id: str, report, seconds: float, honest) -> None:
         print(f"  {protocol_id}: {report.answered} answered, {report.closed} closed, {report.silent} silent "
-              f"in {seconds:.0f} s", flush=True)
+              f"in {seconds:.0f} s; honest queries meanwhile: {honest_summary(honest)}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         reports = await run_fuzz(expert_model, count, Path(tmp), progress)
@@ -109,9 +109,19 @@ async def fuzz(expert_model, count: int) -> None:
     print(f"\nfuzz: {count} mutated frames per protocol from 16 identities; victim process RSS +{growth:.0f} MiB "
           f"while fuzzing; honest query afterwards: "
           f"{'answered' if honest else 'FAILED'}")
-    print(f"{'protocol':<18} {'answered':>8} {'closed':>7} {'silent':>6} {'seconds':>8}")
-    for protocol_id, (report, seconds) in reports.items():
-        print(f"{protocol_id:<18} {report.answered:>8} {report.closed:>7} {report.silent:>6} {seconds:>8.1f}")
+    print(f"{'protocol':<18} {'answered':>8} {'closed':>7} {'silent':>6} {'seconds':>8}  honest queries meanwhile")
+    for protocol_id, (report, seconds, honest) in reports.items():
+        print(f"{protocol_id:<18} {report.answered:>8} {report.closed:>7} {report.silent:>6} {seconds:>8.1f}  "
+              f"{honest_summary(honest)}")
+
+
+def honest_summary(honest: list[tuple[bool, float]]) -> str:
+    """``answered/asked, median and max seconds`` of the honest client's queries during one fuzz."""
+    times = sorted(seconds for ok, seconds in honest if ok)
+    if not times:
+        return f"0/{len(honest)} answered"
+    return (f"{len(times)}/{len(honest)} answered, median {times[len(times) // 2]:.2f} s, "
+            f"max {times[-1]:.2f} s")
 
 
 def main() -> None:
