@@ -6,8 +6,8 @@ happens to an expert, every query must end -- answered, or failed with a typed,
 readable error -- within its deadline (plus a small grace), never hang.
 
 The pause is ``MOSAIC_FAULT_PAUSE`` seconds (issue 12 asks for 30 s; CI's small
-form uses 5 s).  Fan-out strategies (vote, moa) are not covered here yet: they are
-not on main (see docs/security.md).
+form uses 5 s).  Fan-out strategies (vote, moa) under the same faults:
+tests/faults/test_fanout_faults.py.
 """
 
 from __future__ import annotations
