@@ -41,7 +41,8 @@ from libp2p.tools.anyio_service import background_trio_service
 from protocol import CapabilityRecord, ProtocolError, RecordBatch, SignedRecord, decode, encode, sign_record
 
 from .config import NodeConfig
-from .logs import event, get_logger
+from .logs import event, get_logger, limited_event
+from .net.conncap import InboundCaps, remote_ip
 from .net.dht import build_dht, fetch_record, prune_expired, put_record
 from .net.discovery import (
     ConnectionWatcher,
@@ -113,6 +114,8 @@ class Node:
         self._started = trio.Event()
         self._stop_requested = trio.Event()
         self.table_exchange = True  # tests of the DHT path switch the direct exchange off
+        # Inbound connections per IP / subnet (issue 12: identities are free, addresses are not).
+        self.inbound_caps = InboundCaps()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -351,6 +354,12 @@ class Node:
             event(log, "peer_refused", peer=peer_id, reason="not a trusted peer")
             await disconnect_peer(self.host, peer_id)
             return
+        if dialled_by_us is False:
+            refused = self.inbound_caps.admit(peer_id, remote_ip(self.host, peer_id), connected_peers(self.host))
+            if refused is not None:
+                limited_event(log, "peer_refused", peer=peer_id, reason=f"inbound connections per {refused} at cap")
+                await disconnect_peer(self.host, peer_id)
+                return
         if not self.table_exchange:
             await add_to_routing_table(self.dht, peer_id)
             return
