@@ -70,12 +70,12 @@ class InboundCaps:
 def remote_ip(host: IHost, peer_id: str) -> str | None:
     """The IP address of our (first) connection to ``peer_id``, or ``None`` when unknown."""
     try:
-        connections = host.get_network().get_connections(ID.from_base58(peer_id))  # type: ignore[attr-defined]
+        connections = host.get_network().get_connections(ID.from_base58(peer_id))
     except Exception:  # not connected any more
         return None
     for conn in connections:
         try:
-            address = conn.muxed_conn.get_remote_address()
+            address = conn.muxed_conn.get_remote_address()  # type: ignore[attr-defined]
         except Exception:
             continue
         if address:
