@@ -39,7 +39,7 @@ from .test_process_faults import CLEAR_CODES, expert_processes
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow, pytest.mark.timeout(300)]
 
 PAUSE = float(os.environ.get("MOSAIC_FAULT_PAUSE", "5"))
-DEADLINE = 30.0  # each query's timeout_s
+DEADLINE = 45.0  # each query's timeout_s (a loaded 2-core box ran a slowed moa in 28 s)
 GRACE_S = 1.0  # the fan-out's grace after k_min answers
 SLACK = 5.0  # the error frame and the client's read on top of the deadline
 
@@ -212,7 +212,7 @@ async def test_slowed_expert_during_vote_and_moa(team) -> None:
         for strategy in ("vote", "moa"):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(slow_down)
-                result, seconds = await fan_out_query(host, coordinator, strategy, live(team), tokens=24)
+                result, seconds = await fan_out_query(host, coordinator, strategy, live(team), tokens=12)
                 nursery.cancel_scope.cancel()
             check_answered_without(result, seconds, slow.peer_id, strategy, may_aggregate=True)
 
@@ -232,7 +232,7 @@ async def test_sigkill_mid_answer_during_vote_and_moa(team) -> None:
                     by_peer[peer].process.kill()
 
             tap.on_token = kill_first
-            result, seconds = await fan_out_query(host, coordinator, strategy, live(team), tokens=24)
+            result, seconds = await fan_out_query(host, coordinator, strategy, live(team), tokens=12)
             tap.on_token = None
             assert killed, (strategy, result)
             by_peer[killed[0]].process.wait(timeout=10)
