@@ -14,7 +14,7 @@ table per attack:
           per protocol, seconds, RSS growth, an honest client's query latency
           during each protocol's fuzz, and whether it is still answered afterwards.
 
-Usage: .venv/bin/python benchmarks/attacks.py [--flood 20000] [--fuzz 10000]
+Usage: .venv/bin/python benchmarks/attacks.py [--flood 20000] [--fuzz 10000] [--protocols /mosaic/query/1 ...]
 """
 
 from __future__ import annotations
@@ -97,22 +97,24 @@ async def flood(expert_model, count: int) -> None:
             print(f"query via {label:<12} answered by {ok} in {seconds:.2f} s")
 
 
-async def fuzz(expert_model, count: int) -> None:
+async def fuzz(expert_model, count: int, only: list[str]) -> None:
     def progress(protocol_id: str, report, seconds: float, honest) -> None:
-        print(f"  {protocol_id}: {report.answered} answered, {report.closed} closed, {report.silent} silent "
+        print(f"  {protocol_id}: {report.answered} answered, {report.closed} closed ({report.unopened} never "
+              f"opened), {report.silent} silent "
               f"in {seconds:.0f} s; honest queries meanwhile: {honest_summary(honest)}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        reports = await run_fuzz(expert_model, count, Path(tmp), progress)
+        reports = await run_fuzz(expert_model, count, Path(tmp), progress, only=only)
     honest = reports.pop("honest_after")
     growth = reports.pop("rss_growth_mib")
     print(f"\nfuzz: {count} mutated frames per protocol from 16 identities; victim process RSS +{growth:.0f} MiB "
           f"while fuzzing; honest query afterwards: "
           f"{'answered' if honest else 'FAILED'}")
-    print(f"{'protocol':<18} {'answered':>8} {'closed':>7} {'silent':>6} {'seconds':>8}  honest queries meanwhile")
+    print(f"{'protocol':<18} {'answered':>8} {'closed':>7} {'unopened':>8} {'silent':>6} {'seconds':>8}  "
+          "honest queries meanwhile")
     for protocol_id, (report, seconds, honest) in reports.items():
-        print(f"{protocol_id:<18} {report.answered:>8} {report.closed:>7} {report.silent:>6} {seconds:>8.1f}  "
-              f"{honest_summary(honest)}")
+        print(f"{protocol_id:<18} {report.answered:>8} {report.closed:>7} {report.unopened:>8} {report.silent:>6} "
+              f"{seconds:>8.1f}  {honest_summary(honest)}")
 
 
 def honest_summary(honest: list[tuple[bool, float]]) -> str:
@@ -128,6 +130,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--flood", type=int, default=20_000)
     parser.add_argument("--fuzz", type=int, default=10_000)
+    parser.add_argument("--protocols", nargs="*", default=[],
+                        help="fuzz only these protocol ids (default: all four)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     import torch
@@ -142,7 +146,7 @@ def main() -> None:
         if args.flood:
             await flood(model, args.flood)
         if args.fuzz:
-            await fuzz(model, args.fuzz)
+            await fuzz(model, args.fuzz, args.protocols)
 
     trio.run(run)
 

@@ -42,7 +42,7 @@ from protocol import CapabilityRecord, ProtocolError, RecordBatch, SignedRecord,
 
 from .config import NodeConfig
 from .logs import event, get_logger, limited_event
-from .net.conncap import InboundCaps, remote_ip
+from .net.conncap import InboundCaps, forget_addresses, remote_ip
 from .net.dht import build_dht, fetch_record, prune_expired, put_record
 from .net.discovery import (
     ConnectionWatcher,
@@ -359,6 +359,7 @@ class Node:
             if refused is not None:
                 limited_event(log, "peer_refused", peer=peer_id, reason=f"inbound connections per {refused} at cap")
                 await disconnect_peer(self.host, peer_id)
+                forget_addresses(self.host, peer_id)
                 return
         if not self.table_exchange:
             await add_to_routing_table(self.dht, peer_id)

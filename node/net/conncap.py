@@ -67,6 +67,13 @@ class InboundCaps:
         return sum(other == ip for other in self._ip_of.values())
 
 
+def forget_addresses(host: IHost, peer_id: str) -> None:
+    """Drop a refused peer's addresses from the peerstore: py-libp2p's auto-connector dials
+    peerstore peers whenever the node holds fewer than ``low_watermark`` (100) connections, and
+    an outbound connection is not capped, so it would bring the refused peer straight back."""
+    host.get_peerstore().clear_addrs(ID.from_base58(peer_id))
+
+
 def remote_ip(host: IHost, peer_id: str) -> str | None:
     """The IP address of our (first) connection to ``peer_id``, or ``None`` when unknown."""
     try:

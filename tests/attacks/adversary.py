@@ -153,6 +153,7 @@ class FuzzReport:
     sent: int = 0
     answered: int = 0  # a reply frame came back (typed error or a real answer)
     closed: int = 0  # the node closed or reset the stream without a reply
+    unopened: int = 0  # of those, the stream could not even be opened (refused, connection gone)
     silent: int = 0  # nothing within the per-frame timeout (a hang: must stay 0)
 
 
@@ -194,6 +195,7 @@ async def fuzz_protocol(hosts: Sequence[object], peer_id: str, protocol_id: str,
                 stream = await host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol_id)])  # type: ignore[attr-defined]
             except Exception:
                 report.closed += 1
+                report.unopened += 1
                 return
             try:
                 with trio.move_on_after(per_frame_timeout) as scope:

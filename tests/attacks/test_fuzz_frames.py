@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -52,14 +53,17 @@ def seed_frames(cid: CID | None = None) -> dict[str, list[bytes]]:
         return encode_frame(p.encode(message), p.MAX_MESSAGE_SIZE)
 
     chat = (p.ChatMessage(role="user", content="Say one word."),)
+    # A 10 s deadline, half the fuzzer's 20 s per-frame window: a valid frame queued behind
+    # thousands of others must be answered (result or ``timeout``) inside the window.  With 20 s,
+    # replies sent exactly at the deadline were counted "silent" (584 of 10,000 query frames).
     # One token: a mutated frame that is still a valid request runs a real generation (the
     # expert's cap keeps mutated budgets at one token too); 10,000 query frames make ~3,000 of
     # them, and a second decode step per answer was half of the full run's time.
     small = p.SamplingParams(max_new_tokens=1)
     seeds = {
-        p.INFER_PROTOCOL: [frame(p.GenerateRequest(request_id="g", messages=chat, sampling=small, timeout_s=20.0)),
+        p.INFER_PROTOCOL: [frame(p.GenerateRequest(request_id="g", messages=chat, sampling=small, timeout_s=10.0)),
                            frame(p.ScoreRequest(request_id="s", prompt="The sky is", continuation=" blue"))],
-        p.QUERY_PROTOCOL: [frame(p.QueryRequest(request_id="q", messages=chat, sampling=small, timeout_s=20.0))],
+        p.QUERY_PROTOCOL: [frame(p.QueryRequest(request_id="q", messages=chat, sampling=small, timeout_s=10.0))],
         p.RECORD_PROTOCOL: [frame(p.RecordBatch(records=tuple(sybil_records(1))))],
     }
     if cid is not None:
@@ -67,8 +71,10 @@ def seed_frames(cid: CID | None = None) -> dict[str, list[bytes]]:
     return seeds
 
 
-async def run_fuzz(base_expert, frames: int, root: Path, on_protocol=None) -> dict[str, object]:
-    """Fuzz every protocol of one victim node; returns the reports (used by the benchmark too)."""
+async def run_fuzz(base_expert, frames: int, root: Path, on_protocol=None,
+                   only: Sequence[str] = ()) -> dict[str, object]:
+    """Fuzz every protocol (or those in ``only``) of one victim node; returns the reports (used by
+    the benchmark too)."""
     store = BlockStore(root / "victim-store")
     (root / "w.bin").write_bytes(os.urandom(300_000))
     from node.storage.importer import import_path
@@ -96,6 +102,8 @@ async def run_fuzz(base_expert, frames: int, root: Path, on_protocol=None) -> di
         reports: dict[str, object] = {}
         rss_before = _rss_mib()
         for protocol_id, seeds in seed_frames(cid).items():
+            if only and protocol_id not in only:
+                continue
             started = trio.current_time()
             honest: list[tuple[bool, float]] = []
             async with trio.open_nursery() as nursery:
