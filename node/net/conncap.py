@@ -63,14 +63,15 @@ class InboundCaps:
         return None
 
     def held(self, ip: str) -> int:
-        """Inbound connections admitted from ``ip`` (for tests and /status)."""
+        """Inbound connections admitted from ``ip`` and still open when last counted."""
         return sum(other == ip for other in self._ip_of.values())
 
 
 def forget_addresses(host: IHost, peer_id: str) -> None:
     """Drop a refused peer's addresses from the peerstore: py-libp2p's auto-connector dials
-    peerstore peers whenever the node holds fewer than ``low_watermark`` (100) connections, and
-    an outbound connection is not capped, so it would bring the refused peer straight back."""
+    peerstore peers (every 30 s while the node holds fewer than its ``low_watermark`` of 100
+    connections), and a connection we dialled is not capped, so it could bring the refused
+    peer back."""
     host.get_peerstore().clear_addrs(ID.from_base58(peer_id))
 
 
