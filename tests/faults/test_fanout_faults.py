@@ -3,7 +3,8 @@
 Four expert nodes run as OS processes (``python -m node start``, SmolLM2-135M
 each); the coordinator is a node in this process and a bare client asks it
 over ``/mosaic/query/1``, fanning out to every live expert (so the faulty one
-is always asked).  Whatever happens to one member of the fan-out (SIGSTOP for
+is always asked; after a kill, to every registered one: a dead expert's record
+outlives it, and once its ban ends it is asked again and fails at once).  Whatever happens to one member of the fan-out (SIGSTOP for
 ``MOSAIC_FAULT_PAUSE`` s, a SIGSTOP/SIGCONT duty cycle, SIGKILL mid-answer),
 every query must end within its deadline, answered by the others (quorum
 ``k_min = k - 1`` plus ``grace_s``, node/coordinator/quorum.py), and the
@@ -128,11 +129,13 @@ def steps_of(result: p.QueryResult, peer: str) -> list[p.TraceStep]:
 
 
 def check_answered_without(result: p.QueryResult | QueryFailed, seconds: float, faulty: str,
-                           strategy: str, *, may_aggregate: bool = False) -> None:
+                           strategy: str, *, may_aggregate: bool = False, dead: set[str] | None = None) -> None:
     """Answered by the others within the deadline; the faulty member was asked and its proposer step is
     ``late`` or ``failed`` (with the error); a late member did not hold the answer up past the grace.
 
-    ``may_aggregate``: a merely slowed expert may still write moa's final answer, in time."""
+    ``may_aggregate``: a merely slowed expert may still write moa's final answer, in time.
+    ``dead``: experts killed earlier, still in the registry (their records live on): once their
+    ban ends they may be asked again, and must fail at once."""
     assert isinstance(result, p.QueryResult), (strategy, result)
     assert result.strategy == strategy and result.text.strip()
     assert seconds < DEADLINE, (strategy, seconds, result.trace)
@@ -148,6 +151,8 @@ def check_answered_without(result: p.QueryResult | QueryFailed, seconds: float, 
         assert step.status in ("late", "failed"), (strategy, step)
         if step.status == "failed":
             assert step.error, step
+    for step in (s for s in trace.steps if s.peer in (dead or set())):
+        assert step.status == "failed" and step.error, (strategy, step)
     late = [s for s in proposers if s.status == "late"]
     if late:  # cut at the grace: nobody waited on it past the quorum
         cut = max(s.started_s + s.seconds for s in late)
@@ -223,6 +228,7 @@ async def test_sigkill_mid_answer_during_vote_and_moa(team) -> None:
     async with coordinated(team) as (coordinator, host, tap):
         await warm_up(host, coordinator, live(team))
         by_peer = {proc.peer_id: proc for proc in team}
+        dead: list[str] = []
         for strategy in ("vote", "moa"):
             killed: list[str] = []
 
@@ -232,9 +238,11 @@ async def test_sigkill_mid_answer_during_vote_and_moa(team) -> None:
                     by_peer[peer].process.kill()
 
             tap.on_token = kill_first
-            result, seconds = await fan_out_query(host, coordinator, strategy, live(team), tokens=12)
+            # Every registered expert (the one killed in the vote too: its record outlives it).
+            result, seconds = await fan_out_query(host, coordinator, strategy, len(team), tokens=12)
             tap.on_token = None
             assert killed, (strategy, result)
             by_peer[killed[0]].process.wait(timeout=10)
-            check_answered_without(result, seconds, killed[0], strategy)
+            check_answered_without(result, seconds, killed[0], strategy, dead=set(dead))
+            dead.append(killed[0])
             assert [s.status for s in steps_of(result, killed[0])][:1] == ["failed"], result.trace
