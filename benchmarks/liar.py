@@ -13,7 +13,7 @@ and strategy, the drop in points, after how many queries the liar was demoted
 claims: none; consensus of the fan-outs) and why.
 
 Usage: .venv/bin/python benchmarks/liar.py [--items 40] [--task arc_challenge] [--rate 0.05]
-       [--liars random,first]
+       [--liars random,first] [--strategies vote,moa]
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--task", default="arc_challenge")
     parser.add_argument("--rate", type=float, default=None, help="spot-check rate (default: SPOT_CHECK_RATE)")
     parser.add_argument("--liars", default="random,first", help="liar kinds to run: random, first")
+    parser.add_argument("--strategies", default="vote,moa", help="strategies to run: vote, moa")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     import torch
@@ -100,6 +101,8 @@ def main() -> None:
     task = load_tasks(folder / f"{args.task}.json")
     items = list(task.items("test", args.items))
     rate = SPOT_CHECK_RATE if args.rate is None else args.rate
+    for name in set(STRATEGIES) - set(args.strategies.split(",")):
+        del STRATEGIES[name]
     models = [load_expert(None, device="cpu") for _ in range(4)]
     liars = [name for name in args.liars.split(",") if name]
     checks = load_check_items()  # the liar lies on spot-check items too

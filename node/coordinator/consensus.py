@@ -52,6 +52,15 @@ def member_answers(trace: Trace) -> dict[str, str]:
     return {peer: Counter(found).most_common(1)[0][0] for peer, found in keys.items()}
 
 
+def majority(keys: list[str]) -> str | None:
+    """The key a clear majority of ``keys`` agrees on (empty keys never make one), else None."""
+    answered = [k for k in keys if k]
+    if len(answered) < MIN_OTHERS:
+        return None
+    key, count = Counter(answered).most_common(1)[0]
+    return key if count >= 2 and count >= MAJORITY * len(answered) - 1e-9 else None
+
+
 def observations(answers: dict[str, str]) -> list[tuple[str, bool]]:
     """``(peer, agreed)`` for each member whose other members hold a clear majority.
 
@@ -60,10 +69,7 @@ def observations(answers: dict[str, str]) -> list[tuple[str, bool]]:
     """
     out: list[tuple[str, bool]] = []
     for peer, key in answers.items():
-        others = [k for p, k in answers.items() if p != peer and k]
-        if len(others) < MIN_OTHERS:
-            continue
-        majority, count = Counter(others).most_common(1)[0]
-        if count >= 2 and count >= MAJORITY * len(others) - 1e-9:
-            out.append((peer, key == majority))
+        agreed = majority([k for p, k in answers.items() if p != peer])
+        if agreed is not None:
+            out.append((peer, key == agreed))
     return out

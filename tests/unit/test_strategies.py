@@ -108,6 +108,16 @@ async def test_vote_returns_the_majority_full_answer(autojump_clock):
     assert "3/4" in result.trace.decision
 
 
+async def test_moa_aggregator_comes_from_the_majority_not_the_top_ranked_dissenter(autojump_clock):
+    transport = FakeTransport(team())
+    # The dissenter (peer-c, "7") matches the query's tag: it ranks first and used to aggregate.
+    result, _ = await run("moa", transport, tags=("poetry",), params={"k": 3})
+    proposers = [s.peer for s in result.trace.steps if s.role == "proposer"]
+    assert "peer-c" in proposers
+    aggregator = next(s for s in result.trace.steps if s.role == "aggregator")
+    assert aggregator.peer in {"peer-a", "peer-b", "peer-d"}
+
+
 async def test_vote_quorum_then_grace_cuts_off_a_slow_expert(autojump_clock):
     transport = FakeTransport(team(**{"peer-c": {"delay": 30.0}}))
     started = trio.current_time()

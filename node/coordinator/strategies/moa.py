@@ -1,5 +1,9 @@
 """``moa`` (mixture of agents): k proposers answer; in each further layer the proposers answer again
-seeing the previous layer's answers; an aggregator expert writes the final answer from the last layer."""
+seeing the previous layer's answers; an aggregator expert writes the final answer from the last layer.
+
+The aggregator alone writes the answer, so it is chosen among the proposers that gave the answer a
+clear majority of the last layer gave (consensus.majority), when there is one: a lone dissenter,
+perhaps a liar that answers fastest and so ranks first, does not get to overrule the others."""
 
 from __future__ import annotations
 
@@ -8,7 +12,10 @@ from typing import Any
 from protocol import QueryRequest
 
 from .. import prompts
-from ..pool import Ask, Pool
+from ..aggregate import extract
+from ..consensus import majority
+from ..pool import Ask, Pool, Reply
+from ..routing import Route
 from ..quorum import fan_out
 from .base import Answer, Param, fan_out_params, k_min_of
 
@@ -27,8 +34,18 @@ async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer
                                 grace_s=params["grace_s"], deadline=budget)
         answers = [r.text for r in replies]
         ask = Ask(messages=prompts.aggregate(q, answers))
-    aggregators = pool.rank()
+    aggregators = with_majority_first(pool.rank(), replies)
     final = await pool.generate(aggregators[: pool.max_attempts], Ask(messages=prompts.aggregate(q, answers)),
                                 role="aggregator", round=layers, stream=True)
     why = f"aggregator {final.route.candidate.record.name} synthesised {len(answers)} proposals ({layers} layer(s))"
     return Answer(final.text, why, (final.step,), final.finish_reason)
+
+
+def with_majority_first(ranked: list[Route], replies: list[Reply]) -> list[Route]:
+    """``ranked`` with the experts who answered the clear majority's answer first (rank order kept)."""
+    keys = {r.route.peer_id: extract(r.text) for r in replies}
+    agreed = majority(list(keys.values()))
+    if agreed is None:
+        return ranked
+    inside = [r for r in ranked if keys.get(r.peer_id) == agreed]
+    return inside + [r for r in ranked if r not in inside]
