@@ -15,8 +15,8 @@ from .. import prompts
 from ..aggregate import extract
 from ..consensus import majority
 from ..pool import Ask, Pool, Reply
-from ..routing import Route
 from ..quorum import fan_out
+from ..routing import Route
 from .base import Answer, Param, fan_out_params, k_min_of
 
 PARAMS = {**fan_out_params(3), "layers": Param(int, 1, 1, 3, help="proposer layers before the aggregator")}
