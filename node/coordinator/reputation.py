@@ -24,8 +24,10 @@ peer (:data:`HALF_LIFE_S`, so a peer that stops lying comes back):
   keeps an honest expert that is sometimes right against the majority routable.
 
 Demoted experts rank after every other one, like banned ones, and fan-outs leave
-them out while enough other experts remain (pool.py); ``snapshot`` (``/status``)
-says why, and every demotion and restoration is logged (``expert_demoted``).
+them out while enough other experts remain (pool.py); a demoted peer is restored
+once its evidence is no longer below :data:`RESTORE_P` (hysteresis, so a peer at
+the edge does not flap).  ``snapshot`` (``/status``) says why, and every demotion
+and restoration is logged (``expert_demoted`` / ``expert_restored``).
 """
 
 from __future__ import annotations
