@@ -207,8 +207,17 @@ def _implausible(hits: float, total: float, expected: float, p: float) -> bool:
 
 
 def binomial_cdf(k: int, n: int, p: float) -> float:
-    """P(X <= k) for X ~ Binomial(n, p)."""
-    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(min(k, n) + 1))
+    """P(X <= k) for X ~ Binomial(n, p), in log space (a busy hour's thousands of consensus
+    observations would overflow ``math.comb`` times a float)."""
+    if k >= n or p <= 0.0:
+        return 1.0
+    if k < 0:
+        return 0.0
+    if p >= 1.0:
+        return 0.0
+    log_p, log_q, head = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+    return min(1.0, sum(math.exp(head - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q)
+                        for i in range(k + 1)))
 
 
 def load_check_items(limit_per_task: int = 100) -> list[TaskItem]:

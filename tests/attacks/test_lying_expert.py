@@ -186,6 +186,8 @@ def test_demotion_needs_evidence_and_decays() -> None:
     assert not rep.demoted("honest-a") and not rep.demoted("honest-b")
     clock.now += 6000  # ten half-lives: the old evidence has faded
     assert not rep.demoted("liar")
+    # A busy hour holds thousands of observations: no float overflow (math.comb(2000, 1000) is ~1e600).
+    assert binomial_cdf(700, 2000, 0.5) < 1e-30 and binomial_cdf(1500, 2000, 0.7) > 0.99
 
 
 @pytest.mark.timeout(420)
