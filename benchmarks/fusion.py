@@ -85,11 +85,10 @@ def without_sessions_bytes(messages, text: str, tokens: int, k: int) -> float:
 
 
 async def main(args: argparse.Namespace) -> None:
-    import trio
 
     import protocol as p
     from node.config import ExpertConfig
-    from node.coordinator.pool import QueryFailed
+    from node.coordinator.calls import QueryFailed
     from node.coordinator.service import QueryService, coordinator_for
     from node.expert.loader import load_expert
     from node.expert.service import ExpertService

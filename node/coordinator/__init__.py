@@ -1,8 +1,9 @@
 """Answering queries: strategies that compose experts, over one I/O port (the pool)."""
 
+from .calls import Ask, QueryFailed, Reply, StepFailed, Transport
 from .executor import Coordinator, QueryEvent
 from .health import Health
-from .pool import Ask, Pool, QueryFailed, Reply, StepFailed, Transport
+from .pool import Pool
 from .routing import Candidate, Need, NoExpertAvailable, Route, rank
 from .strategies import STRATEGIES
 

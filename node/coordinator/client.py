@@ -14,7 +14,7 @@ import trio
 from node.net.streams import StreamClosed, open_stream
 from protocol import QUERY_PROTOCOL, ErrorMessage, ProtocolError, QueryChunk, QueryRequest, QueryResult
 
-from .pool import QueryFailed
+from .calls import QueryFailed
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost

@@ -20,9 +20,10 @@ import trio
 from node.logs import get_logger
 from protocol import CapabilityRecord, Provenance, QueryChunk, QueryRequest, QueryResult
 
+from .calls import QueryFailed, Transport
 from .health import Health
 from .merge_port import MergePort
-from .pool import Pool, QueryFailed, Transport
+from .pool import Pool
 from .reputation import Reputation, SpotChecker
 from .routing import Candidate
 from .semantic import Embedder

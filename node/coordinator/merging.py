@@ -25,8 +25,8 @@ import trio
 
 from node.logs import event, get_logger
 
+from .calls import QueryFailed
 from .merge_port import MERGED_PREFIX, MergedAdapter, MergeRequest
-from .pool import QueryFailed
 from .semantic import Embedder
 
 if TYPE_CHECKING:

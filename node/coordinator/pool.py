@@ -30,10 +30,9 @@ single-forward calls.  See docs/collaboration.md, "Extending the engine".
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing
-from dataclasses import dataclass, replace
-from typing import Any, Protocol, TypeVar
+from typing import TypeVar
 
 import msgspec
 import trio
@@ -42,7 +41,6 @@ from protocol import (
     MAX_OUTPUT,
     MAX_STEPS,
     CapabilityRecord,
-    ChatMessage,
     GenerateRequest,
     GenerateResult,
     NextTokenRequest,
@@ -50,11 +48,8 @@ from protocol import (
     Provenance,
     QueryRequest,
     QueryResult,
-    Queued,
     SamplingParams,
     ScoreRequest,
-    ScoreResult,
-    SessionOpen,
     TokenChunk,
     Trace,
     TraceStep,
@@ -64,6 +59,7 @@ from protocol import (
 from protocol.receipts import prompt_digest
 from protocol.verify import encode_receipt, step_request_id
 
+from .calls import CLIENT_ERRORS, Ask, QueryFailed, Reply, StepFailed, Transport, alive_but_waiting
 from .health import Health, finite
 from .merge_port import MergePort
 from .routing import (
@@ -81,95 +77,8 @@ T = TypeVar("T")  # what a single call (score, next token) returns
 
 # Floor of the adaptive per-token budget (see Pool.token_budget).
 MIN_TOKEN_BUDGET = 3.0
-# Failures that another expert will not fix: do not fail over, tell the client.
-CLIENT_ERRORS = frozenset({"bad_request", "too_large"})
 
 Emit = Callable[[str, Provenance], Awaitable[None]]
-
-
-class QueryFailed(Exception):
-    """The query cannot be answered; ``code`` is a protocol ErrorCode (busy, not_found, ...)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def alive_but_waiting(message: object) -> bool:
-    """The liveness policy: is ``message`` an expert's report that it is alive and on our request?
-
-    A ``Queued`` report: the request waits in its queue, or (``started``) runs a
-    forward pass that is taking a while (the expert's keep-alive, node/expert/local.py).
-
-    Such a report restarts the token budget without counting as a first token.  A
-    fixed first-token wait turned a burst of 64 requests into 48 errors on an
-    expert whose queue held them all, and into failovers to equally busy experts;
-    only an expert that stays silent for a whole budget is given up on.
-    """
-    return isinstance(message, Queued)
-
-
-class StepFailed(QueryFailed):
-    """One call to one expert (or every expert of a failover list) failed."""
-
-
-class Transport(Protocol):
-    """How the pool reaches an expert: ``/mosaic/infer/1`` in a node (coordinator/service.py)."""
-
-    def generate(
-        self, peer_id: str, request: GenerateRequest
-    ) -> AsyncGenerator[Queued | TokenChunk | GenerateResult, None]: ...
-
-    async def score(self, peer_id: str, request: ScoreRequest, timeout: float) -> ScoreResult: ...
-
-    async def next_token(self, peer_id: str, request: NextTokenRequest, timeout: float) -> NextTokenResult: ...
-
-    def open_session(self, peer_id: str, request: SessionOpen, timeout: float) -> AbstractAsyncContextManager[Any]:
-        """A generation session (node.expert.session_client.ExpertSession: ``first``, ``append``, ``close``)."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class Ask:
-    """What one step asks an expert: a chat or a raw prompt, and how much to generate."""
-
-    messages: tuple[ChatMessage, ...] | None = None
-    prompt: str | None = None
-    max_tokens: int | None = None  # None: the query's own max_new_tokens
-    temperature: float | None = None  # None: the query's
-    seed: int | None = None
-
-    @classmethod
-    def of(cls, query: QueryRequest) -> Ask:
-        """The client's own question, as asked."""
-        return cls(messages=query.messages, prompt=query.prompt)
-
-    def continued(self, partial: str) -> Ask:
-        """The same ask with ``partial`` already answered: the next expert continues it.
-
-        Chat: a trailing assistant message, which the expert renders as a prefix
-        to continue (expert/prompts.py); raw prompts simply grow.
-        """
-        if self.messages is not None:
-            return replace(self, messages=self.messages + (ChatMessage(role="assistant", content=partial),))
-        return replace(self, prompt=(self.prompt or "") + partial)
-
-    def text(self) -> str:
-        if self.messages is not None:
-            return "\n".join(f"{m.role}: {m.content}" for m in self.messages)
-        return self.prompt or ""
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A finished generation step (possibly stitched from several experts after failover)."""
-
-    route: Route  # the expert that produced the end of the text
-    text: str
-    finish_reason: str
-    tokens: int
-    step: int  # trace index of the last step
 
 
 class _Partial(Exception):

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import trio
 
 from .aggregate import quorum
-from .pool import CLIENT_ERRORS, Ask, Pool, Reply, StepFailed
+from .calls import CLIENT_ERRORS, Ask, Reply, StepFailed
+from .pool import Pool
 from .routing import Route
 
 

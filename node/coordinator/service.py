@@ -35,8 +35,8 @@ from protocol import (
     is_error_code,
 )
 
+from .calls import QueryFailed
 from .executor import Coordinator
-from .pool import QueryFailed
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost

@@ -21,10 +21,12 @@ from protocol import SessionNext, SessionOpen
 from protocol.receipts import prompt_digest
 from protocol.verify import encode_receipt
 
+from .calls import CLIENT_ERRORS, StepFailed
 from .health import finite
 
 if TYPE_CHECKING:
-    from .pool import Ask, Pool
+    from .calls import Ask
+    from .pool import Pool
     from .routing import Route
 
 
@@ -76,8 +78,6 @@ class PoolSession:
 
 
 def _step_failed(pool: Pool, route: Route, index: int, exc: BaseException, end: Any) -> Exception:
-    from .pool import CLIENT_ERRORS, StepFailed
-
     if isinstance(exc, StepFailed):
         return exc
     code = "timeout" if isinstance(exc, trio.TooSlowError) else (getattr(exc, "code", None) or "unavailable")

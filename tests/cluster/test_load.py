@@ -17,7 +17,7 @@ import trio
 import protocol as p
 from node.api.service import HttpService
 from node.config import ExpertConfig, HttpConfig
-from node.coordinator.pool import QueryFailed
+from node.coordinator.calls import QueryFailed
 from node.coordinator.service import QueryService, coordinator_for
 from node.expert.service import ExpertService
 from tests.cluster.harness import in_process_cluster

@@ -14,7 +14,8 @@ from typing import Any
 
 from protocol import QueryRequest
 
-from ..pool import Pool, QueryFailed
+from ..calls import QueryFailed
+from ..pool import Pool
 
 ParamValue = bool | int | float | str
 

@@ -15,7 +15,8 @@ from typing import Any
 from protocol import QueryRequest
 
 from .. import aggregate
-from ..pool import Ask, Pool, QueryFailed, Reply, StepFailed
+from ..calls import Ask, QueryFailed, Reply, StepFailed
+from ..pool import Pool
 from ..routing import Route
 from .base import Answer, Param
 

@@ -9,7 +9,8 @@ from typing import Any
 from protocol import QueryRequest
 
 from .. import prompts
-from ..pool import Ask, Pool, Reply
+from ..calls import Ask, Reply
+from ..pool import Pool
 from ..quorum import fan_out
 from .base import Answer, Param, fan_out_params, k_min_of
 from .vote import KINDS, tally

@@ -25,8 +25,9 @@ import trio
 
 from protocol import QueryRequest, SessionNext
 
+from ..calls import Ask, QueryFailed, StepFailed
 from ..fusion import Distribution, NoSharedTokenizer, choose, fusable_group, merge
-from ..pool import Ask, Pool, QueryFailed, StepFailed
+from ..pool import Pool
 from .base import Answer, Param
 
 PARAMS = {

@@ -8,7 +8,8 @@ from typing import Any
 from protocol import QueryRequest
 
 from .. import prompts
-from ..pool import Ask, Pool
+from ..calls import Ask
+from ..pool import Pool
 from ..quorum import fan_out
 from .base import Answer, Param, fan_out_params, k_min_of
 

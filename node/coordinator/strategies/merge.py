@@ -27,8 +27,9 @@ from protocol import ProtocolError, QueryRequest
 from protocol.cid import parse_cid
 
 from .. import prompts
+from ..calls import Ask, QueryFailed, StepFailed
 from ..merge_port import MERGED_PREFIX, METHODS, MergeRequest
-from ..pool import Ask, Pool, QueryFailed, StepFailed
+from ..pool import Pool
 from ..routing import Candidate, Route
 from .base import Answer, Param
 

@@ -13,8 +13,9 @@ from protocol import QueryRequest
 
 from .. import prompts
 from ..aggregate import extract
+from ..calls import Ask, Reply
 from ..consensus import majority
-from ..pool import Ask, Pool, Reply
+from ..pool import Pool
 from ..quorum import fan_out
 from ..routing import Route
 from .base import Answer, Param, fan_out_params, k_min_of

@@ -8,7 +8,8 @@ from typing import Any
 from protocol import QueryRequest
 
 from .. import prompts
-from ..pool import Ask, Pool, QueryFailed, StepFailed
+from ..calls import Ask, QueryFailed, StepFailed
+from ..pool import Pool
 from .base import Answer, Param
 
 PARAMS = {"failover": Param(int, 3, 1, 8, help="experts tried in turn when the chosen one fails")}

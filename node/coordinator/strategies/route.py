@@ -8,7 +8,8 @@ from typing import Any
 from protocol import QueryRequest
 
 from .. import prompts
-from ..pool import Ask, Pool, QueryFailed
+from ..calls import Ask, QueryFailed
+from ..pool import Pool
 from .base import Answer, Param
 
 PARAMS = {
