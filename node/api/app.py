@@ -220,6 +220,9 @@ class MosaicApi:
         """
         result: QueryResult | None = None
         error: ApiError | None = None  # raised after the nursery: trio would wrap it in an ExceptionGroup
+        # Unless the answer ends below, the watcher cancelled the nursery (its Cancelled skips the
+        # rest of the block): the client is gone.  Left unset, that path raised UnboundLocalError.
+        gone = True
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
             try:
@@ -260,6 +263,7 @@ class MosaicApi:
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
         failed_early: ApiError | None = None  # raised after the nursery: trio would wrap it in an ExceptionGroup
+        gone = True  # unless the stream ends below: the watcher's cancel skips the rest of the block
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
             try:
