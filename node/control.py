@@ -61,7 +61,12 @@ class ControlService:
         try:
             async with stream:
                 with trio.move_on_after(REQUEST_TIMEOUT) as reading:
-                    line = await _read_line(stream)
+                    try:
+                        line = await _read_line(stream)
+                    except ValueError as exc:  # too long: say so, and let the client read it
+                        await stream.send_all(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
+                        await _drain(stream)
+                        return
                 if reading.cancelled_caught:
                     return
                 # A self-evaluation runs for minutes (generations on the node's own worker).
@@ -134,6 +139,22 @@ class ControlService:
         record = node.own_record()
         return {"ok": True, "peer_id": node.peer_id, "seq": record.seq if record is not None else None,
                 "evals": [msgspec.to_builtins(s) for s in scores]}
+
+
+async def _drain(stream: trio.SocketStream) -> None:
+    """Read what the client still sends (bounded) before closing.
+
+    Closing a socket with unread input makes the kernel answer with a reset, and
+    a reset can destroy our reply before the client has read it.
+    """
+    await stream.send_eof()
+    left = 16 * MAX_CONTROL_LINE
+    with trio.move_on_after(1.0):
+        while left > 0:
+            chunk = await stream.receive_some(MAX_CONTROL_LINE)
+            if not chunk:
+                return
+            left -= len(chunk)
 
 
 async def _read_line(stream: trio.SocketStream) -> bytes:
