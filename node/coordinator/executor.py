@@ -23,7 +23,7 @@ from protocol import CapabilityRecord, Provenance, QueryChunk, QueryRequest, Que
 from .calls import QueryFailed, Transport
 from .health import Health
 from .merge_port import MergePort
-from .pool import Pool
+from .pool import Pool, candidates_of
 from .reputation import Reputation, SpotChecker
 from .routing import Candidate
 from .semantic import Embedder
@@ -67,13 +67,8 @@ class Coordinator:
         return tuple(STRATEGIES)
 
     def candidates(self) -> list[Candidate]:
-        h = self.health
-        verified = self._verified()
-        return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id),
-                          h.banned(r.peer_id) or self.demoted(r.peer_id), demoted=self.demoted(r.peer_id),
-                          verified=r.peer_id in verified or r.peer_id == self._local_id,
-                          local=r.peer_id == self._local_id)
-                for r in self._records()]
+        return candidates_of(self._records(), self.health, verified=self._verified(), local_id=self._local_id,
+                             demoted=self.demoted)
 
     def demoted(self, peer_id: str) -> bool:
         """Caught lying (reputation.py); never this node's own expert, which it runs itself."""

@@ -120,14 +120,8 @@ class Pool:
     # ------------------------------------------------------------------ choosing experts
 
     def candidates(self) -> list[Candidate]:
-        h = self.health
-        verified = self._verified()
-        return [Candidate(r, h.latency(r.peer_id), h.failures(r.peer_id),
-                          h.banned(r.peer_id) or self._demoted(r.peer_id), demoted=self._demoted(r.peer_id),
-                          verified=r.peer_id in verified or r.peer_id == self._local_id,
-                          local=r.peer_id == self._local_id,
-                          dev_score=claimed_dev_score(r, self.query.tags))
-                for r in self._records()]
+        return candidates_of(self._records(), self.health, verified=self._verified(), local_id=self._local_id,
+                             demoted=self._demoted, tags=self.query.tags)
 
     def rank(self, need: Need | None = None, *, exclude: Iterable[str] = (),
              relevance: dict[str, float] | None = None) -> list[Route]:
@@ -414,6 +408,23 @@ class Pool:
         reason = finish_reason if finish_reason in ("stop", "length", "cancelled") else "stop"
         return QueryResult(request_id=self.query.request_id, text=text, finish_reason=reason,  # type: ignore[arg-type]
                            usage=usage, strategy=self.query.strategy, provenance=tuple(provenance), trace=trace)
+
+
+def candidates_of(records: Iterable[CapabilityRecord], health: Health, *, verified: set[str],
+                  local_id: str | None, demoted: Callable[[str], bool], tags: Sequence[str] = ()) -> list[Candidate]:
+    """Each record with this node's observations of it: latency, failures, bans, demotion, reachability.
+
+    ``demoted`` is asked once per peer: it weighs every peer's evidence (reputation.py).
+    ``tags`` name the query's tasks, for the dev score a record claims on them.
+    """
+    out = []
+    for r in records:
+        lying = demoted(r.peer_id)
+        out.append(Candidate(r, health.latency(r.peer_id), health.failures(r.peer_id),
+                             health.banned(r.peer_id) or lying, demoted=lying,
+                             verified=r.peer_id in verified or r.peer_id == local_id,
+                             local=r.peer_id == local_id, dev_score=claimed_dev_score(r, tags)))
+    return out
 
 
 def _adapter_cid(record: CapabilityRecord, adapter: str | None) -> str | None:
