@@ -160,8 +160,8 @@ class Reputation:
     def why_demoted(self, peer_id: str, p: float = DEMOTE_P) -> str | None:
         """Why ``peer_id``'s evidence is below ``p`` now (None: it is not)."""
         right, total = self.observed(peer_id)
-        if total >= 1 and _implausible(right, total, self.baseline(peer_id), p):
-            return f"spot checks: {right:.0f}/{total:.0f} right vs peers' {self.baseline(peer_id):.0%}"
+        if total >= 1 and _implausible(right, total, peers_right := self.baseline(peer_id), p):
+            return f"spot checks: {right:.0f}/{total:.0f} right vs peers' {peers_right:.0%}"
         for task, claimed in sorted(self._claims.get(peer_id, {}).items()):
             right, total = self.observed(peer_id, task)
             if total >= 1 and _implausible(right, total, max(0.0, claimed - CLAIM_MARGIN), p):
