@@ -76,8 +76,14 @@ class NodeMerging:
         key = (request.refs, tuple(round(w, 6) for w in request.weights), request.method, round(request.density, 6))
         lock = self._locks.setdefault(key, trio.Lock())
         began = time.monotonic()
-        async with lock:
-            return await self._prepare(service, request, began)
+        try:
+            async with lock:
+                return await self._prepare(service, request, began)
+        finally:
+            # Relevance weights differ per question: keep a spec's lock only while someone holds
+            # or waits for it, or the table grows with every query.
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._locks.pop(key, None)
 
     async def _prepare(self, service: ExpertService, request: MergeRequest, began: float) -> MergedAdapter:
         from node.expert.content import fetch_adapters
