@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
 
-from .streams import _exempt, _subnet
+from .streams import _exempt, _remote_ip, _subnet
 
 MAX_INBOUND_PER_IP = 16
 MAX_INBOUND_PER_SUBNET = 64
@@ -82,10 +82,7 @@ def remote_ip(host: IHost, peer_id: str) -> str | None:
     except Exception:  # not connected any more
         return None
     for conn in connections:
-        try:
-            address = conn.muxed_conn.get_remote_address()  # type: ignore[attr-defined]
-        except Exception:
-            continue
-        if address:
-            return str(address[0])
+        ip = _remote_ip(conn.muxed_conn)
+        if ip:
+            return str(ip)
     return None
