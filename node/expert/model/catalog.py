@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...logs import event, get_logger
-from .loader import ModelLoadError
+from ..errors import ModelLoadError
 
 log = get_logger("expert.catalog")
 

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ...logs import event, get_logger
+from ..errors import ModelLoadError
+from . import catalog
 from .model_cache import content_ids, ensure_converted, sha256_file
 
 log = get_logger("expert.loader")
@@ -34,10 +36,6 @@ DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
 
 # Files torch.load would unpickle: never loaded, and a directory holding only these is refused.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-
-
-class ModelLoadError(RuntimeError):
-    """A model or adapter cannot be loaded; the message says which path and why."""
 
 
 class PickledWeightsRefused(ModelLoadError):
@@ -105,8 +103,6 @@ def resolve_source(model: str | None, cache_dir: Path) -> ModelSource:
         gguf = default_gguf_path()
         digest, cid = content_ids(gguf)
         return ModelSource(DEFAULT_MODEL_ID, digest, ensure_converted(gguf, digest, cache_dir), cid)
-    from . import catalog  # imports this module: bind late
-
     entry = catalog.lookup(model)
     if entry is not None and not Path(model).expanduser().exists():
         gguf, digest, cid = catalog.ensure_gguf(entry, cache_dir)
