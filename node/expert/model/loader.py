@@ -204,8 +204,8 @@ def load_expert(
     loaded = base
     adapter_digests: dict[str, str] = {}
     for name, adapter_path in (adapters or {}).items():
-        loaded = _attach_adapter(loaded, name, Path(adapter_path).expanduser())
-        adapter_digests[name] = _weights_digest_adapter(Path(adapter_path).expanduser())
+        loaded = attach_adapter(loaded, name, Path(adapter_path).expanduser())
+        adapter_digests[name] = adapter_weights_digest(Path(adapter_path).expanduser())
     loaded.to(device).eval()
     context = int(getattr(base.config, "max_position_embeddings", 2048) or 2048)
     if max_context:
@@ -226,7 +226,7 @@ def load_expert(
     )
 
 
-def _attach_adapter(model: Any, name: str, path: Path) -> Any:
+def attach_adapter(model: Any, name: str, path: Path) -> Any:
     """Load a PEFT LoRA adapter from safetensors (several adapters share one base)."""
     from peft import PeftModel
 
@@ -249,7 +249,8 @@ def _attach_adapter(model: Any, name: str, path: Path) -> Any:
         raise ModelLoadError(f"adapter {name!r} at {path} does not fit this base model: {exc}") from None
 
 
-def _weights_digest_adapter(path: Path) -> str:
+def adapter_weights_digest(path: Path) -> str:
+    """sha256 of an adapter directory's safetensors weights."""
     return sha256_file(path / "adapter_model.safetensors")
 
 

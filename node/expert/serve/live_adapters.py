@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..model.loader import ModelLoadError, _attach_adapter, _weights_digest_adapter
+from ..model.loader import ModelLoadError, adapter_weights_digest, attach_adapter
 
 if TYPE_CHECKING:
     from .batcher import InferenceWorker
@@ -36,11 +36,11 @@ def attach(worker: InferenceWorker, name: str, path: Path, *, evictable: tuple[s
     expert = worker.expert
     if name in expert.adapters:
         return []
-    digest = _weights_digest_adapter(path)
+    digest = adapter_weights_digest(path)
     # The worker thread runs in inference mode; adapter weights made there would be inference
     # tensors that peft's later loads (copy_ into them) refuse.  Build them as ordinary tensors.
     with torch.inference_mode(False), torch.no_grad():
-        model = _attach_adapter(expert.model, name, path)
+        model = attach_adapter(expert.model, name, path)
         model.to(expert.device).eval()
     expert.model = model
     expert.adapters[name] = digest
