@@ -108,6 +108,28 @@ class _BriefFilter(logging.Filter):
         return True
 
 
+# Third-party errors that are routine on a healthy network, demoted to debug: a peer that
+# speaks no GossipSub (every CLI client: py-libp2p logged "protocols not supported /meshsub"
+# for each), and a dial that failed (4 lines per try; our callers report the dials that matter,
+# e.g. an unreachable bootstrap peer, in one line of their own).
+ROUTINE_THIRD_PARTY: tuple[tuple[str, str], ...] = (
+    ("libp2p.host.basic_host", "protocols not supported"),
+    ("libp2p.transport.tcp.tcp", "Failed to open TCP stream"),
+)
+
+
+class _RoutineFilter(logging.Filter):
+    """Lowers :data:`ROUTINE_THIRD_PARTY` records to DEBUG (so the quiet thresholds drop them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG:
+            for name, text in ROUTINE_THIRD_PARTY:
+                if record.name == name and text in record.getMessage():
+                    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                    break
+        return True
+
+
 class _LineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -195,6 +217,7 @@ def setup(level: str = "info", *, libp2p_level: str | None = None) -> None:
     handler = line_handler(sys.stderr)
     # Drop quiet lines before the rate limiter counts them.
     handler.filters.insert(0, _QuietFilter(thresholds))
+    handler.filters.insert(0, _RoutineFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)

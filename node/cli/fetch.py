@@ -82,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
     except PortInUse as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_IN_USE
-    import trio
+    from .interrupt import run_one_shot
 
     try:
-        return trio.run(_fetch, config, cid, args, output)
+        return run_one_shot(_fetch, config, cid, args, output)
     except Exception as exc:  # the last resort: a user never sees a traceback from fetch
         from node.logs import get_logger
 

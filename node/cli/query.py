@@ -82,16 +82,16 @@ def build_request(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import trio
-
     import protocol
+
+    from .interrupt import run_one_shot
 
     try:
         request = build_request(args)
     except (protocol.ProtocolError, ValueError) as exc:
         print(f"error: invalid query: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return trio.run(_main, args, request)
+    return run_one_shot(_main, args, request)
 
 
 async def _main(args: argparse.Namespace, request) -> int:
@@ -126,7 +126,8 @@ async def _main(args: argparse.Namespace, request) -> int:
             return EXIT_UNREACHABLE
         except QueryFailed as exc:
             print(f"\nerror: {exc.code}: {exc.message}", file=sys.stderr)
-            return EXIT_FAILED
+            # bad_request: the peer refused what we asked (unknown strategy, bad --param): bad input.
+            return EXIT_USAGE if exc.code == "bad_request" else EXIT_FAILED
         except trio.TooSlowError:
             print(f"\nerror: no answer within {args.timeout:g} s", file=sys.stderr)
             return EXIT_FAILED

@@ -5,8 +5,9 @@
 training; the adapter (safetensors) and its model card go to ``--out`` (default
 ``./adapters/NAME``).  Checkpoints every ``--checkpoint-every`` steps in
 ``<data dir>/training/NAME``; Ctrl-C saves one, ``--resume`` continues.  ``--publish``
-adds the adapter to the node's block store and prints its CID, which
-``python -m node start --adapter NAME=CID`` serves on any node.
+adds the adapter to the node's block store, has the node running on ``--data-dir``
+(if any) provide it, and prints its CID, which ``python -m node start --adapter NAME=CID``
+serves on any node.
 """
 
 from __future__ import annotations
@@ -115,5 +116,24 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: publishing: {exc}", file=sys.stderr)
             return 1
         print(f"published {entry.cid}")
+        code = _provide(config.data_path, str(entry.cid))
+        if code:
+            return code
         print(f"serve it: python -m node start --adapter {args.name}={entry.cid}")
+    return 0
+
+
+def _provide(data_dir, cid: str) -> int:
+    """Make the published adapter fetchable: the node running on the data dir provides it now
+    (blocks in its store are not announced until it is told, so other nodes found no provider);
+    without a running node, the next `start` on the data dir provides every pin."""
+    from node.local_node import running_node
+
+    from .publish import tell_running_node
+
+    running = running_node(data_dir)
+    if running is not None:
+        return tell_running_node(running, "provide", cid)
+    print(f"note: no node runs on {data_dir}; other nodes can fetch {cid} once one does "
+          f"(python -m node start --data-dir {data_dir})", file=sys.stderr)
     return 0
