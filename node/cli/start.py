@@ -14,6 +14,8 @@ import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from .choices import CATALOG_KEYS
+
     p = sub.add_parser("start", help="run a node", description="Run a Mosaic node until SIGINT/SIGTERM.")
     p.add_argument("--config", metavar="FILE", help="TOML config file (flags override it)")
     p.add_argument("--data-dir", help="identity key and state (default ~/.mosaic or $MOSAIC_DATA_DIR)")
@@ -42,7 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     expert = p.add_argument_group("expert")
     expert.add_argument("--no-expert", action="store_true", help="do not serve a model (coordinate only)")
-    expert.add_argument("--model", help="base model: HF dir, safetensors or GGUF path (default: embedded SmolLM2)")
+    expert.add_argument("--model", help="base model: a catalog key (" + ", ".join(CATALOG_KEYS)
+                        + "; default smollm2-135m, embedded; `python -m node models` lists them), "
+                        "an HF dir, a safetensors or GGUF path, or a CID")
     expert.add_argument(
         "--adapter", action="append", metavar="NAME=PATH", help="LoRA adapter (repeatable; PATH or CID)"
     )

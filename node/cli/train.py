@@ -19,6 +19,8 @@ import sys
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from node.training.loop import TrainSettings
 
+    from .choices import CATALOG_KEYS
+
     d = TrainSettings()
     p = sub.add_parser("train", help="fine-tune a LoRA adapter on your data (and publish it)",
                        description=__doc__.split("\n\n")[0])
@@ -27,8 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", required=True, help="adapter name (what --adapter NAME=... serves it as)")
     p.add_argument("--description", default="", help="what the adapter is good at, in a sentence")
     p.add_argument("--tags", default="", help="comma-separated tags, e.g. math,arithmetic")
-    p.add_argument("--model", default=None, help="base: smollm2-135m (default), gemma3-270m, qwen2.5-0.5b, "
-                   "qwen2.5-1.5b, a GGUF file or an HF dir")
+    p.add_argument("--model", default=None, help="base: " + ", ".join(CATALOG_KEYS)
+                   + " (default smollm2-135m), a GGUF file or an HF dir")
     p.add_argument("--out", default=None, metavar="DIR", help="adapter output directory (default ./adapters/NAME)")
     p.add_argument(
         "--data-dir",
