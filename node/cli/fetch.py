@@ -107,7 +107,9 @@ async def _fetch(config, cid, args, output: Path) -> int:
     store = BlockStore.for_data_dir(config.data_path)
     storage = StorageService(store)
     bar = None
-    if not args.no_progress:
+    from node.logs import progress_wanted
+
+    if progress_wanted(quiet=args.no_progress):  # a terminal; not a pipe or a log file
         from tqdm import tqdm
 
         bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=str(cid)[:16], file=sys.stderr)

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from node import logs
 
     logs.setup("info")
+    logs.show_progress(logs.progress_wanted())  # the conversion (16-40 s), on a terminal
     for key in args.keys:
         model = catalog.lookup(key)
         assert model is not None

@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from node import logs
 
     logs.setup(config.log_level)
+    logs.show_progress(logs.progress_wanted())  # e.g. the first start's model conversion, on a terminal
     # Everything that can clash with another node is checked before the model loads
     # (a clash found after a 30 s load used to end in a 150-line traceback).
     lock = DataDirLock(config.data_path)

@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-max-tokens", type=int, default=None, help="reply length when scoring")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--publish", action="store_true", help="add the adapter to the block store and print its CID")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)")
     p.set_defaults(run=run)
 
 
@@ -93,8 +93,13 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from node import logs
+
+    # Progress lines on a terminal only: a pipe or a log file gets the result lines alone.
+    progress = logs.progress_wanted(quiet=args.no_progress)
+    logs.show_progress(progress)
     try:
-        card = train_adapter(job, progress=not args.no_progress)
+        card = train_adapter(job, progress=progress)
     except KeyboardInterrupt:
         print(f"\ninterrupted: checkpoint saved in {job.checkpoints}; rerun with --resume", file=sys.stderr)
         return 130
