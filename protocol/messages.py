@@ -56,7 +56,7 @@ class EvalScore(msgspec.Struct, frozen=True, kw_only=True):
     Self-reported: routers may use it as a prior, and any peer can spot-check it by
     re-asking some of the same items (``python -m node spot-check``).  ``items_sha256``
     names exactly which items were asked (the first ``n`` of ``split``, see
-    :mod:`node.expert.self_eval`), so a checker with the same task file knows it has them.
+    :mod:`node.expert.serve.self_eval`), so a checker with the same task file knows it has them.
     """
 
     task: Name

@@ -6,7 +6,7 @@ checks each list against its source, so they cannot drift apart.
 
 from __future__ import annotations
 
-CATALOG_KEYS = ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b")  # node.expert.catalog.CATALOG
+CATALOG_KEYS = ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b")  # node.expert.model.catalog.CATALOG
 STRATEGY_NAMES = ("route", "prompt-route", "vote", "select", "judge", "moa", "debate", "refine", "knowledge",
                   "decompose", "cascade", "fuse", "merge")  # node.coordinator.strategies.STRATEGIES
-MERGE_METHODS = ("linear", "ties", "dare_ties", "dare_linear")  # node.expert.merge.METHODS
+MERGE_METHODS = ("linear", "ties", "dare_ties", "dare_linear")  # node.expert.model.merge.METHODS

@@ -31,8 +31,8 @@ def test_help_runs_without_importing_heavy_modules() -> None:
 def test_the_help_lists_match_their_sources() -> None:
     from node.cli.choices import CATALOG_KEYS, MERGE_METHODS, STRATEGY_NAMES
     from node.coordinator.strategies import STRATEGIES
-    from node.expert.catalog import CATALOG
-    from node.expert.merge import METHODS
+    from node.expert.model.catalog import CATALOG
+    from node.expert.model.merge import METHODS
 
     assert CATALOG_KEYS == tuple(CATALOG)
     assert STRATEGY_NAMES == tuple(STRATEGIES)

@@ -10,7 +10,7 @@ Safety rules, enforced here because this is where untrusted files enter:
 
 GGUF files are dequantized once and cached as a plain safetensors HF directory
 in the per-user model cache, ``<cache root>/models/<sha256 prefix>/`` (see
-:mod:`node.expert.model_cache`), shared by every local node:
+:mod:`node.expert.model.model_cache`), shared by every local node:
 dequantizing costs ~18 s on 2 CPU cores, loading the cache ~0.3 s (measured).
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..logs import event, get_logger
+from ...logs import event, get_logger
 from .model_cache import content_ids, ensure_converted, sha256_file
 
 log = get_logger("expert.loader")
@@ -196,7 +196,7 @@ def load_expert(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..config import default_cache_dir
+    from ...config import default_cache_dir
 
     root = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
     source = resolve_source(model, root)

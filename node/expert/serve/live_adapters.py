@@ -2,7 +2,7 @@
 
 peft mutates the model's LoRA layers when it loads or deletes an adapter, so both
 run on the inference worker's own thread between two steps
-(:meth:`~node.expert.batcher.InferenceWorker.between_steps`): no forward ever sees
+(:meth:`~node.expert.serve.batcher.InferenceWorker.between_steps`): no forward ever sees
 a half-loaded adapter.  A base served without adapters becomes a ``PeftModel`` on
 the first one; rows without an adapter then run with the LoRA layers disabled
 (batcher._forward), so their output is the same as before.
@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .loader import ModelLoadError, _attach_adapter, _weights_digest_adapter
+from ..model.loader import ModelLoadError, _attach_adapter, _weights_digest_adapter
 
 if TYPE_CHECKING:
     from .batcher import InferenceWorker

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from ..logs import event, get_logger, stage
+from ...logs import event, get_logger, stage
 
 log = get_logger("expert.cache")
 
