@@ -133,7 +133,7 @@ class ConnectionWatcher(INotifee):
         if self._on_disconnect is None:
             return
         peer = conn.muxed_conn.peer_id  # type: ignore[attr-defined]
-        if peer not in network.connections:  # type: ignore[attr-defined]  # (the swarm removed it first)
+        if peer not in getattr(network, "connections", {}):  # its last connection (the swarm removes it first)
             self._on_disconnect(peer.to_base58())
 
     async def opened_stream(self, network: object, stream: object) -> None:
