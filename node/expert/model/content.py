@@ -37,13 +37,13 @@ async def resolve_reference(node: Node, reference: str) -> tuple[str, str | None
     except ProtocolError:
         return reference, None  # not a CID either: the loader reports the missing path clearly
     from ...storage.service import ensure_local
-    from .loader import ModelLoadError
+    from ..errors import WeightsUnavailable
 
     event(log, "fetching_weights", cid=reference)
     try:
         path = await ensure_local(node, cid, peers=await _join(node))
     except Exception as exc:  # FetchError, StorageError (no storage service), transport errors
-        raise ModelLoadError(f"cannot fetch {reference}: {type(exc).__name__}: {exc}") from None
+        raise WeightsUnavailable(f"cannot fetch {reference}: {type(exc).__name__}: {exc}") from None
     return str(path), str(cid)
 
 
@@ -56,7 +56,7 @@ async def fetch_adapters(node: Node, cids: Sequence[str], *, peers: Sequence[str
     and the ``merge`` strategy fetch their inputs with.  :class:`ModelLoadError` names the CID that failed.
     """
     from ...storage.service import ensure_local
-    from .loader import ModelLoadError
+    from ..errors import WeightsUnavailable
 
     paths = []
     for cid, dest in zip(cids, dests or [None] * len(cids), strict=True):
@@ -64,7 +64,7 @@ async def fetch_adapters(node: Node, cids: Sequence[str], *, peers: Sequence[str
         try:
             paths.append(await ensure_local(node, cid, dest, peers=peers))
         except Exception as exc:  # FetchError, StorageError, ProtocolError (a bad CID), transport errors
-            raise ModelLoadError(f"cannot fetch adapter {cid}: {type(exc).__name__}: {exc}") from None
+            raise WeightsUnavailable(f"cannot fetch adapter {cid}: {type(exc).__name__}: {exc}") from None
     return paths
 
 
