@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 from protocol import (
     ChatMessage,
+    GenerateEvent,
     GenerateRequest,
-    GenerateResult,
     NextTokenRequest,
     NextTokenResult,
     QueryRequest,
@@ -24,7 +24,6 @@ from protocol import (
     ScoreRequest,
     ScoreResult,
     SessionOpen,
-    TokenChunk,
 )
 
 from .routing import Route
@@ -65,7 +64,7 @@ class Transport(Protocol):
 
     def generate(
         self, peer_id: str, request: GenerateRequest
-    ) -> AsyncGenerator[Queued | TokenChunk | GenerateResult, None]: ...
+    ) -> AsyncGenerator[GenerateEvent, None]: ...
 
     async def score(self, peer_id: str, request: ScoreRequest, timeout: float) -> ScoreResult: ...
 
