@@ -13,6 +13,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+import trio
+
 from protocol import (
     ChatMessage,
     GenerateEvent,
@@ -30,6 +32,14 @@ from .routing import Route
 
 # Failures that another expert will not fix: do not fail over, tell the client.
 CLIENT_ERRORS = frozenset({"bad_request", "too_large"})
+
+
+def failure_code(exc: BaseException) -> str:
+    """The error code of a failed call to an expert: ``timeout`` for a deadline, the code of the
+    expert's typed error (its ``ErrorMessage``), else ``unavailable`` (a lost stream, a refused dial)."""
+    if isinstance(exc, trio.TooSlowError):
+        return "timeout"
+    return getattr(exc, "code", None) or "unavailable"
 
 
 class QueryFailed(Exception):
