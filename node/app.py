@@ -40,8 +40,10 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from protocol import CapabilityRecord, ProtocolError, RecordBatch, SignedRecord, decode, encode, sign_record
 
+from .activity import Activity
 from .config import NodeConfig
 from .logs import event, get_logger, limited_event
+from .metrics import NodeMetrics
 from .net.conncap import InboundCaps, forget_addresses, remote_ip
 from .net.dht import build_dht, fetch_record, prune_expired, put_record
 from .net.discovery import (
@@ -61,7 +63,7 @@ from .net.gossip import Announcer, build_pubsub
 from .net.host import build_host, disconnect_all, disconnect_peer, expand_wildcard, listen_multiaddrs
 from .net.keys import libp2p_key_pair, load_or_create_identity
 from .net.ports import check_listen_addrs
-from .net.streams import StreamClosed, is_allowed, set_allowlist
+from .net.streams import Allowlist, StreamClosed
 from .registry import Registry
 
 log = get_logger("node")
@@ -104,7 +106,12 @@ class Node:
         self.dht = build_dht(self.host, client=client)
         self.router, self.pubsub = build_pubsub(self.host)
         self.registry = Registry(connected=lambda: connected_peers(self.host), trusted=config.net.trusted_peers)
-        set_allowlist(self.host, config.net.trusted_peers)
+        # Who may open streams on the protocols this node serves (every service's serve() gets it).
+        self.allowlist = Allowlist(self.peer_id, config.net.trusted_peers)
+        # This node's Prometheus metrics and the queries it coordinated (the query protocol and
+        # the HTTP API record into them, the API serves them).
+        self.metrics = NodeMetrics()
+        self.activity = Activity(self.metrics)
         self.announcer = Announcer(
             self.pubsub,
             on_record=lambda signed, via: self.registry.offer(signed, source="gossip", via=via),
@@ -146,6 +153,7 @@ class Node:
                     # Only peers we verified: relaying unverified records spread the Sybil flood.
                     table=self.registry.verified_records,
                     on_record=self._on_direct_record,
+                    allowlist=self.allowlist,
                 )
             await nursery.start(self.registry.run_expiry)
             if self.advertises:
@@ -356,7 +364,7 @@ class Node:
         waits for the dialler's record to arrive before adding it to the routing table.
         """
         event(log, "peer_connected", peer=peer_id, outbound=dialled_by_us)
-        if not is_allowed(self.host, peer_id):
+        if not self.allowlist.allows(peer_id):
             # A private swarm: streams from it are refused anyway (net.streams); drop the connection.
             event(log, "peer_refused", peer=peer_id, reason="not a trusted peer")
             await disconnect_peer(self.host, peer_id)

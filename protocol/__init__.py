@@ -33,6 +33,7 @@ from .messages import (
     ErrorMessage,
     EvalScore,
     FinishReason,
+    GenerateEvent,
     GenerateRequest,
     GenerateResult,
     NextTokenRequest,

@@ -250,6 +250,11 @@ class Queued(Message, frozen=True, kw_only=True, tag="queued"):
     started: bool = False  # the request is in the batch already: a keep-alive during its forward passes
 
 
+# What a generation yields, in order: (``Queued`` reports,) ``TokenChunk``s, then its ``GenerateResult``.
+# The one name the expert, its clients and the coordinator's transport use for that stream.
+GenerateEvent = Queued | TokenChunk | GenerateResult
+
+
 ErrorCode = Literal[
     "bad_request",  # the message decoded but asks for something invalid
     "not_found",  # unknown adapter / model / expert

@@ -13,10 +13,12 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+import trio
+
 from protocol import (
     ChatMessage,
+    GenerateEvent,
     GenerateRequest,
-    GenerateResult,
     NextTokenRequest,
     NextTokenResult,
     QueryRequest,
@@ -24,13 +26,20 @@ from protocol import (
     ScoreRequest,
     ScoreResult,
     SessionOpen,
-    TokenChunk,
 )
 
 from .routing import Route
 
 # Failures that another expert will not fix: do not fail over, tell the client.
 CLIENT_ERRORS = frozenset({"bad_request", "too_large"})
+
+
+def failure_code(exc: BaseException) -> str:
+    """The error code of a failed call to an expert: ``timeout`` for a deadline, the code of the
+    expert's typed error (its ``ErrorMessage``), else ``unavailable`` (a lost stream, a refused dial)."""
+    if isinstance(exc, trio.TooSlowError):
+        return "timeout"
+    return getattr(exc, "code", None) or "unavailable"
 
 
 class QueryFailed(Exception):
@@ -65,7 +74,7 @@ class Transport(Protocol):
 
     def generate(
         self, peer_id: str, request: GenerateRequest
-    ) -> AsyncGenerator[Queued | TokenChunk | GenerateResult, None]: ...
+    ) -> AsyncGenerator[GenerateEvent, None]: ...
 
     async def score(self, peer_id: str, request: ScoreRequest, timeout: float) -> ScoreResult: ...
 

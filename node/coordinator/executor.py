@@ -47,7 +47,7 @@ class Coordinator:
                  health: Health | None = None, verified: Callable[[], set[str]] = set,
                  local_id: str | None = None, merges: MergePort | None = None) -> None:
         self._records = records
-        self.merges = merges  # set by the node (coordinator_for): fetch, merge and serve adapters
+        self.merges = merges  # set by build_coordinator (coordinator/service.py): fetch, merge and serve adapters
         # Who this node verified (registry.verified_peers) and its own id: verified experts rank
         # first and a shared name means the local expert (Sybil flood, name hijack: issue 12).
         self._verified = verified

@@ -55,7 +55,7 @@ from protocol import (
 from protocol.receipts import prompt_digest
 from protocol.verify import encode_receipt
 
-from .calls import CLIENT_ERRORS, Ask, QueryFailed, Reply, StepFailed, Transport, alive_but_waiting
+from .calls import CLIENT_ERRORS, Ask, QueryFailed, Reply, StepFailed, Transport, alive_but_waiting, failure_code
 from .health import Health, finite
 from .ledger import TraceLedger
 from .merge_port import MergePort
@@ -257,7 +257,7 @@ class Pool(TraceLedger):
                           seconds=finite(trio.current_time() - began))
             raise
         except Exception as exc:  # the infer client's typed errors, transport errors
-            failure = (getattr(exc, "code", None) or "unavailable", str(exc) or type(exc).__name__)
+            failure = (failure_code(exc), str(exc) or type(exc).__name__)
         code, reason = failure
         if code not in CLIENT_ERRORS:
             self.health.failure(route.peer_id)
@@ -309,7 +309,7 @@ class Pool(TraceLedger):
             self.end_step(index, status="late", seconds=finite(trio.current_time() - began))
             raise
         except Exception as exc:
-            code = "timeout" if isinstance(exc, trio.TooSlowError) else (getattr(exc, "code", None) or "unavailable")
+            code = failure_code(exc)
             if code not in CLIENT_ERRORS:
                 self.health.failure(route.peer_id)
             self.end_step(index, status="failed", error=f"{code}: {exc}", seconds=finite(trio.current_time() - began))

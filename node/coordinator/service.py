@@ -8,7 +8,6 @@ or resetting the stream cancels the query (and the expert's generation).
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, aclosing, nullcontext
 from functools import partial
@@ -16,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from node.activity import Activity, QueryRecorder, activity_for
+from node.activity import Activity, QueryRecorder
 from node.logs import event, get_logger
 from node.net.streams import FramedStream, StreamClosed, serve
 from protocol import (
     QUERY_PROTOCOL,
     ErrorMessage,
+    GenerateEvent,
     GenerateRequest,
     GenerateResult,
     NextTokenRequest,
@@ -29,11 +29,9 @@ from protocol import (
     ProtocolError,
     QueryChunk,
     QueryRequest,
-    Queued,
     ScoreRequest,
     ScoreResult,
     SessionOpen,
-    TokenChunk,
     is_error_code,
 )
 
@@ -44,6 +42,8 @@ if TYPE_CHECKING:
     from libp2p.abc import IHost
 
     from node.app import Node
+    from node.expert.serve.local import LocalExpert
+    from node.expert.serve.sessions import SessionHost
 
 log = get_logger("coordinator.service")
 
@@ -51,25 +51,29 @@ log = get_logger("coordinator.service")
 MAX_QUERY_SECONDS = 3600.0
 FIRST_MESSAGE_TIMEOUT = 10.0
 
-_coordinators: weakref.WeakKeyDictionary[Node, Coordinator] = weakref.WeakKeyDictionary()
+def build_coordinator(node: Node) -> Coordinator:
+    """A coordinator for ``node``: its registry's experts, asked over ``/mosaic/infer/1`` from its
+    host (its own expert directly), merging adapters with its services.  A node has one, built by
+    its :class:`QueryService` and shared with the HTTP API, so both see the same latency and
+    failure observations."""
+    coordinator = Coordinator(
+        node.registry.experts,
+        InferTransport(node.host, on_reached=node.registry.mark_reachable, local=partial(local_expert, node)),
+        verified=node.registry.verified_peers,
+        local_id=node.peer_id,
+    )
+    from .merging import NodeMerging  # imports the expert package: only when a node needs it
 
-
-def coordinator_for(node: Node) -> Coordinator:
-    """The node's one coordinator (shared by the query protocol and the HTTP API, so both
-    see the same latency and failure observations)."""
-    coordinator = _coordinators.get(node)
-    if coordinator is None:
-        coordinator = Coordinator(
-            node.registry.experts,
-            InferTransport(node.host, on_reached=node.registry.mark_reachable),
-            verified=node.registry.verified_peers,
-            local_id=node.peer_id,
-        )
-        from .merging import NodeMerging  # imports the expert package: only when a node needs it
-
-        coordinator.merges = NodeMerging(node, coordinator.embedder)
-        _coordinators[node] = coordinator
+    coordinator.merges = NodeMerging(node, coordinator.embedder)
     return coordinator
+
+
+def local_expert(node: Node) -> tuple[LocalExpert, SessionHost] | None:
+    """``node``'s own expert and its sessions while it serves them (None: it serves none)."""
+    from node.expert import ExpertService  # only asked for a call to this very node
+
+    service = node.service(ExpertService)
+    return service.serving() if service is not None else None
 
 
 class InferTransport:
@@ -80,16 +84,22 @@ class InferTransport:
     local worker (a host cannot dial itself).
     """
 
-    def __init__(self, host: IHost, *, on_reached: Callable[[str], object] | None = None) -> None:
+    def __init__(self, host: IHost, *, on_reached: Callable[[str], object] | None = None,
+                 local: Callable[[], tuple[LocalExpert, SessionHost] | None] = lambda: None) -> None:
         self._host = host
         self._on_reached = on_reached  # told of every expert that answered (keeps it verified)
+        self._local = local  # this node's expert and its sessions, while it serves them
+
+    def _own(self, peer_id: str) -> tuple[LocalExpert, SessionHost] | None:
+        return self._local() if peer_id == str(self._host.get_id()) else None
 
     async def generate(
         self, peer_id: str, request: GenerateRequest
-    ) -> AsyncGenerator[Queued | TokenChunk | GenerateResult, None]:
+    ) -> AsyncGenerator[GenerateEvent, None]:
         from node.expert.remote.client import generate
 
-        async with aclosing(generate(self._host, peer_id, request)) as events:
+        own = self._own(peer_id)
+        async with aclosing(generate(self._host, peer_id, request, local=own and own[0])) as events:
             async for message in events:
                 if isinstance(message, GenerateResult) and self._on_reached is not None:
                     self._on_reached(peer_id)
@@ -98,17 +108,20 @@ class InferTransport:
     async def score(self, peer_id: str, request: ScoreRequest, timeout: float) -> ScoreResult:
         from node.expert.remote.client import score
 
-        return await score(self._host, peer_id, request, timeout=timeout)
+        own = self._own(peer_id)
+        return await score(self._host, peer_id, request, timeout=timeout, local=own and own[0])
 
     def open_session(self, peer_id: str, request: SessionOpen, timeout: float) -> AbstractAsyncContextManager[Any]:
         from node.expert.remote.session_client import open_session
 
-        return open_session(self._host, peer_id, request, timeout=timeout)
+        own = self._own(peer_id)
+        return open_session(self._host, peer_id, request, timeout=timeout, local=own and own[1])
 
     async def next_token(self, peer_id: str, request: NextTokenRequest, timeout: float) -> NextTokenResult:
         from node.expert.remote.client import next_token
 
-        return await next_token(self._host, peer_id, request, timeout=timeout)
+        own = self._own(peer_id)
+        return await next_token(self._host, peer_id, request, timeout=timeout, local=own and own[0])
 
 
 async def answer_stream(coordinator: Coordinator, stream: FramedStream, activity: Activity | None = None) -> None:
@@ -178,13 +191,16 @@ class QueryService:
     def __init__(self, *, max_per_peer: int = 4, max_total: int = 64) -> None:
         self._max_per_peer = max_per_peer
         self._max_total = max_total
+        # The node's coordinator, once running (the HTTP API is handed this service and uses it too).
+        self.coordinator: Coordinator | None = None
 
     def record_fields(self) -> dict[str, object]:
         return {}
 
     async def run(self, node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        coordinator = coordinator_for(node)
-        serve(node.host, QUERY_PROTOCOL, partial(answer_stream, coordinator, activity=activity_for(node)),
+        coordinator = self.coordinator = build_coordinator(node)
+        serve(node.host, QUERY_PROTOCOL, partial(answer_stream, coordinator, activity=node.activity),
+              allowlist=node.allowlist,
               first_message_timeout=FIRST_MESSAGE_TIMEOUT, deadline=MAX_QUERY_SECONDS + 5.0,
               max_per_peer=self._max_per_peer, max_total=self._max_total)
         task_status.started()

@@ -22,7 +22,7 @@ from protocol import SessionNext, SessionOpen
 from protocol.receipts import prompt_digest
 from protocol.verify import encode_receipt
 
-from .calls import CLIENT_ERRORS, StepFailed
+from .calls import CLIENT_ERRORS, StepFailed, failure_code
 from .health import Health, finite
 from .ledger import TraceLedger
 
@@ -83,7 +83,7 @@ class PoolSession:
 def _step_failed(health: Health, route: Route, exc: BaseException, end: Any) -> Exception:
     if isinstance(exc, StepFailed):
         return exc
-    code = "timeout" if isinstance(exc, trio.TooSlowError) else (getattr(exc, "code", None) or "unavailable")
+    code = failure_code(exc)
     message = str(exc) or type(exc).__name__
     if code not in CLIENT_ERRORS:
         health.failure(route.peer_id)

@@ -38,7 +38,7 @@ from node.coordinator.reputation import (
     binomial_cdf,
     load_check_items,
 )
-from node.coordinator.service import QueryService, coordinator_for
+from node.coordinator.service import QueryService
 from node.evaluation import TaskItem, build_prompt
 from node.expert.serve.service import ExpertService
 from tests.cluster.harness import in_process_cluster
@@ -202,7 +202,7 @@ async def test_liar_is_demoted_within_20_queries(base_expert) -> None:
             honest = await cluster.add(1, services=[ExpertService(expert=base_expert, threads=1)], **net)
             liar = await cluster.add(2, services=[WrongOptionExpert(wrong)], **net)
             await coordinator.registry.wait_for(lambda r: len(r.experts()) == 2, timeout=60)
-            engine = coordinator_for(coordinator)
+            engine = coordinator.service(QueryService).coordinator
             engine.spot_checks = SpotChecker(engine.reputation, items, rate=1.0, items_per_check=2,
                                              rng=random.Random(5))
             demoted_after = None
@@ -270,7 +270,7 @@ async def test_consensus_demotes_liar_within_20_fan_out_queries() -> None:
             minority = await cluster.add(3, services=[ScriptedExpert(by_prompt, minority=True)], **NET)
             liar = await cluster.add(4, services=[WrongOptionExpert(wrong_options(by_prompt.values()))], **NET)
             await coordinator.registry.wait_for(lambda r: len(r.experts()) == 4, timeout=60)
-            engine = coordinator_for(coordinator)
+            engine = coordinator.service(QueryService).coordinator
             engine.spot_checks.rate = 0.0  # consensus only: before it, nothing here demoted anyone
             demoted_after = None
             for n, item in enumerate(items[:20], start=1):
@@ -280,7 +280,7 @@ async def test_consensus_demotes_liar_within_20_fan_out_queries() -> None:
                     demoted_after = n
                     break
             assert demoted_after is not None, engine.reputation.snapshot(liar.peer_id)
-            status = {peer["peer_id"]: peer for peer in network_status(coordinator)["peers"]}  # GET /status
+            status = {peer["peer_id"]: peer for peer in network_status(coordinator, coordinator.service(QueryService).coordinator)["peers"]}  # GET /status
             assert status[liar.peer_id]["reputation"]["demoted"] is True
             assert "clear majorities" in status[liar.peer_id]["reputation"]["demoted_why"]
             for n, item in enumerate(items[20:30], start=21):  # the dissenter keeps dissenting: still routable
@@ -311,7 +311,7 @@ async def test_over_claiming_liar_is_demoted_by_its_own_claim() -> None:
             await coordinator.registry.wait_for(lambda r: len(r.experts()) == 3, timeout=60)
             record = coordinator.registry.get(liar.peer_id)
             assert record is not None and record.evals == (claim,)  # the claim travels in the signed record
-            engine = coordinator_for(coordinator)
+            engine = coordinator.service(QueryService).coordinator
             spot = SpotChecker(engine.reputation, checks, rate=1.0, items_per_check=2, rng=random.Random(5))
             engine.spot_checks = spot
             demoted_after = None

@@ -134,7 +134,7 @@ async def test_bad_session_requests_get_typed_errors_and_the_expert_keeps_servin
 
             async with open_session(host, expert, opening("idle", idle=0.3)) as idle:
                 with trio.fail_after(10):
-                    while len(service.local.sessions.table):  # the reaper runs once a second
+                    while len(service.sessions.table):  # the reaper runs once a second
                         await trio.sleep(0.1)
                 with pytest.raises(ExpertError) as caught:
                     await idle.append([idle.first.token_ids[0]])

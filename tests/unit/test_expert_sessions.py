@@ -93,9 +93,9 @@ async def host(adapter_expert):
     worker.start()
     local = LocalExpert(worker)
     notary = Notary(ME, adapter_expert.content_id, {ADAPTER_NAME: "bafyadapter"}, adapter_expert.adapters)
-    local.sessions = SessionHost(local, SessionTable(max_total=4, max_per_peer=2, max_idle_s=0.5), notary)
+    sessions = SessionHost(local, SessionTable(max_total=4, max_per_peer=2, max_idle_s=0.5), notary)
     try:
-        yield local.sessions
+        yield sessions
     finally:
         await trio.to_thread.run_sync(worker.stop)
 

@@ -18,6 +18,7 @@ from protocol import (
     INFER_PROTOCOL,
     Cancel,
     ErrorMessage,
+    GenerateEvent,
     GenerateRequest,
     GenerateResult,
     Message,
@@ -30,7 +31,7 @@ from protocol import (
 )
 
 from ...net.streams import FramedStream, StreamClosed, open_stream
-from ..serve.local import DEFAULT_CALL_TIMEOUT, ExpertError, LocalExpert, served_locally
+from ..serve.local import DEFAULT_CALL_TIMEOUT, ExpertError, LocalExpert
 
 # The result type a score / next-token call expects back.
 R = TypeVar("R", bound=Message)
@@ -43,8 +44,8 @@ _CLIENT_GRACE = 10.0
 
 
 async def generate(
-    host: IHost, peer_id: str, request: GenerateRequest
-) -> AsyncGenerator[Queued | TokenChunk | GenerateResult, None]:
+    host: IHost, peer_id: str, request: GenerateRequest, *, local: LocalExpert | None = None
+) -> AsyncGenerator[GenerateEvent, None]:
     """Stream ``TokenChunk``s then the ``GenerateResult`` from expert ``peer_id``.
 
     With ``request.progress`` set, ``Queued`` messages come first while the
@@ -52,8 +53,10 @@ async def generate(
 
     Raises :class:`ExpertError` (expert's ErrorMessage), ``StreamClosed``
     (transport) or ``trio.TooSlowError`` (no result within the request's timeout).
+    ``local``: the expert this node serves, used when ``peer_id`` is this node (a host cannot
+    dial itself); the same for :func:`score` and :func:`next_token`.
     """
-    local = _local_target(host, peer_id)
+    local = _local_target(host, peer_id, local)
     if local is not None:
         async with aclosing(local.generate(request)) as events:
             async for message in events:
@@ -93,25 +96,27 @@ async def cancel_and_collect(stream: FramedStream, request_id: str) -> GenerateR
 
 
 async def score(
-    host: IHost, peer_id: str, request: ScoreRequest, *, timeout: float = DEFAULT_CALL_TIMEOUT
+    host: IHost, peer_id: str, request: ScoreRequest, *, timeout: float = DEFAULT_CALL_TIMEOUT,
+    local: LocalExpert | None = None,
 ) -> ScoreResult:
     """Per-token log-probabilities of ``request.continuation`` after the prompt."""
-    return await _call(host, peer_id, request, ScoreResult, timeout)
+    return await _call(host, peer_id, request, ScoreResult, timeout, local)
 
 
 async def next_token(
-    host: IHost, peer_id: str, request: NextTokenRequest, *, timeout: float = DEFAULT_CALL_TIMEOUT
+    host: IHost, peer_id: str, request: NextTokenRequest, *, timeout: float = DEFAULT_CALL_TIMEOUT,
+    local: LocalExpert | None = None,
 ) -> NextTokenResult:
     """Top-k log-probabilities of the token after the prompt."""
-    return await _call(host, peer_id, request, NextTokenResult, timeout)
+    return await _call(host, peer_id, request, NextTokenResult, timeout, local)
 
 
 async def _call(host: IHost, peer_id: str, request: ScoreRequest | NextTokenRequest, kind: type[R],
-                timeout: float) -> R:
-    local = _local_target(host, peer_id)
+                timeout: float, local: LocalExpert | None) -> R:
+    local = _local_target(host, peer_id, local)
     if local is not None:
         with trio.fail_after(timeout + _CLIENT_GRACE):
-            return await local._one(request, kind)
+            return await local.call(request, kind)
     stream = await open_stream(host, peer_id, INFER_PROTOCOL)
     finished = False
     try:
@@ -126,9 +131,9 @@ async def _call(host: IHost, peer_id: str, request: ScoreRequest | NextTokenRequ
         await _close(stream, graceful=finished)
 
 
-def _local_target(host: IHost, peer_id: str) -> LocalExpert | None:
+def _local_target(host: IHost, peer_id: str, local: LocalExpert | None) -> LocalExpert | None:
     """Our own node's expert when ``peer_id`` is us (a host cannot open a stream to itself)."""
-    return served_locally(host) if str(host.get_id()) == peer_id else None
+    return local if str(host.get_id()) == peer_id else None
 
 
 async def _close(stream: FramedStream, *, graceful: bool) -> None:

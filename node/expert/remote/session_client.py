@@ -33,7 +33,7 @@ from protocol import (
 )
 
 from ...net.streams import FramedStream, StreamClosed, open_stream
-from ..serve.local import ExpertError, served_locally
+from ..serve.local import ExpertError
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost
@@ -97,14 +97,16 @@ class ExpertSession:
 
 
 @asynccontextmanager
-async def open_session(host: IHost, peer_id: str, request: SessionOpen, *,
-                       timeout: float = DEFAULT_STEP_TIMEOUT) -> AsyncIterator[ExpertSession]:
-    """Open ``request`` on expert ``peer_id``; yield the session (its ``first`` distribution is set)."""
+async def open_session(host: IHost, peer_id: str, request: SessionOpen, *, timeout: float = DEFAULT_STEP_TIMEOUT,
+                       local: SessionHost | None = None) -> AsyncIterator[ExpertSession]:
+    """Open ``request`` on expert ``peer_id``; yield the session (its ``first`` distribution is set).
+
+    ``local``: the sessions of the expert this node serves, used when ``peer_id`` is this
+    node (a host cannot dial itself)."""
     if str(host.get_id()) == peer_id:
-        local = served_locally(host)
-        if local is None or local.sessions is None:
+        if local is None:
             raise ExpertError("unavailable", "this node serves no expert sessions")
-        session = ExpertSession(peer_id, request, timeout=timeout, local=local.sessions, owner=peer_id)
+        session = ExpertSession(peer_id, request, timeout=timeout, local=local, owner=peer_id)
         await session._open()
         try:
             yield session

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 import random
-from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from protocol import CapabilityRecord, EvalScore, GenerateResult
+from protocol import CapabilityRecord, EvalScore
 
-from ..serve.self_eval import items_digest, load_items, request_for
+from ..serve.self_eval import ask_and_score, items_digest, load_items
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost
@@ -68,8 +68,6 @@ async def spot_check(host: IHost, record: CapabilityRecord, task: str, *, n: int
     """Ask the peer ``n`` of the items behind its claim for ``task`` and compare."""
     import trio
 
-    from node.evaluation import score
-
     from . import client
 
     claim = find_claim(record, task, adapter)
@@ -79,15 +77,10 @@ async def spot_check(host: IHost, record: CapabilityRecord, task: str, *, n: int
                              "the task files differ, so the claim cannot be checked here")
     chosen = random.Random(seed).sample(list(items), min(n, len(items)))
     correct = 0
+    ask = partial(client.generate, host, record.peer_id)
     for index, item in enumerate(chosen):
-        request = request_for(item, request_id=f"spot-{index}", adapter=claim.adapter,
-                              max_new_tokens=claim.max_new_tokens)
-        reply = ""
-        async with aclosing(client.generate(host, record.peer_id, request)) as events:
-            async for message in events:
-                if isinstance(message, GenerateResult):
-                    reply = message.text
-        correct += bool(score(item, reply).correct)
+        correct += await ask_and_score(ask, item, request_id=f"spot-{index}", adapter=claim.adapter,
+                                       max_new_tokens=claim.max_new_tokens)
     return SpotCheck(task=claim.task, adapter=claim.adapter, claimed=claim.accuracy, claimed_n=claim.n,
                      asked=len(chosen), correct=correct,
                      p_value=binomial_p_value(correct, len(chosen), claim.accuracy),

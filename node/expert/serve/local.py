@@ -28,6 +28,7 @@ import trio
 from protocol import (
     ErrorCode,
     ErrorMessage,
+    GenerateEvent,
     GenerateRequest,
     GenerateResult,
     Message,
@@ -46,11 +47,8 @@ from .jobs import Job
 R = TypeVar("R", bound=Message)
 
 if TYPE_CHECKING:
-    from libp2p.abc import IHost
-
     from .notary import Notary
     from .session_store import SessionOp
-    from .sessions import SessionHost
 
 TERMINAL = (GenerateResult, ScoreResult, NextTokenResult, ErrorMessage)
 
@@ -78,8 +76,6 @@ class LocalExpert:
         self.worker = worker
         # Signs a receipt into every GenerateResult on its way out (None: results go unsigned).
         self.notary = notary
-        # Generation sessions on this worker (sessions.py); set by the service that serves them.
-        self.sessions: SessionHost | None = None
 
     @asynccontextmanager
     async def open(
@@ -120,7 +116,7 @@ class LocalExpert:
         finally:
             job.cancel()
 
-    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Queued | TokenChunk | GenerateResult, None]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateEvent, None]:
         """(``Queued`` reports,) chunks, then the result; raises :class:`ExpertError` for an ``ErrorMessage``."""
         async with self.open(request) as (job, messages), aclosing(self.with_keepalive(job, messages)) as events:
             async for message in events:
@@ -172,35 +168,17 @@ class LocalExpert:
                       waiting=worker.queue_depth, running=worker.active, started=job.started)
 
     async def score(self, request: ScoreRequest) -> ScoreResult:
-        return await self._one(request, ScoreResult)
+        return await self.call(request, ScoreResult)
 
     async def next_token(self, request: NextTokenRequest) -> NextTokenResult:
-        return await self._one(request, NextTokenResult)
+        return await self.call(request, NextTokenResult)
 
-    async def _one(self, request: ScoreRequest | NextTokenRequest | SessionOp, kind: type[R]) -> R:
+    async def call(self, request: ScoreRequest | NextTokenRequest | SessionOp, kind: type[R]) -> R:
+        """Run a one-reply request (score, next token, a session operation); its ``kind`` result,
+        or :class:`ExpertError` for an ``ErrorMessage``."""
         async with self.open(request) as (_, messages):
             message = await messages.receive()
         if isinstance(message, ErrorMessage):
             raise ExpertError.from_message(message)
         assert isinstance(message, kind), message
         return message
-
-
-# Experts served by this process, by the serving node's peer id.  A libp2p host
-# cannot dial itself ("No known addresses to peer <self>"), so the infer client
-# sends requests addressed to our own node straight to its worker.
-_SERVED: dict[str, LocalExpert] = {}
-
-
-def register_local(peer_id: str, expert: LocalExpert) -> None:
-    _SERVED[peer_id] = expert
-
-
-def unregister_local(peer_id: str, expert: LocalExpert) -> None:
-    if _SERVED.get(peer_id) is expert:
-        del _SERVED[peer_id]
-
-
-def served_locally(host: IHost) -> LocalExpert | None:
-    """The expert this process serves as ``host``'s node, if any."""
-    return _SERVED.get(str(host.get_id()))

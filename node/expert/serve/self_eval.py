@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ import trio
 from protocol import (
     ChatMessage,
     EvalScore,
+    GenerateEvent,
     GenerateRequest,
     GenerateResult,
     SamplingParams,
@@ -98,11 +99,24 @@ def request_for(item: Any, *, request_id: str, adapter: str | None, max_new_toke
     )
 
 
+async def ask_and_score(generate: Callable[[GenerateRequest], AsyncGenerator[GenerateEvent, None]], item: Any, *,
+                        request_id: str, adapter: str | None, max_new_tokens: int) -> bool:
+    """Ask ``item`` through ``generate`` with the request of :func:`request_for`; whether the reply
+    is correct.  What a self-evaluation does per item, and a spot check of its claim too."""
+    from node.evaluation import score
+
+    request = request_for(item, request_id=request_id, adapter=adapter, max_new_tokens=max_new_tokens)
+    reply = ""
+    async with aclosing(generate(request)) as events:
+        async for message in events:
+            if isinstance(message, GenerateResult):
+                reply = message.text
+    return bool(score(item, reply).correct)
+
+
 async def evaluate(local: LocalExpert, name: str, *, split: str = "dev", limit: int = 20,
                    adapter: str | None = None, tasks_dir: str | Path | None = None) -> EvalScore:
     """Ask the local expert the first ``limit`` items of task ``name`` and score the replies."""
-    from node.evaluation import score
-
     task, items = await trio.to_thread.run_sync(load_items, name, split, limit, tasks_dir)
     max_new = MAX_TOKENS.get(items[0].task_type, 64)
     correct = 0
@@ -111,13 +125,8 @@ async def evaluate(local: LocalExpert, name: str, *, split: str = "dev", limit: 
     async def one(index: int, item: Any) -> None:
         nonlocal correct
         async with limiter:
-            request = request_for(item, request_id=f"self-eval-{task}-{index}", adapter=adapter, max_new_tokens=max_new)
-            reply = ""
-            async with aclosing(local.generate(request)) as events:
-                async for message in events:
-                    if isinstance(message, GenerateResult):
-                        reply = message.text
-            correct += bool(score(item, reply).correct)
+            correct += await ask_and_score(local.generate, item, request_id=f"self-eval-{task}-{index}",
+                                           adapter=adapter, max_new_tokens=max_new)
 
     async with trio.open_nursery() as nursery:
         for index, item in enumerate(items):

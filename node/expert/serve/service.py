@@ -48,7 +48,7 @@ from ...logs import event, get_logger
 from ...net.streams import FramedStream, StreamClosed, serve
 from ..errors import RequestRejected
 from .jobs import Job
-from .local import TERMINAL, LocalExpert, register_local, unregister_local
+from .local import TERMINAL, LocalExpert
 from .sessions import SESSION_MESSAGES, SessionHost, SessionTable, serve_session_stream
 
 log = get_logger("expert.service")
@@ -62,14 +62,14 @@ FIRST_MESSAGE_TIMEOUT = 10.0
 _TERMINAL_GRACE = 5.0
 
 
-async def handle_infer_stream(expert: LocalExpert, stream: FramedStream) -> None:
-    """Serve one request on ``stream`` (see the module docstring)."""
+async def handle_infer_stream(expert: LocalExpert, stream: FramedStream, sessions: SessionHost | None = None) -> None:
+    """Serve one request on ``stream`` (see the module docstring); ``sessions`` serves the session messages."""
     request = await stream.receive(REQUEST_TYPES)
     if not isinstance(request, (GenerateRequest, ScoreRequest, NextTokenRequest)):  # one of SESSION_MESSAGES
-        if expert.sessions is None:
+        if sessions is None:
             await stream.send(ErrorMessage(code="unavailable", message="this expert serves no sessions"))
             return
-        await serve_session_stream(expert.sessions, stream, request)
+        await serve_session_stream(sessions, stream, request)
         return
     try:
         async with expert.open(request) as (job, messages):
@@ -139,6 +139,16 @@ class ExpertService:
         self.adapter_descriptions: dict[str, str] = {}  # from the adapters' cards: what routers match on
         self.worker: Any = None
         self.local: LocalExpert | None = None
+        self.sessions: SessionHost | None = None
+        self._serving = False  # between registering the infer handler and stopping the worker
+
+    def serving(self) -> tuple[LocalExpert, SessionHost] | None:
+        """This node's expert and its sessions while the service serves them.  A libp2p host cannot
+        dial itself, so the node's own calls to its expert are handed to them directly (the
+        coordinator's transport is given this method)."""
+        if not self._serving or self.local is None or self.sessions is None:
+            return None
+        return self.local, self.sessions
 
     def record_fields(self) -> dict[str, object]:
         if self.expert is None:
@@ -274,21 +284,21 @@ class ExpertService:
         )
         notary = Notary(node.identity, self.expert.content_id, self.adapter_cids, self.expert.adapters)
         self.local = LocalExpert(self.worker, notary=notary)
-        sessions = SessionHost(
+        sessions = self.sessions = SessionHost(
             self.local,
             SessionTable(max_total=cfg.max_sessions, max_per_peer=cfg.max_sessions_per_peer,
                          max_idle_s=cfg.session_idle_s),
             notary,
         )
-        self.local.sessions = sessions
         self.worker.start()
         local = self.local
-        register_local(str(node.peer_id), local)
+        self._serving = True
         try:
             serve(
                 node.host,
                 INFER_PROTOCOL,
-                lambda stream: handle_infer_stream(local, stream),
+                lambda stream: handle_infer_stream(local, stream, sessions),
+                allowlist=node.allowlist,
                 first_message_timeout=FIRST_MESSAGE_TIMEOUT,
                 deadline=MAX_STREAM_SECONDS,
                 # One coordinator legitimately fills the whole queue (a burst of HTTP requests all
@@ -313,7 +323,7 @@ class ExpertService:
                     nursery.start_soon(self._self_evaluate_at_start, node)
                 await sessions.reap_forever()
         finally:
-            unregister_local(str(node.peer_id), local)
+            self._serving = False
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.worker.stop)
             event(log, "expert_stopped", level=logging.INFO, steps=self.worker.steps)

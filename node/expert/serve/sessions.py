@@ -48,10 +48,10 @@ from ...logs import event, get_logger
 from ...net.streams import FramedStream, StreamClosed
 from ..errors import Busy, RequestRejected
 from .jobs import Job
+from .local import ExpertError, LocalExpert
 from .session_store import SessionOp, UnknownSession
 
 if TYPE_CHECKING:
-    from .local import LocalExpert
     from .notary import Notary
 
 R = TypeVar("R", bound=Message)  # the reply type a session op expects
@@ -162,8 +162,6 @@ class SessionHost:
 
     async def handle(self, owner: str, message: Message) -> SessionNext | SessionClosed | ErrorMessage:
         """Answer one session message from ``owner``; every failure becomes a typed ErrorMessage."""
-        from .local import ExpertError
-
         try:
             if isinstance(message, SessionOpen):
                 return await self.open(owner, message)
@@ -223,7 +221,7 @@ class SessionHost:
 
     async def _run(self, op: SessionOp, kind: type[R]) -> R:
         with trio.fail_after(OP_TIMEOUT + 5.0):
-            return await self.local._one(op, kind)
+            return await self.local.call(op, kind)
 
     async def reap_forever(self) -> None:
         """Free expired sessions' memory, once a second (the worker thread owns the caches)."""
