@@ -12,6 +12,16 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from .exit_codes import (
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_IN_USE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
+
 # Order is the order shown in --help.
 COMMANDS = (
     "start",
@@ -28,21 +38,6 @@ COMMANDS = (
     "spot_check",
     "self_eval",
 )
-
-EXIT_OK = 0
-EXIT_FAILED = 1  # the operation ran and failed (fetch incomplete, query answered an error, ...)
-EXIT_USAGE = 2  # bad flag, config key, CID, multiaddr or model: fix the command line
-EXIT_UNREACHABLE = 3  # the peer or the local node could not be reached (or none runs)
-EXIT_IN_USE = 4  # a port or the data dir is already used by another node
-EXIT_INTERRUPTED = 130  # Ctrl-C in a one-shot command (a stopped `start` exits 0)
-
-EXIT_CODES = f"""exit codes (every command):
-  {EXIT_OK}    success (`start`: stopped cleanly by Ctrl-C / SIGTERM)
-  {EXIT_FAILED}    the operation failed (e.g. a fetch could not complete, a query failed)
-  {EXIT_USAGE}    bad input: flag, config key, CID, multiaddr, model
-  {EXIT_UNREACHABLE}    the peer or local node could not be reached, or no node runs on the data dir
-  {EXIT_IN_USE}    a port or the data dir is already used by another node
-  {EXIT_INTERRUPTED}  interrupted (Ctrl-C) before a one-shot command finished"""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import EXIT_INTERRUPTED
+from .exit_codes import EXIT_INTERRUPTED
 
 # Seconds the cancelled command may take to close its connections before we leave anyway.
 CLEANUP_SECONDS = 3.0
