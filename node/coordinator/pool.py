@@ -11,11 +11,11 @@ Strategies only decide; the pool handles what goes wrong:
 - a silent expert: its first token (and every later one) must come within an
   adaptive budget, else the step fails instead of eating the query's time; a
   busy expert that reports its queue position (``Queued``) is alive, and each
-  report restarts that budget (:func:`alive_but_waiting`), so a live expert's
-  queue is waited on until the query's deadline instead of failing over; an
-  expert also sends ``Queued(started=True)`` keep-alives while its forward pass
-  runs (a long prefill, a slow decode step), which hold the step the same way,
-  before the first token and mid-answer;
+  report restarts that budget (:func:`alive_but_waiting`); an expert also sends
+  ``Queued(started=True)`` keep-alives while its forward pass runs (a long
+  prefill, a slow decode step).  Keep-alives hold a step only while the request
+  makes progress at the rate measured for that expert (patience.py): a tarpit
+  that sends nothing but keep-alives fails over and is penalised (issue 22);
 - a failure before the first token: the next expert of the failover list;
 - a failure after tokens: the next expert continues from the partial text, so a
   streaming client sees one answer (``Ask.continued``), the trace links the steps;
@@ -62,6 +62,7 @@ from protocol.verify import encode_receipt, step_request_id
 from .calls import CLIENT_ERRORS, Ask, QueryFailed, Reply, StepFailed, Transport, alive_but_waiting
 from .health import Health, finite
 from .merge_port import MergePort
+from .patience import QueueWait, patience_s
 from .routing import (
     Candidate,
     Need,
@@ -77,6 +78,9 @@ T = TypeVar("T")  # what a single call (score, next token) returns
 
 # Floor of the adaptive per-token budget (see Pool.token_budget).
 MIN_TOKEN_BUDGET = 3.0
+# Share of the query's remaining time an expert may hold a step without progress when this node has
+# measured no expert's rate yet (patience.py): a tarpit then still leaves time to fail over.
+UNMEASURED_SHARE = 0.5
 
 Emit = Callable[[str, Provenance], Awaitable[None]]
 
@@ -175,6 +179,12 @@ class Pool:
             return self._first_token_timeout
         return min(self._first_token_timeout, max(MIN_TOKEN_BUDGET, 4 * latency + 2.0))
 
+    def patience(self, route: Route) -> float:
+        """Seconds to wait on ``route``'s expert without progress (a queue that does not move, patience.py)."""
+        rate = self.health.rate(route.peer_id) or self.health.typical_rate()
+        unmeasured = max(self._first_token_timeout, UNMEASURED_SHARE * self.remaining())
+        return patience_s(rate, self.query.sampling.max_new_tokens, unmeasured)
+
     # ------------------------------------------------------------------ trace
 
     def begin_step(self, route: Route, *, role: str, round: int = 0, call: str = "generate",
@@ -263,19 +273,28 @@ class Pool:
         provenance = self.provenance(index)
         budget = self.token_budget(route)
         began = trio.current_time()
+        # Keep-alives prove life, not progress: the wait without progress is bounded (patience.py).
+        wait = QueueWait(self.patience(route), began)
         first: float | None = None
         text: list[str] = []
         tokens = 0
         try:
             async with aclosing(self._transport.generate(route.peer_id, request)) as events:
                 while True:
-                    with trio.move_on_at(min(trio.current_time() + budget, deadline)) as scope:
+                    until = min(trio.current_time() + budget, deadline)
+                    with trio.move_on_at(min(until, wait.gives_up_at())) as scope:
                         message = await events.__anext__()
                     if scope.cancelled_caught:
+                        now = trio.current_time()
+                        if now >= wait.gives_up_at() and now < until:
+                            raise StepFailed("timeout", wait.why(now))
                         raise StepFailed("timeout", f"no token or queue report within {budget:.1f} s"
                                          if first is None else f"stalled for {budget:.1f} s mid-answer")
+                    wait.heard = wait.heard or trio.current_time()
                     if alive_but_waiting(message):
+                        wait.report(message, trio.current_time())  # type: ignore[arg-type]
                         continue
+                    wait.progress(trio.current_time())
                     if first is None:
                         first = trio.current_time() - began
                         self.health.success(route.peer_id, first)
@@ -288,6 +307,9 @@ class Pool:
                                 await self._emit(message.text, provenance)
                         continue
                     if isinstance(message, GenerateResult):
+                        # The generation's time from the expert's first word (not the dial): the rate.
+                        self.health.finished(route.peer_id, trio.current_time() - (wait.heard or began),
+                                             message.usage.completion_tokens)
                         self._prompt_tokens += message.usage.prompt_tokens
                         self._completion_tokens += message.usage.completion_tokens
                         self.end_step(index, status="ok", output=message.text, first_token_s=first,
