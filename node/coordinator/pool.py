@@ -100,13 +100,15 @@ class Pool:
                  health: Health, *, first_token_timeout: float = 20.0, max_attempts: int = 3,
                  relevance: Callable[[str, list[CapabilityRecord]], Awaitable[dict[str, float]]] | None = None,
                  emit: Emit | None = None, verified: Callable[[], set[str]] = set, local_id: str | None = None,
-                 demoted: Callable[[str], bool] = lambda peer_id: False, merges: MergePort | None = None) -> None:
+                 demoted: Callable[[str], bool] = lambda peer_id: False, merges: MergePort | None = None,
+                 trust: Callable[[str], float] = lambda peer_id: 0.0) -> None:
         self.query = query
         self.merges = merges  # the node's adapter merging (the `merge` strategy), None where it has none
         self._records = records
         self._verified = verified  # peers this node verified are reachable (rank first: issue 12)
         self._local_id = local_id
         self._demoted = demoted  # caught lying by spot checks (reputation.py): ranked like a ban
+        self.trust = trust  # evidence a peer answers right (reputation.trust): what breaks a vote's tie
         self._transport = transport
         self.health = health
         self._first_token_timeout = first_token_timeout
