@@ -37,6 +37,7 @@ from protocol import (
 
 from .calls import QueryFailed
 from .executor import Coordinator
+from .requester import current_requester
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost
@@ -110,6 +111,7 @@ class InferTransport:
 async def answer_stream(coordinator: Coordinator, stream: FramedStream, activity: Activity | None = None) -> None:
     """Serve one query on ``stream``; failures become one typed ErrorMessage."""
     request = await stream.receive(QueryRequest)
+    current_requester.set(stream.remote_peer)  # quotas on what it makes this node fetch (requester.py)
     try:
         with trio.fail_after(request.timeout_s), _recorded(activity, request) as recorder:
             async with coordinator.answer(request) as answer:
