@@ -120,7 +120,7 @@ def bind_text(trace: Trace, text: str, author: str | None = None) -> ReceiptChec
         step = signed_by[0]
         return ReceiptCheck(step.index, step.peer, False, f"the final text is signed by {step.peer[-8:]} (step "
                                                           f"{step.index}) but credited to {(author or '')[-8:]}")
-    if sessions and all(s.output == text for s in sessions) and len({s.token_ids for s in sessions}) == 1:
+    if sessions and all(s.output == text[:MAX_OUTPUT] for s in sessions) and len({s.token_ids for s in sessions}) == 1:
         step = sessions[0]
         return ReceiptCheck(step.index, step.peer, True,
                             f"the final text is the fused text of {len(sessions)} signed sessions fed the same "

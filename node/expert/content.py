@@ -83,6 +83,7 @@ async def discard_content(node: Node, cids: Sequence[str]) -> None:
     """Remove what fetching ``cids`` left in this node's data dir: their exports under
     ``<data_dir>/content`` and their blocks no pin of another content reaches (refused inputs)."""
     import shutil
+    from functools import partial
 
     from ..storage.service import StorageService
 
@@ -90,7 +91,7 @@ async def discard_content(node: Node, cids: Sequence[str]) -> None:
     for cid in cids:
         folder = node.config.data_path / "content" / cid
         if folder.is_dir() and not folder.is_symlink():
-            await trio.to_thread.run_sync(lambda f=folder: shutil.rmtree(f, ignore_errors=True))
+            await trio.to_thread.run_sync(partial(shutil.rmtree, folder, ignore_errors=True))
         if storage is not None:
             try:
                 root = parse_cid(cid)
