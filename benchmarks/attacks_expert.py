@@ -118,8 +118,8 @@ def _stored(*paths: Path) -> int:
 
 
 async def merge(queries: int) -> None:
-    from node.expert.loader import load_expert
-    from node.expert.service import ExpertService
+    from node.expert.model.loader import load_expert
+    from node.expert.serve.service import ExpertService
 
     cache = os.environ.get("MOSAIC_CACHE_DIR") or tempfile.mkdtemp(prefix="mosaic-bench-cache-")
     expert = await trio.to_thread.run_sync(lambda: load_expert(None, cache_dir=cache, device="cpu"))

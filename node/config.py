@@ -76,7 +76,7 @@ class ExpertConfig:
     queue_size: int = 64
     max_new_tokens_cap: int = 1024
     # torch intra-op threads for the inference worker; 0 = automatic: the free physical cores
-    # (node/expert/threads.py).  torch's own default (every logical core) ran 25-30x slower
+    # (node/expert/serve/threads.py).  torch's own default (every logical core) ran 25-30x slower
     # while another process held a core.
     threads: int = 0
     # Generation sessions (token-level fusion): each holds a KV cache of up to session_max_tokens.
@@ -86,7 +86,7 @@ class ExpertConfig:
     session_max_tokens: int = 2048
     # Self-evaluation at start: task names (files in tasks_dir, default $MOSAIC_TASKS_DIR or
     # ../shared/data/tasks) scored on their first self_eval_limit dev items; the scores go
-    # into the signed capability record (node/expert/self_eval.py).
+    # into the signed capability record (node/expert/serve/self_eval.py).
     self_eval: list[str] = field(default_factory=list)
     self_eval_limit: int = 20
     tasks_dir: str | None = None

@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     """report.md, summary.json and PNG plots from the logs alone."""
-    from node.evaluation.logs import LogError
-    from node.evaluation.report import write_report
+    from node.eval.logs import LogError
+    from node.eval.report import write_report
 
     folder = args.dir or args.out
     if not folder:
@@ -84,8 +84,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.out:
         print("error: --out DIR is required", file=sys.stderr)
         return 2
+    from node.eval.runner import PlanError, parse_max_tokens
     from node.evaluation import TaskFileError, find_tasks_dir, load_task_dir
-    from node.evaluation.runner import PlanError, parse_max_tokens
 
     try:
         tasks_dir = args.tasks or find_tasks_dir()
@@ -111,9 +111,9 @@ async def _eval(args: argparse.Namespace, tasks, max_tokens) -> int:
     import shlex
     from contextlib import AsyncExitStack
 
-    from node.evaluation.client import NetworkUnavailable, open_client
-    from node.evaluation.report import write_report
-    from node.evaluation.runner import PlanError, run_eval, select_systems
+    from node.eval.client import NetworkUnavailable, open_client
+    from node.eval.report import write_report
+    from node.eval.runner import PlanError, run_eval, select_systems
 
     out = Path(args.out)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]

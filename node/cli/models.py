@@ -35,9 +35,9 @@ def _cache_dir(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from node.expert import catalog
-    from node.expert.loader import ModelLoadError
-    from node.expert.model_cache import ensure_converted
+    from node.expert.model import catalog
+    from node.expert.model.loader import ModelLoadError
+    from node.expert.model.model_cache import ensure_converted
 
     cache = _cache_dir(args)
     if args.action == "list":

