@@ -19,8 +19,11 @@ the expert's first message to its result):
   moves still moves at the measured rate.
 
 Past either bound the step fails with ``timeout`` (a health failure: a ban
-that backs off and a ranking penalty), and the pool fails over.  Pure: the
-clock is passed in.
+that backs off and a ranking penalty), and the pool fails over.  Only where
+failing over helps (Pool.generate): not on the node's own expert, whose full
+queue is real, nor on the last expert of a failover list (a fan-out's members
+are each other's failover, so they are always bounded).  Pure: the clock is
+passed in.
 """
 
 from __future__ import annotations

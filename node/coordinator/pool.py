@@ -30,6 +30,7 @@ single-forward calls.  See docs/collaboration.md, "Extending the engine".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing
 from typing import TypeVar
@@ -174,25 +175,33 @@ class Pool(TraceLedger):
     # ------------------------------------------------------------------ calls
 
     async def generate(self, routes: Sequence[Route], ask: Ask, *, role: str, round: int = 0,
-                       stream: bool = False, deadline: float | None = None) -> Reply:
+                       stream: bool = False, deadline: float | None = None, wait_last: bool = True) -> Reply:
         """One answer from the first expert of ``routes`` that gives one; the rest are the failover order.
 
         ``stream``: this step writes the final answer, so its text goes to the
         client as it comes.  A failure after tokens continues on the next expert
         from the partial text (recorded as ``continues`` in the trace).
+        ``wait_last``: the last expert of the list is the last resort, so a queue
+        that reports itself alive is waited on to the deadline (failing over needs
+        somewhere to go); a fan-out, which has its other members, passes False.
         """
         deadline = min(self.deadline if deadline is None else deadline, self.deadline)
         max_tokens = ask.max_tokens or self.query.sampling.max_new_tokens
         partial, tokens, continues = "", 0, None
         errors: list[str] = []
         codes: set[str] = set()
-        for route in list(routes)[: self.max_attempts]:
+        tried = list(routes)[: self.max_attempts]
+        for position, route in enumerate(tried):
             if trio.current_time() >= deadline:
                 break
             step_ask = ask.continued(partial) if partial else ask
+            # Patience (patience.py) only where failing over helps: not on this node's own expert
+            # (we run it: a full queue is real) nor on the last resort.
+            bounded = not route.candidate.local and not (wait_last and position == len(tried) - 1)
             try:
                 reply = await self._stream_one(route, step_ask, max_tokens - tokens, role=role, round=round,
-                                               stream=stream, deadline=deadline, continues=continues)
+                                               stream=stream, deadline=deadline, continues=continues,
+                                               bounded=bounded)
             except _Partial as exc:
                 partial, tokens, continues = partial + exc.text, tokens + exc.tokens, exc.step
                 errors.append(f"{route.peer_id[-8:]}: {exc.code} after {exc.tokens} tokens: {exc.message}")
@@ -214,7 +223,7 @@ class Pool(TraceLedger):
         raise StepFailed(code, "every expert tried failed: " + "; ".join(errors))
 
     async def _stream_one(self, route: Route, ask: Ask, max_tokens: int, *, role: str, round: int, stream: bool,
-                          deadline: float, continues: int | None) -> Reply:
+                          deadline: float, continues: int | None, bounded: bool = True) -> Reply:
         index = self.begin_step(route, role=role, round=round, input_text=ask.text(), continues=continues)
         # The digest the expert's receipt signs: the prompt exactly as sent (protocol/receipts.py).
         self.end_step(index, input_digest=prompt_digest(ask.prompt, ask.messages))
@@ -228,7 +237,7 @@ class Pool(TraceLedger):
         budget = self.token_budget(route)
         began = trio.current_time()
         # Keep-alives prove life, not progress: the wait without progress is bounded (patience.py).
-        wait = QueueWait(self.patience(route), began)
+        wait = QueueWait(self.patience(route) if bounded else math.inf, began)
         first: float | None = None
         text: list[str] = []
         tokens = 0
