@@ -42,9 +42,15 @@ class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range; names the key."""
 
 
+LOOPBACK_LISTEN = "/ip4/127.0.0.1/tcp/4001"
+PUBLIC_LISTEN = "/ip4/0.0.0.0/tcp/4001"  # `start --public`: every interface
+
+
 @dataclass
 class NetConfig:
-    listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
+    # Loopback until the operator opts in (`start --public` or `--listen`): a newcomer's first
+    # node should not be open to every network the machine is on.
+    listen: list[str] = field(default_factory=lambda: [LOOPBACK_LISTEN])
     bootstrap: list[str] = field(default_factory=list)
     mdns: bool = False
     # Seconds a capability record stays valid; re-announced well before it lapses.
@@ -216,6 +222,12 @@ def load_config(
                 data = tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory; pass the TOML file itself") from None
+        except PermissionError:
+            raise ConfigError(f"config file {path} cannot be read (permission denied)") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 TOML: {exc.reason}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
         apply_mapping(config, data)

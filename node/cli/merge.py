@@ -24,13 +24,13 @@ if TYPE_CHECKING:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from node.expert.model.merge import METHODS
+    from .choices import MERGE_METHODS
 
     p = sub.add_parser("merge", help="merge several adapters of one base (by path or CID) into one",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("refs", nargs="+", metavar="REF", help="adapter directory or CID (at least two)")
     p.add_argument("--name", default="merged", help="name of the merged adapter")
-    p.add_argument("--method", default="ties", choices=METHODS)
+    p.add_argument("--method", default="ties", choices=MERGE_METHODS)
     p.add_argument("--density", type=float, default=0.5, help="ties/dare: fraction of weights kept (default 0.5)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--weights", help="comma-separated, one per REF")

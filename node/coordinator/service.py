@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from node.activity import Activity, QueryRecorder, activity_for
-from node.net.streams import FramedStream, serve
+from node.logs import event, get_logger
+from node.net.streams import FramedStream, StreamClosed, serve
 from protocol import (
     QUERY_PROTOCOL,
     ErrorMessage,
@@ -25,6 +26,7 @@ from protocol import (
     GenerateResult,
     NextTokenRequest,
     NextTokenResult,
+    ProtocolError,
     QueryChunk,
     QueryRequest,
     Queued,
@@ -43,6 +45,8 @@ if TYPE_CHECKING:
     from libp2p.abc import IHost
 
     from node.app import Node
+
+log = get_logger("coordinator.service")
 
 # A query may stream for minutes; the request itself must arrive quickly (slowloris).
 MAX_QUERY_SECONDS = 3600.0
@@ -109,9 +113,42 @@ class InferTransport:
 
 
 async def answer_stream(coordinator: Coordinator, stream: FramedStream, activity: Activity | None = None) -> None:
-    """Serve one query on ``stream``; failures become one typed ErrorMessage."""
+    """Serve one query on ``stream``; failures become one typed ErrorMessage.
+
+    The client closing or resetting the stream (Ctrl-C, a crash) cancels the query
+    at once: a strategy may not send anything for a minute (a debate's rounds), so a
+    watcher reads the stream meanwhile instead of waiting for a send to fail.
+    """
     request = await stream.receive(QueryRequest)
     current_requester.set(stream.remote_peer)  # quotas on what it makes this node fetch (requester.py)
+    exchange = _Exchange()
+    client_left = False
+    async with trio.open_nursery() as nursery:
+
+        async def watch_client() -> None:
+            nonlocal client_left
+            try:  # the client sends nothing after its request: anything that returns here means it left
+                await stream.receive()
+            except (StreamClosed, ProtocolError):
+                pass
+            if not exchange.replied:  # (a client closes its side once it has the result)
+                client_left = True
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch_client)
+        await _answer(coordinator, stream, request, activity, exchange)
+        nursery.cancel_scope.cancel()
+    if client_left:
+        event(log, "query_abandoned", request_id=request.request_id, strategy=request.strategy,
+              peer=stream.remote_peer)
+
+
+class _Exchange:
+    replied = False  # the final QueryResult or ErrorMessage went out
+
+
+async def _answer(coordinator: Coordinator, stream: FramedStream, request: QueryRequest,
+                  activity: Activity | None, exchange: _Exchange) -> None:
     try:
         with trio.fail_after(request.timeout_s), _recorded(activity, request) as recorder:
             async with coordinator.answer(request) as answer:
@@ -120,11 +157,14 @@ async def answer_stream(coordinator: Coordinator, stream: FramedStream, activity
                     async for event in events:
                         if isinstance(event, QueryChunk) and not request.stream:
                             continue
+                        exchange.replied = not isinstance(event, QueryChunk)
                         await stream.send(event)
     except QueryFailed as exc:
         code = exc.code if is_error_code(exc.code) else "internal"
+        exchange.replied = True
         await stream.send(ErrorMessage(code=code, message=exc.message[:2048], request_id=request.request_id))
     except trio.TooSlowError:
+        exchange.replied = True
         await stream.send(ErrorMessage(code="timeout", message=f"no answer within {request.timeout_s:g} s",
                                        request_id=request.request_id))
 

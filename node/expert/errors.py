@@ -47,3 +47,8 @@ class Cancelled(RequestRejected):
 
 class ModelLoadError(RuntimeError):
     """A model or adapter cannot be loaded; the message says which path and why."""
+
+
+class WeightsUnavailable(ModelLoadError):
+    """Weights named by CID could not be fetched: the input was well-formed, the fetch failed
+    (exit code 1 like ``node fetch``, not 2 like a wrong path)."""

@@ -123,6 +123,7 @@ CATALOG: dict[str, CatalogModel] = {
             size=491_400_064,
             license="Apache-2.0 (upstream; the repackaging declares none)",
             chat=True,
+            note="the Coder variant of Qwen2.5 (code-tuned), despite the short key",
         ),
         CatalogModel(
             key="qwen2.5-1.5b",
@@ -135,7 +136,7 @@ CATALOG: dict[str, CatalogModel] = {
             size=1_117_320_768,
             license="Apache-2.0 (upstream; the repackaging declares none)",
             chat=True,
-            note="~7 GB RSS loaded (9 GB peak while converting)",
+            note="the Coder variant of Qwen2.5 (code-tuned); ~7 GB RSS loaded (9 GB peak while converting)",
         ),
     )
 }

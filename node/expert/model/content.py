@@ -21,7 +21,7 @@ from protocol import ProtocolError
 from protocol.cid import parse_cid
 
 from ...logs import event, get_logger
-from ..errors import ModelLoadError
+from ..errors import WeightsUnavailable
 
 if TYPE_CHECKING:
     from ...app import Node
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 log = get_logger("expert.content")
 
 
-class ContentTooLarge(ModelLoadError):
+class ContentTooLarge(WeightsUnavailable):
     """Content named by CID declares more than it can be (an adapter of this base) or a quota allows."""
 
 
@@ -47,7 +47,7 @@ async def resolve_reference(node: Node, reference: str) -> tuple[str, str | None
     try:
         path = await ensure_local(node, cid, peers=await _join(node))
     except Exception as exc:  # FetchError, StorageError (no storage service), transport errors
-        raise ModelLoadError(f"cannot fetch {reference}: {type(exc).__name__}: {exc}") from None
+        raise WeightsUnavailable(f"cannot fetch {reference}: {type(exc).__name__}: {exc}") from None
     return str(path), str(cid)
 
 
@@ -58,7 +58,7 @@ async def fetch_adapters(node: Node, cids: Sequence[str], *, peers: Sequence[str
     verified) from ``peers`` and DHT providers, or reused when already exported.
 
     ``dests``: where each export goes (default ``<data_dir>/content/<cid>``).  What ``node merge``
-    and the ``merge`` strategy fetch their inputs with.  :class:`ModelLoadError` names the CID that
+    and the ``merge`` strategy fetch their inputs with.  :class:`WeightsUnavailable` names the CID that
     failed; :class:`ContentTooLarge` when it declares more than ``max_bytes`` (what an adapter of the
     base can weigh, merge.adapter_size_limit) or a quota of ``requester`` (the remote peer it is for).
     """
@@ -75,7 +75,7 @@ async def fetch_adapters(node: Node, cids: Sequence[str], *, peers: Sequence[str
         except DagTooLarge as exc:
             raise ContentTooLarge(f"adapter {cid} refused: {exc}") from None
         except Exception as exc:  # FetchError, StorageError, ProtocolError (a bad CID), transport errors
-            raise ModelLoadError(f"cannot fetch adapter {cid}: {type(exc).__name__}: {exc}") from None
+            raise WeightsUnavailable(f"cannot fetch adapter {cid}: {type(exc).__name__}: {exc}") from None
     return paths
 
 

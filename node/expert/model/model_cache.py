@@ -32,7 +32,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from ...atomic import staged_directory, staging_prefix
-from ...logs import event, get_logger
+from ...logs import event, get_logger, stage
 
 log = get_logger("expert.cache")
 
@@ -126,17 +126,22 @@ def _convert(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": gguf.name, "local_files_only": True}
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
-    config = quantized.config
-    # save_pretrained refuses models that still carry a GGUF quantization_config.
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantized.state_dict(), strict=True, assign=True)
-    del quantized
-    gc.collect()
-    plain.tie_weights()
-    plain.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    # 16-40 s with nothing else to show: a progress line on a terminal (node.logs.stage).
+    with stage(f"converting {gguf.name} (once)", total=3) as progress:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+        progress.advance("dequantized")
+        config = quantized.config
+        # save_pretrained refuses models that still carry a GGUF quantization_config.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        with torch.device("meta"):
+            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(quantized.state_dict(), strict=True, assign=True)
+        del quantized
+        gc.collect()
+        plain.tie_weights()
+        progress.advance("rebuilt")
+        plain.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        progress.advance("written")
