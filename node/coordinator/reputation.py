@@ -235,9 +235,9 @@ def _implausible(hits: float, total: float, expected: float, p: float) -> bool:
 
 def wilson_lower(hits: float, total: float, z: float) -> float:
     """Lower bound of the Wilson score interval of ``hits`` of ``total`` (0 without evidence)."""
-    if total <= 0:
+    if total <= 0 or hits <= 0:  # (no right answer: 0 exactly, not a rounding error's 1e-17)
         return 0.0
-    p = hits / total
+    p = min(1.0, hits / total)
     denominator = 1 + z * z / total
     centre = p + z * z / (2 * total)
     margin = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
