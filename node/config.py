@@ -112,6 +112,13 @@ class StorageConfig:
     ipfs_api: str | None = None
     # Cap on block uploads to other peers, MiB/s for the whole node (None: no cap).
     upload_limit_mib: float | None = None
+    # Quotas on fetched content (node/storage/quota.py): what one fetch may declare, and what remote
+    # peers may make this node fetch per hour, each peer and all of them together (issue 22).
+    max_fetch_mib: float = 64 * 1024
+    peer_quota_mib: float = 1024
+    others_quota_mib: float = 8 * 1024
+    # Content over 256 MiB may declare at most this many times the bytes of its distinct blocks.
+    max_expansion: float = 16.0
 
 
 @dataclass
@@ -194,6 +201,10 @@ class NodeConfig:
         # Below 1 MiB/s one 16 MiB block request would outlast the server's request deadline.
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 1):
             raise ConfigError("storage.upload_limit_mib: must be >= 1 (MiB/s), or unset for no cap")
+        for key in ("max_fetch_mib", "peer_quota_mib", "others_quota_mib", "max_expansion"):
+            value = getattr(self.storage, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 2**30:
+                raise ConfigError(f"storage.{key}: must be a size in MiB, > 0")
         return self
 
 

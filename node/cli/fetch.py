@@ -34,6 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--peer", action="append", default=[], metavar="MULTIADDR", help="a provider to fetch from (repeatable)"
     )
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    p.add_argument("--max-size", type=float, default=None, metavar="MIB",
+                   help="refuse content that declares more than this many MiB (default: storage.max_fetch_mib, "
+                        "64 GiB); checked before anything beyond the root is fetched or written")
+    p.add_argument("--max-expansion", type=float, default=None, metavar="X",
+                   help="refuse content over 256 MiB that declares more than X times the bytes of its distinct "
+                        "blocks (one block repeated; default: storage.max_expansion, 16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_common(p)
     add_network(p)
@@ -67,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     config = setup(args)
     if config is None:
+        return EXIT_USAGE
+    if args.max_size is not None and not 0 < args.max_size <= 2**30:
+        print("error: --max-size must be a size in MiB, > 0", file=sys.stderr)
+        return EXIT_USAGE
+    if args.max_expansion is not None and not args.max_expansion >= 1:
+        print("error: --max-expansion must be >= 1", file=sys.stderr)
         return EXIT_USAGE
     try:
         output = output_path(args.output, str(cid))
@@ -103,9 +115,14 @@ async def _fetch(config, cid, args, output: Path) -> int:
     from node.app import Node
     from node.net.discovery import DialError, connected_peers
     from node.storage import BlockStore, FetchError, StorageError, StorageService
+    from node.storage.quota import FetchQuota
 
     store = BlockStore.for_data_dir(config.data_path)
-    storage = StorageService(store)
+    limits = config.storage
+    max_fetch = args.max_size if args.max_size is not None else limits.max_fetch_mib
+    expansion = args.max_expansion if args.max_expansion is not None else limits.max_expansion
+    storage = StorageService(store, quota=FetchQuota.from_mib(max_fetch, limits.peer_quota_mib,
+                                                              limits.others_quota_mib, expansion))
     bar = None
     from node.logs import progress_wanted
 

@@ -11,11 +11,11 @@ Strategies only decide; the pool handles what goes wrong:
 - a silent expert: its first token (and every later one) must come within an
   adaptive budget, else the step fails instead of eating the query's time; a
   busy expert that reports its queue position (``Queued``) is alive, and each
-  report restarts that budget (:func:`alive_but_waiting`), so a live expert's
-  queue is waited on until the query's deadline instead of failing over; an
-  expert also sends ``Queued(started=True)`` keep-alives while its forward pass
-  runs (a long prefill, a slow decode step), which hold the step the same way,
-  before the first token and mid-answer;
+  report restarts that budget (:func:`alive_but_waiting`); an expert also sends
+  ``Queued(started=True)`` keep-alives while its forward pass runs (a long
+  prefill, a slow decode step).  Keep-alives hold a step only while the request
+  makes progress at the rate measured for that expert (patience.py): a tarpit
+  that sends nothing but keep-alives fails over and is penalised (issue 22);
 - a failure before the first token: the next expert of the failover list;
 - a failure after tokens: the next expert continues from the partial text, so a
   streaming client sees one answer (``Ask.continued``), the trace links the steps;
@@ -30,6 +30,7 @@ single-forward calls.  See docs/collaboration.md, "Extending the engine".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing
 from typing import TypeVar
@@ -59,6 +60,7 @@ from .calls import CLIENT_ERRORS, Ask, QueryFailed, Reply, StepFailed, Transport
 from .health import Health, finite
 from .ledger import TraceLedger
 from .merge_port import MergePort
+from .patience import QueueWait, patience_s
 from .routing import (
     Candidate,
     Need,
@@ -74,6 +76,9 @@ T = TypeVar("T")  # what a single call (score, next token) returns
 
 # Floor of the adaptive per-token budget (see Pool.token_budget).
 MIN_TOKEN_BUDGET = 3.0
+# Share of the query's remaining time an expert may hold a step without progress when this node has
+# measured no expert's rate yet (patience.py): a tarpit then still leaves time to fail over.
+UNMEASURED_SHARE = 0.5
 
 Emit = Callable[[str, Provenance], Awaitable[None]]
 
@@ -93,13 +98,15 @@ class Pool(TraceLedger):
                  health: Health, *, first_token_timeout: float = 20.0, max_attempts: int = 3,
                  relevance: Callable[[str, list[CapabilityRecord]], Awaitable[dict[str, float]]] | None = None,
                  emit: Emit | None = None, verified: Callable[[], set[str]] = set, local_id: str | None = None,
-                 demoted: Callable[[str], bool] = lambda peer_id: False, merges: MergePort | None = None) -> None:
+                 demoted: Callable[[str], bool] = lambda peer_id: False, merges: MergePort | None = None,
+                 trust: Callable[[str], float] = lambda peer_id: 0.0) -> None:
         super().__init__(query)
         self.merges = merges  # the node's adapter merging (the `merge` strategy), None where it has none
         self._records = records
         self._verified = verified  # peers this node verified are reachable (rank first: issue 12)
         self._local_id = local_id
         self._demoted = demoted  # caught lying by spot checks (reputation.py): ranked like a ban
+        self.trust = trust  # evidence a peer answers right (reputation.trust): what breaks a vote's tie
         self._transport = transport
         self.health = health
         self._first_token_timeout = first_token_timeout
@@ -159,28 +166,42 @@ class Pool(TraceLedger):
             return self._first_token_timeout
         return min(self._first_token_timeout, max(MIN_TOKEN_BUDGET, 4 * latency + 2.0))
 
+    def patience(self, route: Route) -> float:
+        """Seconds to wait on ``route``'s expert without progress (a queue that does not move, patience.py)."""
+        rate = self.health.rate(route.peer_id) or self.health.typical_rate()
+        unmeasured = max(self._first_token_timeout, UNMEASURED_SHARE * self.remaining())
+        return patience_s(rate, self.query.sampling.max_new_tokens, unmeasured)
+
     # ------------------------------------------------------------------ calls
 
     async def generate(self, routes: Sequence[Route], ask: Ask, *, role: str, round: int = 0,
-                       stream: bool = False, deadline: float | None = None) -> Reply:
+                       stream: bool = False, deadline: float | None = None, wait_last: bool = True) -> Reply:
         """One answer from the first expert of ``routes`` that gives one; the rest are the failover order.
 
         ``stream``: this step writes the final answer, so its text goes to the
         client as it comes.  A failure after tokens continues on the next expert
         from the partial text (recorded as ``continues`` in the trace).
+        ``wait_last``: the last expert of the list is the last resort, so a queue
+        that reports itself alive is waited on to the deadline (failing over needs
+        somewhere to go); a fan-out, which has its other members, passes False.
         """
         deadline = min(self.deadline if deadline is None else deadline, self.deadline)
         max_tokens = ask.max_tokens or self.query.sampling.max_new_tokens
         partial, tokens, continues = "", 0, None
         errors: list[str] = []
         codes: set[str] = set()
-        for route in list(routes)[: self.max_attempts]:
+        tried = list(routes)[: self.max_attempts]
+        for position, route in enumerate(tried):
             if trio.current_time() >= deadline:
                 break
             step_ask = ask.continued(partial) if partial else ask
+            # Patience (patience.py) only where failing over helps: not on this node's own expert
+            # (we run it: a full queue is real) nor on the last resort.
+            bounded = not route.candidate.local and not (wait_last and position == len(tried) - 1)
             try:
                 reply = await self._stream_one(route, step_ask, max_tokens - tokens, role=role, round=round,
-                                               stream=stream, deadline=deadline, continues=continues)
+                                               stream=stream, deadline=deadline, continues=continues,
+                                               bounded=bounded)
             except _Partial as exc:
                 partial, tokens, continues = partial + exc.text, tokens + exc.tokens, exc.step
                 errors.append(f"{route.peer_id[-8:]}: {exc.code} after {exc.tokens} tokens: {exc.message}")
@@ -202,7 +223,7 @@ class Pool(TraceLedger):
         raise StepFailed(code, "every expert tried failed: " + "; ".join(errors))
 
     async def _stream_one(self, route: Route, ask: Ask, max_tokens: int, *, role: str, round: int, stream: bool,
-                          deadline: float, continues: int | None) -> Reply:
+                          deadline: float, continues: int | None, bounded: bool = True) -> Reply:
         index = self.begin_step(route, role=role, round=round, input_text=ask.text(), continues=continues)
         # The digest the expert's receipt signs: the prompt exactly as sent (protocol/receipts.py).
         self.end_step(index, input_digest=prompt_digest(ask.prompt, ask.messages))
@@ -215,19 +236,28 @@ class Pool(TraceLedger):
         provenance = self.provenance(index)
         budget = self.token_budget(route)
         began = trio.current_time()
+        # Keep-alives prove life, not progress: the wait without progress is bounded (patience.py).
+        wait = QueueWait(self.patience(route) if bounded else math.inf, began)
         first: float | None = None
         text: list[str] = []
         tokens = 0
         try:
             async with aclosing(self._transport.generate(route.peer_id, request)) as events:
                 while True:
-                    with trio.move_on_at(min(trio.current_time() + budget, deadline)) as scope:
+                    until = min(trio.current_time() + budget, deadline)
+                    with trio.move_on_at(min(until, wait.gives_up_at())) as scope:
                         message = await events.__anext__()
                     if scope.cancelled_caught:
+                        now = trio.current_time()
+                        if now >= wait.gives_up_at() and now < until:
+                            raise StepFailed("timeout", wait.why(now))
                         raise StepFailed("timeout", f"no token or queue report within {budget:.1f} s"
                                          if first is None else f"stalled for {budget:.1f} s mid-answer")
+                    wait.heard = wait.heard or trio.current_time()
                     if alive_but_waiting(message):
+                        wait.report(message, trio.current_time())  # type: ignore[arg-type]
                         continue
+                    wait.progress(trio.current_time())
                     if first is None:
                         first = trio.current_time() - began
                         self.health.success(route.peer_id, first)
@@ -240,6 +270,9 @@ class Pool(TraceLedger):
                                 await self._emit(message.text, provenance)
                         continue
                     if isinstance(message, GenerateResult):
+                        # The generation's time from the expert's first word (not the dial): the rate.
+                        self.health.finished(route.peer_id, trio.current_time() - (wait.heard or began),
+                                             message.usage.completion_tokens)
                         self.add_usage(prompt_tokens=message.usage.prompt_tokens,
                                        completion_tokens=message.usage.completion_tokens)
                         self.end_step(index, status="ok", output=message.text, first_token_s=first,

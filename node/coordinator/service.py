@@ -37,6 +37,7 @@ from protocol import (
 
 from .calls import QueryFailed
 from .executor import Coordinator
+from .requester import current_requester
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost
@@ -132,6 +133,7 @@ async def answer_stream(coordinator: Coordinator, stream: FramedStream, activity
     watcher reads the stream meanwhile instead of waiting for a send to fail.
     """
     request = await stream.receive(QueryRequest)
+    current_requester.set(stream.remote_peer)  # quotas on what it makes this node fetch (requester.py)
     exchange = _Exchange()
     client_left = False
     async with trio.open_nursery() as nursery:

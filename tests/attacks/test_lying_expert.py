@@ -39,7 +39,7 @@ from node.coordinator.reputation import (
     load_check_items,
 )
 from node.coordinator.service import QueryService
-from node.evaluation import TaskItem, build_prompt
+from node.evaluation import TaskItem, build_prompt, find_tasks_dir
 from node.expert.serve.service import ExpertService
 from tests.cluster.harness import in_process_cluster
 
@@ -191,7 +191,7 @@ def test_demotion_needs_evidence_and_decays() -> None:
 
 
 @pytest.mark.timeout(420)
-@pytest.mark.skipif(not load_check_items(), reason="needs ../shared/data/tasks beside the repo")
+@pytest.mark.skipif(find_tasks_dir() is None, reason="needs ../shared/data/tasks beside the repo")
 async def test_liar_is_demoted_within_20_queries(base_expert) -> None:
     items = load_check_items(30)
     wrong = wrong_options(items, "first")
@@ -257,7 +257,7 @@ def _test_items(n: int) -> list[TaskItem]:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(not load_check_items(), reason="needs ../shared/data/tasks beside the repository")
+@pytest.mark.skipif(find_tasks_dir() is None, reason="needs ../shared/data/tasks beside the repository")
 async def test_consensus_demotes_liar_within_20_fan_out_queries() -> None:
     """Four experts, one liar, spot checks off: the fan-outs alone demote the liar, not the dissenter,
     and later votes leave the liar out."""
@@ -295,7 +295,7 @@ async def test_consensus_demotes_liar_within_20_fan_out_queries() -> None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(not load_check_items(), reason="needs ../shared/data/tasks beside the repository")
+@pytest.mark.skipif(find_tasks_dir() is None, reason="needs ../shared/data/tasks beside the repository")
 async def test_over_claiming_liar_is_demoted_by_its_own_claim() -> None:
     """The liar's signed record claims 90 % on ARC; spot checks on ARC see it wrong every time."""
     items = _test_items(20)

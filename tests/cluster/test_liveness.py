@@ -30,7 +30,7 @@ async def test_a_slow_live_expert_is_waited_on_and_a_stopped_one_is_failed_over(
             coordinator_id = await dial(host, c.coordinator.full_multiaddrs()[0])
             coordinator = c.coordinator.service(QueryService).coordinator
             monkeypatch.setattr(coordinator, "_first_token_timeout", BUDGET)
-            monkeypatch.setattr(coordinator.spot_checks, "due", lambda: False)  # no extra forwards
+            monkeypatch.setattr(coordinator.spot_checks, "due", lambda *peers: False)  # no extra forwards
             worker = next(s for s in c.base.services if isinstance(s, ExpertService)).worker
             real_forward = worker._forward
             calls = 0

@@ -21,11 +21,16 @@ from protocol import ProtocolError
 from protocol.cid import parse_cid
 
 from ...logs import event, get_logger
+from ..errors import WeightsUnavailable
 
 if TYPE_CHECKING:
     from ...app import Node
 
 log = get_logger("expert.content")
+
+
+class ContentTooLarge(WeightsUnavailable):
+    """Content named by CID declares more than it can be (an adapter of this base) or a quota allows."""
 
 
 async def resolve_reference(node: Node, reference: str) -> tuple[str, str | None]:
@@ -37,7 +42,6 @@ async def resolve_reference(node: Node, reference: str) -> tuple[str, str | None
     except ProtocolError:
         return reference, None  # not a CID either: the loader reports the missing path clearly
     from ...storage.service import ensure_local
-    from ..errors import WeightsUnavailable
 
     event(log, "fetching_weights", cid=reference)
     try:
@@ -48,24 +52,54 @@ async def resolve_reference(node: Node, reference: str) -> tuple[str, str | None
 
 
 async def fetch_adapters(node: Node, cids: Sequence[str], *, peers: Sequence[str] = (),
-                         dests: Sequence[Path | None] | None = None) -> list[Path]:
+                         dests: Sequence[Path | None] | None = None, requester: str | None = None,
+                         max_bytes: int | None = None) -> list[Path]:
     """Each adapter CID as a local directory, fetched through the node's storage (block by block,
     verified) from ``peers`` and DHT providers, or reused when already exported.
 
     ``dests``: where each export goes (default ``<data_dir>/content/<cid>``).  What ``node merge``
-    and the ``merge`` strategy fetch their inputs with.  :class:`ModelLoadError` names the CID that failed.
+    and the ``merge`` strategy fetch their inputs with.  :class:`WeightsUnavailable` names the CID that
+    failed; :class:`ContentTooLarge` when it declares more than ``max_bytes`` (what an adapter of the
+    base can weigh, merge.adapter_size_limit) or a quota of ``requester`` (the remote peer it is for).
     """
+    from ...storage.fetch import DagTooLarge
     from ...storage.service import ensure_local
-    from ..errors import WeightsUnavailable
 
     paths = []
+    cap_name = None if max_bytes is None else f"{max_bytes:,} bytes an adapter of this base can weigh"
     for cid, dest in zip(cids, dests or [None] * len(cids), strict=True):
         event(log, "fetching_adapter", cid=cid)
         try:
-            paths.append(await ensure_local(node, cid, dest, peers=peers))
+            paths.append(await ensure_local(node, cid, dest, peers=peers, requester=requester, cap=max_bytes,
+                                            cap_name=cap_name or ""))
+        except DagTooLarge as exc:
+            raise ContentTooLarge(f"adapter {cid} refused: {exc}") from None
         except Exception as exc:  # FetchError, StorageError, ProtocolError (a bad CID), transport errors
             raise WeightsUnavailable(f"cannot fetch adapter {cid}: {type(exc).__name__}: {exc}") from None
     return paths
+
+
+async def discard_content(node: Node, cids: Sequence[str]) -> None:
+    """Remove what fetching ``cids`` left in this node's data dir: their exports under
+    ``<data_dir>/content`` and their blocks no pin of another content reaches (refused inputs)."""
+    import shutil
+    from functools import partial
+
+    from ...storage.service import StorageService
+
+    storage = node.service(StorageService)
+    for cid in cids:
+        folder = node.config.data_path / "content" / cid
+        if folder.is_dir() and not folder.is_symlink():
+            await trio.to_thread.run_sync(partial(shutil.rmtree, folder, ignore_errors=True))
+        if storage is not None:
+            try:
+                root = parse_cid(cid)
+            except ProtocolError:
+                continue
+            await trio.to_thread.run_sync(storage.store.unpin, root)
+            freed = await trio.to_thread.run_sync(storage.store.discard, root)
+            event(log, "content_discarded", cid=cid, freed=freed)
 
 
 async def _join(node: Node) -> list[str]:

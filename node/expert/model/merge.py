@@ -30,6 +30,11 @@ from .adapter_card import CardError, base_identity, read_card, save_adapter
 from .loader import ModelLoadError
 
 METHODS = ("linear", "ties", "dare_ties", "dare_linear")
+# The largest LoRA rank an adapter fetched for a query may have (issue 22): with the base's shape it
+# bounds what an adapter can weigh (adapter_size_limit), checked before anything beyond the DAG's root.
+MAX_ADAPTER_RANK = 64
+# Beside the weights: adapter_config.json, the card, a README, a tokenizer copy.
+ADAPTER_FILES_SLACK = 32 * 1024 * 1024
 
 
 class MergeError(ModelLoadError):
@@ -41,6 +46,26 @@ class MergeInput:
     path: Path
     ref: str  # CID when fetched by CID, else the sha256 of adapter_model.safetensors
     card: dict[str, Any] | None
+
+
+def adapter_size_limit(model: Any, max_rank: int = MAX_ADAPTER_RANK) -> int:
+    """The most a LoRA adapter of ``model`` (rank at most ``max_rank``) can weigh, in bytes.
+
+    A rank-r LoRA of a linear layer (in, out) adds r * (in + out) weights, of an embedding
+    (num, dim) r * (num + dim); every such layer of the base may be a target, stored as fp32
+    at most.  What an adapter of this base cannot exceed, whatever its DAG declares.
+    """
+    import torch
+
+    sides = 0
+    for name, module in model.named_modules():
+        if "lora_" in name:  # a loaded adapter's own layers are not base layers
+            continue
+        if isinstance(module, torch.nn.Linear):
+            sides += module.in_features + module.out_features
+        elif isinstance(module, torch.nn.Embedding):
+            sides += module.num_embeddings + module.embedding_dim
+    return max_rank * sides * 4 + ADAPTER_FILES_SLACK
 
 
 def describe_inputs(paths: Sequence[Path], refs: Sequence[str | None]) -> list[MergeInput]:
