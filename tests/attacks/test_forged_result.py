@@ -21,7 +21,7 @@ import pytest
 import trio
 
 import protocol as p
-from node.coordinator.service import QueryService
+from node.coordinator.service import build_coordinator
 from node.expert.serve.notary import Notary
 from node.net.streams import FramedStream, serve
 from tests.cluster.harness import REPO_ROOT, in_process_cluster
@@ -64,7 +64,7 @@ class TamperingCoordinator:
         return {}
 
     async def run(self, node: object, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        engine = node.service(QueryService).coordinator
+        engine = build_coordinator(node)
         engine.spot_checks.rate = 0.0
 
         async def handle(stream: FramedStream) -> None:
