@@ -168,7 +168,7 @@ async def test_debate_rounds_show_each_expert_the_others(autojump_clock):
     result, _ = await run("debate", transport, params={"k": 3, "rounds": 2})
     assert {s.round for s in result.trace.steps if s.role == "debater"} == {0, 1}
     revised = [e.seen[-1] for e in transport.experts.values() if len(e.seen) >= 2]
-    assert revised and all("Other assistants answered" in text for text in revised)
+    assert revised and all("Answers from other assistants" in text for text in revised)
 
 
 async def test_params_are_validated_before_any_expert_is_asked(autojump_clock):
