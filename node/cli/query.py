@@ -64,7 +64,6 @@ def build_request(args: argparse.Namespace):
     import uuid
 
     import protocol
-
     from node.coordinator.decoding import fill_defaults
 
     temperature, top_p = fill_defaults(args.question, args.temperature, args.top_p)

@@ -12,8 +12,8 @@ from .. import prompts
 from ..calls import Ask, Reply
 from ..decoding import DETERMINISTIC
 from ..pool import Pool
-from ..validity import invalid_reason
 from ..quorum import fan_out
+from ..validity import invalid_reason
 from .base import Answer, Param, fan_out_params, k_min_of
 from .settle import settle
 from .vote import KINDS, tally
@@ -55,7 +55,7 @@ async def conclude(pool: Pool, query: QueryRequest, params: dict[str, Any], repl
     rounds = params["rounds"]
     if params["final"] == "vote":
         winner, decision = tally(pool, replies, params["kind"])
-        why = (f"after {rounds} round(s): majority {decision.winner!r} with {decision.votes:g}/{decision.total:g} "
+        why = (f"after {rounds} round(s): majority {decision.winner!r} with {decision.share:.0%} of the "
                "votes")
         return Answer(winner.text, why, (winner.step,), winner.finish_reason)
     q = prompts.question(query)

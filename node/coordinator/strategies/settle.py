@@ -37,7 +37,7 @@ def settle(pool: Pool, aggregate: Reply, members: Sequence[Reply], *, why: str, 
                       (aggregate.step,), aggregate.finish_reason)
     winner, decision = tally(pool, list(answered), kind)
     return Answer(winner.text, f"{why}; aggregate rejected ({reason}): fell back to the members' majority "
-                  f"{decision.winner!r} ({decision.votes:g}/{decision.total:g} votes)", (winner.step,),
+                  f"{decision.winner!r} ({decision.share:.0%} of the votes)", (winner.step,),
                   winner.finish_reason)
 
 
