@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from node.coordinator import prompts  # noqa: E402
 from node.coordinator.aggregate import Ballot, extract, vote  # noqa: E402
-from node.coordinator.validity import invalid_reason  # noqa: E402
+from node.coordinator.validity import clear_majority, invalid_reason  # noqa: E402
 from tests.quality.easy_set import correct, easy_items  # noqa: E402
 
 OLD = {  # the role prompts before issue 18 (what moa answered 2/30 with)
@@ -87,7 +87,8 @@ def main() -> None:
         print(f"Q {item.question}  members {[int(correct(item, a)) for a in answers]}", flush=True)
         for role, make in roles.items():
             reply = generate(make(item.question, answers))
-            reason = invalid_reason(reply, members=answers if role != "knowledge" else ())
+            agreed = clear_majority([Ballot(extract(a)) for a in answers]) if role != "knowledge" else None
+            reason = invalid_reason(reply, agreed=agreed)
             settled = reply if reason is None else fallback
             right = correct(item, reply)
             tally[role][0] += reason is None

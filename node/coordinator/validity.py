@@ -20,8 +20,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from .aggregate import extract, normalize_text
-from .consensus import majority
+from .aggregate import Ballot, extract, normalize_text, vote
+from .consensus import MAJORITY
 
 # Replies that refuse, stall or offer help instead of answering (lower case, at the start or alone).
 _REFUSALS = re.compile(
@@ -40,12 +40,12 @@ INSTRUCTION_PHRASES = (
 )
 
 
-def invalid_reason(text: str, *, members: Sequence[str] = (), kind: str | None = None,
-                   trust_majority: bool = True) -> str | None:
+def invalid_reason(text: str, *, agreed: str | None = None, kind: str | None = None) -> str | None:
     """Why ``text`` is not a valid aggregate (None: it is one).
 
-    ``members``: the answers it aggregated (their clear majority, if any, is the check's
-    reference); ``kind``: the answer shape to compare ("number", "option", "text", None = guess).
+    ``agreed``: the key of the members' clear majority, if they have one (``clear_majority``);
+    an aggregate that contradicts it is invalid.  ``kind``: the answer shape ("number",
+    "option", "text", None = guess).
     """
     stripped = text.strip()
     if not stripped or not normalize_text(stripped):
@@ -56,12 +56,23 @@ def invalid_reason(text: str, *, members: Sequence[str] = (), kind: str | None =
     echoed = [phrase for phrase in INSTRUCTION_PHRASES if phrase in lowered]
     if echoed:
         return f"an echo of its instructions ({echoed[0]!r})"
-    if trust_majority and members:
-        keys = [extract(m, kind) for m in members if m.strip()]  # type: ignore[arg-type]
-        agreed = majority(keys)
-        if agreed is not None and not agrees(extract(stripped, kind), agreed, stripped):  # type: ignore[arg-type]
-            return f"contradicts the members' clear majority {agreed!r}"
+    if agreed and not agrees(extract(stripped, kind), agreed, stripped):  # type: ignore[arg-type]
+        return f"contradicts the members' clear majority {agreed!r}"
     return None
+
+
+def clear_majority(ballots: Sequence[Ballot]) -> str | None:
+    """The key holding :data:`consensus.MAJORITY` of the ballots' weight, among two or more answers.
+
+    Weights are the members' verified competence (competence.py), so a proven specialist
+    outweighs two members that share a wrong answer; with no competence known every ballot
+    weighs the same and this is the plain two-thirds majority of consensus.py.
+    """
+    answered = [b for b in ballots if b.key]
+    if len(answered) < 2:
+        return None
+    decision = vote(answered)
+    return decision.winner if decision.share >= MAJORITY - 1e-9 else None
 
 
 def agrees(key: str, agreed: str, text: str) -> bool:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 
 import protocol as p
+from node.coordinator.aggregate import Ballot, extract
 from node.coordinator.decoding import default_decoding, fill_defaults
-from node.coordinator.validity import invalid_reason
+from node.coordinator.validity import clear_majority, invalid_reason
 from tests.unit.fake_experts import FakeTransport, team
 from tests.unit.test_strategies import check_conformance, run
 
@@ -33,17 +34,20 @@ def test_answers_are_valid(text):
     assert invalid_reason(text) is None
 
 
-def test_an_aggregate_contradicting_a_clear_majority_is_invalid_unless_the_team_trusts_its_aggregator():
-    members = ["The answer is 42.", "42", "I think it is 42"]
-    assert "majority '42'" in invalid_reason("The answer is 49.", members=members)
-    assert invalid_reason("The answer is 49.", members=members, trust_majority=False) is None
-    assert invalid_reason("Six times seven is 42.", members=members) is None
+def test_an_aggregate_contradicting_a_clear_majority_is_invalid():
+    def agreed(*answers: str, weights: tuple[float, ...] = ()) -> str | None:
+        weights = weights or (1.0,) * len(answers)
+        return clear_majority([Ballot(extract(a), w) for a, w in zip(answers, weights, strict=True)])
+
+    assert agreed("The answer is 42.", "42", "I think it is 42") == "42"
+    assert "majority '42'" in invalid_reason("The answer is 49.", agreed="42")
+    assert invalid_reason("Six times seven is 42.", agreed="42") is None
     # A rephrased fact agrees with the majority's short answer; a different fact does not.
-    paris = ["Paris", "Paris", "Lyon"]
-    assert invalid_reason("The capital of France is Paris.", members=paris) is None
-    assert invalid_reason("Lyon", members=paris) is not None
-    # No clear majority: nothing to contradict.
-    assert invalid_reason("7", members=["42", "7", "9"]) is None
+    assert invalid_reason("The capital of France is Paris.", agreed="paris") is None
+    assert invalid_reason("Lyon", agreed="paris") is not None
+    # No clear majority: nothing to contradict; a proven specialist outweighs two members sharing an error.
+    assert agreed("42", "7", "9") is None and agreed("42") is None
+    assert agreed("A", "C", "C", weights=(3.3, 0.48, 0.48)) == "A"
 
 
 @pytest.mark.parametrize("strategy", ["moa", "refine"])

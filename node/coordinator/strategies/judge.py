@@ -12,7 +12,7 @@ from typing import Any
 
 from protocol import QueryRequest
 
-from .. import prompts
+from .. import competence, prompts
 from ..calls import CLIENT_ERRORS, Ask, Reply, StepFailed
 from ..pool import Pool
 from ..quorum import fan_out
@@ -23,8 +23,11 @@ PARAMS = {**fan_out_params(3), "method": Param(str, "members", choices=("members
 
 
 async def _members(pool: Pool, ask: Ask, candidates: list[Reply]) -> int:
-    """Likelihood selection: the candidate the proposers find likeliest on average."""
+    """Likelihood selection: the candidate the proposers find likeliest on average, each proposer
+    weighted by its verified competence (competence.vote_weight: a proven expert's judgement counts
+    more than that of two members sharing a mistake)."""
     scorers = list({(r.route.peer_id, r.route.adapter): r.route for r in candidates}.values())
+    weight = {(s.peer_id, s.adapter): competence.vote_weight(s.candidate.dev_score) for s in scorers}
     best, best_value = 0, float("-inf")
     seen: dict[str, float] = {}  # the same text twice is scored once
     for i, reply in enumerate(candidates):
@@ -41,8 +44,9 @@ async def _members(pool: Pool, ask: Ask, candidates: list[Reply]) -> int:
                         raise
                     continue
                 if logprobs:
-                    values.append(sum(logprobs) / len(logprobs))
-            seen[text] = sum(values) / len(values) if values else float("-inf")
+                    values.append((weight[(scorer.peer_id, scorer.adapter)], sum(logprobs) / len(logprobs)))
+            total = sum(w for w, _ in values)
+            seen[text] = sum(w * v for w, v in values) / total if values else float("-inf")
         pool.end_step(reply.step, score=round(seen[text], 4) if seen[text] > float("-inf") else None)
         if seen[text] > best_value:
             best, best_value = i, seen[text]

@@ -17,17 +17,17 @@ from protocol import QueryRequest
 from ..calls import Ask, Reply, StepFailed
 from ..pool import Pool
 from ..routing import Route
-from ..validity import invalid_reason
+from ..validity import clear_majority, invalid_reason
 from .base import Answer
-from .vote import tally
+from .vote import ballots_of, tally
 
 
 def settle(pool: Pool, aggregate: Reply, members: Sequence[Reply], *, why: str, kind: str = "auto",
            trust_majority: bool = True) -> Answer:
     """The aggregate as the answer, or the members' majority when the aggregate is invalid."""
     shape = None if kind == "auto" else kind
-    reason = invalid_reason(aggregate.text, members=[m.text for m in members], kind=shape,
-                            trust_majority=trust_majority)
+    agreed = clear_majority(ballots_of(list(members), kind)) if trust_majority else None
+    reason = invalid_reason(aggregate.text, agreed=agreed, kind=shape)
     if reason is None:
         return Answer(aggregate.text, why, (aggregate.step,), aggregate.finish_reason)
     pool.end_step(aggregate.step, error=f"invalid aggregate: {reason}")
