@@ -50,4 +50,4 @@ async def smol_network(experts: list[object], *, threshold: float = SMOL_THRESHO
             with trio.fail_after(30):
                 peer = await dial(host, nodes[0].full_multiaddrs()[0])
             members = tuple(f"node-{i}" for i in range(len(experts)))
-            yield Network(host, peer, Team("SmolLM2-135M x%d (torch)" % len(experts), members, threshold))
+            yield Network(host, peer, Team(f"SmolLM2-135M x{len(experts)} (torch)", members, threshold))
