@@ -118,3 +118,10 @@ def test_the_cli_sends_the_same_defaults_as_the_http_api():
     assert cli_query.build_request(args).sampling.temperature == 0.7
     args = parser.parse_args(["query", "--peer", "/ip4/127.0.0.1/tcp/1", "--temperature", "1.0", "Hi"])
     assert cli_query.build_request(args).sampling.temperature == 1.0
+
+
+async def test_select_asks_each_expert_greedily_first_then_samples(autojump_clock):
+    experts = team()
+    await run("select", FakeTransport(experts), params={"k": 3, "samples": 3, "temperature": 0.7})
+    asked = [e.temperatures for e in experts if e.temperatures]
+    assert len(asked) == 3 and all(sorted(t) == [0.0, 0.7, 0.7] for t in asked)
