@@ -125,3 +125,12 @@ async def test_select_asks_each_expert_greedily_first_then_samples(autojump_cloc
     await run("select", FakeTransport(experts), params={"k": 3, "samples": 3, "temperature": 0.7})
     asked = [e.temperatures for e in experts if e.temperatures]
     assert len(asked) == 3 and all(sorted(t) == [0.0, 0.7, 0.7] for t in asked)
+
+
+def test_the_dashboard_ask_box_leaves_sampling_to_the_api_defaults():
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parents[2] / "node" / "api" / "static" / "app.js").read_text()
+    body = script[script.index('api("/v1/chat/completions"'):]
+    body = body[: body.index("});")]
+    assert "messages" in body and "temperature" not in body and "top_p" not in body
