@@ -90,3 +90,20 @@ async def test_a_vote_without_majority_asks_the_authors_confidence(autojump_cloc
     result = await coordinator(transport).run(query("vote", params={"k": 4, "kind": "number"}))
     confidence = [s for s in result.trace.steps if s.role == "confidence"]
     assert len(confidence) == 4 and "authors' confidence" in result.trace.decision
+
+
+async def test_experts_that_cannot_score_still_vote_and_judge(autojump_clock):
+    from node.expert import ExpertError
+
+    experts = team()
+    experts[0].answer, experts[1].answer, experts[3].answer = "It is 41", "It is 43", "It is 44"
+    transport = FakeTransport(experts)
+
+    async def no_score(peer_id, request, timeout):
+        raise ExpertError("bad_request", "UnknownMessageType: got 'score'")
+
+    transport.score = no_score  # type: ignore[method-assign]
+    result = await coordinator(transport).run(query("vote", params={"k": 4, "kind": "number"}))
+    assert result.text and all(s.status == "failed" for s in result.trace.steps if s.call == "score")
+    judged = await coordinator(transport).run(query("judge", params={"k": 3}))
+    assert judged.text

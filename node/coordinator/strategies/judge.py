@@ -13,7 +13,7 @@ from typing import Any
 from protocol import QueryRequest
 
 from .. import competence, prompts
-from ..calls import CLIENT_ERRORS, Ask, Reply, StepFailed
+from ..calls import Ask, Reply, StepFailed
 from ..pool import Pool
 from ..quorum import fan_out
 from .base import Answer, Param, fan_out_params, k_min_of
@@ -39,9 +39,7 @@ async def _members(pool: Pool, ask: Ask, candidates: list[Reply]) -> int:
             for scorer in scorers:
                 try:
                     logprobs = await pool.score(scorer, ask, reply.text, role="judge")
-                except StepFailed as exc:
-                    if exc.code in CLIENT_ERRORS:
-                        raise
+                except StepFailed:  # a scorer that cannot score (an expert without `score`) abstains
                     continue
                 if logprobs:
                     values.append((weight[(scorer.peer_id, scorer.adapter)], sum(logprobs) / len(logprobs)))

@@ -14,7 +14,7 @@ from typing import Any
 from protocol import QueryRequest
 
 from .. import aggregate, competence
-from ..calls import CLIENT_ERRORS, Ask, Reply, StepFailed
+from ..calls import Ask, Reply, StepFailed
 from ..pool import Pool
 from ..quorum import fan_out
 from .base import Answer, Param, fan_out_params, k_min_of
@@ -82,9 +82,7 @@ async def weigh_by_confidence(pool: Pool, query: QueryRequest, replies: list[Rep
             continue
         try:
             logprobs = await pool.score(reply.route, ask, reply.text, role="confidence")
-        except StepFailed as exc:
-            if exc.code in CLIENT_ERRORS:
-                raise
+        except StepFailed:  # optional evidence: an expert that cannot score (or fails to) leaves the weight
             out.append(ballot)
             continue
         confidence = aggregate.mean_token_probability(logprobs)
