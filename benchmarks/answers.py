@@ -39,7 +39,7 @@ NEEDS_ADAPTERS = ("merge",)
 async def main(args: argparse.Namespace) -> None:
     import torch
 
-    from node.expert.loader import load_expert
+    from node.expert.model.loader import load_expert
 
     torch.set_num_threads(args.threads)
     items = easy_items(args.items)

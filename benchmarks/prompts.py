@@ -49,7 +49,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from node.expert.loader import resolve_source
+    from node.expert.model.loader import resolve_source
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import trio
 
 from node.coordinator.service import QueryService
-from node.expert.service import ExpertService
+from node.expert import ExpertService
 from node.net.discovery import dial
 from tests.cluster.harness import in_process_cluster
 from tests.cluster.test_query import client_host
