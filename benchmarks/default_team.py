@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--skip-smollm2", action="store_true", help="measure only the --gguf files")
     args = parser.parse_args()
     import importlib.metadata
 
@@ -73,7 +74,7 @@ def main() -> None:
     print(f"{len(items)} easy questions, greedy, max_tokens {args.max_tokens}, {args.threads} threads\n")
     print("| model | right | s / question | tokens / s | load s | peak RSS growth MiB | file MiB |")
     print("|---|---|---|---|---|---|---|")
-    for path in [smol, *args.gguf]:
+    for path in ([] if args.skip_smollm2 else [smol]) + list(args.gguf):
         measure(path, items, args.threads, args.max_tokens)
 
 
