@@ -24,7 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tags", default="", help="comma-separated capability tags, e.g. math,proof")
     p.add_argument("--model", default=None, help="pin an expert (name, name/adapter or peer id)")
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature (default: greedy for a question, 0.7 for open-ended writing, "
+                        "as the HTTP API does)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: as the HTTP API)")
     p.add_argument("--system", default=None, help="an optional system message")
     p.add_argument("--raw", action="store_true", help="send the question as a raw prompt, no chat template")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole answer")
@@ -64,11 +67,13 @@ def build_request(args: argparse.Namespace):
     import uuid
 
     import protocol
+    from node.coordinator.decoding import fill_defaults
 
+    temperature, top_p = fill_defaults(args.question, args.temperature, args.top_p)
     fields: dict[str, object] = {
         "v": protocol.PROTOCOL_VERSION, "t": "query", "request_id": f"cli-{uuid.uuid4().hex[:20]}",
         "strategy": args.strategy, "tags": [t.strip() for t in args.tags.split(",") if t.strip()],
-        "sampling": {"max_new_tokens": args.max_tokens, "temperature": args.temperature},
+        "sampling": {"max_new_tokens": args.max_tokens, "temperature": temperature, "top_p": top_p},
         "timeout_s": args.timeout, "stream": True, "params": parse_params(args.param),
     }
     if args.model:

@@ -68,7 +68,8 @@ class Coordinator:
 
     def candidates(self) -> list[Candidate]:
         return candidates_of(self._records(), self.health, verified=self._verified(), local_id=self._local_id,
-                             demoted=self.demoted)
+                             demoted=self.demoted, observed=self.reputation.observed,
+                             checked_tasks=self.reputation.checked_tasks())
 
     def demoted(self, peer_id: str) -> bool:
         """Caught lying (reputation.py); never this node's own expert, which it runs itself."""
@@ -141,7 +142,8 @@ class Coordinator:
         pool = Pool(query, self._records, self._transport, self.health, first_token_timeout=self._first_token_timeout,
                     max_attempts=self._max_attempts, relevance=self.embedder.similarities, emit=emit_text,
                     verified=self._verified, local_id=self._local_id, demoted=self.demoted, trust=self.trust,
-                    merges=self.merges)
+                    merges=self.merges, observed=self.reputation.observed,
+                    checked_tasks=self.reputation.checked_tasks)
         with trio.move_on_at(pool.deadline) as scope:
             answer = await strategy.run(pool, query, params)
         if scope.cancelled_caught:

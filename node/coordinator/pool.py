@@ -57,6 +57,7 @@ from protocol.receipts import prompt_digest
 from protocol.verify import encode_receipt
 
 from .calls import CLIENT_ERRORS, Ask, QueryFailed, Reply, StepFailed, Transport, alive_but_waiting, failure_code
+from .competence import Observed, competences
 from .health import Health, finite
 from .ledger import TraceLedger
 from .merge_port import MergePort
@@ -66,7 +67,6 @@ from .routing import (
     Need,
     NoExpertAvailable,
     Route,
-    claimed_dev_score,
     diverse,
     rank,
 )
@@ -99,7 +99,8 @@ class Pool(TraceLedger):
                  relevance: Callable[[str, list[CapabilityRecord]], Awaitable[dict[str, float]]] | None = None,
                  emit: Emit | None = None, verified: Callable[[], set[str]] = set, local_id: str | None = None,
                  demoted: Callable[[str], bool] = lambda peer_id: False, merges: MergePort | None = None,
-                 trust: Callable[[str], float] = lambda peer_id: 0.0) -> None:
+                 trust: Callable[[str], float] = lambda peer_id: 0.0, observed: Observed | None = None,
+                 checked_tasks: Callable[[], Iterable[str]] = tuple) -> None:
         super().__init__(query)
         self.merges = merges  # the node's adapter merging (the `merge` strategy), None where it has none
         self._records = records
@@ -107,6 +108,8 @@ class Pool(TraceLedger):
         self._local_id = local_id
         self._demoted = demoted  # caught lying by spot checks (reputation.py): ranked like a ban
         self.trust = trust  # evidence a peer answers right (reputation.trust): what breaks a vote's tie
+        self._observed = observed  # spot-check evidence per (peer, task): verified competence (competence.py)
+        self._checked_tasks = checked_tasks
         self._transport = transport
         self.health = health
         self._first_token_timeout = first_token_timeout
@@ -119,7 +122,8 @@ class Pool(TraceLedger):
 
     def candidates(self) -> list[Candidate]:
         return candidates_of(self._records(), self.health, verified=self._verified(), local_id=self._local_id,
-                             demoted=self._demoted, tags=self.query.tags)
+                             demoted=self._demoted, tags=self.query.tags, observed=self._observed,
+                             checked_tasks=self._checked_tasks())
 
     def rank(self, need: Need | None = None, *, exclude: Iterable[str] = (),
              relevance: dict[str, float] | None = None) -> list[Route]:
@@ -387,17 +391,22 @@ class Pool(TraceLedger):
 
 
 def candidates_of(records: Iterable[CapabilityRecord], health: Health, *, verified: set[str],
-                  local_id: str | None, demoted: Callable[[str], bool], tags: Sequence[str] = ()) -> list[Candidate]:
+                  local_id: str | None, demoted: Callable[[str], bool], tags: Sequence[str] = (),
+                  observed: Observed | None = None, checked_tasks: Iterable[str] = ()) -> list[Candidate]:
     """Each record with this node's observations of it: latency, failures, bans, demotion, reachability.
 
     ``demoted`` is asked once per peer: it weighs every peer's evidence (reputation.py).
-    ``tags`` name the query's tasks, for the dev score a record claims on them.
+    ``tags`` name the query's tasks; each candidate's ``dev_score`` is its verified accuracy on
+    them (competence.py: its signed claim and this node's spot checks, ``observed``), or its
+    generalist competence when nobody has shown any on them.
     """
+    records = list(records)
+    shown = competences(records, tags, observed, checked_tasks)
     out = []
     for r in records:
         lying = demoted(r.peer_id)
         out.append(Candidate(r, health.latency(r.peer_id), health.failures(r.peer_id),
                              health.banned(r.peer_id) or lying, demoted=lying,
                              verified=r.peer_id in verified or r.peer_id == local_id,
-                             local=r.peer_id == local_id, dev_score=claimed_dev_score(r, tags)))
+                             local=r.peer_id == local_id, dev_score=shown.get(r.peer_id)))
     return out

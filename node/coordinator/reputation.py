@@ -150,6 +150,10 @@ class Reputation:
                 right, total = right + t.hits, total + t.total
         return right, total
 
+    def checked_tasks(self) -> set[str]:
+        """Every task some peer was spot-checked on (for generalist competence, competence.py)."""
+        return {task for tasks in list(self._checks.values()) for task in tasks}
+
     def agreement(self, peer_id: str) -> tuple[float, float]:
         """(agreed, observed) clear majorities of the other members, decayed."""
         tally = self._agreement.get(peer_id)
