@@ -145,6 +145,37 @@ class ForgingExpert:
         await trio.sleep_forever()
 
 
+# --------------------------------------------------------------------------- connection churn
+
+
+async def connect_and_hang_up(addr: str, *, timeout: float = 10.0) -> None:
+    """One fresh identity connects to ``addr`` (Noise + yamux), then closes the connection."""
+    host = build_host(libp2p_key_pair(Identity.generate()), LOOPBACK)
+    async with host.run(listen_addrs=listen_multiaddrs(LOOPBACK)):
+        await dial(host, addr, timeout=timeout)
+        await disconnect_all(host)
+
+
+async def churn(addr: str, count: int, *, parallel: int = 16) -> int:
+    """``count`` fresh identities connect and hang up, ``parallel`` at a time; returns how many failed."""
+    failed = 0
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal failed, next_index
+        while next_index < count:
+            next_index += 1
+            try:
+                await connect_and_hang_up(addr)
+            except Exception:
+                failed += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(parallel):
+            nursery.start_soon(worker)
+    return failed
+
+
 # --------------------------------------------------------------------------- frame fuzzing
 
 
