@@ -152,8 +152,11 @@ async def connect_and_hang_up(addr: str, *, timeout: float = 10.0) -> None:
     """One fresh identity connects to ``addr`` (Noise + yamux), then closes the connection."""
     host = build_host(libp2p_key_pair(Identity.generate()), LOOPBACK)
     async with host.run(listen_addrs=listen_multiaddrs(LOOPBACK)):
-        await dial(host, addr, timeout=timeout)
-        await disconnect_all(host)
+        try:
+            await dial(host, addr, timeout=timeout)
+        finally:
+            await disconnect_all(host)
+            await close_listeners(host)
 
 
 async def churn(addr: str, count: int, *, parallel: int = 16) -> int:
@@ -174,6 +177,56 @@ async def churn(addr: str, count: int, *, parallel: int = 16) -> int:
         for _ in range(parallel):
             nursery.start_soon(worker)
     return failed
+
+
+# --------------------------------------------------------------------------- push-and-hang-up Sybils
+
+
+async def push_record_and_hang_up(addr: str, *, name: str, tags: Sequence[str] = ("test",),
+                                  base_model: str = "SmolLM2-135M-Instruct") -> str:
+    """A fresh identity connects to ``addr``, pushes its own zero-load expert record over
+    ``/mosaic/record/1`` (signed, valid, named ``name``) and hangs up; returns its peer id.
+    It never listens again: any dial to it fails."""
+    from node.net.exchange import fetch_table
+
+    identity = Identity.generate()
+    now = time.time()
+    record = CapabilityRecord(peer_id=identity.peer_id, name=name, base_model=base_model, tags=tuple(tags),
+                              load=0.0, queue_depth=0, seq=int(now * 1000), issued_at=now, ttl=3600.0,
+                              multiaddrs=("/ip4/127.0.0.1/tcp/9",))
+    host = build_host(libp2p_key_pair(identity), LOOPBACK)
+    async with host.run(listen_addrs=listen_multiaddrs(LOOPBACK)):
+        try:
+            victim = await dial(host, addr)
+            await fetch_table(host, victim, sign_record(record, identity))
+        finally:
+            await disconnect_all(host)
+            await close_listeners(host)
+    return identity.peer_id
+
+
+async def close_listeners(host: object) -> None:
+    """Stop listening: py-libp2p 0.8.1's ``host.run`` exit leaves the TCP listener open (and
+    accepting), so a departed in-process identity would stay dialable, unlike a real one."""
+    for listener in list(host.get_network().listeners.values()):  # type: ignore[attr-defined]
+        with trio.move_on_after(2):
+            await listener.close()
+
+
+async def push_and_hang_up_sybils(addr: str, count: int, *, name: str, parallel: int = 8,
+                                  tags: Sequence[str] = ("test",)) -> list[str]:
+    """``count`` :func:`push_record_and_hang_up` Sybils named ``name``; their peer ids."""
+    out: list[str] = []
+    limiter = trio.CapacityLimiter(parallel)
+
+    async def one() -> None:
+        async with limiter:
+            out.append(await push_record_and_hang_up(addr, name=name, tags=tags))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            nursery.start_soon(one)
+    return out
 
 
 # --------------------------------------------------------------------------- frame fuzzing
