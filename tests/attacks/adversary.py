@@ -116,16 +116,19 @@ class ForgingExpert:
     a fixed answer, and in its result a forged ``served_by`` and ``model``."""
 
     def __init__(self, answer: str | None = "EVIL", *, served_by: str = "", model: str = "gpt-4o-2024-08-06",
-                 base_model: str = "SmolLM2-135M-Instruct", tags: Sequence[str] = ()) -> None:
+                 base_model: str = "SmolLM2-135M-Instruct", tags: Sequence[str] = (), delay: float = 0.0,
+                 load: float = 0.0, queue_depth: int = 0) -> None:
         self.answer = answer
         self.served_by = served_by
         self.model = model
         self.base_model = base_model
         self.tags = list(tags)
+        self.delay = delay  # seconds before the first token (how slow it really is)
+        self.load, self.queue_depth = load, queue_depth  # what its record claims
         self.prompts: list[str] = []  # what it logged: every prompt routed to it
 
     def record_fields(self) -> dict[str, object]:
-        return {"base_model": self.base_model, "tags": self.tags}
+        return {"base_model": self.base_model, "tags": self.tags, "load": self.load, "queue_depth": self.queue_depth}
 
     def reply(self, request: GenerateRequest) -> str:
         return self.answer or ""
@@ -134,6 +137,7 @@ class ForgingExpert:
         async def handle(stream: FramedStream) -> None:
             request = await stream.receive(GenerateRequest)
             self.prompts.append(request.prompt or " ".join(m.content for m in request.messages or ()))
+            await trio.sleep(self.delay)
             text = self.reply(request)
             await stream.send(TokenChunk(request_id=request.request_id, index=0, text=text))
             await stream.send(GenerateResult(request_id=request.request_id, text=text, finish_reason="stop",
