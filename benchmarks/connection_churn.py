@@ -77,7 +77,7 @@ async def run(args: argparse.Namespace, addr: str, peer_id: str, pid: int) -> No
     print(f"\nafter {done} churned connections ({refused} refused, {done / (time.monotonic() - started):.1f}/s): "
           f"RSS {rss:.1f} MiB, {fds} fds, {threads} threads; a newcomer {'is' if served else 'is NOT'} "
           f"served ({seconds:.2f} s)")
-    if not served or refused:
+    if not served:  # failed dials of the churning clients alone are load, not a lockout
         raise SystemExit(1)
 
 

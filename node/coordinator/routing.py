@@ -41,6 +41,8 @@ ADAPTER_BONUS = 2.0
 LATENCY_WEIGHT = 1.0  # per second of observed mean latency
 # The latency assumed for an expert this coordinator has not measured yet (no served call).
 UNMEASURED_LATENCY_S = 1.0
+# Where the best known-good expert stands at the latest in a failover list (0-based: the second).
+KNOWN_GOOD_AT = 1
 FAILURE_WEIGHT = 4.0  # per recent failure seen by this coordinator (decaying, see health.py)
 # Semantic match of the query to the expert's description.  MiniLM cosines of a short question and
 # a one-line description are low and close together (measured: 0.16 for the matching expert vs
@@ -190,6 +192,21 @@ def rank(candidates: Iterable[Candidate], need: Need, *, exclude: Iterable[str] 
     if pinned is not None and not pin_matched:
         raise NoExpertAvailable(f"no expert serves model {pinned!r}")
     routes.sort(key=lambda r: (not r.candidate.verified, -r.score, r.peer_id))
+    return known_good_early(routes)
+
+
+def known_good_early(routes: list[Route]) -> list[Route]:
+    """Move the best *known-good* expert (verified, served this node: a measured latency, not
+    banned) to position :data:`KNOWN_GOOD_AT` if it ranks lower, so the failover list reaches
+    it by the second attempt: unmeasured experts still get tried first when they score better
+    (that is how newcomers get measured), but a stream of them (e.g. Sybils that keep a
+    connection open, hence verified) costs a query one attempt, not every attempt (issue 22)."""
+    for index, route in enumerate(routes):
+        candidate = route.candidate
+        if candidate.verified and candidate.latency_s is not None and not candidate.banned:
+            if index > KNOWN_GOOD_AT:
+                routes.insert(KNOWN_GOOD_AT, routes.pop(index))
+            break
     return routes
 
 

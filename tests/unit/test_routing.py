@@ -56,6 +56,14 @@ def test_slow_specialist_loses_to_fast_generalist_only_when_much_slower():
     assert peers(rank([Candidate(expert("A", "a", tags=("x",)), latency_s=3.0), fast], Need(tags=("x",)))) == ["A", "B"]
 
 
+def test_a_known_good_expert_is_the_second_attempt_at_the_latest():
+    good = Candidate(expert("Z", "z", tags=("x",)), latency_s=4.0, verified=True)
+    unmeasured = [Candidate(expert(pid, pid, tags=("x",)), verified=True) for pid in ("A", "B", "C")]
+    assert peers(rank([good, *unmeasured], Need(tags=("x",)))) == ["A", "Z", "B", "C"]
+    banned = Candidate(expert("Z", "z", tags=("x",)), latency_s=4.0, verified=True, banned=True)
+    assert peers(rank([banned, *unmeasured], Need(tags=("x",))))[-1] == "Z"
+
+
 def test_a_shared_name_prefers_the_claimant_that_served_this_node():
     served = Candidate(expert("B", "shared"), latency_s=1.5, verified=True)
     squatter = Candidate(expert("A", "shared", load=0.0), verified=True)
