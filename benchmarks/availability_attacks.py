@@ -59,9 +59,11 @@ async def honest_query(host: object, peer_id: str, expert_id: str) -> Outcome:
                 async for event in events:
                     if isinstance(event, p.QueryResult):
                         ok = bool(event.text) and event.provenance[0].served_by == expert_id
+                        if not ok:
+                            print(f"  answered by {event.provenance[0].served_by[-8:]}", flush=True)
                         return ok, time.monotonic() - started
-    except Exception:  # noqa: BLE001 - counted as a failed query
-        pass
+    except Exception as exc:  # noqa: BLE001 - counted as a failed query, the reason printed
+        print(f"  failed query: {type(exc).__name__}: {exc}"[:400], flush=True)
     return False, time.monotonic() - started
 
 
