@@ -4,7 +4,7 @@
 generations (each stream asks again as soon as it is answered).  The queue was
 first come, first served: an honest request waited behind the whole flood (over
 60 s in the issue) or was refused ``busy``.  Now the queue is round robin over
-requesters (node/expert/fair_queue.py), so the honest request waits behind at
+requesters (node/expert/serve/fair_queue.py), so the honest request waits behind at
 most one queued job per requester and is served within a bound while the flood
 runs.
 """
@@ -20,9 +20,9 @@ import pytest
 import trio
 
 import protocol as p
-from node.expert.client import generate
-from node.expert.fair_queue import insert_fairly, make_room_for
-from node.expert.service import ExpertService
+from node.expert.remote.client import generate
+from node.expert.serve.fair_queue import insert_fairly, make_room_for
+from node.expert.serve.service import ExpertService
 from node.net.discovery import dial
 from node.net.host import build_host, listen_multiaddrs
 from node.net.keys import libp2p_key_pair

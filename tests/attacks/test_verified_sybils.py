@@ -19,7 +19,7 @@ import trio
 import protocol as p
 from node.coordinator.client import ask
 from node.coordinator.service import QueryService
-from node.expert.service import ExpertService
+from node.expert.serve.service import ExpertService
 from tests.cluster.harness import in_process_cluster
 
 from .adversary import push_and_hang_up_sybils

@@ -1,8 +1,14 @@
-"""``vote``: k diverse experts answer; answers are extracted and normalised, the majority wins
-(ties by dev score, then rank).  The winning expert's full answer is returned."""
+"""``vote``: k diverse experts answer; answers are extracted and normalised, the majority wins.
+
+Ties go to the answer of the most trusted member (reputation.trust: right spot checks and
+agreements, never rank, load, speed or a claimed dev score: a liar that advertises load 0
+and answers at once ranked first and wrote 48 of 65 answers, issue 22), then to a draw
+keyed by the request, which nobody can steer.  The winning answer's text is the most
+trusted of its voters'."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from protocol import QueryRequest
@@ -22,9 +28,9 @@ def tally(pool: Pool, replies: list[Reply], kind: str) -> tuple[Reply, aggregate
     shape = None if kind == "auto" else kind
     ballots = []
     for reply in replies:
-        dev = reply.route.candidate.dev_score
+        draw = int.from_bytes(hashlib.sha256(f"{pool.query.request_id}:{reply.route.peer_id}".encode()).digest()[:6])
         ballots.append(aggregate.Ballot(aggregate.extract(reply.text, shape),  # type: ignore[arg-type]
-                                        tiebreak=dev if dev is not None else reply.route.score / 1000))
+                                        tiebreak=round(pool.trust(reply.route.peer_id), 6) + draw / 2**48 * 1e-7))
     decision = aggregate.vote(ballots)
     for reply, ballot in zip(replies, ballots, strict=True):
         votes = sum(1 for b in ballots if b.key == ballot.key and b.key)
