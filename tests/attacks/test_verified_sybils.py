@@ -48,8 +48,13 @@ async def test_pushed_records_do_not_verify_sybils(base_expert) -> None:
             name = victim.config.name
 
             sybils: set[str] = set()
-            for node in (victim, coordinator):
-                sybils |= set(await push_and_hang_up_sybils(node.full_multiaddrs()[0], SYBILS, name=name))
+
+            async def push_to(node: object) -> None:
+                sybils.update(await push_and_hang_up_sybils(node.full_multiaddrs()[0], SYBILS, name=name))  # type: ignore[attr-defined]
+
+            async with trio.open_nursery() as nursery:  # both victims at once
+                for node in (victim, coordinator):
+                    nursery.start_soon(push_to, node)
             for node in (victim, coordinator):
                 await node.registry.wait_for(lambda r: len(sybils & {e.peer_id for e in r.all()}) >= SYBILS,
                                              timeout=20)
