@@ -402,11 +402,15 @@ class Node:
         else:
             return
         for signed in records:
-            # The partner's own record proves it reachable; the rest count against its source cap.
+            # The partner's own record is its own (from_peer); the rest count against its source cap.
             if _issuer_of(signed) == peer_id:
                 self.registry.offer(signed, source="stream", from_peer=peer_id)
             else:
                 self.registry.offer(signed, source="stream", via=peer_id)
+        if dialled_by_us:
+            # We dialled its address and it answered the exchange: reachable, unlike a peer that
+            # pushed its record to us and hung up (issue 22, attack 2).
+            self.registry.mark_reachable(peer_id)
         if peer_id in self.registry:
             await add_to_routing_table(self.dht, peer_id)
 

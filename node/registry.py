@@ -12,8 +12,10 @@ the peer's older records, still valid, are refused as replays meanwhile.
 A record proves only that someone holds a key: keys are free, so records alone
 must never make a peer routable (issue 12, the Sybil flood: 2,000 self-signed
 zero-load experts outranked every real one).  The registry therefore tracks
-which peers this node *verified* -- a live connection, a direct record exchange
-or a recent successful answer (:meth:`Registry.verified_peers`) -- and bounds
+which peers this node *verified* -- a live connection, a record exchange over a
+connection this node dialled, or a recent successful answer
+(:meth:`Registry.verified_peers`); a record pushed to us and a hang-up verify
+nothing (issue 22) -- and bounds
 what unverified records can cost: at most :data:`MAX_RECORDS` entries, at most
 :data:`MAX_PER_SOURCE` learned through one relaying peer, and when the table is
 full a newcomer can only displace an entry with a weaker claim (unverified and
@@ -46,7 +48,7 @@ _LATENCY_ALPHA = 0.3
 MAX_RECORDS = 2048
 # Entries first learned through one relaying peer (gossip forwarder or exchange partner).
 MAX_PER_SOURCE = 256
-# Seconds a successful exchange or answer keeps a peer verified without a live connection.
+# Seconds a dialled exchange or a served answer keeps a peer verified without a live connection.
 VERIFIED_FOR = 600.0
 
 
@@ -134,8 +136,9 @@ class Registry:
         except ProtocolError as exc:
             self.note_rejected(type(exc).__name__, source, str(exc))
             return None
-        if from_peer is not None:
-            self._reached[from_peer] = now
+        # A pushed record (``from_peer``) proves a key and a connection that may already be gone,
+        # not that the peer can be reached: only a live connection, a dial of ours that reached
+        # it, or an answer it served verify it (issue 22, attack 2: "verified" Sybils).
         if source == "self":
             self._self_id = accepted.record.peer_id
         if not accepted.is_new:
@@ -188,7 +191,7 @@ class Registry:
         return True
 
     def mark_reachable(self, peer_id: str) -> None:
-        """We just exchanged with ``peer_id`` over an authenticated stream (e.g. it answered)."""
+        """We reached ``peer_id`` ourselves: it answered a call, or we dialled it and exchanged records."""
         self._reached[peer_id] = self._clock()
 
     def verified_peers(self) -> set[str]:

@@ -76,6 +76,11 @@ T = TypeVar("T")  # what a single call (score, next token) returns
 
 # Floor of the adaptive per-token budget (see Pool.token_budget).
 MIN_TOKEN_BUDGET = 3.0
+# Distinct experts this node has not verified (no live connection, no dial or answer of
+# theirs within registry.VERIFIED_FOR) that one query may call: keys are free, so a record
+# names a peer that may not exist; past this budget only verified experts (and unverified
+# ones already tried in this query) are asked (issue 22, attack 2).
+MAX_UNVERIFIED_ATTEMPTS = 4
 # Share of the query's remaining time an expert may hold a step without progress when this node has
 # measured no expert's rate yet (patience.py): a tarpit then still leaves time to fail over.
 UNMEASURED_SHARE = 0.5
@@ -117,6 +122,7 @@ class Pool(TraceLedger):
         self._relevance = relevance
         self._emit = emit
         self.emitted = False  # some text already went to the client
+        self.unverified_tried: set[str] = set()  # unverified experts called so far (MAX_UNVERIFIED_ATTEMPTS)
 
     # ------------------------------------------------------------------ choosing experts
 
@@ -136,13 +142,34 @@ class Pool(TraceLedger):
 
     def pick(self, k: int, need: Need | None = None, *, relevance: dict[str, float] | None = None) -> list[Route]:
         """Up to ``k`` experts on distinct peers, best first; raises when there is none at all."""
-        routes = self.rank(need, relevance=relevance)
+        routes = self.within_unverified_budget(self.rank(need, relevance=relevance))
         if not routes:
             raise QueryFailed("unavailable", "no expert is known to this node")
         # A demoted expert (reputation.py) is left out of a fan-out while two others can answer:
         # ranking it last is not enough when k covers every expert (a vote of all four).
         trusted = diverse([r for r in routes if not r.candidate.demoted], k)
         return trusted if len(trusted) >= min(k, 2) else diverse(routes, k)
+
+    def within_unverified_budget(self, routes: Sequence[Route]) -> list[Route]:
+        """``routes`` less the unverified experts past what is left of :data:`MAX_UNVERIFIED_ATTEMPTS`."""
+        newcomers = set(self.unverified_tried)
+        out = []
+        for route in routes:
+            if not route.candidate.verified and route.peer_id not in newcomers:
+                if len(newcomers) >= MAX_UNVERIFIED_ATTEMPTS:
+                    continue
+                newcomers.add(route.peer_id)
+            out.append(route)
+        return out
+
+    def may_try(self, route: Route) -> bool:
+        """Charge a call to ``route`` against the unverified budget; ``False`` when it is spent."""
+        if route.candidate.verified or route.peer_id in self.unverified_tried:
+            return True
+        if len(self.unverified_tried) >= MAX_UNVERIFIED_ATTEMPTS:
+            return False
+        self.unverified_tried.add(route.peer_id)
+        return True
 
     async def relevance(self, text: str) -> dict[str, float]:
         """Semantic similarity of ``text`` to each expert's self-description (empty without an embedder)."""
@@ -198,6 +225,11 @@ class Pool(TraceLedger):
         for position, route in enumerate(tried):
             if trio.current_time() >= deadline:
                 break
+            if not self.may_try(route):
+                errors.append(f"{route.peer_id[-8:]}: not tried: {MAX_UNVERIFIED_ATTEMPTS} unverified experts "
+                              "already tried for this query")
+                codes.add("unavailable")
+                continue
             step_ask = ask.continued(partial) if partial else ask
             # Patience (patience.py) only where failing over helps: not on this node's own expert
             # (we run it: a full queue is real) nor on the last resort.

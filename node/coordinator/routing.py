@@ -13,7 +13,15 @@ Above all of that sits reachability (issue 12): a record is only a claim, and
 keys are free, so experts this node *verified* (itself, a live connection, a
 recent answer) always rank before unverified ones, whatever load the latter
 advertise; and a name claimed by several peers resolves to the local expert,
-else to the verified claimants only.  A peer id pins exactly one expert.
+else to the verified claimants that have served this node, else to the
+verified claimants.  A peer id pins exactly one expert.
+
+The load and queue depth a record advertises are claims too (issue 22, attack
+7: an attacker advertising load 0 took ``route`` 6 of 6 from an honest expert
+that said it was busy), so they do not rank: what this node measured does, the
+time to first token of the expert's served calls (queueing included, see
+health.py), and an expert it has not measured yet counts as
+:data:`UNMEASURED_LATENCY_S` (tried when the measured ones are slower).
 """
 
 from __future__ import annotations
@@ -30,9 +38,11 @@ VIRTUAL_PREFIX = "mosaic/"
 # busy specialist still beats an idle generalist, unless its queue is deep.
 TAG_WEIGHT = 10.0
 ADAPTER_BONUS = 2.0
-QUEUE_WEIGHT = 1.0
-LOAD_WEIGHT = 3.0
 LATENCY_WEIGHT = 1.0  # per second of observed mean latency
+# The latency assumed for an expert this coordinator has not measured yet (no served call).
+UNMEASURED_LATENCY_S = 1.0
+# Where the best known-good expert stands at the latest in a failover list (0-based: the second).
+KNOWN_GOOD_AT = 1
 FAILURE_WEIGHT = 4.0  # per recent failure seen by this coordinator (decaying, see health.py)
 # Semantic match of the query to the expert's description.  MiniLM cosines of a short question and
 # a one-line description are low and close together (measured: 0.16 for the matching expert vs
@@ -131,13 +141,13 @@ def claimed_dev_score(record: CapabilityRecord, tags: Sequence[str]) -> float | 
 
 
 def score(candidate: Candidate, need: Need, adapter_match: float = 0.0) -> float:
-    """Higher is better.  Capability match minus costs of load, latency and failures."""
-    record = candidate.record
+    """Higher is better.  Capability match minus the costs this node measured: latency and failures.
+
+    The record's ``load`` and ``queue_depth`` are not used: they are the expert's own claims.
+    """
     value = TAG_WEIGHT * adapter_match
-    value -= QUEUE_WEIGHT * record.queue_depth
-    value -= LOAD_WEIGHT * min(record.load, 10.0)
-    if candidate.latency_s is not None:
-        value -= LATENCY_WEIGHT * candidate.latency_s
+    latency = UNMEASURED_LATENCY_S if candidate.latency_s is None else candidate.latency_s
+    value -= LATENCY_WEIGHT * latency
     value -= FAILURE_WEIGHT * candidate.recent_failures
     if candidate.dev_score is not None:
         value += DEV_SCORE_WEIGHT * candidate.dev_score
@@ -182,15 +192,32 @@ def rank(candidates: Iterable[Candidate], need: Need, *, exclude: Iterable[str] 
     if pinned is not None and not pin_matched:
         raise NoExpertAvailable(f"no expert serves model {pinned!r}")
     routes.sort(key=lambda r: (not r.candidate.verified, -r.score, r.peer_id))
+    return known_good_early(routes)
+
+
+def known_good_early(routes: list[Route]) -> list[Route]:
+    """Move the best *known-good* expert (verified, served this node: a measured latency, not
+    banned) to position :data:`KNOWN_GOOD_AT` if it ranks lower, so the failover list reaches
+    it by the second attempt: unmeasured experts still get tried first when they score better
+    (that is how newcomers get measured), but a stream of them (e.g. Sybils that keep a
+    connection open, hence verified) costs a query one attempt, not every attempt (issue 22)."""
+    for index, route in enumerate(routes):
+        candidate = route.candidate
+        if candidate.verified and candidate.latency_s is not None and not candidate.banned:
+            if index > KNOWN_GOOD_AT:
+                routes.insert(KNOWN_GOOD_AT, routes.pop(index))
+            break
     return routes
 
 
 def _claimants(candidates: Iterable[Candidate], pinned: str) -> list[Candidate]:
     """The experts a pin designates.  Names are not unique (anyone can claim one): a name
     claimed by several peers means the local expert if it is one of them, else the verified
-    claimants only (name hijack, issue 12); a peer id is unique by construction."""
+    claimants that served this node before (a measured latency), else the verified claimants
+    (name hijack, issues 12 and 22); a peer id is unique by construction."""
     matching = [c for c in candidates if _pin(c.record, pinned)[0]]
-    for tier in ([c for c in matching if c.local], [c for c in matching if c.verified]):
+    verified = [c for c in matching if c.verified]
+    for tier in ([c for c in matching if c.local], [c for c in verified if c.latency_s is not None], verified):
         if tier:
             return tier
     return matching

@@ -21,7 +21,9 @@ added 200 MiB, issue 12), so :func:`build_dht` turns strict validation on: only
 their validators) are stored.  Every namespace is wrapped in :class:`Capped`:
 values over :data:`MAX_DHT_VALUE` bytes and new keys beyond :data:`MAX_DHT_VALUES`
 stored entries are refused, and :func:`prune_expired` drops our records once
-their (capped) lifetime is over instead of libp2p's 24 h.
+their (capped) lifetime is over instead of libp2p's 24 h.  New keys are also
+charged to the peer that PUT them, at most ``MAX_DHT_VALUES_PER_PEER`` each
+(:mod:`node.net.dht_quota`, issue 22): one identity cannot fill the store.
 
 Which keys exist?  Kademlia cannot enumerate keys, so a node learns *peer ids*
 from its routing table and peerstore (bootstrap + ``refresh_routing_table``
@@ -46,6 +48,7 @@ from protocol import DHT_NAMESPACE, ProtocolError, SignedRecord, decode, encode,
 from protocol.records import MAX_RECORD_TTL
 
 from ..logs import event, get_logger, limited_event
+from .dht_quota import PeerQuota, charge_puts_to_sender
 
 log = get_logger("net.dht")
 
@@ -110,12 +113,14 @@ class Capped(Validator):
     """Wraps a namespace's validator with a value-size cap and a cap on stored entries."""
 
     def __init__(self, inner: Validator, store: Mapping[bytes, object], *, own_key: str = "",
-                 max_value: int = MAX_DHT_VALUE, max_values: int = MAX_DHT_VALUES) -> None:
+                 max_value: int = MAX_DHT_VALUE, max_values: int = MAX_DHT_VALUES,
+                 quota: PeerQuota | None = None) -> None:
         self.inner = inner
         self.store = store
         self.own_key = own_key  # our own record always has room
         self.max_value = max_value
         self.max_values = max_values
+        self.quota = quota  # new keys per sending peer (shared by every namespace of a node)
 
     def validate(self, key: str, value: bytes) -> None:
         try:
@@ -124,6 +129,8 @@ class Capped(Validator):
             if key != self.own_key and key.encode() not in self.store and len(self.store) >= self.max_values:
                 raise DHTValueRefused(f"value store holds {len(self.store)} entries")
             self.inner.validate(key, value)
+            if self.quota is not None and key != self.own_key:
+                self.quota.charge(key.encode())
         except Exception as exc:
             # libp2p logs the whole value in hex at warning level: say it briefly here instead.
             limited_event(
@@ -145,11 +152,14 @@ def build_dht(host: IHost, *, client: bool = False) -> KadDHT:
     dht = KadDHT(host, DHTMode.CLIENT if client else DHTMode.SERVER, strict_validation=True)
     store = dht.value_store.store
     own = record_key(str(host.get_id()))
+    quota = PeerQuota(store)
     dht.set_validator(NamespacedValidator({
-        DHT_NAMESPACE: Capped(CapabilityRecordValidator(), store, own_key=own),
-        "pk": Capped(PublicKeyValidator(), store),
-        "ipns": Capped(IPNSValidator(), store),
+        DHT_NAMESPACE: Capped(CapabilityRecordValidator(), store, own_key=own, quota=quota),
+        "pk": Capped(PublicKeyValidator(), store, quota=quota),
+        "ipns": Capped(IPNSValidator(), store, quota=quota),
     }, strict_validation=True))
+    if not client:
+        charge_puts_to_sender(host, dht)
     return dht
 
 

@@ -8,6 +8,9 @@ py-libp2p 0.8.1 defaults are unsafe or slow (research/libp2p.md):
   is reached: ``ConnectionConfig(max_connections_per_peer=1)`` -> 7-18 ms dials.
 * B7/B8: QUIC does ~2 MiB/s and mplex is 4x slower than yamux for bulk data:
   TCP + Noise + yamux only.
+* Issue 22, attack 1: an inbound connection holds one of 250 inbound slots until
+  the host stops, closed or not (permanent lockout after 250 short connections);
+  :mod:`node.net.inbound_slots` releases the slot when the connection closes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from multiaddr import Multiaddr
 
+from .inbound_slots import release_inbound_slots_on_close
+
 # Peers dialled concurrently never exceed this per peer (B1 workaround, also dedups races).
 MAX_CONNECTIONS_PER_PEER = 1
 DIAL_TIMEOUT = 10.0
@@ -38,7 +43,7 @@ def build_host(key_pair: KeyPair, listen: Sequence[str], *, mdns: bool = False) 
     """
     addrs = [Multiaddr(a) for a in listen]
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         listen_addrs=addrs,
         sec_opt={NOISE_PROTOCOL_ID: noise},
@@ -50,6 +55,8 @@ def build_host(key_pair: KeyPair, listen: Sequence[str], *, mdns: bool = False) 
             dial_timeout=DIAL_TIMEOUT,
         ),
     )
+    release_inbound_slots_on_close(host)
+    return host
 
 
 def listen_multiaddrs(listen: Sequence[str]) -> list[Multiaddr]:

@@ -116,16 +116,19 @@ class ForgingExpert:
     a fixed answer, and in its result a forged ``served_by`` and ``model``."""
 
     def __init__(self, answer: str | None = "EVIL", *, served_by: str = "", model: str = "gpt-4o-2024-08-06",
-                 base_model: str = "SmolLM2-135M-Instruct", tags: Sequence[str] = ()) -> None:
+                 base_model: str = "SmolLM2-135M-Instruct", tags: Sequence[str] = (), delay: float = 0.0,
+                 load: float = 0.0, queue_depth: int = 0) -> None:
         self.answer = answer
         self.served_by = served_by
         self.model = model
         self.base_model = base_model
         self.tags = list(tags)
+        self.delay = delay  # seconds before the first token (how slow it really is)
+        self.load, self.queue_depth = load, queue_depth  # what its record claims
         self.prompts: list[str] = []  # what it logged: every prompt routed to it
 
     def record_fields(self) -> dict[str, object]:
-        return {"base_model": self.base_model, "tags": self.tags}
+        return {"base_model": self.base_model, "tags": self.tags, "load": self.load, "queue_depth": self.queue_depth}
 
     def reply(self, request: GenerateRequest) -> str:
         return self.answer or ""
@@ -134,6 +137,7 @@ class ForgingExpert:
         async def handle(stream: FramedStream) -> None:
             request = await stream.receive(GenerateRequest)
             self.prompts.append(request.prompt or " ".join(m.content for m in request.messages or ()))
+            await trio.sleep(self.delay)
             text = self.reply(request)
             await stream.send(TokenChunk(request_id=request.request_id, index=0, text=text))
             await stream.send(GenerateResult(request_id=request.request_id, text=text, finish_reason="stop",
@@ -143,6 +147,97 @@ class ForgingExpert:
         serve(node.host, INFER_PROTOCOL, handle, allowlist=node.allowlist)  # type: ignore[attr-defined]
         task_status.started()
         await trio.sleep_forever()
+
+
+# --------------------------------------------------------------------------- connection churn
+
+
+async def connect_and_hang_up(addr: str, *, timeout: float = 10.0) -> None:
+    """One fresh identity connects to ``addr`` (Noise + yamux), then closes the connection."""
+    host = build_host(libp2p_key_pair(Identity.generate()), LOOPBACK)
+    async with host.run(listen_addrs=listen_multiaddrs(LOOPBACK)):
+        try:
+            await dial(host, addr, timeout=timeout)
+        finally:
+            await disconnect_all(host)
+            await close_listeners(host)
+
+
+async def churn(addr: str, count: int, *, parallel: int = 16) -> int:
+    """``count`` fresh identities connect and hang up, ``parallel`` at a time; returns how many failed."""
+    failed = 0
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal failed, next_index
+        while next_index < count:
+            next_index += 1
+            try:
+                await connect_and_hang_up(addr)
+            except Exception:
+                failed += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(parallel):
+            nursery.start_soon(worker)
+    return failed
+
+
+# --------------------------------------------------------------------------- push-and-hang-up Sybils
+
+
+async def push_record_and_hang_up(addr: str, *, name: str, tags: Sequence[str] = ("test",),
+                                  base_model: str = "SmolLM2-135M-Instruct") -> str:
+    """A fresh identity connects to ``addr``, pushes its own zero-load expert record over
+    ``/mosaic/record/1`` (signed, valid, named ``name``) and hangs up; returns its peer id.
+    It never listens again: any dial to it fails."""
+    from node.net.exchange import fetch_table
+
+    identity = Identity.generate()
+    now = time.time()
+    record = CapabilityRecord(peer_id=identity.peer_id, name=name, base_model=base_model, tags=tuple(tags),
+                              load=0.0, queue_depth=0, seq=int(now * 1000), issued_at=now, ttl=3600.0,
+                              multiaddrs=("/ip4/127.0.0.1/tcp/9",))
+    host = build_host(libp2p_key_pair(identity), LOOPBACK)
+    async with host.run(listen_addrs=listen_multiaddrs(LOOPBACK)):
+        try:
+            victim = await dial(host, addr)
+            await fetch_table(host, victim, sign_record(record, identity))
+        finally:
+            await disconnect_all(host)
+            await close_listeners(host)
+    return identity.peer_id
+
+
+async def close_listeners(host: object) -> None:
+    """Stop listening: py-libp2p 0.8.1's ``host.run`` exit leaves the TCP listener open (and
+    accepting), so a departed in-process identity would stay dialable, unlike a real one."""
+    for listener in list(host.get_network().listeners.values()):  # type: ignore[attr-defined]
+        with trio.move_on_after(2):
+            await listener.close()
+
+
+async def push_and_hang_up_sybils(addr: str, count: int, *, name: str, parallel: int = 4,
+                                  tags: Sequence[str] = ("test",)) -> list[str]:
+    """``count`` :func:`push_record_and_hang_up` Sybils named ``name``; their peer ids."""
+    out: list[str] = []
+    limiter = trio.CapacityLimiter(parallel)
+
+    async def one() -> None:
+        async with limiter:
+            for attempt in range(3):  # a push that timed out on a loaded box never reached the node: again
+                try:
+                    out.append(await push_record_and_hang_up(addr, name=name, tags=tags))
+                    return
+                except Exception:
+                    if attempt == 2:
+                        raise
+                    await trio.sleep(0.5)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            nursery.start_soon(one)
+    return out
 
 
 # --------------------------------------------------------------------------- frame fuzzing

@@ -37,17 +37,37 @@ def test_adapter_named_after_tag_is_chosen():
     assert routes[0].adapter == "math"
 
 
-def test_load_breaks_ties_then_queue_depth():
-    idle = Candidate(expert("A", "a", tags=("x",)))
-    queued = Candidate(expert("B", "b", tags=("x",), queue=3))
-    loaded = Candidate(expert("C", "c", tags=("x",), load=0.9))
-    assert peers(rank([loaded, queued, idle], Need(tags=("x",)))) == ["A", "C", "B"]
+def test_claimed_load_and_queue_do_not_rank_measured_latency_does():
+    # Issue 22, attack 7: a record's load and queue are the expert's own claims.
+    liar = Candidate(expert("A", "a", tags=("x",), load=0.0, queue=0), latency_s=2.5)
+    honest = Candidate(expert("B", "b", tags=("x",), load=0.9, queue=3), latency_s=0.4)
+    assert peers(rank([liar, honest], Need(tags=("x",)))) == ["B", "A"]
+    # Not measured yet: UNMEASURED_LATENCY_S, so it is tried when the measured ones are slower ...
+    newcomer = Candidate(expert("C", "c", tags=("x",), load=0.0))
+    assert peers(rank([liar, newcomer], Need(tags=("x",)))) == ["C", "A"]
+    # ... and not before a measured fast one, whatever it claims.
+    assert peers(rank([honest, newcomer], Need(tags=("x",)))) == ["B", "C"]
 
 
-def test_deep_queue_loses_to_idle_generalist():
-    busy = Candidate(expert("A", "a", tags=("x",), queue=20))
-    idle = Candidate(expert("B", "b"))
-    assert peers(rank([busy, idle], Need(tags=("x",)))) == ["B", "A"]
+def test_slow_specialist_loses_to_fast_generalist_only_when_much_slower():
+    slow = Candidate(expert("A", "a", tags=("x",)), latency_s=12.0)
+    fast = Candidate(expert("B", "b"), latency_s=0.5)
+    assert peers(rank([slow, fast], Need(tags=("x",)))) == ["B", "A"]
+    assert peers(rank([Candidate(expert("A", "a", tags=("x",)), latency_s=3.0), fast], Need(tags=("x",)))) == ["A", "B"]
+
+
+def test_a_known_good_expert_is_the_second_attempt_at_the_latest():
+    good = Candidate(expert("Z", "z", tags=("x",)), latency_s=4.0, verified=True)
+    unmeasured = [Candidate(expert(pid, pid, tags=("x",)), verified=True) for pid in ("A", "B", "C")]
+    assert peers(rank([good, *unmeasured], Need(tags=("x",)))) == ["A", "Z", "B", "C"]
+    banned = Candidate(expert("Z", "z", tags=("x",)), latency_s=4.0, verified=True, banned=True)
+    assert peers(rank([banned, *unmeasured], Need(tags=("x",))))[-1] == "Z"
+
+
+def test_a_shared_name_prefers_the_claimant_that_served_this_node():
+    served = Candidate(expert("B", "shared"), latency_s=1.5, verified=True)
+    squatter = Candidate(expert("A", "shared", load=0.0), verified=True)
+    assert peers(rank([squatter, served], Need(model="shared"))) == ["B"]
 
 
 def test_observed_latency_and_failures_count():

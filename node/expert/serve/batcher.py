@@ -41,6 +41,7 @@ from protocol import (
 from ...logs import event, get_logger
 from ..errors import Busy, Cancelled, ExpertStopped, PromptTooLong, RequestRejected, UnknownAdapter
 from ..model.loader import LoadedExpert
+from .fair_queue import insert_fairly, make_room_for
 from .jobs import Job
 from .prompts import PromptBuilder
 from .session_store import SessionOp
@@ -152,9 +153,14 @@ class InferenceWorker:
             if len(self._pending) >= self.queue_size:
                 self._purge_cancelled()
             if len(self._pending) >= self.queue_size:
+                # Full: a newcomer may take the place of the newest job of whoever holds the most.
+                evicted = make_room_for(self._pending, job)
                 self.busy_rejections += 1
-                raise Busy(f"queue full ({self.queue_size} waiting); retry later", request_id=job.request_id)
-            self._pending.append(job)
+                if evicted is None:
+                    raise Busy(f"queue full ({self.queue_size} waiting); retry later", request_id=job.request_id)
+                self._emit_error(evicted, Busy(f"queue full ({self.queue_size} waiting) and this requester holds "
+                                               "the most of it; retry later", request_id=evicted.request_id))
+            insert_fairly(self._pending, job)
             self._cond.notify()
 
     def between_steps(self, change: Callable[[], Any]) -> concurrent.futures.Future[Any]:

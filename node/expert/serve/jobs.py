@@ -37,6 +37,9 @@ class Job:
     # Set by the worker when the job leaves the queue for its prefill (read by the trio side's
     # keep-alive, node/expert/serve/local.py: a bool write is atomic under the GIL).
     started: bool = False
+    # The peer whose stream sent the request ("" for this node's own calls): the worker's queue
+    # is round robin over requesters (fair_queue.py, issue 22).
+    requester: str = ""
 
     def cancel(self) -> None:
         self.cancelled = True

@@ -79,9 +79,10 @@ class LocalExpert:
 
     @asynccontextmanager
     async def open(
-        self, request: GenerateRequest | ScoreRequest | NextTokenRequest | SessionOp, *, timeout: float | None = None
+        self, request: GenerateRequest | ScoreRequest | NextTokenRequest | SessionOp, *, timeout: float | None = None,
+        requester: str = "",
     ) -> AsyncIterator[tuple[Job, trio.MemoryReceiveChannel[Message]]]:
-        """Submit ``request``; yield the job and the channel of its messages.
+        """Submit ``request`` (sent by peer ``requester``, "" for this node); yield the job and its messages.
 
         Raises :class:`~node.expert.errors.RequestRejected` at once (busy,
         unknown adapter) without queueing anything.
@@ -108,7 +109,7 @@ class LocalExpert:
             except trio.RunFinishedError:
                 job.cancel()
 
-        job = Job(request=request, emit=emit, deadline=time.monotonic() + timeout)
+        job = Job(request=request, emit=emit, deadline=time.monotonic() + timeout, requester=requester)
         self.worker.submit(job)
         try:
             async with receive:

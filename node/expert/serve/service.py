@@ -72,7 +72,7 @@ async def handle_infer_stream(expert: LocalExpert, stream: FramedStream, session
         await serve_session_stream(sessions, stream, request)
         return
     try:
-        async with expert.open(request) as (job, messages):
+        async with expert.open(request, requester=stream.remote_peer) as (job, messages):
             if not isinstance(request, GenerateRequest):
                 with trio.fail_after(_remaining(job) + _TERMINAL_GRACE):
                     await stream.send(await messages.receive())
