@@ -197,6 +197,9 @@ class Pool:
             fields["error"] = str(fields["error"])[:512]
         if "answer" in fields and fields["answer"] is not None:
             fields["answer"] = str(fields["answer"])[:128]
+        path_of = getattr(self._transport, "path", None)
+        if "status" in fields and not self.steps[index].path and path_of is not None:
+            fields["path"] = path_of(self.steps[index].peer)  # direct or relayed (issue 20)
         self.steps[index] = msgspec.structs.replace(self.steps[index], **fields)
 
     def provenance(self, index: int) -> Provenance:

@@ -91,6 +91,12 @@ class InferTransport:
                     self._on_reached(peer_id)
                 yield message
 
+    def path(self, peer_id: str) -> str:
+        """How we reach ``peer_id`` now: ``local``, ``direct``, ``relayed`` or ``""`` (not connected)."""
+        from node.net.circuits import path_to
+
+        return path_to(self._host, peer_id)
+
     async def score(self, peer_id: str, request: ScoreRequest, timeout: float) -> ScoreResult:
         from node.expert.client import score
 

@@ -33,7 +33,7 @@ RANKS = {
     "protocol": 0,
     "node.config": 1, "node.logs": 1, "node.metrics": 1, "node.local_node": 1,
     "node.net": 2,
-    "node.registry": 3, "node.storage": 3, "node.expert": 3, "node.activity": 3,
+    "node.registry": 3, "node.nat": 3, "node.storage": 3, "node.expert": 3, "node.activity": 3,
     # Training (LoRA on an expert's base), the node's local control socket.
     "node.app": 4, "node.training": 4, "node.control": 4,
     "node.coordinator": 5,
