@@ -209,8 +209,10 @@ class LimitedRelay(CircuitV2Protocol):
             self.stats.circuits_opened += 1
             self.stats.circuits_active += 1
         why = "closed"
+        # Upstream's deadline is time.monotonic(); trio's clock has its own epoch.
+        trio_deadline = float("inf") if deadline is None else trio.current_time() + (deadline - time.monotonic())
         try:
-            with trio.move_on_at(deadline if deadline is not None else float("inf")) as scope:
+            with trio.move_on_at(trio_deadline) as scope:
                 while True:
                     try:
                         data = await src_stream.read(_COPY_CHUNK)
