@@ -50,6 +50,8 @@ RETRY_FIRST = 5.0
 RETRY_MAX = 600.0
 # A circuit that the relay refused (no reservation, limits) is not dialled again for this long.
 CIRCUIT_FAILURE_TTL = 30.0
+# Seconds to try a peer's direct addresses before its circuits (they fail fast when unroutable).
+DIRECT_FIRST_TIMEOUT = 2.0
 
 _STATUS_TEXT = {
     StatusCode.RESERVATION_REFUSED: "the relay refused the reservation",
@@ -138,7 +140,8 @@ class CircuitDialer:
         self.circuits_dialled = 0
 
     def is_connected(self, peer_id: str) -> bool:
-        return ID.from_base58(peer_id) in self.host.get_network().connections
+        # A key with an empty list is left behind by failed dials: not a connection.
+        return bool(self.host.get_network().connections.get(ID.from_base58(peer_id)))
 
     async def ensure_connected(self, peer_id: str) -> None:
         """Connect to ``peer_id`` through a circuit when we are not connected and it has one.
@@ -153,6 +156,15 @@ class CircuitDialer:
         circuits = circuit_addrs_of(peer_id, addrs)
         if not circuits:
             return  # the swarm dials direct addresses from the peerstore as usual
+        direct = [a for a in direct_addrs_of(addrs) if "/ip4/127." not in a and "/p2p/" in a]
+        if direct:  # a peer on our LAN, or with a forwarded port: no relay needed
+            with trio.move_on_after(DIRECT_FIRST_TIMEOUT):
+                try:
+                    await self.host.connect(PeerInfo(ID.from_base58(peer_id),
+                                                     [Multiaddr(a.rsplit("/p2p/", 1)[0]) for a in direct[:4]]))
+                    return
+                except Exception:
+                    pass
         now = time.monotonic()
         reasons = []
         for addr in circuits:
@@ -256,7 +268,7 @@ class RelayKeeper:
             return False
         now = time.time()
         for relay, held in list(self.reservations.items()):
-            alive = ID.from_base58(relay) in self.host.get_network().connections
+            alive = bool(self.host.get_network().connections.get(ID.from_base58(relay)))
             due = now >= held.granted_at + RENEW_FRACTION * (held.expires_at - held.granted_at)
             if alive and not due:
                 continue

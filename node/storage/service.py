@@ -62,10 +62,12 @@ class StorageService:
         *,
         reprovide_interval: float = DEFAULT_REPROVIDE_INTERVAL,
         upload_limit_mib: float | None = None,
+        relay_transfer_cap_mib: float | None = None,
     ) -> None:
         self.store = store
         rate = upload_limit_mib * 1024 * 1024 if upload_limit_mib is not None else None
-        self.server = BlockServer(store, upload_limit=UploadLimiter(rate))
+        cap = int(relay_transfer_cap_mib * 1024 * 1024) if relay_transfer_cap_mib is not None else None
+        self.server = BlockServer(store, upload_limit=UploadLimiter(rate), relay_cap_bytes=cap)
         self.reprovide_interval = reprovide_interval
         self.node: Node | None = None
         self.bitswap: Bitswap | None = None
@@ -78,6 +80,7 @@ class StorageService:
         return cls(
             BlockStore.for_data_dir(config.data_path),
             upload_limit_mib=config.storage.upload_limit_mib,
+            relay_transfer_cap_mib=config.net.relay_transfer_cap_mib,
         )
 
     def record_fields(self) -> dict[str, object]:
