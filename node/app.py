@@ -119,7 +119,8 @@ class Node:
         self.inbound_caps = InboundCaps()
         # Reachability, relays, hole punching (issue 20).
         self.nat = NatTraversal(self.host, self.peer_id, config.net, own_addrs=self._direct_addrs,
-                                records=self.registry.all, record_of=self.registry.get, announce=self.announce_now)
+                                records=self.registry.all, record_of=self.registry.get, announce=self.announce_now,
+                                advertise=self.advertises)
 
     # ------------------------------------------------------------------ lifecycle
 

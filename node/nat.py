@@ -46,8 +46,10 @@ log = get_logger("nat")
 class NatTraversal:
     def __init__(self, host: IHost, peer_id: str, net: NetConfig, *, own_addrs: Callable[[], list[str]],
                  records: Callable[[], list[CapabilityRecord]], record_of: Callable[[str], CapabilityRecord | None],
-                 announce: Callable[[], Awaitable[None]]) -> None:
+                 announce: Callable[[], Awaitable[None]], advertise: bool = True) -> None:
         self.host = host
+        # A client node (``fetch``, ...) advertises nothing: it probes nothing and reserves nothing.
+        self.advertise = advertise
         self.peer_id = peer_id
         self.net = net
         self._records = records
@@ -75,8 +77,9 @@ class NatTraversal:
             self._nursery = nursery
             if self.dcutr is not None:
                 await nursery.start(self._run_dcutr)
-            await nursery.start(self.keeper.run)
-            await nursery.start(self.reachability.run)
+            if self.advertise:
+                await nursery.start(self.keeper.run)
+                await nursery.start(self.reachability.run)
             task_status.started()
             await trio.sleep_forever()
 

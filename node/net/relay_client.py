@@ -163,8 +163,8 @@ class CircuitDialer:
                     await self.host.connect(PeerInfo(ID.from_base58(peer_id),
                                                      [Multiaddr(a.rsplit("/p2p/", 1)[0]) for a in direct[:4]]))
                     return
-                except Exception:
-                    pass
+                except Exception as exc:
+                    limited_event(log, "direct_dial_failed", peer=peer_id, error=f"{type(exc).__name__}"[:80])
         now = time.monotonic()
         reasons = []
         for addr in circuits:
@@ -172,10 +172,12 @@ class CircuitDialer:
             if until > now:
                 reasons.append(why)
                 continue
+            limited_event(log, "circuit_dial", peer=peer_id, addr=addr)
             try:
                 await self.dial(addr)
                 return
             except RelayError as exc:
+                limited_event(log, "circuit_dial_failed", peer=peer_id, error=str(exc)[:200])
                 self._failed[addr] = (time.monotonic() + CIRCUIT_FAILURE_TTL, str(exc))
                 reasons.append(str(exc))
         if len(self._failed) > 4096:

@@ -42,7 +42,6 @@ async def main(relay_addr: str, target: str) -> dict[str, object]:
         flooder = hosts[0]  # (2) one identity floods circuits to the target
         stop_side = LimitedRelay(flooder, RelayServiceLimits(), hop=False)
         dialer = CircuitDialer(flooder, stop_side, addrs_of=lambda peer: [], dial_timeout=10)
-        circuit = f"{relay_addr}/p2p-circuit/p2p/{target}"
 
         async def one() -> None:
             try:
@@ -54,8 +53,7 @@ async def main(relay_addr: str, target: str) -> dict[str, object]:
         async with trio.open_nursery() as flood:
             for _ in range(FLOOD):
                 flood.start_soon(one)
-        # (3) a circuit to a peer without a reservation on the relay (hosts[-1] never reserved
-        # if it was refused; use a brand-new identity to be sure).
+        # (3) a circuit to a brand-new identity, which holds no reservation on the relay.
         stranger = build_host(create_new_key_pair(), ["/ip4/0.0.0.0/tcp/0"])
         await nursery.start(_run_host, stranger)
         try:
@@ -63,7 +61,6 @@ async def main(relay_addr: str, target: str) -> dict[str, object]:
             out["unreserved"] = "connected"
         except RelayError as exc:
             out["unreserved"] = str(exc)
-        del circuit
         nursery.cancel_scope.cancel()
     return out
 

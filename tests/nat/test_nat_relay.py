@@ -37,11 +37,11 @@ pytestmark = [pytest.mark.skipif(REASON is not None, reason=REASON or ""), pytes
 
 CONFIG = """
 [net]
-record_ttl = 30.0
-announce_interval = 1.0
-dht_republish_interval = 2.0
-dht_sync_interval = 1.0
-autonat_interval = 3.0
+record_ttl = 120.0
+announce_interval = 2.0
+dht_republish_interval = 5.0
+dht_sync_interval = 2.0
+autonat_interval = 10.0
 autonat_confirmations = 1
 relay_check_interval = 1.0
 relay_reservations = 1
@@ -116,7 +116,7 @@ class Net:
         while time.monotonic() < deadline:
             if check():
                 return
-            time.sleep(1.0)
+            time.sleep(2.0)
         logs = "\n".join(f"--- {p.name}\n{p.log.read_text()[-1500:]}" for p in self.procs.values())
         raise AssertionError(f"timed out waiting for {what}\n{logs}")
 
