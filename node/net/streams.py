@@ -182,6 +182,14 @@ def paths_opened(host: IHost) -> dict[str, int]:
     return dict(_paths.get(host, {}))
 
 
+# Per host: the path of the last stream opened to each peer (what a trace step reports).
+_last_path: weakref.WeakKeyDictionary[IHost, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def last_stream_path(host: IHost, peer_id: str) -> str | None:
+    return _last_path.get(host, {}).get(peer_id)
+
+
 async def open_stream(
     host: IHost, peer_id: str, protocol_id: str, *, max_frame: int = protocol.MAX_MESSAGE_SIZE
 ) -> FramedStream:
@@ -195,7 +203,12 @@ async def open_stream(
         raise
     except Exception as exc:  # libp2p raises StreamFailure, SwarmException, IOException, ...
         raise StreamClosed(f"cannot open {protocol_id} to {peer_id[-8:]}: {type(exc).__name__}: {exc}") from None
-    _paths.setdefault(host, Counter())[stream_path(raw)] += 1
+    path = stream_path(raw)
+    _paths.setdefault(host, Counter())[path] += 1
+    last = _last_path.setdefault(host, {})
+    if len(last) > 4096:
+        last.clear()
+    last[peer_id] = path
     return FramedStream(raw, max_frame=max_frame)
 
 

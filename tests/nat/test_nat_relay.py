@@ -94,13 +94,17 @@ class Net:
         return subprocess.run(["ip", "netns", "exec", ns, *args], capture_output=True, text=True, timeout=timeout,
                               cwd=REPO_ROOT)
 
-    def status(self, name: str) -> dict[str, Any]:
+    def get(self, name: str, path: str) -> str:
+        """GET ``path`` from the node's HTTP API (on loopback inside its namespace)."""
         proc = self.procs[name]
         script = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
-        out = self.run_in(proc.ns, sys.executable, "-S", "-c", script, f"http://127.0.0.1:{proc.http}/status",
+        out = self.run_in(proc.ns, sys.executable, "-S", "-c", script, f"http://127.0.0.1:{proc.http}{path}",
                           timeout=30)
         assert out.returncode == 0, out.stderr[-2000:]
-        return json.loads(out.stdout)
+        return out.stdout
+
+    def status(self, name: str) -> dict[str, Any]:
+        return json.loads(self.get(name, "/status"))
 
     def query(self, name: str, question: str = "Say hi") -> dict[str, Any]:
         proc = self.procs[name]
@@ -142,9 +146,10 @@ def net() -> Iterator[Net]:
     world = Net(topo, root)
     try:
         relay1 = world.start("relay1", topo.pub, 0, f"/ip4/{topology.PUBLIC_IP}/tcp/4001", "--relay-service",
-                             "--reachability", "public")
+                             "--reachability", "public", http=HTTP_PORT)
         relay2 = world.start("relay2", topo.pub, 1, f"/ip4/{topology.PUBLIC_EXTRA_IPS[0]}/tcp/4001",
-                             "--relay-service", "--reachability", "public", "--bootstrap", relay1.addr)
+                             "--relay-service", "--reachability", "public", "--bootstrap", relay1.addr,
+                             http=HTTP_PORT + 1)
         boot = ["--bootstrap", relay1.addr, "--bootstrap", relay2.addr]
         world.start("expert", topo.homes["A"].ns, 2, "/ip4/0.0.0.0/tcp/4001", *boot, expert=True,
                     http=HTTP_PORT, timeout=300)
@@ -179,6 +184,11 @@ def test_nat_reachability_and_circuit_addresses_in_records(net: Net) -> None:
     assert relay_entry is not None and relay_entry["reachability"] == "public" and relay_entry["relay_service"]
     expert = peer_entry(status, "expert")
     assert expert is not None and expert["reachability"] == "private"
+    # The dashboard's state and /metrics say the same.
+    state = json.loads(net.get("expert", "/v1/dashboard/state"))
+    assert state["node"]["reachability"] == "private" and state["node"]["nat"]["reservations"]["relays"]
+    assert 'mosaic_reachability{state="private"} 1.0' in net.get("expert", "/metrics")
+    assert "mosaic_relay_service_reservations" in net.get("relay1", "/metrics")
     circuit = next(a for a in expert["multiaddrs"] if "/p2p-circuit/" in a)
     assert circuit.endswith(f"/p2p-circuit/p2p/{net.procs['expert'].peer_id}")
     assert relay1.peer_id in circuit or net.procs["relay2"].peer_id in circuit
@@ -215,6 +225,12 @@ def test_nat_symmetric_holepunch_fails_and_query_stays_relayed(net: Net) -> None
     assert conn is not None and conn["addrs"] and all("/p2p-circuit" in a for a in conn["addrs"]), conn
     steps = steps_of(net.query("coordC"))
     assert steps[0]["status"] == "ok" and steps[0]["path"] == "relayed"
+    metrics = net.get("coordC", "/metrics")
+    relayed = next(line for line in metrics.splitlines()
+                   if line.startswith('mosaic_streams_opened_total{path="relayed"}'))
+    assert float(relayed.split()[-1]) >= 2
+    relays = [json.loads(net.get(name, "/status"))["nat"]["relay_service"] for name in ("relay1", "relay2")]
+    assert sum(r["circuits_opened"] for r in relays) >= 1 and sum(r["bytes_relayed"] for r in relays) > 0
 
 
 def test_relay_limits_refuse_an_abuser(net: Net) -> None:
