@@ -145,10 +145,14 @@ class LimitedRelay(CircuitV2Protocol):
             if len(live) >= self.service_limits.max_reservations:
                 await self._refuse_reservation(stream, peer, ip, "relay full")
                 return
+        # Counted before upstream answers: it sleeps 0.1 s after its reply, and a burst of
+        # RESERVEs from one IP must not all pass the check in that window.
+        self._reservation_ip[peer] = ip
         await super()._handle_reserve(stream, msg)
         if self.resource_manager.has_reservation(peer):
-            self._reservation_ip[peer] = ip
             self.stats.reservations_granted += 1
+        else:
+            self._reservation_ip.pop(peer, None)
 
     async def _refuse_reservation(self, stream: INetStream, peer: ID, ip: str, why: str) -> None:
         self.stats.reservations_refused += 1

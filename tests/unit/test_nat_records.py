@@ -55,3 +55,20 @@ def test_nat_relay_config_keys_are_checked() -> None:
     bad.net.reachability = "maybe"
     with pytest.raises(ConfigError, match="reachability"):
         bad.validate()
+
+
+def test_nat_node_status_shows_reachability_and_relays() -> None:
+    from node.cli.status import render
+
+    me = Identity.generate().peer_id
+    status = {
+        "peer_id": me, "reachability": "private",
+        "nat": {"reservations": {"relays": [{"relay": RELAY}]},
+                "relay_service": {"reservations": 3, "circuits_active": 1, "bytes_relayed": 2048}},
+        "peers": [{"peer_id": me, "name": "home", "self": True, "reachability": "private"},
+                  {"peer_id": RELAY, "name": "relay", "reachability": "public", "relay_service": True}],
+    }
+    text = render(status)
+    assert f"reachability: private via relay(s) …{RELAY[-10:]}" in text
+    assert "relay service: 3 reservation(s), 1 circuit(s) open, 2048 B relayed" in text
+    assert "REACH" in text and "public+relay" in text and "private" in text
