@@ -71,8 +71,9 @@ def main() -> int:
         net.start("holepunched", topo.homes["B"].ns, 4, "/ip4/0.0.0.0/tcp/4001", *boot, http=8090)
         net.start("relayed", topo.homes["C"].ns, 5, "/ip4/0.0.0.0/tcp/4001", *boot, http=8090)
         for name in ("direct", "holepunched", "relayed"):
-            net.wait(f"{name} to know the expert",
-                     lambda name=name: any(p["name"] == "expert" and p.get("base_model")
+            net.wait(f"{name} to know the expert and its circuit address",
+                     lambda name=name: any(p["name"] == "expert" and p.get("base_model") and
+                                           any("/p2p-circuit/" in a for a in p["multiaddrs"])
                                            for p in net.status(name)["peers"]), 120)
         # Warm up: the first query of each coordinator opens its connection (relayed for B and C).
         for name in ("direct", "holepunched", "relayed"):

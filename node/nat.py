@@ -28,7 +28,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from .logs import event, get_logger
 from .net.circuits import circuit_addrs_of, connection_kind, direct_addrs_of
 from .net.discovery import peer_info_from_multiaddr
-from .net.reachability import Reachability
+from .net.reachability import Reachability, on_our_lan
 from .net.relay_client import Candidate, CircuitDialer, RelayKeeper
 from .net.relay_service import LimitedRelay, RelayServiceLimits
 from .net.streams import set_connector
@@ -55,6 +55,7 @@ class NatTraversal:
         self._records = records
         self._record_of = record_of
         self._announce = announce
+        self._own_addrs = own_addrs
         self._nursery: trio.Nursery | None = None
         self.relay = LimitedRelay(host, RelayServiceLimits(**dataclasses.asdict(net.relay_limits)).validate(),
                                   hop=net.relay_service)
@@ -133,12 +134,18 @@ class NatTraversal:
         return out
 
     def _autonat_servers(self) -> list[str]:
-        """Peers connected directly (a relayed connection cannot verify our address), bootstrap first."""
+        """Peers connected directly and not on our LAN, bootstrap first.
+
+        A relayed connection cannot verify our address, and a LAN neighbour reaches us on
+        our private address: neither says whether the internet can.
+        """
+        own = self._own_addrs()
         connections = self.host.get_network().connections
         direct = []
         for peer, conns in connections.items():
             conns = conns if isinstance(conns, list) else [conns]
-            if any(connection_kind(c) == "direct" for c in conns):
+            ips = [_remote_ip(c) for c in conns if connection_kind(c) == "direct"]
+            if ips and not any(on_our_lan(ip, own) for ip in ips):
                 direct.append(peer.to_base58())
         boot = []
         for addr in self.net.bootstrap:
@@ -171,6 +178,14 @@ class NatTraversal:
         if self.net.relay_service:
             out["relay_service"] = self.relay.snapshot()
         return out
+
+
+def _remote_ip(conn: object) -> str | None:
+    try:
+        address = conn.muxed_conn.get_remote_address()  # type: ignore[attr-defined]
+    except Exception:
+        return None
+    return str(address[0]) if address else None
 
 
 def _addrs(conn: object) -> list[str]:

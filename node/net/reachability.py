@@ -45,6 +45,36 @@ MAX_SERVERS = 5
 STATES = ("unknown", "public", "private")
 
 
+def on_our_lan(ip: str | None, own_addrs: list[str]) -> bool:
+    """Whether a peer at ``ip`` shares a network with us (loopback, or one of our /24 or /64).
+
+    Such a peer dials us on our LAN address and would report us reachable: its AutoNAT
+    verdict says nothing about the internet (a node behind a home router whose LAN
+    neighbour runs Mosaic called itself public before this check).
+    """
+    import ipaddress
+
+    if not ip:
+        return True
+    try:
+        peer = ipaddress.ip_address(ip)
+    except ValueError:
+        return True
+    if peer.is_loopback:
+        return True
+    for addr in own_addrs:
+        for proto in ("/ip4/", "/ip6/"):
+            if addr.startswith(proto):
+                try:
+                    own = ipaddress.ip_address(addr[len(proto):].split("/")[0])
+                except ValueError:
+                    continue
+                prefix = 24 if own.version == 4 else 64
+                if own.version == peer.version and peer in ipaddress.ip_network(f"{own}/{prefix}", strict=False):
+                    return True
+    return False
+
+
 class DialBackAutoNAT(AutoNATService):
     """AutoNAT whose server really dials back (see the module doc)."""
 

@@ -72,3 +72,13 @@ def test_nat_node_status_shows_reachability_and_relays() -> None:
     assert f"reachability: private via relay(s) …{RELAY[-10:]}" in text
     assert "relay service: 3 reservation(s), 1 circuit(s) open, 2048 B relayed" in text
     assert "REACH" in text and "public+relay" in text and "private" in text
+
+
+def test_nat_autonat_ignores_servers_on_our_lan() -> None:
+    from node.net.reachability import on_our_lan
+
+    own = [f"/ip4/10.1.0.2/tcp/4001/p2p/{RELAY}", "/ip4/127.0.0.1/tcp/4001"]
+    assert on_our_lan("10.1.0.7", own)  # a neighbour reaches us on our private address
+    assert on_our_lan("127.0.0.1", own) and on_our_lan(None, own)
+    assert not on_our_lan("10.99.0.1", own)  # a relay out on the internet: its verdict counts
+    assert not on_our_lan("2001:db8::1", own)
