@@ -78,11 +78,14 @@ def main() -> int:
         # Warm up: the first query of each coordinator opens its connection (relayed for B and C).
         for name in ("direct", "holepunched", "relayed"):
             net.query(name, "Hi")
-        net.wait("hole punching for B", lambda: any(
-            "/p2p-circuit" not in a for a in (connection_to(net.status("holepunched"), expert.peer_id) or {}).get(
-                "addrs", [])), 60)
-        results = {"direct": measure(net, "direct", args.queries),
-                   "holepunched": measure(net, "holepunched", args.queries)}
+        results = {"direct": measure(net, "direct", args.queries)}
+        try:
+            net.wait("hole punching for B", lambda: any(
+                "/p2p-circuit" not in a for a in (connection_to(net.status("holepunched"), expert.peer_id) or {}).get(
+                    "addrs", [])), 90)
+            results["holepunched"] = measure(net, "holepunched", args.queries)
+        except AssertionError:
+            print("holepunched: DCUtR did not make B's connection direct within 90 s (3 attempts); skipped")
         before_cpu, before = cpu_seconds(relay.process.pid), net.status("relay1")["nat"]["relay_service"]
         started = time.monotonic()
         results["relayed"] = measure(net, "relayed", args.queries)
