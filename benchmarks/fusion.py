@@ -40,7 +40,7 @@ def make_adapter(cache: str, out: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from node.expert.loader import resolve_source
+    from node.expert.model.loader import resolve_source
 
     base = AutoModelForCausalLM.from_pretrained(resolve_source(None, Path(cache)).directory,
                                                 use_safetensors=True, local_files_only=True)
@@ -90,8 +90,8 @@ async def main(args: argparse.Namespace) -> None:
     from node.config import ExpertConfig
     from node.coordinator.calls import QueryFailed
     from node.coordinator.service import QueryService, coordinator_for
-    from node.expert.loader import load_expert
-    from node.expert.service import ExpertService
+    from node.expert.model.loader import load_expert
+    from node.expert.serve.service import ExpertService
     from tests.cluster.harness import in_process_cluster
 
     cache = args.cache_dir or tempfile.mkdtemp(prefix="mosaic-bench-")

@@ -34,7 +34,7 @@ import protocol as p
 from node.coordinator.reputation import Reputation, SpotChecker, load_check_items
 from node.coordinator.service import QueryService, coordinator_for
 from node.evaluation import build_prompt, find_tasks_dir, load_tasks, score
-from node.expert.service import ExpertService
+from node.expert.serve.service import ExpertService
 from tests.attacks.test_lying_expert import WrongOptionExpert, wrong_options
 from tests.cluster.harness import in_process_cluster
 
@@ -93,7 +93,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from node.coordinator.reputation import SPOT_CHECK_RATE
-    from node.expert.loader import load_expert
+    from node.expert.model.loader import load_expert
 
     folder = find_tasks_dir(Path(__file__).resolve().parents[1])
     if folder is None:

@@ -84,8 +84,8 @@ def batched(expert, tokens: int, concurrency: int, max_batch: int, threads: int)
     """The inference worker, ``concurrency`` clients in a closed loop over the same prompts."""
     import trio
 
-    from node.expert.batcher import InferenceWorker
-    from node.expert.local import LocalExpert
+    from node.expert.serve.batcher import InferenceWorker
+    from node.expert.serve.local import LocalExpert
     from protocol import ChatMessage, GenerateRequest, GenerateResult, SamplingParams
 
     worker = InferenceWorker(expert, max_batch=max_batch, queue_size=64, threads=threads)
@@ -140,7 +140,7 @@ def main() -> int:
 
     import torch
 
-    from node.expert.loader import load_expert
+    from node.expert.model.loader import load_expert
 
     torch.set_num_threads(args.threads)
     # Default: the per-user model cache ($MOSAIC_CACHE_DIR or the platform cache dir).

@@ -42,6 +42,10 @@ class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range; names the key."""
 
 
+LOOPBACK_LISTEN = "/ip4/127.0.0.1/tcp/4001"
+PUBLIC_LISTEN = "/ip4/0.0.0.0/tcp/4001"  # `start --public`: every interface
+
+
 @dataclass
 class RelayLimitsConfig:
     """What a relay (``net.relay_service``) grants; node/net/relay_service.py enforces it."""
@@ -58,7 +62,9 @@ class RelayLimitsConfig:
 
 @dataclass
 class NetConfig:
-    listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
+    # Loopback until the operator opts in (`start --public` or `--listen`): a newcomer's first
+    # node should not be open to every network the machine is on.
+    listen: list[str] = field(default_factory=lambda: [LOOPBACK_LISTEN])
     bootstrap: list[str] = field(default_factory=list)
     mdns: bool = False
     # Seconds a capability record stays valid; re-announced well before it lapses.
@@ -104,7 +110,7 @@ class ExpertConfig:
     queue_size: int = 64
     max_new_tokens_cap: int = 1024
     # torch intra-op threads for the inference worker; 0 = automatic: the free physical cores
-    # (node/expert/threads.py).  torch's own default (every logical core) ran 25-30x slower
+    # (node/expert/serve/threads.py).  torch's own default (every logical core) ran 25-30x slower
     # while another process held a core.
     threads: int = 0
     # Generation sessions (token-level fusion): each holds a KV cache of up to session_max_tokens.
@@ -114,7 +120,7 @@ class ExpertConfig:
     session_max_tokens: int = 2048
     # Self-evaluation at start: task names (files in tasks_dir, default $MOSAIC_TASKS_DIR or
     # ../shared/data/tasks) scored on their first self_eval_limit dev items; the scores go
-    # into the signed capability record (node/expert/self_eval.py).
+    # into the signed capability record (node/expert/serve/self_eval.py).
     self_eval: list[str] = field(default_factory=list)
     self_eval_limit: int = 20
     tasks_dir: str | None = None
@@ -243,6 +249,12 @@ def load_config(
                 data = tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory; pass the TOML file itself") from None
+        except PermissionError:
+            raise ConfigError(f"config file {path} cannot be read (permission denied)") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 TOML: {exc.reason}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
         apply_mapping(config, data)

@@ -60,7 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .interrupt import say_interrupted
+
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return say_interrupted()
+    except BaseExceptionGroup as group:  # Ctrl-C that landed inside a task of a nursery
+        if group.subgroup(KeyboardInterrupt) is None:
+            raise
+        return say_interrupted()

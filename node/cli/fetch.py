@@ -82,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
     except PortInUse as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_IN_USE
-    import trio
+    from .interrupt import run_one_shot
 
     try:
-        return trio.run(_fetch, config, cid, args, output)
+        return run_one_shot(_fetch, config, cid, args, output)
     except Exception as exc:  # the last resort: a user never sees a traceback from fetch
         from node.logs import get_logger
 
@@ -107,7 +107,9 @@ async def _fetch(config, cid, args, output: Path) -> int:
     store = BlockStore.for_data_dir(config.data_path)
     storage = StorageService(store)
     bar = None
-    if not args.no_progress:
+    from node.logs import progress_wanted
+
+    if progress_wanted(quiet=args.no_progress):  # a terminal; not a pipe or a log file
         from tqdm import tqdm
 
         bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=str(cid)[:16], file=sys.stderr)

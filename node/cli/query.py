@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from . import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE
+from .choices import STRATEGY_NAMES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Send a query over /mosaic/query/1 and stream the answer.")
     p.add_argument("question", help="the question (a user chat message; see --raw)")
     p.add_argument("--peer", required=True, metavar="MULTIADDR", help="any peer: /ip4/.../tcp/.../p2p/<peer id>")
-    p.add_argument("--strategy", default="route", help="collaboration strategy (default: route)")
+    p.add_argument("--strategy", default="route", metavar="NAME",
+                   help="collaboration strategy (default: route): " + ", ".join(STRATEGY_NAMES)
+                   + " (docs/collaboration.md)")
     p.add_argument("--tags", default="", help="comma-separated capability tags, e.g. math,proof")
     p.add_argument("--model", default=None, help="pin an expert (name, name/adapter or peer id)")
     p.add_argument("--max-tokens", type=int, default=128)
@@ -82,16 +85,16 @@ def build_request(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import trio
-
     import protocol
+
+    from .interrupt import run_one_shot
 
     try:
         request = build_request(args)
     except (protocol.ProtocolError, ValueError) as exc:
         print(f"error: invalid query: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return trio.run(_main, args, request)
+    return run_one_shot(_main, args, request)
 
 
 async def _main(args: argparse.Namespace, request) -> int:
@@ -126,7 +129,8 @@ async def _main(args: argparse.Namespace, request) -> int:
             return EXIT_UNREACHABLE
         except QueryFailed as exc:
             print(f"\nerror: {exc.code}: {exc.message}", file=sys.stderr)
-            return EXIT_FAILED
+            # bad_request: the peer refused what we asked (unknown strategy, bad --param): bad input.
+            return EXIT_USAGE if exc.code == "bad_request" else EXIT_FAILED
         except trio.TooSlowError:
             print(f"\nerror: no answer within {args.timeout:g} s", file=sys.stderr)
             return EXIT_FAILED

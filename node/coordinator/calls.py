@@ -46,7 +46,7 @@ def alive_but_waiting(message: object) -> bool:
     """The liveness policy: is ``message`` an expert's report that it is alive and on our request?
 
     A ``Queued`` report: the request waits in its queue, or (``started``) runs a
-    forward pass that is taking a while (the expert's keep-alive, node/expert/local.py).
+    forward pass that is taking a while (the expert's keep-alive, node/expert/serve/local.py).
 
     Such a report restarts the token budget without counting as a first token.  A
     fixed first-token wait turned a burst of 64 requests into 48 errors on an
@@ -72,7 +72,7 @@ class Transport(Protocol):
     async def next_token(self, peer_id: str, request: NextTokenRequest, timeout: float) -> NextTokenResult: ...
 
     def open_session(self, peer_id: str, request: SessionOpen, timeout: float) -> AbstractAsyncContextManager[Any]:
-        """A generation session (node.expert.session_client.ExpertSession: ``first``, ``append``, ``close``)."""
+        """A generation session (node.expert.remote.session_client.ExpertSession: ``first``, ``append``, ``close``)."""
         ...
 
 
@@ -95,7 +95,7 @@ class Ask:
         """The same ask with ``partial`` already answered: the next expert continues it.
 
         Chat: a trailing assistant message, which the expert renders as a prefix
-        to continue (expert/prompts.py); raw prompts simply grow.
+        to continue (expert/serve/prompts.py); raw prompts simply grow.
         """
         if self.messages is not None:
             return replace(self, messages=self.messages + (ChatMessage(role="assistant", content=partial),))

@@ -1,12 +1,12 @@
 """The node side of the ``merge`` strategy: fetch adapters by CID, merge, cache, publish, serve.
 
 Everything heavy is what ``node merge`` does (node/training/merging.py,
-node/expert/content.py): inputs come through the node's block store, the merge is
+node/expert/model/content.py): inputs come through the node's block store, the merge is
 cached on disk by its spec (inputs, weights, method, density) under
 ``<data_dir>/merged/<key>``, so a second identical query reuses it without loading a
 model.  The merged directory is then published (content-addressed: its UnixFS CID,
 pinned and provided) and loaded into this node's own expert as one more adapter
-(on the worker thread, node/expert/live_adapters.py); the record is re-announced so
+(on the worker thread, node/expert/serve/live_adapters.py); the record is re-announced so
 peers see, and can fetch, the merged adapter.
 
 One merge of a given spec runs at a time (a per-spec lock): two identical queries
@@ -58,13 +58,13 @@ class NodeMerging:
         return None if service is None else service.expert.content_id
 
     async def similarities(self, text: str, documents: Sequence[str]) -> list[float]:
-        from node.expert.merge import bag_similarity
+        from node.expert.model.merge import bag_similarity
 
         sims = await self._embedder.text_similarities(text, documents)
         return sims if sims is not None else [bag_similarity(text, d) for d in documents]
 
     async def searched_weights(self, refs: Sequence[str], method: str) -> tuple[float, ...] | None:
-        from node.expert.merge import find_searched
+        from node.expert.model.merge import find_searched
 
         root = self._node.config.data_path / "merged"
         return await trio.to_thread.run_sync(find_searched, root, list(refs), method)
@@ -86,9 +86,9 @@ class NodeMerging:
                 self._locks.pop(key, None)
 
     async def _prepare(self, service: ExpertService, request: MergeRequest, began: float) -> MergedAdapter:
-        from node.expert.content import fetch_adapters
-        from node.expert.loader import ModelLoadError
-        from node.expert.merge import MergeError
+        from node.expert.model.content import fetch_adapters
+        from node.expert.model.loader import ModelLoadError
+        from node.expert.model.merge import MergeError
         from node.training.merging import merge_adapters
 
         node = self._node
@@ -129,7 +129,7 @@ class NodeMerging:
             return self._cids[path]
         storage = self._node.service(StorageService)
         if storage is None:
-            from node.expert.model_cache import sha256_file
+            from node.expert.model.model_cache import sha256_file
 
             cid = await trio.to_thread.run_sync(sha256_file, path / "adapter_model.safetensors")
         else:

@@ -38,7 +38,6 @@ import msgspec
 import trio
 
 from protocol import (
-    MAX_OUTPUT,
     MAX_STEPS,
     CapabilityRecord,
     GenerateRequest,
@@ -52,15 +51,13 @@ from protocol import (
     ScoreRequest,
     TokenChunk,
     Trace,
-    TraceStep,
-    Usage,
-    digest,
 )
 from protocol.receipts import prompt_digest
-from protocol.verify import encode_receipt, step_request_id
+from protocol.verify import encode_receipt
 
 from .calls import CLIENT_ERRORS, Ask, QueryFailed, Reply, StepFailed, Transport, alive_but_waiting
 from .health import Health, finite
+from .ledger import TraceLedger
 from .merge_port import MergePort
 from .routing import (
     Candidate,
@@ -89,33 +86,28 @@ class _Partial(Exception):
         self.code, self.message, self.text, self.tokens, self.step = code, message, text, tokens, step
 
 
-class Pool:
-    """One query's view of the experts, with its trace, usage and deadlines."""
+class Pool(TraceLedger):
+    """One query's view of the experts, with its trace, usage and deadlines (the ledger)."""
 
     def __init__(self, query: QueryRequest, records: Callable[[], Iterable[CapabilityRecord]], transport: Transport,
                  health: Health, *, first_token_timeout: float = 20.0, max_attempts: int = 3,
                  relevance: Callable[[str, list[CapabilityRecord]], Awaitable[dict[str, float]]] | None = None,
                  emit: Emit | None = None, verified: Callable[[], set[str]] = set, local_id: str | None = None,
                  demoted: Callable[[str], bool] = lambda peer_id: False, merges: MergePort | None = None) -> None:
-        self.query = query
+        super().__init__(query)
         self.merges = merges  # the node's adapter merging (the `merge` strategy), None where it has none
         self._records = records
         self._verified = verified  # peers this node verified are reachable (rank first: issue 12)
         self._local_id = local_id
         self._demoted = demoted  # caught lying by spot checks (reputation.py): ranked like a ban
         self._transport = transport
+        self.path_of = getattr(transport, "path", None)  # direct / relayed per trace step (issue 20)
         self.health = health
         self._first_token_timeout = first_token_timeout
         self.max_attempts = max_attempts
         self._relevance = relevance
         self._emit = emit
         self.emitted = False  # some text already went to the client
-        self.started = trio.current_time()
-        self.deadline = self.started + query.timeout_s
-        self.steps: list[TraceStep] = []
-        self._dropped = 0
-        self._prompt_tokens = 0
-        self._completion_tokens = 0
 
     # ------------------------------------------------------------------ choosing experts
 
@@ -154,13 +146,6 @@ class Pool:
 
     # ------------------------------------------------------------------ budgets
 
-    def remaining(self) -> float:
-        return max(0.0, self.deadline - trio.current_time())
-
-    def until(self, fraction: float) -> float:
-        """An absolute deadline ``fraction`` of the way from now to the query's deadline (stage budgets)."""
-        return trio.current_time() + fraction * self.remaining()
-
     def token_budget(self, route: Route) -> float:
         """How long to wait for an expert's next token (the first one included) before giving up on it.
 
@@ -174,41 +159,6 @@ class Pool:
         if latency is None:
             return self._first_token_timeout
         return min(self._first_token_timeout, max(MIN_TOKEN_BUDGET, 4 * latency + 2.0))
-
-    # ------------------------------------------------------------------ trace
-
-    def begin_step(self, route: Route, *, role: str, round: int = 0, call: str = "generate",
-                   input_text: str = "", continues: int | None = None) -> int:
-        """Open a trace step for a call to ``route``'s expert; returns its index (for :meth:`end_step`)."""
-        record = route.candidate.record
-        step = TraceStep(index=len(self.steps), round=round, role=role[:32], peer=route.peer_id,
-                         expert=record.name, model=record.base_model, adapter=route.adapter,
-                         adapter_cid=_adapter_cid(record, route.adapter), call=call,  # type: ignore[arg-type]
-                         input_digest=digest(input_text), started_s=self._since_start(), status="cancelled",
-                         continues=continues)
-        self.steps.append(step)
-        return step.index
-
-    def end_step(self, index: int, **fields: object) -> None:
-        """Fill in a step (status, output, answer, score, votes, receipt ...); output is truncated to the cap."""
-        if "output" in fields:
-            fields["output"] = str(fields["output"])[:MAX_OUTPUT]
-        if "error" in fields:
-            fields["error"] = str(fields["error"])[:512]
-        if "answer" in fields and fields["answer"] is not None:
-            fields["answer"] = str(fields["answer"])[:128]
-        path_of = getattr(self._transport, "path", None)
-        if "status" in fields and not self.steps[index].path and path_of is not None:
-            fields["path"] = path_of(self.steps[index].peer)  # direct or relayed (issue 20)
-        self.steps[index] = msgspec.structs.replace(self.steps[index], **fields)
-
-    def provenance(self, index: int) -> Provenance:
-        step = self.steps[index]
-        return Provenance(served_by=step.peer, expert=step.expert, model=step.model, adapter=step.adapter,
-                          adapter_cid=step.adapter_cid, role=step.role)
-
-    def _since_start(self) -> float:
-        return finite(trio.current_time() - self.started)
 
     # ------------------------------------------------------------------ calls
 
@@ -291,8 +241,8 @@ class Pool:
                                 await self._emit(message.text, provenance)
                         continue
                     if isinstance(message, GenerateResult):
-                        self._prompt_tokens += message.usage.prompt_tokens
-                        self._completion_tokens += message.usage.completion_tokens
+                        self.add_usage(prompt_tokens=message.usage.prompt_tokens,
+                                       completion_tokens=message.usage.completion_tokens)
                         self.end_step(index, status="ok", output=message.text, first_token_s=first,
                                       seconds=finite(trio.current_time() - began),
                                       tokens=message.usage.completion_tokens,
@@ -314,7 +264,7 @@ class Pool:
             self.health.failure(route.peer_id)
         self.end_step(index, status="failed", error=f"{code}: {reason}", output="".join(text),
                       first_token_s=first, tokens=tokens, seconds=finite(trio.current_time() - began))
-        self._completion_tokens += tokens
+        self.add_usage(completion_tokens=tokens)
         if text:
             raise _Partial(code, reason, "".join(text), tokens, index)
         raise StepFailed(code, reason)
@@ -326,10 +276,6 @@ class Pool:
                                adapter=route.adapter, sampling=sampling,
                                timeout_s=min(3600.0, max(1.0, deadline - trio.current_time())), stream=True,
                                progress=True)  # a busy expert reports its queue position instead of going silent
-
-    def step_request_id(self, index: int) -> str:
-        """The request id an expert sees for step ``index`` (fits the 64-character cap)."""
-        return step_request_id(self.query.request_id, index)
 
     async def score(self, route: Route, ask: Ask, continuation: str, *, role: str, round: int = 0,
                     deadline: float | None = None) -> list[float]:
@@ -379,15 +325,11 @@ class Pool:
             self.emitted = True
             await self._emit(text, self.provenance(index))
 
-    def add_usage(self, *, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
-        """Count tokens of calls the pool does not count itself (sessions: the fused tokens)."""
-        self._prompt_tokens += prompt_tokens
-        self._completion_tokens += completion_tokens
-
     def session(self, route: Route, ask: Ask, *, top_k: int, role: str, round: int = 0
                 ) -> AbstractAsyncContextManager[PoolSession]:
         """A generation session on ``route``'s expert (token-level fusion): a trace step with its receipt."""
-        return open_pool_session(self, route, ask, top_k=top_k, role=role, round=round)
+        return open_pool_session(self, self._transport, self.health, route, ask, budget=self.token_budget(route),
+                                 top_k=top_k, role=role, round=round)
 
     # ------------------------------------------------------------------ the result
 
@@ -406,8 +348,7 @@ class Pool:
         kept = self.steps[:MAX_STEPS]
         trace = Trace(request_id=self.query.request_id, strategy=self.query.strategy, params=params or {},
                       steps=tuple(kept), decision=decision[:1024], dropped_steps=len(self.steps) - len(kept))
-        usage = Usage(prompt_tokens=self._prompt_tokens, completion_tokens=self._completion_tokens,
-                      seconds=finite(trio.current_time() - self.started))
+        usage = self.usage()
         reason = finish_reason if finish_reason in ("stop", "length", "cancelled") else "stop"
         return QueryResult(request_id=self.query.request_id, text=text, finish_reason=reason,  # type: ignore[arg-type]
                            usage=usage, strategy=self.query.strategy, provenance=tuple(provenance), trace=trace)
@@ -428,9 +369,3 @@ def candidates_of(records: Iterable[CapabilityRecord], health: Health, *, verifi
                              verified=r.peer_id in verified or r.peer_id == local_id,
                              local=r.peer_id == local_id, dev_score=claimed_dev_score(r, tags)))
     return out
-
-
-def _adapter_cid(record: CapabilityRecord, adapter: str | None) -> str | None:
-    if adapter is None:
-        return None
-    return next((a.cid for a in record.adapters if a.name == adapter), None)

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from node.activity import Activity, QueryRecorder, activity_for
-from node.net.streams import FramedStream, serve
+from node.logs import event, get_logger
+from node.net.streams import FramedStream, StreamClosed, serve
 from protocol import (
     QUERY_PROTOCOL,
     ErrorMessage,
@@ -25,6 +26,7 @@ from protocol import (
     GenerateResult,
     NextTokenRequest,
     NextTokenResult,
+    ProtocolError,
     QueryChunk,
     QueryRequest,
     Queued,
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
     from libp2p.abc import IHost
 
     from node.app import Node
+
+log = get_logger("coordinator.service")
 
 # A query may stream for minutes; the request itself must arrive quickly (slowloris).
 MAX_QUERY_SECONDS = 3600.0
@@ -83,7 +87,7 @@ class InferTransport:
     async def generate(
         self, peer_id: str, request: GenerateRequest
     ) -> AsyncGenerator[Queued | TokenChunk | GenerateResult, None]:
-        from node.expert.client import generate
+        from node.expert.remote.client import generate
 
         async with aclosing(generate(self._host, peer_id, request)) as events:
             async for message in events:
@@ -101,24 +105,57 @@ class InferTransport:
         return last_stream_path(self._host, peer_id) or path_to(self._host, peer_id)
 
     async def score(self, peer_id: str, request: ScoreRequest, timeout: float) -> ScoreResult:
-        from node.expert.client import score
+        from node.expert.remote.client import score
 
         return await score(self._host, peer_id, request, timeout=timeout)
 
     def open_session(self, peer_id: str, request: SessionOpen, timeout: float) -> AbstractAsyncContextManager[Any]:
-        from node.expert.session_client import open_session
+        from node.expert.remote.session_client import open_session
 
         return open_session(self._host, peer_id, request, timeout=timeout)
 
     async def next_token(self, peer_id: str, request: NextTokenRequest, timeout: float) -> NextTokenResult:
-        from node.expert.client import next_token
+        from node.expert.remote.client import next_token
 
         return await next_token(self._host, peer_id, request, timeout=timeout)
 
 
 async def answer_stream(coordinator: Coordinator, stream: FramedStream, activity: Activity | None = None) -> None:
-    """Serve one query on ``stream``; failures become one typed ErrorMessage."""
+    """Serve one query on ``stream``; failures become one typed ErrorMessage.
+
+    The client closing or resetting the stream (Ctrl-C, a crash) cancels the query
+    at once: a strategy may not send anything for a minute (a debate's rounds), so a
+    watcher reads the stream meanwhile instead of waiting for a send to fail.
+    """
     request = await stream.receive(QueryRequest)
+    exchange = _Exchange()
+    client_left = False
+    async with trio.open_nursery() as nursery:
+
+        async def watch_client() -> None:
+            nonlocal client_left
+            try:  # the client sends nothing after its request: anything that returns here means it left
+                await stream.receive()
+            except (StreamClosed, ProtocolError):
+                pass
+            if not exchange.replied:  # (a client closes its side once it has the result)
+                client_left = True
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch_client)
+        await _answer(coordinator, stream, request, activity, exchange)
+        nursery.cancel_scope.cancel()
+    if client_left:
+        event(log, "query_abandoned", request_id=request.request_id, strategy=request.strategy,
+              peer=stream.remote_peer)
+
+
+class _Exchange:
+    replied = False  # the final QueryResult or ErrorMessage went out
+
+
+async def _answer(coordinator: Coordinator, stream: FramedStream, request: QueryRequest,
+                  activity: Activity | None, exchange: _Exchange) -> None:
     try:
         with trio.fail_after(request.timeout_s), _recorded(activity, request) as recorder:
             async with coordinator.answer(request) as answer:
@@ -127,11 +164,14 @@ async def answer_stream(coordinator: Coordinator, stream: FramedStream, activity
                     async for event in events:
                         if isinstance(event, QueryChunk) and not request.stream:
                             continue
+                        exchange.replied = not isinstance(event, QueryChunk)
                         await stream.send(event)
     except QueryFailed as exc:
         code = exc.code if is_error_code(exc.code) else "internal"
+        exchange.replied = True
         await stream.send(ErrorMessage(code=code, message=exc.message[:2048], request_id=request.request_id))
     except trio.TooSlowError:
+        exchange.replied = True
         await stream.send(ErrorMessage(code="timeout", message=f"no answer within {request.timeout_s:g} s",
                                        request_id=request.request_id))
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 from pathlib import Path
 
 from protocol.cid import CID
 from protocol.errors import ProtocolError
 from protocol.unixfs import NodeView, read_block
 
+from ..atomic import staged_directory
 from .blockstore import BlockStore, MissingBlock, StorageError
 from .fetch import check_room
 from .importer import MAX_DEPTH
@@ -53,16 +53,12 @@ def export(store: BlockStore, root: CID, dest: str | os.PathLike[str]) -> Path:
     if view.kind != "directory":
         _export_file(store, root, view, dest)
         return dest
-    staging = _partial_name(dest)
-    staging.mkdir()  # the umask's mode, as the final directory should have
     try:
-        _export_dir(store, view, staging, 0)
-        if dest.exists() or dest.is_symlink():  # appeared while we wrote
-            raise StorageError(f"{dest} already exists; not overwriting it")
-        os.rename(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        # The umask's mode, as the final directory should have; refused if dest appeared meanwhile.
+        with staged_directory(dest, overwrite=False) as staging:
+            _export_dir(store, view, staging, 0)
+    except FileExistsError:
+        raise StorageError(f"{dest} already exists; not overwriting it") from None
     return dest
 
 

@@ -40,7 +40,7 @@ from node.coordinator.reputation import (
 )
 from node.coordinator.service import QueryService, coordinator_for
 from node.evaluation import TaskItem, build_prompt
-from node.expert.service import ExpertService
+from node.expert.serve.service import ExpertService
 from tests.cluster.harness import in_process_cluster
 
 from .adversary import ForgingExpert

@@ -17,7 +17,7 @@ import trio
 from node.api.service import HttpService
 from node.config import ExpertConfig, HttpConfig
 from node.coordinator.service import QueryService, coordinator_for
-from node.expert.service import ExpertService
+from node.expert.serve.service import ExpertService
 from tests.cluster.harness import in_process_cluster
 
 LONG = "Count from 1 to 1000, separated by commas."

@@ -1,7 +1,7 @@
 """``/mosaic/infer/1`` between two real nodes on loopback, with the real SmolLM2 expert.
 
 Node 0 serves the embedded model (+ a LoRA adapter made in the test session);
-node 1 has no expert and calls it through ``node.expert.client``.
+node 1 has no expert and calls it through ``node.expert.remote.client``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from contextlib import aclosing
 import pytest
 import trio
 
-from node.expert import client
-from node.expert.local import ExpertError
+from node.expert.remote import client
+from node.expert.serve.local import ExpertError
 from node.net.streams import open_stream
 from protocol import (
     INFER_PROTOCOL,

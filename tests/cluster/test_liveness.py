@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from node.coordinator.service import coordinator_for
-from node.expert.service import ExpertService
+from node.expert.serve.service import ExpertService
 from node.net.discovery import dial
 from tests.cluster.test_query import ask_all, client_host, expert_cluster, query
 

@@ -19,7 +19,7 @@ from node.api.service import HttpService
 from node.config import ExpertConfig, HttpConfig
 from node.coordinator.calls import QueryFailed
 from node.coordinator.service import QueryService, coordinator_for
-from node.expert.service import ExpertService
+from node.expert.serve.service import ExpertService
 from tests.cluster.harness import in_process_cluster
 
 QUESTION = (p.ChatMessage(role="user", content="Name a primary colour."),)

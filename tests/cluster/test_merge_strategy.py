@@ -16,7 +16,8 @@ import trio
 import protocol as p
 from node.config import ExpertConfig
 from node.coordinator.service import QueryService
-from node.expert import ExpertService, client
+from node.expert import ExpertService
+from node.expert.remote import client
 from node.net.discovery import dial
 from node.storage import BlockStore, StorageService
 from tests.cluster.harness import REPO_ROOT, in_process_cluster

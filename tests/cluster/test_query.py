@@ -24,8 +24,8 @@ from node.config import HttpConfig
 from node.coordinator.client import ask
 from node.coordinator import QueryFailed
 from node.coordinator.service import QueryService, coordinator_for
-from node.expert.client import generate
-from node.expert.service import ExpertService
+from node.expert.remote.client import generate
+from node.expert.serve.service import ExpertService
 from node.net.discovery import dial
 from node.net.host import build_host, listen_multiaddrs
 from node.net.keys import libp2p_key_pair

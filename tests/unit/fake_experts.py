@@ -17,7 +17,7 @@ import trio
 import trio.lowlevel
 
 import protocol as p
-from node.expert.local import ExpertError
+from node.expert.serve.local import ExpertError
 from protocol.cid import RAW, cid_for_block
 
 
@@ -209,7 +209,7 @@ class FakeMerges:
     """
 
     def __init__(self, transport: FakeTransport, local: str | None, *, searched: tuple[float, ...] | None = None):
-        from node.expert.merge import bag_similarity
+        from node.expert.model.merge import bag_similarity
 
         self._transport, self._local, self._searched = transport, local, searched
         self._similarity = bag_similarity

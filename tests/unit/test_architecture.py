@@ -1,7 +1,8 @@
 """The layering of STYLE.md / DESIGN.md, checked on the source: imports flow one way.
 
-    cli -> services -> api -> evaluation client -> coordinator -> app -> expert, storage,
-        registry, activity -> net -> config, logs, metrics, evaluation (pure parts) -> protocol
+    cli -> services -> api -> eval (the harness) -> coordinator -> app, training, control
+        -> expert (remote -> serve -> model) -> expert.errors, storage, registry, activity -> net
+        -> config, logs, metrics, evaluation (tasks + scoring, pure) -> protocol
 
 Rules (every ``import`` and ``from ... import`` of every module, read with ``ast``,
 including imports inside functions):
@@ -31,24 +32,29 @@ ROOT = Path(__file__).resolve().parents[2]
 # except the pairs in SIDEWAYS.
 RANKS = {
     "protocol": 0,
-    "node.config": 1, "node.logs": 1, "node.metrics": 1, "node.local_node": 1,
+    # Evaluation's pure part: task files and scoring (an expert's self-evaluation, training and
+    # reputation score with them).
+    "node.config": 1, "node.logs": 1, "node.metrics": 1, "node.local_node": 1, "node.evaluation": 1,
+    "node.atomic": 1,  # a directory written whole or not at all (cache, adapters, checkpoints, exports)
     "node.net": 2,
-    "node.registry": 3, "node.nat": 3, "node.storage": 3, "node.expert": 3, "node.activity": 3,
+    "node.registry": 3, "node.nat": 3, "node.storage": 3, "node.activity": 3, "node.expert.errors": 3,
+    # The expert's rooms: provisioning (an expert given a model or adapter CID fetches it through
+    # storage), serving, and the client side that asks a (possibly remote) expert.
+    "node.expert.model": 4,
+    "node.expert.serve": 5,
+    "node.expert.remote": 6, "node.expert": 6,  # node/expert/__init__.py only re-exports
     # Training (LoRA on an expert's base), the node's local control socket.
-    "node.app": 4, "node.training": 4, "node.control": 4,
-    "node.coordinator": 5,
-    # Evaluation: task files, scoring, logs and reports are pure (an expert's self-evaluation scores
-    # with them); its network client and runner ask the network like any client.
-    "node.evaluation": 1,
-    "node.evaluation.client": 6, "node.evaluation.runner": 7,
-    "node.api": 8,
-    "node.services": 9,
-    "node.cli": 10,
-    "node.__main__": 11,
-    "node": 11,  # node/__init__.py only
+    "node.app": 7, "node.training": 7, "node.control": 7,
+    "node.coordinator": 8,
+    # The eval harness asks the network like any client (HTTP, or libp2p through the coordinator).
+    "node.eval": 9,
+    "node.api": 10,
+    "node.services": 11,
+    "node.cli": 12,
+    "node.__main__": 13,
+    "node": 13,  # node/__init__.py only
 }
-# An expert given a model or adapter CID fetches it through storage (node/expert/content.py).
-SIDEWAYS = {("node.expert", "node.storage")}
+SIDEWAYS: set[tuple[str, str]] = set()
 TYPE_ONLY_OK = {"node.app", "node.config"}
 IO_LIBRARIES = {"trio", "libp2p", "torch", "transformers", "peft", "hypercorn", "httpx", "socket", "multiaddr",
                 "prometheus_client"}
@@ -183,11 +189,15 @@ def test_the_rules_cover_the_coordinators_pure_parts():
     ("node.net.host", "from ..coordinator import Coordinator", "node.net must not import"),
     ("node.coordinator.strategies.vote", "from node.net.streams import open_stream", "no transport"),
     ("node.coordinator.strategies.vote", "import libp2p", "no transport"),
-    ("node.coordinator.routing", "from node.expert.client import generate", "no transport"),
+    ("node.coordinator.routing", "from node.expert.remote.client import generate", "no transport"),
     ("node.registry", "from node.coordinator import Coordinator", "may only import lower layers"),
-    ("node.storage.fetch", "from node.expert import loader", "may only import lower layers"),
-    ("node.expert.service", "from node.api import app", "may only import lower layers"),
-    ("node.evaluation.scoring", "from .client import ask_http", "may only import lower layers"),
+    ("node.storage.fetch", "from node.expert.model import loader", "may only import lower layers"),
+    ("node.expert.model.loader", "from ..serve.batcher import InferenceWorker", "may only import lower layers"),
+    ("node.expert.serve.local", "from node.expert.remote.client import generate", "may only import lower layers"),
+    ("node.expert.errors", "from .serve.jobs import Job", "may only import lower layers"),
+    ("node.expert.serve.service", "from node.api import app", "may only import lower layers"),
+    ("node.evaluation.scoring", "from node.eval.client import ask_http", "may only import lower layers"),
+    ("node.evaluation.tasks", "from node.coordinator.client import ask", "may only import lower layers"),
     ("node.coordinator.executor", "from node.newthing import x", "has no rank"),
 ])
 def test_a_broken_import_is_reported(module, source, broken):
@@ -197,8 +207,10 @@ def test_a_broken_import_is_reported(module, source, broken):
 
 @pytest.mark.parametrize(("module", "source"), [
     ("node.coordinator.service", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from node.app import Node\n"),
-    ("node.expert.content", "from node.storage import ensure_local"),
-    ("node.expert.self_eval", "from node.evaluation import load_tasks, score"),
+    ("node.expert.model.content", "from node.storage import ensure_local"),
+    ("node.expert.remote.client", "from ..serve.local import LocalExpert"),
+    ("node.eval.runner", "from node.coordinator.client import ask"),
+    ("node.expert.serve.self_eval", "from node.evaluation import load_tasks, score"),
     ("node.api.service", "from .app import MosaicApi\nfrom node.coordinator.service import coordinator_for"),
     ("node.coordinator.strategies.vote", "import trio\nfrom ..pool import Pool\nfrom protocol import QueryRequest"),
 ])

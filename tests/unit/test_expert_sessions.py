@@ -11,12 +11,12 @@ import pytest
 import trio
 
 import protocol as p
-from node.expert.batcher import InferenceWorker
 from node.expert.errors import RequestRejected
-from node.expert.local import LocalExpert
-from node.expert.notary import Notary
-from node.expert.session_store import UnknownSession
-from node.expert.sessions import (
+from node.expert.serve.batcher import InferenceWorker
+from node.expert.serve.local import LocalExpert
+from node.expert.serve.notary import Notary
+from node.expert.serve.session_store import UnknownSession
+from node.expert.serve.sessions import (
     DuplicateSession,
     SessionHost,
     SessionTable,

@@ -10,7 +10,7 @@ Safety rules, enforced here because this is where untrusted files enter:
 
 GGUF files are dequantized once and cached as a plain safetensors HF directory
 in the per-user model cache, ``<cache root>/models/<sha256 prefix>/`` (see
-:mod:`node.expert.model_cache`), shared by every local node:
+:mod:`node.expert.model.model_cache`), shared by every local node:
 dequantizing costs ~18 s on 2 CPU cores, loading the cache ~0.3 s (measured).
 """
 
@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..logs import event, get_logger
+from ...logs import event, get_logger
+from ..errors import ModelLoadError
+from . import catalog
 from .model_cache import content_ids, ensure_converted, sha256_file
 
 log = get_logger("expert.loader")
@@ -34,10 +36,6 @@ DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
 
 # Files torch.load would unpickle: never loaded, and a directory holding only these is refused.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-
-
-class ModelLoadError(RuntimeError):
-    """A model or adapter cannot be loaded; the message says which path and why."""
 
 
 class PickledWeightsRefused(ModelLoadError):
@@ -105,8 +103,6 @@ def resolve_source(model: str | None, cache_dir: Path) -> ModelSource:
         gguf = default_gguf_path()
         digest, cid = content_ids(gguf)
         return ModelSource(DEFAULT_MODEL_ID, digest, ensure_converted(gguf, digest, cache_dir), cid)
-    from . import catalog  # imports this module: bind late
-
     entry = catalog.lookup(model)
     if entry is not None and not Path(model).expanduser().exists():
         gguf, digest, cid = catalog.ensure_gguf(entry, cache_dir)
@@ -191,7 +187,7 @@ def load_expert(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..config import default_cache_dir
+    from ...config import default_cache_dir
 
     root = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
     source = resolve_source(model, root)
@@ -208,8 +204,8 @@ def load_expert(
     loaded = base
     adapter_digests: dict[str, str] = {}
     for name, adapter_path in (adapters or {}).items():
-        loaded = _attach_adapter(loaded, name, Path(adapter_path).expanduser())
-        adapter_digests[name] = _weights_digest_adapter(Path(adapter_path).expanduser())
+        loaded = attach_adapter(loaded, name, Path(adapter_path).expanduser())
+        adapter_digests[name] = adapter_weights_digest(Path(adapter_path).expanduser())
     loaded.to(device).eval()
     context = int(getattr(base.config, "max_position_embeddings", 2048) or 2048)
     if max_context:
@@ -230,7 +226,7 @@ def load_expert(
     )
 
 
-def _attach_adapter(model: Any, name: str, path: Path) -> Any:
+def attach_adapter(model: Any, name: str, path: Path) -> Any:
     """Load a PEFT LoRA adapter from safetensors (several adapters share one base)."""
     from peft import PeftModel
 
@@ -253,7 +249,8 @@ def _attach_adapter(model: Any, name: str, path: Path) -> Any:
         raise ModelLoadError(f"adapter {name!r} at {path} does not fit this base model: {exc}") from None
 
 
-def _weights_digest_adapter(path: Path) -> str:
+def adapter_weights_digest(path: Path) -> str:
+    """sha256 of an adapter directory's safetensors weights."""
     return sha256_file(path / "adapter_model.safetensors")
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ...atomic import staged_directory
 
 CARD_FILE = "mosaic-card.json"
 # What an adapter directory holds besides the card and README: nothing else is published.
@@ -85,10 +85,7 @@ def render_readme(card: dict[str, Any]) -> str:
 def save_adapter(peft_model: Any, out_dir: Path, card: dict[str, Any], *, model_id: str,
                  adapter_name: str = "default") -> None:
     """Write the adapter (safetensors) and its card to ``out_dir`` atomically (temp dir + rename)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staged_directory(Path(out_dir), overwrite=True, private=True) as staging:
         peft_model.save_pretrained(str(staging), safe_serialization=True, selected_adapters=[adapter_name])
         nested = staging / adapter_name
         if adapter_name != "default" and nested.is_dir():  # peft nests non-default adapters
@@ -104,12 +101,6 @@ def save_adapter(peft_model: Any, out_dir: Path, card: dict[str, Any], *, model_
             if f.name not in ADAPTER_FILES:
                 f.unlink()
         write_card(staging, card)
-        os.chmod(staging, 0o755)  # mkdtemp makes it private; an adapter is meant to be shared
+        os.chmod(staging, 0o755)  # staged private; an adapter is meant to be shared
         for f in staging.iterdir():
             os.chmod(f, 0o644)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

@@ -22,8 +22,8 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+from ..evaluation.scoring import normalize
 from .logs import LogRecord
-from .scoring import normalize
 
 BOOTSTRAP = 1000
 SEED = 20250607

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..logs import event, get_logger
+from ...logs import event, get_logger
 
 log = get_logger("expert.threads")
 

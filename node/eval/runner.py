@@ -15,6 +15,8 @@ from typing import Any
 
 import trio
 
+from ..evaluation.scoring import build_prompt, score
+from ..evaluation.tasks import TaskItem, TaskSet
 from .client import (
     VIRTUAL_PREFIX,
     ModelInfo,
@@ -24,8 +26,6 @@ from .client import (
     Reply,
 )
 from .logs import LogRecord, append, done_keys, read_run, write_run
-from .scoring import build_prompt, score
-from .tasks import TaskItem, TaskSet
 
 # Short on purpose: CPU experts generate ~10-20 tokens/s.  A letter needs a few tokens; free-text
 # answers need room for a little reasoning before \box{}.  The paper's protocol uses 512.

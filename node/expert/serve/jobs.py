@@ -35,7 +35,7 @@ class Job:
     reported_position: int = 0
     reported_at: float = float("-inf")
     # Set by the worker when the job leaves the queue for its prefill (read by the trio side's
-    # keep-alive, node/expert/local.py: a bool write is atomic under the GIL).
+    # keep-alive, node/expert/serve/local.py: a bool write is atomic under the GIL).
     started: bool = False
 
     def cancel(self) -> None:

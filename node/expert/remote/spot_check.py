@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocol import CapabilityRecord, EvalScore, GenerateResult
 
-from .self_eval import items_digest, load_items, request_for
+from ..serve.self_eval import items_digest, load_items, request_for
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost

@@ -29,8 +29,8 @@ from protocol import (
     TokenChunk,
 )
 
-from ..net.streams import FramedStream, StreamClosed, open_stream
-from .local import DEFAULT_CALL_TIMEOUT, ExpertError, LocalExpert, served_locally
+from ...net.streams import FramedStream, StreamClosed, open_stream
+from ..serve.local import DEFAULT_CALL_TIMEOUT, ExpertError, LocalExpert, served_locally
 
 # The result type a score / next-token call expects back.
 R = TypeVar("R", bound=Message)

@@ -28,7 +28,7 @@ from protocol import (
     SamplingParams,
 )
 
-from ..logs import event, get_logger
+from ...logs import event, get_logger
 
 if TYPE_CHECKING:
     from .local import LocalExpert

@@ -2,7 +2,7 @@
 
 torch must never run on the trio thread (a 135M forward takes tens of ms and
 would stall every libp2p stream), so a dedicated thread owns the model and
-talks to trio only through :class:`~node.expert.jobs.Job` objects: a bounded
+talks to trio only through :class:`~node.expert.serve.jobs.Job` objects: a bounded
 queue in (``submit`` raises :class:`Busy` when it is full: backpressure with
 bounded memory) and each job's non-blocking ``emit`` callback out.
 
@@ -38,10 +38,10 @@ from protocol import (
     Usage,
 )
 
-from ..logs import event, get_logger
-from .errors import Busy, Cancelled, ExpertStopped, PromptTooLong, RequestRejected, UnknownAdapter
+from ...logs import event, get_logger
+from ..errors import Busy, Cancelled, ExpertStopped, PromptTooLong, RequestRejected, UnknownAdapter
+from ..model.loader import LoadedExpert
 from .jobs import Job
-from .loader import LoadedExpert
 from .prompts import PromptBuilder
 from .session_store import SessionOp
 
@@ -484,7 +484,7 @@ class InferenceWorker:
 
 
 def _timeout(job: Job) -> RequestRejected:
-    from .errors import DeadlineExceeded
+    from ..errors import DeadlineExceeded
 
     return DeadlineExceeded("deadline passed before the generation finished", request_id=job.request_id)
 

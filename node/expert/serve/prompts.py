@@ -14,7 +14,7 @@ from typing import Any
 
 from protocol import GenerateRequest, NextTokenRequest, ScoreRequest, SessionOpen
 
-from .errors import RequestRejected
+from ..errors import RequestRejected
 
 AnyPromptRequest = GenerateRequest | ScoreRequest | NextTokenRequest | SessionOpen
 

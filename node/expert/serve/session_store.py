@@ -31,8 +31,8 @@ from protocol import (
     Usage,
 )
 
-from .errors import PromptTooLong, RequestRejected
-from .loader import LoadedExpert
+from ..errors import PromptTooLong, RequestRejected
+from ..model.loader import LoadedExpert
 from .prompts import PromptBuilder
 
 OpKind = Literal["open", "append", "close", "drop"]
@@ -46,7 +46,7 @@ class UnknownSession(RequestRejected):
 
 @dataclass(frozen=True)
 class SessionOp:
-    """One session operation handed to the worker as a :class:`~node.expert.jobs.Job`'s request.
+    """One session operation handed to the worker as a :class:`~node.expert.serve.jobs.Job`'s request.
 
     ``key`` is the session's worker-side name (owner peer + session id, chosen
     by the trio side) so two peers' sessions never collide.

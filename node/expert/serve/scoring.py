@@ -13,8 +13,8 @@ from typing import Any
 
 from protocol import NextTokenRequest, NextTokenResult, ScoreRequest, ScoreResult
 
-from .errors import PromptTooLong
-from .loader import LoadedExpert
+from ..errors import PromptTooLong
+from ..model.loader import LoadedExpert
 from .prompts import PromptBuilder
 
 

@@ -32,13 +32,13 @@ from protocol import (
     SessionOpen,
 )
 
-from ..net.streams import FramedStream, StreamClosed, open_stream
-from .local import ExpertError, served_locally
+from ...net.streams import FramedStream, StreamClosed, open_stream
+from ..serve.local import ExpertError, served_locally
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost
 
-    from .sessions import SessionHost
+    from ..serve.sessions import SessionHost
 
 DEFAULT_STEP_TIMEOUT = 30.0
 _CLOSE_TIMEOUT = 5.0

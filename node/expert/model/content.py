@@ -20,10 +20,10 @@ import trio
 from protocol import ProtocolError
 from protocol.cid import parse_cid
 
-from ..logs import event, get_logger
+from ...logs import event, get_logger
 
 if TYPE_CHECKING:
-    from ..app import Node
+    from ...app import Node
 
 log = get_logger("expert.content")
 
@@ -36,14 +36,14 @@ async def resolve_reference(node: Node, reference: str) -> tuple[str, str | None
         cid = parse_cid(reference)
     except ProtocolError:
         return reference, None  # not a CID either: the loader reports the missing path clearly
-    from ..storage.service import ensure_local
-    from .loader import ModelLoadError
+    from ...storage.service import ensure_local
+    from ..errors import WeightsUnavailable
 
     event(log, "fetching_weights", cid=reference)
     try:
         path = await ensure_local(node, cid, peers=await _join(node))
     except Exception as exc:  # FetchError, StorageError (no storage service), transport errors
-        raise ModelLoadError(f"cannot fetch {reference}: {type(exc).__name__}: {exc}") from None
+        raise WeightsUnavailable(f"cannot fetch {reference}: {type(exc).__name__}: {exc}") from None
     return str(path), str(cid)
 
 
@@ -55,8 +55,8 @@ async def fetch_adapters(node: Node, cids: Sequence[str], *, peers: Sequence[str
     ``dests``: where each export goes (default ``<data_dir>/content/<cid>``).  What ``node merge``
     and the ``merge`` strategy fetch their inputs with.  :class:`ModelLoadError` names the CID that failed.
     """
-    from ..storage.service import ensure_local
-    from .loader import ModelLoadError
+    from ...storage.service import ensure_local
+    from ..errors import WeightsUnavailable
 
     paths = []
     for cid, dest in zip(cids, dests or [None] * len(cids), strict=True):
@@ -64,7 +64,7 @@ async def fetch_adapters(node: Node, cids: Sequence[str], *, peers: Sequence[str
         try:
             paths.append(await ensure_local(node, cid, dest, peers=peers))
         except Exception as exc:  # FetchError, StorageError, ProtocolError (a bad CID), transport errors
-            raise ModelLoadError(f"cannot fetch adapter {cid}: {type(exc).__name__}: {exc}") from None
+            raise WeightsUnavailable(f"cannot fetch adapter {cid}: {type(exc).__name__}: {exc}") from None
     return paths
 
 
@@ -86,7 +86,7 @@ async def _join(node: Node) -> list[str]:
 
 async def publish_adapter(node: Node, path: str) -> str | None:
     """Publish a local adapter directory through the node's storage; its CID, or None without storage."""
-    from ..storage.service import StorageService
+    from ...storage.service import StorageService
 
     storage = node.service(StorageService)
     if storage is None:

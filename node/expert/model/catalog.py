@@ -3,12 +3,12 @@
 Model hubs are out of reach, so every base comes from a wheel (research/models.md).
 Big models are split over several packages to stay under PyPI's file limit; the
 parts are joined **once** into ``<cache root>/gguf/`` (the per-user model cache of
-:mod:`node.expert.model_cache`, under the same kind of file lock) and the result is
+:mod:`node.expert.model.model_cache`, under the same kind of file lock) and the result is
 checked against the sha256 pinned here *before* anything parses it.  A mismatch
 (a republished package, a truncated download, a tampered part) is refused with
 :class:`ChecksumMismatch` and the joined file is deleted, so a later start never
 trusts it.  The verified GGUF then goes through the same convert-once cache as any
-other GGUF (:mod:`node.expert.model_cache`).
+other GGUF (:mod:`node.expert.model.model_cache`).
 
 The third-party Qwen repackagings declare no licence: the pins (package
 versions *and* the content hash) are what make them safe to use, and
@@ -30,8 +30,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..logs import event, get_logger
-from .loader import ModelLoadError
+from ...logs import event, get_logger
+from ..errors import ModelLoadError
 
 log = get_logger("expert.catalog")
 
@@ -123,6 +123,7 @@ CATALOG: dict[str, CatalogModel] = {
             size=491_400_064,
             license="Apache-2.0 (upstream; the repackaging declares none)",
             chat=True,
+            note="the Coder variant of Qwen2.5 (code-tuned), despite the short key",
         ),
         CatalogModel(
             key="qwen2.5-1.5b",
@@ -135,7 +136,7 @@ CATALOG: dict[str, CatalogModel] = {
             size=1_117_320_768,
             license="Apache-2.0 (upstream; the repackaging declares none)",
             chat=True,
-            note="~7 GB RSS loaded (9 GB peak while converting)",
+            note="the Coder variant of Qwen2.5 (code-tuned); ~7 GB RSS loaded (9 GB peak while converting)",
         ),
     )
 }

@@ -2,7 +2,7 @@
 
 peft mutates the model's LoRA layers when it loads or deletes an adapter, so both
 run on the inference worker's own thread between two steps
-(:meth:`~node.expert.batcher.InferenceWorker.between_steps`): no forward ever sees
+(:meth:`~node.expert.serve.batcher.InferenceWorker.between_steps`): no forward ever sees
 a half-loaded adapter.  A base served without adapters becomes a ``PeftModel`` on
 the first one; rows without an adapter then run with the LoRA layers disabled
 (batcher._forward), so their output is the same as before.
@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .loader import ModelLoadError, _attach_adapter, _weights_digest_adapter
+from ..model.loader import ModelLoadError, adapter_weights_digest, attach_adapter
 
 if TYPE_CHECKING:
     from .batcher import InferenceWorker
@@ -36,11 +36,11 @@ def attach(worker: InferenceWorker, name: str, path: Path, *, evictable: tuple[s
     expert = worker.expert
     if name in expert.adapters:
         return []
-    digest = _weights_digest_adapter(path)
+    digest = adapter_weights_digest(path)
     # The worker thread runs in inference mode; adapter weights made there would be inference
     # tensors that peft's later loads (copy_ into them) refuse.  Build them as ordinary tensors.
     with torch.inference_mode(False), torch.no_grad():
-        model = _attach_adapter(expert.model, name, path)
+        model = attach_adapter(expert.model, name, path)
         model.to(expert.device).eval()
     expert.model = model
     expert.adapters[name] = digest

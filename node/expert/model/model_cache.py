@@ -26,13 +26,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
 
-from ..logs import event, get_logger
+from ...atomic import staged_directory, staging_prefix
+from ...logs import event, get_logger, stage
 
 log = get_logger("expert.cache")
 
@@ -97,19 +97,13 @@ def ensure_entry(cache_root: Path, digest: str, build: Callable[[Path], None], *
             event(log, "model_cache_hit_after_wait", target=target)
             return target
         # Staging dirs of a build that was killed (Ctrl-C, OOM) are garbage now: we hold the lock.
-        for stale in target.parent.glob(f".{target.name}-*"):
+        for stale in target.parent.glob(staging_prefix(target) + "*"):
             shutil.rmtree(stale, ignore_errors=True)
         event(log, "model_cache_build_start", source=source, sha256=digest[:16], target=target)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
+        # A stale or partial directory at ``target`` (from an older run) is replaced.
+        with staged_directory(target, overwrite=True, private=True) as staging:
             build(staging)
             (staging / MARKER).write_text(json.dumps({"sha256": digest, "source": source}))
-            if target.exists():  # a stale or partial directory from an older run
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     event(log, "model_cache_build_done", target=target)
     return target
 
@@ -132,17 +126,22 @@ def _convert(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": gguf.name, "local_files_only": True}
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
-    config = quantized.config
-    # save_pretrained refuses models that still carry a GGUF quantization_config.
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantized.state_dict(), strict=True, assign=True)
-    del quantized
-    gc.collect()
-    plain.tie_weights()
-    plain.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    # 16-40 s with nothing else to show: a progress line on a terminal (node.logs.stage).
+    with stage(f"converting {gguf.name} (once)", total=3) as progress:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+        progress.advance("dequantized")
+        config = quantized.config
+        # save_pretrained refuses models that still carry a GGUF quantization_config.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        with torch.device("meta"):
+            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(quantized.state_dict(), strict=True, assign=True)
+        del quantized
+        gc.collect()
+        plain.tie_weights()
+        progress.advance("rebuilt")
+        plain.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        progress.advance("written")

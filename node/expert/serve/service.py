@@ -43,10 +43,10 @@ from protocol import (
     ScoreRequest,
 )
 
-from ..config import ExpertConfig
-from ..logs import event, get_logger
-from ..net.streams import FramedStream, StreamClosed, serve
-from .errors import RequestRejected
+from ...config import ExpertConfig
+from ...logs import event, get_logger
+from ...net.streams import FramedStream, StreamClosed, serve
+from ..errors import RequestRejected
 from .jobs import Job
 from .local import TERMINAL, LocalExpert, register_local, unregister_local
 from .sessions import SESSION_MESSAGES, SessionHost, SessionTable, serve_session_stream
@@ -115,7 +115,7 @@ def _remaining(job: Job) -> float:
 class ExpertService:
     """Hosts an expert on a node: loads the model, runs the worker, serves ``/mosaic/infer/1``.
 
-    Pass ``expert`` (a :class:`~node.expert.loader.LoadedExpert`) to share an
+    Pass ``expert`` (a :class:`~node.expert.model.loader.LoadedExpert`) to share an
     already-loaded model (tests load it once per session); otherwise the model
     named by ``config`` is loaded in a thread when the service starts.
     """
@@ -207,7 +207,7 @@ class ExpertService:
         return True
 
     def _describe(self, name: str, path: str | Path) -> None:
-        from .adapter_card import CardError, read_card
+        from ..model.adapter_card import CardError, read_card
 
         try:
             card = read_card(path) or {}
@@ -218,8 +218,8 @@ class ExpertService:
 
     async def _load(self, node: Any) -> None:
         """Fetch CID-named weights, load the model in a thread, publish local adapters."""
-        from .content import publish_adapter, resolve_reference
-        from .loader import load_expert
+        from ..model.content import publish_adapter, resolve_reference
+        from ..model.loader import load_expert
 
         cfg = self.config
         model = cfg.model
@@ -247,8 +247,8 @@ class ExpertService:
                 self.adapter_cids[name] = cid
 
     async def run(self, node: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from ..model.loader import ModelLoadError
         from .batcher import InferenceWorker
-        from .loader import ModelLoadError
         from .notary import Notary
         from .threads import log_choice, prepare_openmp, resolve_threads
 

@@ -44,9 +44,9 @@ from protocol import (
 )
 from protocol.receipts import DistributionChain, prompt_digest, session_input_digest
 
-from ..logs import event, get_logger
-from ..net.streams import FramedStream, StreamClosed
-from .errors import Busy, RequestRejected
+from ...logs import event, get_logger
+from ...net.streams import FramedStream, StreamClosed
+from ..errors import Busy, RequestRejected
 from .jobs import Job
 from .session_store import SessionOp, UnknownSession
 
