@@ -19,6 +19,7 @@ against ``direct`` in the same run.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -106,6 +107,7 @@ def main() -> int:
                 proc.process.kill()
             proc.process.wait(timeout=10)
         topo.teardown()
+        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

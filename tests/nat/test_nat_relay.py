@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -162,6 +163,7 @@ def net() -> Iterator[Net]:
                 proc.process.kill()
             proc.process.wait(timeout=10)
         topo.teardown()
+        shutil.rmtree(root, ignore_errors=True)
         assert not topology.leftover_namespaces(topo.prefix)
 
 
