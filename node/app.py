@@ -44,6 +44,7 @@ from .activity import Activity
 from .config import NodeConfig
 from .logs import event, get_logger, limited_event
 from .metrics import NodeMetrics
+from .nat import NatTraversal
 from .net.conncap import InboundCaps, forget_addresses, remote_ip
 from .net.dht import build_dht, fetch_record, prune_expired, put_record
 from .net.discovery import (
@@ -125,6 +126,10 @@ class Node:
         self.table_exchange = True  # tests of the DHT path switch the direct exchange off
         # Inbound connections per IP / subnet (issue 12: identities are free, addresses are not).
         self.inbound_caps = InboundCaps()
+        # Reachability, relays, hole punching (issue 20).
+        self.nat = NatTraversal(self.host, self.peer_id, config.net, own_addrs=self._direct_addrs,
+                                records=self.registry.all, record_of=self.registry.get, announce=self.announce_now,
+                                advertise=self.advertises)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -156,6 +161,7 @@ class Node:
                     allowlist=self.allowlist,
                 )
             await nursery.start(self.registry.run_expiry)
+            await nursery.start(self.nat.run)
             if self.advertises:
                 await nursery.start(self.announcer.run)
             for service in self.services:
@@ -236,6 +242,9 @@ class Node:
                     out.append(concrete)
         return out
 
+    def _direct_addrs(self) -> list[str]:
+        return list(dict.fromkeys(self.config.net.announce_addrs + self.full_multiaddrs()))
+
     async def connect(self, multiaddr: str) -> str:
         """Dial ``multiaddr``, add the peer to the routing table; return its peer id."""
         peer_id = await dial(self.host, multiaddr)
@@ -261,11 +270,14 @@ class Node:
                 if tag not in tags:
                     tags.append(tag)
             fields.update(extra)
+        fields.update(self.nat.record_fields())
         now = time.time()
         self._seq = max(self._seq + 1, int(now * 1000))
+        # Behind NAT our circuit addresses are the ones that work: they go first.
+        addrs = list(dict.fromkeys(self.nat.circuit_addrs() + self._direct_addrs()))
         record = CapabilityRecord(
             peer_id=self.peer_id,
-            multiaddrs=tuple((self.config.net.announce_addrs + self.full_multiaddrs())[:16]),
+            multiaddrs=tuple(addrs[:16]),
             name=self.config.name,
             description=self.config.description,
             tags=tuple(tags[:32]),

@@ -47,6 +47,20 @@ PUBLIC_LISTEN = "/ip4/0.0.0.0/tcp/4001"  # `start --public`: every interface
 
 
 @dataclass
+class RelayLimitsConfig:
+    """What a relay (``net.relay_service``) grants; node/net/relay_service.py enforces it."""
+
+    max_reservations: int = 128
+    reservations_per_ip: int = 4
+    reservation_ttl: int = 3600
+    circuit_duration: int = 120  # seconds one relayed connection may live
+    circuit_bytes: int = 16 * 1024 * 1024  # bytes one relayed connection may carry, both ways
+    circuits_per_peer: int = 8  # concurrent circuits to or from one peer
+    circuits_per_ip: int = 16  # concurrent circuits opened from one IP
+    circuit_rate_per_ip: int = 60  # new circuits per minute from one IP
+
+
+@dataclass
 class NetConfig:
     # Loopback until the operator opts in (`start --public` or `--listen`): a newcomer's first
     # node should not be open to every network the machine is on.
@@ -70,6 +84,20 @@ class NetConfig:
     # A private swarm: the peer ids allowed to connect, open streams and be listed (this node
     # is always allowed).  Empty: an open swarm, anyone may join (docs/security.md).
     trusted_peers: list[str] = field(default_factory=list)
+    # NAT traversal (issue 20, docs/operators.md).  auto: AutoNAT asks peers to dial us back.
+    reachability: str = "auto"
+    autonat_confirmations: int = 3  # servers that must agree (fewer when fewer answered)
+    autonat_interval: float = 300.0
+    # Offer the Circuit Relay v2 service to nodes behind NAT (a public node only).
+    relay_service: bool = False
+    relay_limits: RelayLimitsConfig = field(default_factory=RelayLimitsConfig)
+    # Reservations an unreachable node holds (on bootstrap peers / peers offering the service).
+    relay_reservations: int = 2
+    relay_check_interval: float = 10.0
+    # DCUtR: upgrade relayed connections to direct ones (hole punching) when the NATs allow.
+    holepunch: bool = True
+    # Weight/block transfers over a relayed connection are refused past this many MiB per peer.
+    relay_transfer_cap_mib: float = 8.0
 
 
 @dataclass
@@ -176,6 +204,16 @@ class NodeConfig:
         for key in ("announce_interval", "dht_republish_interval", "dht_sync_interval", "routing_refresh_interval"):
             if getattr(net, key) < 0:
                 raise ConfigError(f"net.{key}: must be >= 0 seconds (0 disables)")
+        if net.reachability not in ("auto", "public", "private"):
+            raise ConfigError("net.reachability: one of auto, public, private")
+        if net.autonat_confirmations < 1 or net.relay_reservations < 0:
+            raise ConfigError("net.autonat_confirmations must be >= 1 and net.relay_reservations >= 0")
+        if net.autonat_interval <= 0 or net.relay_check_interval <= 0 or net.relay_transfer_cap_mib < 0:
+            raise ConfigError("net.autonat_interval and net.relay_check_interval must be > 0, "
+                              "net.relay_transfer_cap_mib >= 0")
+        for key, value in dataclasses.asdict(net.relay_limits).items():
+            if value <= 0:
+                raise ConfigError(f"net.relay_limits.{key}: must be > 0")
         from protocol.identity import public_key_from_peer_id
 
         for peer_id in net.trusted_peers:

@@ -91,6 +91,11 @@ class CapabilityRecord(Message, frozen=True, kw_only=True, tag="cap"):
     # A goodbye (tombstone): the node stopped cleanly.  Receivers drop the peer at once and
     # keep the tombstone until its TTL lapses, so older records of the peer are replays.
     withdrawn: bool = False
+    # NAT traversal (issue 20).  Optional fields: older nodes ignore them, and a record
+    # without them decodes as "unknown" / no relay.  ``reachability`` is what AutoNAT
+    # found ("public", "private", "unknown"; any other text reads as unknown).
+    reachability: Annotated[str, Meta(max_length=16)] = "unknown"
+    relay_service: bool = False  # the node offers Circuit Relay v2 reservations
 
     def expires_at(self) -> float:
         return self.issued_at + self.ttl

@@ -57,6 +57,8 @@ class TraceStep(msgspec.Struct, frozen=True, kw_only=True):
     tokens: Annotated[int, Meta(ge=0)] = 0
     score: float | None = None  # judge log-likelihood, route score, confidence, mean token probability
     votes: Annotated[int, Meta(ge=0)] | None = None
+    # How the coordinator reached the expert: "direct", "relayed" (a /p2p-circuit), "local"; "" unknown.
+    path: Annotated[str, Meta(max_length=16)] = ""
     continues: Annotated[int, Meta(ge=0)] | None = None  # failover: the step whose partial answer this one continues
     receipt: Annotated[bytes, Meta(max_length=4096)] | None = None
     token_ids: Annotated[tuple[Annotated[int, Meta(ge=0, lt=2**31)], ...], Meta(max_length=4096)] = ()

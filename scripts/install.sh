@@ -21,6 +21,10 @@ if [ "${MOSAIC_TEST_PACKAGES:-1}" != 0 ] && [ "$(id -u)" = 0 ] && command -v apt
     command -v ipfs_cid >/dev/null || wanted="$wanted ipfs-cid"
     command -v chromium >/dev/null || wanted="$wanted chromium"
     command -v chromedriver >/dev/null || wanted="$wanted chromium-driver"
+    # The NAT tests (tests/nat) build network namespaces with veths and masquerading routers.
+    command -v ip >/dev/null || wanted="$wanted iproute2"
+    command -v iptables >/dev/null || wanted="$wanted iptables"
+    command -v nft >/dev/null || wanted="$wanted nftables"
     if [ -n "$wanted" ]; then
         # shellcheck disable=SC2086  # $wanted is a list of package names
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $wanted) \

@@ -92,7 +92,8 @@ class Dashboard:
         """Everything the page draws: this node, the peers with their full records, queries, usage, report."""
         node = self.node
         return {
-            "node": {"peer_id": node.peer_id, "name": node.config.name, "multiaddrs": node.full_multiaddrs()},
+            "node": {"peer_id": node.peer_id, "name": node.config.name, "multiaddrs": node.full_multiaddrs(),
+                     "reachability": node.nat.reachability.state, "nat": node.nat.snapshot()},
             "strategies": list(self.coordinator.strategies()),
             "peers": self.peers(),
             **self.activity.snapshot(),

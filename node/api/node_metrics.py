@@ -45,6 +45,8 @@ def node_state(node: Node) -> Iterable[Metric]:
     yield counter_family("mosaic_records_rejected_by_source", "Capability records refused, by source and reason",
                          by_source, ("source", "reason"))
 
+    yield from nat_state(node)
+
     storage = node.service(StorageService)
     if storage is not None:
         yield counter_family("mosaic_storage_served_bytes", "Block bytes served to peers on /mosaic/blocks/1",
@@ -62,3 +64,30 @@ def node_state(node: Node) -> Iterable[Metric]:
                              {(): worker.busy_rejections})
         yield counter_family("mosaic_expert_decode_steps", "Batched decode steps the worker ran",
                              {(): worker.steps})
+
+
+def nat_state(node: Node) -> Iterable[Metric]:
+    """Reachability, relay reservations, streams by path (direct / relayed), the relay service (issue 20)."""
+    from node.net.streams import paths_opened
+
+    nat = node.nat
+    state = nat.reachability.state
+    yield gauge_family("mosaic_reachability", "AutoNAT's verdict about this node (1 for the current state)",
+                       {(s,): float(s == state) for s in ("unknown", "public", "private")}, ("state",))
+    yield gauge_family("mosaic_relay_reservations", "Relay reservations this node holds",
+                       {(): len(nat.keeper.reservations)})
+    opened = paths_opened(node.host)
+    yield counter_family("mosaic_streams_opened", "Streams this node opened to peers, by path",
+                         {(path,): float(opened.get(path, 0)) for path in ("direct", "relayed")}, ("path",))
+    if node.config.net.relay_service:
+        stats = nat.relay.stats
+        yield gauge_family("mosaic_relay_service_reservations", "Reservations this relay grants now",
+                           {(): nat.relay.reservation_count()})
+        yield gauge_family("mosaic_relay_circuits_active", "Circuits open through this relay",
+                           {(): stats.circuits_active})
+        yield counter_family("mosaic_relay_circuits", "Circuits through this relay, by outcome",
+                             {("opened",): stats.circuits_opened, ("refused",): stats.circuits_refused}, ("outcome",))
+        yield counter_family("mosaic_relay_reservations_refused", "Reservations this relay refused (limits)",
+                             {(): stats.reservations_refused})
+        yield counter_family("mosaic_relay_bytes", "Bytes relayed through circuits, both ways",
+                             {(): stats.bytes_relayed})

@@ -45,11 +45,15 @@ def network_status(node: Node, coordinator: Coordinator) -> dict[str, Any]:
             "reputation": coordinator.reputation.snapshot(record.peer_id),
             "expires_in_s": round(record.expires_at() - now, 1),
             "multiaddrs": list(record.multiaddrs),
+            "reachability": record.reachability, "relay_service": record.relay_service,
             "self": record.peer_id == node.peer_id,
         })
     return {
         "peer_id": node.peer_id,
         "multiaddrs": [str(a) for a in node.full_multiaddrs()],
+        # AutoNAT's verdict, relay reservations, circuit addresses, the relay service (issue 20).
+        "reachability": node.nat.reachability.state,
+        "nat": node.nat.snapshot(),
         "strategies": list(coordinator.strategies()),
         "peers": peers,
     }

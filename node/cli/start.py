@@ -42,6 +42,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record-ttl", type=float, help="seconds a capability record stays valid")
     p.add_argument("--announce-interval", type=float, help="seconds between gossip re-announcements (0: off)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    nat = p.add_argument_group("NAT traversal (docs/operators.md)")
+    nat.add_argument("--relay-service", action="store_true", default=None,
+                     help="offer Circuit Relay v2 reservations to nodes behind NAT (a public node only)")
+    nat.add_argument("--reachability", choices=["auto", "public", "private"],
+                     help="skip AutoNAT and say whether peers can dial this node (default auto)")
+    nat.add_argument("--relay-reservations", type=int, metavar="N",
+                     help="relays an unreachable node reserves on (default 2)")
+    nat.add_argument("--no-holepunch", action="store_true", help="never upgrade relayed connections (DCUtR)")
     expert = p.add_argument_group("expert")
     expert.add_argument("--no-expert", action="store_true", help="do not serve a model (coordinate only)")
     expert.add_argument("--model", help="base model: a catalog key (" + ", ".join(CATALOG_KEYS)
@@ -94,6 +102,14 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):
         config.net.record_ttl = args.record_ttl
     if args.announce_interval is not None:
         config.net.announce_interval = args.announce_interval
+    if getattr(args, "relay_service", None):
+        config.net.relay_service = True
+    if getattr(args, "reachability", None):
+        config.net.reachability = args.reachability
+    if getattr(args, "relay_reservations", None) is not None:
+        config.net.relay_reservations = args.relay_reservations
+    if getattr(args, "no_holepunch", False):
+        config.net.holepunch = False
     if args.no_expert:
         config.expert.enabled = False
     if args.model:

@@ -109,8 +109,10 @@ async def _ask_peer(args: argparse.Namespace) -> dict[str, Any]:
             "base_model": record.base_model, "adapters": [a.name for a in record.adapters],
             "device": record.device, "load": record.load, "queue_depth": record.queue_depth,
             "expires_in_s": round(record.expires_at() - now, 1), "self": record.peer_id == peer_id,
+            "reachability": record.reachability, "relay_service": record.relay_service,
         })
-    return {"peer_id": peer_id, "peers": peers}
+    own = next((p for p in peers if p["self"]), None)
+    return {"peer_id": peer_id, "peers": peers, "reachability": own["reachability"] if own else "unknown"}
 
 
 def render(status: dict[str, Any]) -> str:
@@ -123,7 +125,7 @@ def render(status: dict[str, Any]) -> str:
     peers = status.get("peers", [])
     scored = any(p.get("score") is not None for p in peers)
     columns = ("", "PEER", "NAME", "MODEL", "ADAPTERS", "TAGS", "LOAD", "QUEUE", "LATENCY", "FAILS",
-               *(("SCORE",) if scored else ()), "TTL")
+               *(("SCORE",) if scored else ()), "REACH", "TTL")
     rows = []
     for peer in sorted(status.get("peers", []), key=lambda p: (not p.get("self"), p.get("name", ""))):
         latency = peer.get("latency_s")
@@ -139,6 +141,7 @@ def render(status: dict[str, Any]) -> str:
             "-" if latency is None else f"{latency * 1000:.0f}ms",
             _failures(peer),
             *((_score(peer.get("score")),) if scored else ()),
+            _reach(peer),
             f"{peer.get('expires_in_s', 0):.0f}s",
         ))
     widths = [max(len(str(r[i])) for r in [columns, *rows]) for i in range(len(columns))]
@@ -148,6 +151,8 @@ def render(status: dict[str, Any]) -> str:
     if experts:
         summary += f", mean load {load / experts:.2f}"
     lines = [f"network as seen by {status.get('peer_id', '?')}: {summary}"]
+    if status.get("reachability"):
+        lines.append(_reachability_line(status))
     if status.get("strategies"):
         lines.append("strategies: " + ", ".join(f"mosaic/{s}" for s in status["strategies"]))
     for row in [columns, *rows]:
@@ -164,3 +169,21 @@ def _failures(peer: dict[str, Any]) -> str:
 
 def _score(value: object) -> str:
     return "-" if value is None else f"{float(value):.2f}" if isinstance(value, (int, float)) else str(value)
+
+
+def _reach(peer: dict[str, Any]) -> str:
+    """public / private / unknown (AutoNAT), "+relay" when the peer offers the relay service."""
+    return str(peer.get("reachability") or "unknown") + ("+relay" if peer.get("relay_service") else "")
+
+
+def _reachability_line(status: dict[str, Any]) -> str:
+    line = f"reachability: {status['reachability']}"
+    nat = status.get("nat") or {}
+    relays = (nat.get("reservations") or {}).get("relays") or []
+    if relays:
+        line += " via relay(s) " + ", ".join("…" + str(r.get("relay", ""))[-10:] for r in relays)
+    if nat.get("relay_service"):
+        service = nat["relay_service"]
+        line += (f"; relay service: {service.get('reservations', 0)} reservation(s), "
+                 f"{service.get('circuits_active', 0)} circuit(s) open, {service.get('bytes_relayed', 0)} B relayed")
+    return line

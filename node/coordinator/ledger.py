@@ -8,6 +8,8 @@ really streamed from), whoever makes the call: the :class:`~node.coordinator.poo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 import trio
 
@@ -28,6 +30,8 @@ class TraceLedger:
         self.steps: list[TraceStep] = []
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        # How a peer was reached ("direct", "relayed", "local"), set by whoever has a transport (issue 20).
+        self.path_of: Callable[[str], str] | None = None
 
     # ------------------------------------------------------------------ budgets
 
@@ -60,6 +64,8 @@ class TraceLedger:
             fields["error"] = str(fields["error"])[:512]
         if "answer" in fields and fields["answer"] is not None:
             fields["answer"] = str(fields["answer"])[:128]
+        if "status" in fields and self.path_of is not None and not self.steps[index].path:
+            fields["path"] = self.path_of(self.steps[index].peer)
         self.steps[index] = msgspec.structs.replace(self.steps[index], **fields)
 
     def provenance(self, index: int) -> Provenance:

@@ -116,6 +116,7 @@ class Pool(TraceLedger):
         self._observed = observed  # spot-check evidence per (peer, task): verified competence (competence.py)
         self._checked_tasks = checked_tasks
         self._transport = transport
+        self.path_of = getattr(transport, "path", None)  # direct / relayed per trace step (issue 20)
         self.health = health
         self._first_token_timeout = first_token_timeout
         self.max_attempts = max_attempts

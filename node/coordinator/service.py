@@ -106,6 +106,15 @@ class InferTransport:
                     self._on_reached(peer_id)
                 yield message
 
+    def path(self, peer_id: str) -> str:
+        """How the last stream to ``peer_id`` went: ``direct`` or ``relayed``; ``local`` for ourselves."""
+        from node.net.circuits import path_to
+        from node.net.streams import last_stream_path
+
+        if peer_id == str(self._host.get_id()):
+            return "local"
+        return last_stream_path(self._host, peer_id) or path_to(self._host, peer_id)
+
     async def score(self, peer_id: str, request: ScoreRequest, timeout: float) -> ScoreResult:
         from node.expert.remote.client import score
 

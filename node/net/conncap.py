@@ -22,6 +22,7 @@ from libp2p.abc import IHost
 from libp2p.peer.id import ID
 
 from .addresses import connection_ip, exempt_from_caps, subnet_of
+from .circuits import connection_kind
 
 MAX_INBOUND_PER_IP = 16
 MAX_INBOUND_PER_SUBNET = 64
@@ -82,6 +83,10 @@ def remote_ip(host: IHost, peer_id: str) -> str | None:
     except Exception:  # not connected any more
         return None
     for conn in connections:
+        if connection_kind(conn) == "relayed":
+            # Its address is the relay's: every peer behind one relay would share one IP's cap.
+            # The relay caps circuits per source IP itself (node/net/relay_service.py).
+            continue
         ip = connection_ip(conn.muxed_conn)
         if ip:
             return str(ip)

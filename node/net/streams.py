@@ -15,6 +15,7 @@ same as libp2p msgio), decoding is :func:`protocol.decode`.
 from __future__ import annotations
 
 import math
+import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar, overload
@@ -149,16 +150,65 @@ class FramedStream:
             pass
 
 
+# Per host: how to reach a peer the swarm cannot dial by itself (relay circuits, node.nat sets it).
+Connector = Callable[[str], Awaitable[None]]
+_connectors: weakref.WeakKeyDictionary[IHost, Connector] = weakref.WeakKeyDictionary()
+# Per host: streams opened, by path ("direct" / "relayed"), for /metrics.
+_paths: weakref.WeakKeyDictionary[IHost, Counter[str]] = weakref.WeakKeyDictionary()
+
+
+def set_connector(host: IHost, connector: Connector | None) -> None:
+    """``connector(peer_id)`` runs before a stream is opened to ``peer_id`` (it may dial a circuit)."""
+    if connector is None:
+        _connectors.pop(host, None)
+    else:
+        _connectors[host] = connector
+
+
+def stream_path(raw: object) -> str:
+    """``"relayed"`` when the stream runs over a ``/p2p-circuit`` connection, else ``"direct"``."""
+    conn = getattr(raw, "muxed_conn", None)
+    for candidate in (conn, getattr(conn, "secured_conn", None)):
+        try:
+            addrs = candidate.get_transport_addresses()  # type: ignore[union-attr]
+        except Exception:
+            continue
+        if addrs:
+            return "relayed" if any("/p2p-circuit" in str(a) for a in addrs) else "direct"
+    return "direct"
+
+
+def paths_opened(host: IHost) -> dict[str, int]:
+    return dict(_paths.get(host, {}))
+
+
+# Per host: the path of the last stream opened to each peer (what a trace step reports).
+_last_path: weakref.WeakKeyDictionary[IHost, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def last_stream_path(host: IHost, peer_id: str) -> str | None:
+    return _last_path.get(host, {}).get(peer_id)
+
+
 async def open_stream(
     host: IHost, peer_id: str, protocol_id: str, *, max_frame: int = protocol.MAX_MESSAGE_SIZE
 ) -> FramedStream:
-    """Open a new stream to ``peer_id`` (which must be connected or dialable from the peerstore)."""
+    """Open a new stream to ``peer_id`` (connected, dialable from the peerstore, or via the connector)."""
+    connector = _connectors.get(host)
     try:
+        if connector is not None:
+            await connector(peer_id)
         raw = await host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol_id)])
     except trio.Cancelled:
         raise
     except Exception as exc:  # libp2p raises StreamFailure, SwarmException, IOException, ...
         raise StreamClosed(f"cannot open {protocol_id} to {peer_id[-8:]}: {type(exc).__name__}: {exc}") from None
+    path = stream_path(raw)
+    _paths.setdefault(host, Counter())[path] += 1
+    last = _last_path.setdefault(host, {})
+    if len(last) > 4096:
+        last.clear()
+    last[peer_id] = path
     return FramedStream(raw, max_frame=max_frame)
 
 

@@ -38,7 +38,7 @@ from protocol.framing import FrameDecoder, decode_varint, encode_varint
 from protocol.unixfs import MAX_BLOCK_SIZE
 
 from ..logs import event, get_logger
-from ..net.streams import TRANSPORT_ERRORS, StreamClosed
+from ..net.streams import TRANSPORT_ERRORS, StreamClosed, stream_path
 from .blockstore import BlockStore
 from .upload_limit import UploadLimiter
 
@@ -53,6 +53,9 @@ MAX_REQUEST_FRAME = 4096
 MAX_RESPONSE_FRAME = MAX_BLOCK_SIZE + 1
 STATUS_BLOCK = 0
 STATUS_MISSING = 1
+# "Not over this connection": the server refuses to send weights through a relay past its cap
+# (issue 20); the frame carries the reason as UTF-8.
+STATUS_REFUSED = 2
 _READ_SIZE = 1024 * 1024
 
 
@@ -113,6 +116,11 @@ class ServerStats:
     missing: int = 0
     refused_streams: int = 0
     bad_requests: int = 0
+    refused_relayed: int = 0
+
+
+class TransferRefused(StreamClosed):
+    """The provider refused to send more blocks over this (relayed) connection."""
 
 
 class BlockServer:
@@ -127,8 +135,14 @@ class BlockServer:
         idle_timeout: float = 30.0,
         request_deadline: float = 60.0,
         upload_limit: UploadLimiter | None = None,
+        relay_cap_bytes: int | None = None,
     ) -> None:
         self.store = store
+        # Bytes one peer may fetch over relayed connections (None: no cap).  Weights are big and
+        # relays are shared and capped per circuit: a peer should fetch directly (hole punching
+        # or another provider) rather than push gigabytes through someone else's relay.
+        self.relay_cap_bytes = relay_cap_bytes
+        self._relayed_bytes: Counter[str] = Counter()
         self.upload_limit = upload_limit or UploadLimiter(None)
         self.max_per_peer = max_per_peer
         self.max_total = max_total
@@ -137,6 +151,14 @@ class BlockServer:
         self.stats = ServerStats()
         self._per_peer: Counter[str] = Counter()
         self._total = 0
+
+    def _over_relay_cap(self, stream: INetStream, peer: str, size: int) -> bool:
+        if self.relay_cap_bytes is None or stream_path(stream) != "relayed":
+            return False
+        if self._relayed_bytes[peer] + size > self.relay_cap_bytes:
+            return True
+        self._relayed_bytes[peer] += size
+        return False
 
     def register(self, host: IHost) -> None:
         host.set_stream_handler(TProtocol(BLOCKS_PROTOCOL), self._on_stream)
@@ -182,6 +204,14 @@ class BlockServer:
                     # A 256 KiB read from the page cache takes ~0.1 ms: cheaper inline
                     # than a thread hop, and it keeps frames in request order.
                     data = self.store.get(cid)
+                    if data is not None and self._over_relay_cap(stream, peer, len(data)):
+                        self.stats.refused_relayed += 1
+                        why = (f"weight transfer over a relayed connection refused: more than "
+                               f"{(self.relay_cap_bytes or 0) / 2**20:g} MiB to this peer through a relay; "
+                               "fetch from a provider you reach directly").encode()
+                        event(log, "blocks_relay_cap", peer=peer, sent=self._relayed_bytes[peer])
+                        await stream.write(encode_varint(len(why) + 1) + bytes((STATUS_REFUSED,)) + why)
+                        return
                     if data is None:
                         self.stats.missing += 1
                         frame = encode_varint(1) + bytes((STATUS_MISSING,))
@@ -230,6 +260,9 @@ class BlockStream:
         frame = await self._reader.next()
         if frame is None:
             raise StreamClosed(f"provider {self.peer_id[-8:]} closed the stream")
+        if frame and frame[0] == STATUS_REFUSED:
+            reason = bytes(frame[1:513]).decode("utf-8", "replace")
+            raise TransferRefused(f"provider {self.peer_id[-8:]}: {reason}")
         if not frame or frame[0] not in (STATUS_BLOCK, STATUS_MISSING):
             raise DecodeError("bad block response status")
         if frame[0] == STATUS_MISSING:

@@ -64,11 +64,13 @@ class StorageService:
         reprovide_interval: float = DEFAULT_REPROVIDE_INTERVAL,
         upload_limit_mib: float | None = None,
         quota: FetchQuota | None = None,
+        relay_transfer_cap_mib: float | None = None,
     ) -> None:
         self.store = store
         self.quota = quota or FetchQuota()  # per fetch, per requester, for others (quota.py)
         rate = upload_limit_mib * 1024 * 1024 if upload_limit_mib is not None else None
-        self.server = BlockServer(store, upload_limit=UploadLimiter(rate))
+        cap = int(relay_transfer_cap_mib * 1024 * 1024) if relay_transfer_cap_mib is not None else None
+        self.server = BlockServer(store, upload_limit=UploadLimiter(rate), relay_cap_bytes=cap)
         self.reprovide_interval = reprovide_interval
         self.node: Node | None = None
         self.bitswap: Bitswap | None = None
@@ -84,6 +86,7 @@ class StorageService:
             upload_limit_mib=storage.upload_limit_mib,
             quota=FetchQuota.from_mib(storage.max_fetch_mib, storage.peer_quota_mib, storage.others_quota_mib,
                                       storage.max_expansion),
+            relay_transfer_cap_mib=config.net.relay_transfer_cap_mib,
         )
 
     def record_fields(self) -> dict[str, object]:

@@ -41,7 +41,7 @@ RANKS = {
     "node.config": 1, "node.logs": 1, "node.metrics": 1, "node.local_node": 1, "node.evaluation": 1,
     "node.atomic": 1,  # a directory written whole or not at all (cache, adapters, checkpoints, exports)
     "node.net": 2,
-    "node.registry": 3, "node.storage": 3, "node.activity": 3, "node.expert.errors": 3,
+    "node.registry": 3, "node.nat": 3, "node.storage": 3, "node.activity": 3, "node.expert.errors": 3,
     # The expert's rooms: provisioning (an expert given a model or adapter CID fetches it through
     # storage), serving, and the client side that asks a (possibly remote) expert.
     "node.expert.model": 4,

@@ -262,6 +262,9 @@ async function renderReport(report) {
 function renderState(s) {
   $("node-name").textContent = s.node.name;
   $("node-id").textContent = s.node.peer_id;
+  const relays = ((s.node.nat || {}).reservations || {}).relays || [];
+  $("node-reach").textContent = `reachability: ${s.node.reachability || "unknown"}` +
+    (relays.length ? ` via ${relays.length} relay(s)` : "");
   renderPeers(s.peers);
   $("queries").replaceChildren();
   for (const q of s.queries) renderQuery(q);
