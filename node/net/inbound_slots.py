@@ -22,7 +22,7 @@ closes the socket when a handler returns), so the fix cannot just return early.
 :func:`release_inbound_slots_on_close` wraps two methods of this one host's swarm
 (nothing in site-packages is changed): ``_handle_inbound_connection`` marks its
 task as a listener's, and ``upgrade_inbound_raw_conn``, in such a task only, waits
-until the upgraded connection has closed and then raises
+until the upgraded connection has closed (or the swarm stops) and then raises
 :class:`InboundConnectionEnded`.  ``_do_handle_inbound_connection`` catches that
 like any failed connection (it logs at debug and closes the already-closed
 socket) and returns, and ``_handle_inbound_connection``'s ``finally`` releases the
@@ -78,7 +78,16 @@ def release_inbound_slots_on_close(host: IHost) -> None:
         muxed_conn = await upgrade(raw_conn, maddr)
         if not _in_listener_handler.get():
             return muxed_conn
-        await wait_closed(muxed_conn)
+        # Until the connection closes, or the swarm stops (upstream's barrier): a stopping node
+        # must still close its inbound connections, or its peers keep a dead node for live.
+        async with trio.open_nursery() as nursery:
+
+            async def until(wait: Any) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until, lambda: wait_closed(muxed_conn))
+            nursery.start_soon(until, swarm.manager.wait_finished)
         raise InboundConnectionEnded("inbound connection closed")
 
     swarm._handle_inbound_connection = handle_marked

@@ -286,6 +286,10 @@ def is_private(name: str) -> bool:
 FOREIGN_PRIVATE = {
     # py-libp2p's KadDHT asks one peer for a value only through its value store's private method.
     ("node.net.dht", "_get_from_peer"),
+    # py-libp2p's RelayResourceManager counts and expires reservations only privately (the relay
+    # service enforces per-IP and per-peer caps upstream never does: docs/operators.md).
+    ("node.net.relay_service", "_clean_expired"),
+    ("node.net.relay_service", "_reservations"),
 }
 
 
