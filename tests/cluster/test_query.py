@@ -21,8 +21,8 @@ import protocol as p
 from node.api.service import HttpService
 from node.app import Node
 from node.config import HttpConfig
-from node.coordinator.client import ask
 from node.coordinator import QueryFailed
+from node.coordinator.client import ask
 from node.coordinator.service import QueryService, coordinator_for
 from node.expert.client import generate
 from node.expert.service import ExpertService

@@ -108,3 +108,41 @@ def hf_greedy(expert, text: str, tokens: int = 12, adapter: str | None = None) -
     with torch.inference_mode(), ctx:
         out = model.generate(**enc, max_new_tokens=tokens, do_sample=False)
     return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+# --------------------------------------------------------------------------- engines
+
+ENGINES = ("torch", "llama.cpp")
+
+
+def requested_engine() -> str:
+    """The engine cluster fixtures serve with: ``$MOSAIC_ENGINE`` (torch or llama.cpp; default torch)."""
+    engine = os.environ.get("MOSAIC_ENGINE", "torch")
+    if engine not in ENGINES:
+        raise ValueError(f"MOSAIC_ENGINE={engine!r}: expected one of {', '.join(ENGINES)}")
+    return engine
+
+
+@pytest.fixture(scope="session")
+def llama_expert(expert_data_dir: Path):
+    """The same SmolLM2 GGUF served by the llama.cpp engine (the file as it is, Q4_1), no adapters."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (scripts/install.sh builds it)")
+    from node.expert.serve.llamacpp.model import load_llama_expert
+
+    return load_llama_expert(None, cache_dir=expert_data_dir)
+
+
+@pytest.fixture(scope="session")
+def llama_adapter_expert(expert_data_dir: Path, lora_adapter_dir: Path):
+    """The llama.cpp engine with the ``noisy`` adapter (converted to a GGUF LoRA on first use)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (scripts/install.sh builds it)")
+    from node.expert.serve.llamacpp.model import load_llama_expert
+
+    return load_llama_expert(None, {ADAPTER_NAME: str(lora_adapter_dir)}, cache_dir=expert_data_dir)
+
+
+@pytest.fixture(scope="session")
+def served_expert(request: pytest.FixtureRequest):
+    """The base expert of ``$MOSAIC_ENGINE``'s engine (cluster tests of strategies run on either)."""
+    name = "llama_expert" if requested_engine() == "llama.cpp" else "base_expert"
+    return request.getfixturevalue(name)

@@ -1,0 +1,1 @@
+"""Serving: the engines that run an expert's model behind one seam (engine.py)."""
