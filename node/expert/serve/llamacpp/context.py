@@ -23,6 +23,8 @@ from ..sampling_np import log_softmax
 
 # Tokens of one llama_decode call (n_batch): also the largest prefill chunk of one step.
 BATCH_TOKENS = 512
+# Rows with logits in one decode of a prefill (see LlamaContext.prefill).
+OUTPUTS_PER_DECODE = 32
 
 
 @dataclass(frozen=True)
@@ -106,18 +108,24 @@ class LlamaContext:
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
 
     def prefill(self, seq: int, tokens: list[int], start: int, *, keep: int = 1) -> list[np.ndarray]:
-        """Run ``tokens`` into ``seq`` from position ``start`` in chunks; logits of the last ``keep`` tokens.
+        """Run ``tokens`` into ``seq`` from position ``start`` in chunks; log-probs after the last ``keep``.
 
-        Each kept row's log-probabilities come back as a float32 copy (the logits buffer is
-        overwritten by the next decode).
+        Each kept row comes back as a float32 copy (the logits buffer is overwritten by the next
+        decode).  A chunk holds at most :data:`OUTPUTS_PER_DECODE` rows with logits: llama.cpp
+        grows its output buffer to the most rows one decode asked for, and a row is a whole
+        vocabulary (600 KB for Qwen's 152k tokens), so a 512-token score would pin 300 MB.
         """
         out: list[np.ndarray] = []
         first_kept = len(tokens) - keep
-        for offset in range(0, len(tokens), BATCH_TOKENS):
-            chunk = tokens[offset:offset + BATCH_TOKENS]
-            rows = [Row(seq, t, start + offset + j, offset + j >= first_kept) for j, t in enumerate(chunk)]
+        offset = 0
+        while offset < len(tokens):
+            end = min(len(tokens), offset + BATCH_TOKENS)
+            if end > first_kept:  # this chunk reaches the rows whose logits are wanted
+                end = min(end, max(first_kept, offset) + OUTPUTS_PER_DECODE)
+            rows = [Row(seq, tokens[j], start + j, j >= first_kept) for j in range(offset, end)]
             for index in self.decode(rows):
                 out.append(log_softmax(self.logits(index)))
+            offset = end
         return out
 
     def forget(self, seq: int, start: int = 0) -> None:
