@@ -74,7 +74,7 @@ class Reference:
     def one(self, text: str, tokens: int) -> dict:
         ids = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                                  tokenize=True)
-        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         self.llm.reset()  # no prefix reuse from the previous prompt
         started = time.perf_counter()
         first = None

@@ -27,6 +27,8 @@ from protocol import (
     SamplingParams,
     ScoreRequest,
     SessionAppend,
+    SessionClose,
+    SessionClosed,
     SessionOpen,
     TokenChunk,
 )
@@ -43,9 +45,11 @@ TOKENS = 12
 LOGPROB_TOLERANCE = 0.25
 
 
-def chat(text: str, rid: str, *, tokens: int = TOKENS, adapter: str | None = None, **sampling) -> GenerateRequest:
+def chat(text: str, rid: str, *, tokens: int = TOKENS, adapter: str | None = None, stream: bool = True,
+         progress: bool = False, **sampling) -> GenerateRequest:
     return GenerateRequest(request_id=rid, messages=(ChatMessage(role="user", content=text),), adapter=adapter,
-                           sampling=SamplingParams(max_new_tokens=tokens, **sampling))
+                           sampling=SamplingParams(max_new_tokens=tokens, **sampling), stream=stream,
+                           progress=progress, timeout_s=300.0)
 
 
 @pytest.fixture(params=["torch", "llama.cpp"])
@@ -91,14 +95,60 @@ async def generate_all(local: LocalExpert, requests: list[GenerateRequest]) -> d
 
 
 async def test_concurrent_streams_equal_each_alone(engine_expert):
-    """Continuous batching: greedy answers in a batch are the answers each prompt gets alone."""
-    with trio.fail_after(120):
+    """Continuous batching: greedy answers in a batch are the answers each prompt gets alone.
+
+    Up to numerical ties: llama.cpp's attention sums a sequence's KV cells in an order that
+    depends on where they sit in the shared cache, so a near-tie may fall the other way in a
+    batch.  Where a batched answer differs, every token of both answers must then be the model's
+    greedy choice within ``TIE_NATS`` (replayed through a session: the exact token ids).
+    """
+    with trio.fail_after(240):
         async with serving(engine_expert, max_batch=4) as local:
-            alone = {p: (await generate(local, chat(p, f"a{i}")))[1].text for i, p in enumerate(PROMPTS)}
-            together = await generate_all(local, [chat(p, f"b{i}", stream=True) for i, p in enumerate(PROMPTS)])
+            alone = {p: await generate(local, chat(p, f"a{i}")) for i, p in enumerate(PROMPTS)}
+            together = await generate_all_chunks(local, [chat(p, f"b{i}") for i, p in enumerate(PROMPTS)])
             assert local.worker.steps > 0
-    assert {p: together[f"b{i}"].text for i, p in enumerate(PROMPTS)} == alone
-    assert all(r.finish_reason in ("stop", "length") and r.usage.completion_tokens > 0 for r in together.values())
+            differing = [(i, p) for i, p in enumerate(PROMPTS) if together[f"b{i}"][1].text != alone[p][1].text]
+            for i, p in differing:
+                for chunks in (alone[p][0], together[f"b{i}"][0]):
+                    await assert_greedy_up_to_ties(local, p, [t for c in chunks for t in c.token_ids])
+    if engine_expert is not None and getattr(engine_expert, "engine", "torch") == "torch":
+        assert not differing  # the torch engine's batch is exact (tests/unit/test_expert_worker.py)
+    assert len(differing) <= len(PROMPTS) // 2
+    assert all(r.finish_reason in ("stop", "length") and r.usage.completion_tokens > 0
+               for _, r in together.values())
+
+
+TIE_NATS = 0.1
+
+
+async def assert_greedy_up_to_ties(local: LocalExpert, text: str, tokens: list[int]) -> None:
+    """Each of ``tokens`` is within TIE_NATS of the best next token after the prompt and those before it."""
+    from node.expert.session_store import SessionOp
+    from protocol import SessionNext
+
+    key = f"check/{len(tokens)}-{hash(text) & 0xffff}"
+    sid = key.rpartition("/")[2]
+    step = await local._one(SessionOp("open", key, SessionOpen(session_id=sid, messages=(
+        ChatMessage(role="user", content=text),), top_k=5)), SessionNext)
+    for token in tokens:
+        chosen = dict(zip(step.token_ids, step.logprobs, strict=True)).get(token)
+        assert chosen is not None and chosen >= step.logprobs[0] - TIE_NATS, (text, token, step)
+        step = await local._one(SessionOp("append", key, SessionAppend(session_id=sid, token_ids=(token,), top_k=5)),
+                                SessionNext)
+    await local._one(SessionOp("close", key, SessionClose(session_id=sid)), SessionClosed)
+
+
+async def generate_all_chunks(local: LocalExpert, requests: list[GenerateRequest]
+                              ) -> dict[str, tuple[list[TokenChunk], GenerateResult]]:
+    results: dict[str, tuple[list[TokenChunk], GenerateResult]] = {}
+
+    async def one(request: GenerateRequest) -> None:
+        results[request.request_id] = await generate(local, request)
+
+    async with trio.open_nursery() as nursery:
+        for request in requests:
+            nursery.start_soon(one, request)
+    return results
 
 
 async def test_stream_chunks_add_up_and_usage(engine_expert):
