@@ -9,7 +9,15 @@ import pytest
 import trio
 
 from protocol import NextTokenRequest
-from tests.engine.test_conformance import LOGPROB_TOLERANCE, PROMPTS, chat, generate, generate_all, serving
+from tests.engine.test_conformance import (
+    LOGPROB_TOLERANCE,
+    PROMPTS,
+    assert_greedy_up_to_ties,
+    chat,
+    generate,
+    generate_all_chunks,
+    serving,
+)
 from tests.expert.fixtures import ADAPTER_NAME
 from tests.training.fixtures import QUESTION
 
@@ -31,14 +39,22 @@ async def test_converted_adapter_matches_peft(adapter_expert, llama_adapter_expe
 
 
 async def test_adapter_and_base_rows_in_one_batch(llama_adapter_expert):
-    """Rows with and without the adapter run together (grouped per decode) and match their runs alone."""
-    with trio.fail_after(120):
+    """Rows with and without the adapter run together (one decode per adapter set) and match their runs
+    alone, up to numerical ties (see test_concurrent_streams_equal_each_alone)."""
+    with trio.fail_after(300):
         async with serving(llama_adapter_expert) as local:
             requests = [chat(p, f"r{i}", adapter=ADAPTER_NAME if i % 2 else None) for i, p in enumerate(PROMPTS)]
-            alone = {r.request_id: (await generate(local, r))[1].text for r in requests}
-            together = await generate_all(local, requests)
-    assert {k: v.text for k, v in together.items()} == alone
-    assert alone["r0"] != alone["r1"] or alone["r2"] != alone["r3"]
+            alone = {r.request_id: await generate(local, r) for r in requests}
+            together = await generate_all_chunks(local, requests)
+            differing = [r for r in requests if together[r.request_id][1].text != alone[r.request_id][1].text]
+            for r in differing:
+                text = r.messages[0].content
+                for chunks in (alone[r.request_id][0], together[r.request_id][0]):
+                    await assert_greedy_up_to_ties(local, text, [t for c in chunks for t in c.token_ids], r.adapter)
+            # The adapter changes answers: the same prompt with and without it.
+            tuned = await generate(local, chat(PROMPTS[0], "t", adapter=ADAPTER_NAME))
+    assert len(differing) <= len(requests) // 2
+    assert tuned[1].text != alone["r0"][1].text
 
 
 @pytest.mark.slow

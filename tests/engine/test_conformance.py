@@ -121,7 +121,8 @@ async def test_concurrent_streams_equal_each_alone(engine_expert):
 TIE_NATS = 0.1
 
 
-async def assert_greedy_up_to_ties(local: LocalExpert, text: str, tokens: list[int]) -> None:
+async def assert_greedy_up_to_ties(local: LocalExpert, text: str, tokens: list[int],
+                                   adapter: str | None = None) -> None:
     """Each of ``tokens`` is within TIE_NATS of the best next token after the prompt and those before it."""
     from node.expert.session_store import SessionOp
     from protocol import SessionNext
@@ -129,7 +130,7 @@ async def assert_greedy_up_to_ties(local: LocalExpert, text: str, tokens: list[i
     key = f"check/{len(tokens)}-{hash(text) & 0xffff}"
     sid = key.rpartition("/")[2]
     step = await local._one(SessionOp("open", key, SessionOpen(session_id=sid, messages=(
-        ChatMessage(role="user", content=text),), top_k=5)), SessionNext)
+        ChatMessage(role="user", content=text),), top_k=5, adapter=adapter), adapter), SessionNext)
     for token in tokens:
         chosen = dict(zip(step.token_ids, step.logprobs, strict=True)).get(token)
         assert chosen is not None and chosen >= step.logprobs[0] - TIE_NATS, (text, token, step)
