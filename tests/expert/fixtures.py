@@ -177,7 +177,7 @@ def reference_llama(expert, adapter: str | None):
     key = (str(expert.path), lora)
     if key not in _REFERENCES:
         _REFERENCES[key] = Llama(model_path=str(expert.path), lora_path=lora, n_ctx=2048, n_threads=1,
-                                 n_threads_batch=1, verbose=False)
+                                 n_threads_batch=1, flash_attn=True, verbose=False)  # as the engine's context
     return _REFERENCES[key]
 
 
@@ -185,10 +185,13 @@ def reference_logits(expert, adapter: str | None, ids: list[int]):
     """Next-token logits after ``ids`` from the plain reference (whole context, no cache reuse)."""
     import numpy as np
 
+    import llama_cpp
+
     llm = reference_llama(expert, adapter)
     llm.reset()
     llm.eval(ids)
-    return np.array(llm.scores[len(ids) - 1], dtype=np.float32)
+    pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)  # the last evaluated token's row
+    return np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),)).astype(np.float32)
 
 
 def llama_greedy(expert, text: str, tokens: int, adapter: str | None) -> str:

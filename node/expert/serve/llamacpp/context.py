@@ -55,6 +55,10 @@ class LlamaContext:
         params.n_threads = threads
         params.n_threads_batch = threads
         params.kv_unified = True  # every sequence may use any cell: one budget for all
+        # Flash attention never materialises the [heads x tokens x cells] score matrix (150 MB for a
+        # 512-token chunk over 8192 cells); "auto" picks it on a CPU too, but say so: references
+        # (tests/expert/fixtures.py) must run the same attention to agree to the last digits.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         params.no_perf = True
         self.ctx = llama_cpp.llama_init_from_model(expert.model, params)
         if not self.ctx:
