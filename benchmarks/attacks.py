@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import protocol as p
 from node.coordinator.client import ask
 from node.coordinator.service import QueryService
-from node.expert.service import ExpertService
+from node.expert.serve.service import ExpertService
 from tests.attacks.adversary import adversary, sybil_records
 from tests.attacks.test_fuzz_frames import run_fuzz
 from tests.cluster.harness import in_process_cluster
@@ -137,7 +137,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from node.expert.loader import load_expert
+    from node.expert.model.loader import load_expert
 
     model = load_expert(None, device="cpu")
     print(f"attack suite on {os.cpu_count()} CPUs; resource limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]} fds")

@@ -40,7 +40,7 @@ def make_adapter(cache: str, out: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from node.expert.loader import resolve_source
+    from node.expert.model.loader import resolve_source
 
     base = AutoModelForCausalLM.from_pretrained(resolve_source(None, Path(cache)).directory,
                                                 use_safetensors=True, local_files_only=True)
@@ -89,9 +89,9 @@ async def main(args: argparse.Namespace) -> None:
     import protocol as p
     from node.config import ExpertConfig
     from node.coordinator.calls import QueryFailed
-    from node.coordinator.service import QueryService, coordinator_for
-    from node.expert.loader import load_expert
-    from node.expert.service import ExpertService
+    from node.coordinator.service import QueryService
+    from node.expert.model.loader import load_expert
+    from node.expert.serve.service import ExpertService
     from tests.cluster.harness import in_process_cluster
 
     cache = args.cache_dir or tempfile.mkdtemp(prefix="mosaic-bench-")
@@ -106,7 +106,7 @@ async def main(args: argparse.Namespace) -> None:
         a = await cluster.add(1, services=[ExpertService(ExpertConfig(), expert=base, threads=args.threads)])
         await cluster.add(2, services=[ExpertService(ExpertConfig(), expert=tuned, threads=args.threads)])
         await node.registry.wait_for(lambda r: len(r.experts()) == 2, timeout=60)
-        coordinator = coordinator_for(node)
+        coordinator = node.service(QueryService).coordinator
         single_rates, fused_rates, per_token, fused_text, fused_tokens, failures = [], [], [], "", 0, 0
         for round_ in range(args.rounds + 1):  # round 0 warms both paths up and is not counted
             started = time.perf_counter()

@@ -32,9 +32,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import protocol as p
 from node.coordinator.reputation import Reputation, SpotChecker, load_check_items
-from node.coordinator.service import QueryService, coordinator_for
+from node.coordinator.service import QueryService
 from node.evaluation import build_prompt, find_tasks_dir, load_tasks, score
-from node.expert.service import ExpertService
+from node.expert.serve.service import ExpertService
 from tests.attacks.test_lying_expert import WrongOptionExpert, wrong_options
 from tests.cluster.harness import in_process_cluster
 
@@ -52,7 +52,7 @@ async def run_config(models: list, wrong: dict[str, str] | None, items: list, ra
         if wrong is not None:
             liar = await cluster.add(1 + len(models), services=[WrongOptionExpert(wrong)], **net)
         await coordinator.registry.wait_for(lambda r: len(r.experts()) == 4, timeout=60)
-        engine = coordinator_for(coordinator)
+        engine = coordinator.service(QueryService).coordinator
         out: dict[str, object] = {}
         for strategy, params in STRATEGIES.items():
             engine.reputation = Reputation()  # each strategy starts without evidence
@@ -93,7 +93,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from node.coordinator.reputation import SPOT_CHECK_RATE
-    from node.expert.loader import load_expert
+    from node.expert.model.loader import load_expert
 
     folder = find_tasks_dir(Path(__file__).resolve().parents[1])
     if folder is None:

@@ -46,8 +46,8 @@ def _start_like_a_node(cache_root: str, results) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from node.expert.loader import default_gguf_path
-    from node.expert.model_cache import _convert, content_ids, ensure_entry
+    from node.expert.model.loader import default_gguf_path
+    from node.expert.model.model_cache import _convert, content_ids, ensure_entry
 
     gguf = default_gguf_path()
     digest, _ = content_ids(gguf)

@@ -64,7 +64,7 @@ async def routed_run(host, coordinator_id: str, query) -> tuple[float, float, st
 async def main(args: argparse.Namespace, expert) -> None:
     import protocol as p
     from node.coordinator.service import QueryService
-    from node.expert.service import ExpertService
+    from node.expert.serve.service import ExpertService
     from node.net.discovery import dial
     from node.net.host import build_host, listen_multiaddrs
     from node.net.keys import libp2p_key_pair
@@ -136,7 +136,7 @@ def cli() -> None:
 
     import trio
 
-    from node.expert.loader import load_expert
+    from node.expert.model.loader import load_expert
 
     logging.getLogger().setLevel(logging.ERROR)
     # Default: the per-user model cache ($MOSAIC_CACHE_DIR or the platform cache dir).

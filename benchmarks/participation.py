@@ -51,7 +51,7 @@ CATALOG_EXPERTS = {
     "qwen-coder": ("qwen2.5-0.5b", "Qwen2.5 Coder 0.5B instruct: code, math and step-by-step reasoning, science",
                    "code,math,gsm8k,arc_challenge,mmlu_redux"),
     # A base model without a chat template: the expert renders chat messages as a plain
-    # "...\nAnswer:" completion prompt (node/expert/prompts.py), so strategies can ask it too.
+    # "...\nAnswer:" completion prompt (node/expert/serve/prompts.py), so strategies can ask it too.
     "gemma": ("gemma3-270m", "Gemma 3 270M base: plain text completion, general knowledge and facts",
               "general,facts,popqa"),
 }
@@ -96,7 +96,7 @@ def contributor_experts(directory: Path, models: dict[str, str]) -> list[ExpertS
 
 def catalog_available() -> bool:
     try:
-        import node.expert.catalog  # noqa: F401
+        import node.expert.model.catalog  # noqa: F401
     except ImportError:
         return False
     return True

@@ -100,7 +100,7 @@ def in_process(expert, engine: str, threads: int, tokens: int, concurrency: int)
     """``concurrency`` requests at once on the engine's worker (LocalExpert, no network)."""
     import trio
 
-    from node.expert.local import LocalExpert
+    from node.expert.serve.local import LocalExpert
     from node.expert.serve.engine import make_worker
     from protocol import ChatMessage, GenerateRequest, GenerateResult, SamplingParams
 
@@ -245,7 +245,7 @@ def best(results: list[dict]) -> dict:
 
 
 def bench_model(key: str, engine: str, args, work: Path, reference_cache: dict) -> dict:
-    from node.expert import catalog
+    from node.expert.model import catalog
 
     entry = catalog.lookup(key)
     assert entry is not None
@@ -265,7 +265,7 @@ def bench_model(key: str, engine: str, args, work: Path, reference_cache: dict) 
 
             expert = load_llama_expert(key, cache_dir=cache)
         else:
-            from node.expert.loader import load_expert
+            from node.expert.model.loader import load_expert
 
             expert = load_expert(key, cache_dir=cache, device="cpu")
         if key not in reference_cache:
@@ -320,7 +320,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    from node.expert import catalog
+    from node.expert.model import catalog
 
     rows = []
     reference_cache: dict = {}

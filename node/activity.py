@@ -15,7 +15,6 @@ publishing never blocks (the dashboard refetches the full state on reconnect).
 from __future__ import annotations
 
 import time
-import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from protocol import QueryChunk, QueryRequest, QueryResult
 from protocol.trace import Trace
 from protocol.verify import check_trace
 
-from .metrics import NodeMetrics, metrics_for
+from .metrics import NodeMetrics
 
 RECENT_QUERIES = 50
 PROMPT_EXCERPT = 240
@@ -279,14 +278,3 @@ def _excerpt(query: QueryRequest) -> str:
     else:
         text = query.prompt or ""
     return text[:PROMPT_EXCERPT]
-
-
-_by_owner: weakref.WeakKeyDictionary[Any, Activity] = weakref.WeakKeyDictionary()
-
-
-def activity_for(owner: Any) -> Activity:
-    """The :class:`Activity` of ``owner`` (a node), sharing the node's :func:`metrics_for`."""
-    activity = _by_owner.get(owner)
-    if activity is None:
-        activity = _by_owner[owner] = Activity(metrics_for(owner))
-    return activity

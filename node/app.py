@@ -40,8 +40,10 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from protocol import CapabilityRecord, ProtocolError, RecordBatch, SignedRecord, decode, encode, sign_record
 
+from .activity import Activity
 from .config import NodeConfig
 from .logs import event, get_logger, limited_event
+from .metrics import NodeMetrics
 from .net.conncap import InboundCaps, forget_addresses, remote_ip
 from .net.dht import build_dht, fetch_record, prune_expired, put_record
 from .net.discovery import (
@@ -51,6 +53,8 @@ from .net.discovery import (
     connected_peers,
     dial,
     forget_dial_failure,
+    forget_peer,
+    peer_info_from_multiaddr,
     refresh_routing_table,
     routing_table_peers,
 )
@@ -59,7 +63,7 @@ from .net.gossip import Announcer, build_pubsub
 from .net.host import build_host, disconnect_all, disconnect_peer, expand_wildcard, listen_multiaddrs
 from .net.keys import libp2p_key_pair, load_or_create_identity
 from .net.ports import check_listen_addrs
-from .net.streams import StreamClosed, is_allowed, set_allowlist
+from .net.streams import Allowlist, StreamClosed
 from .registry import Registry
 
 log = get_logger("node")
@@ -102,7 +106,12 @@ class Node:
         self.dht = build_dht(self.host, client=client)
         self.router, self.pubsub = build_pubsub(self.host)
         self.registry = Registry(connected=lambda: connected_peers(self.host), trusted=config.net.trusted_peers)
-        set_allowlist(self.host, config.net.trusted_peers)
+        # Who may open streams on the protocols this node serves (every service's serve() gets it).
+        self.allowlist = Allowlist(self.peer_id, config.net.trusted_peers)
+        # This node's Prometheus metrics and the queries it coordinated (the query protocol and
+        # the HTTP API record into them, the API serves them).
+        self.metrics = NodeMetrics()
+        self.activity = Activity(self.metrics)
         self.announcer = Announcer(
             self.pubsub,
             on_record=lambda signed, via: self.registry.offer(signed, source="gossip", via=via),
@@ -128,7 +137,7 @@ class Node:
         # py-libp2p's listener sets SO_REUSEPORT and would share the port with another node.
         check_listen_addrs(net.listen)
         send, receive = trio.open_memory_channel[tuple[str, bool | None]](256)
-        self.host.get_network().register_notifee(ConnectionWatcher(send))
+        self.host.get_network().register_notifee(ConnectionWatcher(send, on_disconnect=self._on_disconnected))
         async with (
             self.host.run(listen_addrs=listen_multiaddrs(net.listen)),
             background_trio_service(self.dht),
@@ -144,6 +153,7 @@ class Node:
                     # Only peers we verified: relaying unverified records spread the Sybil flood.
                     table=self.registry.verified_records,
                     on_record=self._on_direct_record,
+                    allowlist=self.allowlist,
                 )
             await nursery.start(self.registry.run_expiry)
             if self.advertises:
@@ -292,35 +302,40 @@ class Node:
 
     async def _dial_bootstrap(self, nursery: trio.Nursery) -> list[str]:
         """Dial every bootstrap peer once; those that fail are retried in the background."""
-        peers = []
+        peers, failed = [], []
         for addr in self.config.net.bootstrap:
             try:
                 peer_id = await self.connect(addr)
-            except DialError as exc:
-                self._bootstrap_failed(addr, exc, BOOTSTRAP_RETRY_FIRST)
-                nursery.start_soon(self._retry_bootstrap, addr)
+            except DialError as error:
+                failed.append((addr, str(error)))
                 continue
             peers.append(peer_id)
             event(log, "bootstrap_connected", peer=peer_id)
+        for addr, reason in failed:
+            # One warning per unreachable peer, with the whole error: a node that never joins
+            # would run alone silently otherwise.  The retries are quiet (debug) until one works.
+            status = "running alone" if not peers else f"joined through {len(peers)} other bootstrap peer(s)"
+            event(log, "bootstrap_failed", level=logging.WARNING, addr=addr, error=reason,
+                  retry_in=f"{BOOTSTRAP_RETRY_FIRST:.0f}s", status=f"{status}; retrying until it answers")
+            nursery.start_soon(self._retry_bootstrap, addr)
         return peers
-
-    def _bootstrap_failed(self, addr: str, exc: Exception, retry_in: float) -> None:
-        # A warning with the whole error: a node that never joins runs alone, silently otherwise.
-        event(log, "bootstrap_failed", level=logging.WARNING, addr=addr, error=str(exc), retry_in=f"{retry_in:.0f}s")
 
     async def _retry_bootstrap(self, addr: str) -> None:
         """Dial ``addr`` again after 1, 2, 4 ... 60 s until it answers, then join the DHT."""
         delay = BOOTSTRAP_RETRY_FIRST
+        attempt = 1
         while True:
             await trio.sleep(delay)
             forget_dial_failure(self.host, addr)
+            attempt += 1
             try:
                 peer_id = await self.connect(addr)
             except DialError as exc:
                 delay = min(delay * 2, BOOTSTRAP_RETRY_MAX)
-                self._bootstrap_failed(addr, exc, delay)
+                event(log, "bootstrap_failed", level=logging.DEBUG, addr=addr, error=str(exc),
+                      attempt=attempt, retry_in=f"{delay:.0f}s")
                 continue
-            event(log, "bootstrap_connected", peer=peer_id, attempt="retry")
+            event(log, "bootstrap_connected", peer=peer_id, attempt=attempt)
             await self._join_dht([peer_id])
             return
 
@@ -349,7 +364,7 @@ class Node:
         waits for the dialler's record to arrive before adding it to the routing table.
         """
         event(log, "peer_connected", peer=peer_id, outbound=dialled_by_us)
-        if not is_allowed(self.host, peer_id):
+        if not self.allowlist.allows(peer_id):
             # A private swarm: streams from it are refused anyway (net.streams); drop the connection.
             event(log, "peer_refused", peer=peer_id, reason="not a trusted peer")
             await disconnect_peer(self.host, peer_id)
@@ -394,6 +409,28 @@ class Node:
                 self.registry.offer(signed, source="stream", via=peer_id)
         if peer_id in self.registry:
             await add_to_routing_table(self.dht, peer_id)
+
+    def _on_disconnected(self, peer_id: str) -> None:
+        """A peer's last connection closed: forget it unless it may still serve us.
+
+        A peer with a record stays dialable (it crashed or the link broke: it may come
+        back).  One without (a CLI client that exited, a peer that said goodbye) is
+        forgotten, or it would be redialled every 30 s forever, an error line each time.
+        Bootstrap peers are kept: we joined through them.
+        """
+        if peer_id in self.registry or peer_id in self._bootstrap_ids():
+            return
+        forget_peer(self.host, self.dht, peer_id)
+        event(log, "peer_forgotten", level=logging.DEBUG, peer=peer_id)
+
+    def _bootstrap_ids(self) -> set[str]:
+        ids = set()
+        for addr in self.config.net.bootstrap:
+            try:
+                ids.add(peer_info_from_multiaddr(addr).peer_id.to_base58())
+            except DialError:
+                continue
+        return ids
 
     def _on_direct_record(self, signed: SignedRecord, sender: str) -> None:
         """A peer sent us its own record directly (it just connected): relay it on gossip.

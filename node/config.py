@@ -42,9 +42,15 @@ class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range; names the key."""
 
 
+LOOPBACK_LISTEN = "/ip4/127.0.0.1/tcp/4001"
+PUBLIC_LISTEN = "/ip4/0.0.0.0/tcp/4001"  # `start --public`: every interface
+
+
 @dataclass
 class NetConfig:
-    listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
+    # Loopback until the operator opts in (`start --public` or `--listen`): a newcomer's first
+    # node should not be open to every network the machine is on.
+    listen: list[str] = field(default_factory=lambda: [LOOPBACK_LISTEN])
     bootstrap: list[str] = field(default_factory=list)
     mdns: bool = False
     # Seconds a capability record stays valid; re-announced well before it lapses.
@@ -79,7 +85,7 @@ class ExpertConfig:
     queue_size: int = 64
     max_new_tokens_cap: int = 1024
     # torch intra-op threads for the inference worker; 0 = automatic: the free physical cores
-    # (node/expert/threads.py).  torch's own default (every logical core) ran 25-30x slower
+    # (node/expert/serve/threads.py).  torch's own default (every logical core) ran 25-30x slower
     # while another process held a core.
     threads: int = 0
     # Generation sessions (token-level fusion): each holds a KV cache of up to session_max_tokens.
@@ -89,7 +95,7 @@ class ExpertConfig:
     session_max_tokens: int = 2048
     # Self-evaluation at start: task names (files in tasks_dir, default $MOSAIC_TASKS_DIR or
     # ../shared/data/tasks) scored on their first self_eval_limit dev items; the scores go
-    # into the signed capability record (node/expert/self_eval.py).
+    # into the signed capability record (node/expert/serve/self_eval.py).
     self_eval: list[str] = field(default_factory=list)
     self_eval_limit: int = 20
     tasks_dir: str | None = None
@@ -109,6 +115,13 @@ class StorageConfig:
     ipfs_api: str | None = None
     # Cap on block uploads to other peers, MiB/s for the whole node (None: no cap).
     upload_limit_mib: float | None = None
+    # Quotas on fetched content (node/storage/quota.py): what one fetch may declare, and what remote
+    # peers may make this node fetch per hour, each peer and all of them together (issue 22).
+    max_fetch_mib: float = 64 * 1024
+    peer_quota_mib: float = 1024
+    others_quota_mib: float = 8 * 1024
+    # Content over 256 MiB may declare at most this many times the bytes of its distinct blocks.
+    max_expansion: float = 16.0
 
 
 @dataclass
@@ -193,6 +206,10 @@ class NodeConfig:
         # Below 1 MiB/s one 16 MiB block request would outlast the server's request deadline.
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 1):
             raise ConfigError("storage.upload_limit_mib: must be >= 1 (MiB/s), or unset for no cap")
+        for key in ("max_fetch_mib", "peer_quota_mib", "others_quota_mib", "max_expansion"):
+            value = getattr(self.storage, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 2**30:
+                raise ConfigError(f"storage.{key}: must be a size in MiB, > 0")
         return self
 
 
@@ -210,6 +227,12 @@ def load_config(
                 data = tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory; pass the TOML file itself") from None
+        except PermissionError:
+            raise ConfigError(f"config file {path} cannot be read (permission denied)") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 TOML: {exc.reason}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
         apply_mapping(config, data)

@@ -117,7 +117,7 @@ class ControlService:
     async def _self_eval(self, node: Node, request: dict[str, object]) -> dict[str, object]:
         """Score the node's expert on the named tasks now; the new scores go out in its signed record."""
         from .expert import ExpertService
-        from .expert.self_eval import SelfEvalError, task_path
+        from .expert.serve.self_eval import SelfEvalError, task_path
 
         expert = node.service(ExpertService)
         if expert is None or expert.local is None:

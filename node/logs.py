@@ -7,6 +7,7 @@ once.  stdout stays free for the one line the multi-process test harness parses
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -108,6 +109,28 @@ class _BriefFilter(logging.Filter):
         return True
 
 
+# Third-party errors that are routine on a healthy network, demoted to debug: a peer that
+# speaks no GossipSub (every CLI client: py-libp2p logged "protocols not supported /meshsub"
+# for each), and a dial that failed (4 lines per try; our callers report the dials that matter,
+# e.g. an unreachable bootstrap peer, in one line of their own).
+ROUTINE_THIRD_PARTY: tuple[tuple[str, str], ...] = (
+    ("libp2p.host.basic_host", "protocols not supported"),
+    ("libp2p.transport.tcp.tcp", "Failed to open TCP stream"),
+)
+
+
+class _RoutineFilter(logging.Filter):
+    """Lowers :data:`ROUTINE_THIRD_PARTY` records to DEBUG (so the quiet thresholds drop them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG:
+            for name, text in ROUTINE_THIRD_PARTY:
+                if record.name == name and text in record.getMessage():
+                    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                    break
+        return True
+
+
 class _LineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -195,6 +218,7 @@ def setup(level: str = "info", *, libp2p_level: str | None = None) -> None:
     handler = line_handler(sys.stderr)
     # Drop quiet lines before the rate limiter counts them.
     handler.filters.insert(0, _QuietFilter(thresholds))
+    handler.filters.insert(0, _RoutineFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
@@ -207,3 +231,73 @@ def setup(level: str = "info", *, libp2p_level: str | None = None) -> None:
     # py-libp2p detaches its logger (propagate=False, no handler): give it ours.
     libp2p_logger.handlers[:] = [handler]
     libp2p_logger.propagate = False
+
+
+# ----------------------------------------------------------------------------- progress on a terminal
+
+# Long silent steps (a model conversion: 16-40 s; a training run's model load and held-out
+# scoring) show a progress line on stderr, but only where a person watches: the CLI turns it
+# on for a terminal, and leaves it off for pipes, log files, --no-progress and --json.
+_progress = {"on": False}
+
+
+def show_progress(on: bool) -> None:
+    """Turn the progress lines of :func:`stage` on or off for this process (the CLI decides)."""
+    _progress["on"] = on
+
+
+def progress_wanted(stream: typing.TextIO | None = None, *, quiet: bool = False) -> bool:
+    """Whether a progress line helps: not asked to be quiet, and ``stream`` (stderr) is a terminal."""
+    stream = sys.stderr if stream is None else stream
+    return not quiet and bool(getattr(stream, "isatty", lambda: False)())
+
+
+class _Stage:
+    """What :func:`stage` yields: ``advance(note)`` moves to the next step, ``update(n)`` counts items."""
+
+    def __init__(self, bar: typing.Any = None) -> None:
+        self._bar = bar
+
+    def advance(self, note: str = "") -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+            if note:
+                self._bar.set_postfix_str(note, refresh=True)
+
+    def update(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+
+@contextlib.contextmanager
+def stage(desc: str, total: int | None = None, *, unit: str = "step") -> typing.Iterator[_Stage]:
+    """A progress line on stderr while a long step runs (when :func:`show_progress` is on).
+
+    The elapsed time ticks every half second even when the work reports nothing (a
+    conversion inside transformers), so a terminal never looks frozen.
+    """
+    if not _progress["on"]:
+        yield _Stage()
+        return
+    import shutil
+    import threading
+
+    from tqdm import tqdm
+
+    # A terminal that reports no size (0 columns) would get an empty line: assume 80 then.
+    width = shutil.get_terminal_size((80, 24)).columns
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, ncols=width, leave=True)
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(0.5):
+            bar.refresh()
+
+    ticker = threading.Thread(target=tick, name="progress-tick", daemon=True)
+    ticker.start()
+    try:
+        yield _Stage(bar)
+    finally:
+        done.set()
+        ticker.join(1.0)
+        bar.close()

@@ -11,15 +11,13 @@ numbers must not mix.  Two kinds of metrics live here:
   depth, busy rejections; see node/api/node_metrics.py), so the code that owns
   the state keeps a plain counter and never imports Prometheus.
 
-:func:`metrics_for` hands every module the same object for a node without
-adding a field to :class:`node.app.Node`.
+Each :class:`node.app.Node` owns one (``node.metrics``) and hands it to whoever records
+or serves its numbers.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -79,17 +77,6 @@ class NodeMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of everything above."""
         return generate_latest(self.registry)
-
-
-_by_owner: weakref.WeakKeyDictionary[Any, NodeMetrics] = weakref.WeakKeyDictionary()
-
-
-def metrics_for(owner: Any) -> NodeMetrics:
-    """The :class:`NodeMetrics` of ``owner`` (a node), created on first use and dropped with it."""
-    metrics = _by_owner.get(owner)
-    if metrics is None:
-        metrics = _by_owner[owner] = NodeMetrics()
-    return metrics
 
 
 def counter_family(name: str, documentation: str, values: dict[tuple[str, ...], float],

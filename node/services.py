@@ -27,11 +27,12 @@ def default_services(config: NodeConfig) -> list[Service]:
         services.append(ExpertService(config.expert))
     from .coordinator.service import QueryService  # every peer coordinates queries
 
-    services.append(QueryService())
+    queries = QueryService()
+    services.append(queries)
     if config.http.enabled:
         from .api.service import HttpService
 
-        services.append(HttpService(config.http))
+        services.append(HttpService(config.http, queries=queries))
     from .control import ControlService  # local `publish`/`pin` reach the node through it
 
     services.append(ControlService())

@@ -4,7 +4,8 @@ Nothing here touches sockets, files, trio, libp2p or torch; it is bytes in,
 messages (or typed errors) out.  See docs/protocol.md.
 """
 
-from .codec import MAX_MESSAGE_SIZE, decode, encode
+from .base import PROTOCOL_VERSION, Message, Params
+from .codec import MAX_MESSAGE_SIZE, decode, encode, trace_digest
 from .errors import (
     BadSignature,
     DecodeError,
@@ -24,7 +25,6 @@ from .identity import Identity, peer_id_from_public_key, public_key_from_peer_id
 from .messages import (
     ALL_MESSAGE_TYPES,
     GREEDY_TEMPERATURE,
-    PROTOCOL_VERSION,
     AdapterInfo,
     Cancel,
     CapabilityRecord,
@@ -33,12 +33,11 @@ from .messages import (
     ErrorMessage,
     EvalScore,
     FinishReason,
+    GenerateEvent,
     GenerateRequest,
     GenerateResult,
-    Message,
     NextTokenRequest,
     NextTokenResult,
-    Params,
     Provenance,
     QueryChunk,
     QueryRequest,
@@ -60,7 +59,7 @@ from .messages import (
 )
 from .receipts import Receipt, SignedReceipt, open_receipt, sign_receipt, verify_receipt
 from .records import Accepted, RecordBook, sign_record, verify_record
-from .trace import MAX_OUTPUT, MAX_STEPS, Trace, TraceStep, digest, trace_digest
+from .trace import MAX_OUTPUT, MAX_STEPS, Trace, TraceStep, digest
 
 # libp2p protocol ids spoken by Mosaic nodes (docs/protocol.md).
 CAPABILITIES_TOPIC = "/mosaic/capabilities/1"

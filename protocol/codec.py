@@ -11,6 +11,7 @@ from typing import TypeVar, overload
 
 import msgspec
 
+from .base import PROTOCOL_VERSION, Message
 from .errors import (
     DecodeError,
     InvalidValue,
@@ -21,7 +22,8 @@ from .errors import (
     UnsupportedVersion,
     WrongType,
 )
-from .messages import ALL_MESSAGE_TYPES, PROTOCOL_VERSION, Message
+from .messages import ALL_MESSAGE_TYPES
+from .trace import Trace, digest
 
 # One message never needs more than this; streams carry many messages.
 MAX_MESSAGE_SIZE = 1024 * 1024
@@ -102,3 +104,8 @@ def _classify(exc: msgspec.ValidationError, what: str) -> ProtocolError:
         return WrongType(detail)
     return InvalidValue(detail)
 
+
+
+def trace_digest(trace: Trace) -> str:
+    """Digest of the trace's canonical encoding (sent as an HTTP header next to the trace)."""
+    return digest(encode(trace))

@@ -17,27 +17,21 @@ from typing import Annotated, Literal, TypeGuard, get_args
 import msgspec
 from msgspec import Meta
 
+from .base import (
+    LogProbs,
+    Message,
+    Name,
+    NonNegInt,
+    Params,
+    RequestId,
+    RequestTimeout,
+    Seconds,
+    Short,
+    Text,
+    TokenIds,
+)
 from .receipts import SignedReceipt
-
-PROTOCOL_VERSION = 1
-
-# Caps.  They bound memory per message; frames carry a separate byte cap.
-Short = Annotated[str, Meta(max_length=128)]
-Name = Annotated[str, Meta(min_length=1, max_length=64)]
-Text = Annotated[str, Meta(max_length=256 * 1024)]
-RequestId = Annotated[str, Meta(min_length=1, max_length=64)]
-NonNegInt = Annotated[int, Meta(ge=0)]
-Seconds = Annotated[float, Meta(ge=0.0, le=86_400.0)]
-RequestTimeout = Annotated[float, Meta(gt=0.0, le=3600.0)]  # a request's own deadline, at most an hour
-TokenIds = Annotated[tuple[Annotated[int, Meta(ge=0, lt=2**31)], ...], Meta(max_length=32_768)]
-LogProbs = Annotated[tuple[float, ...], Meta(max_length=32_768)]
-
-
-class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="t"):
-    """Base of every top-level wire message."""
-
-    v: int = PROTOCOL_VERSION
-
+from .trace import Trace
 
 # --------------------------------------------------------------------------- capability records
 
@@ -56,7 +50,7 @@ class EvalScore(msgspec.Struct, frozen=True, kw_only=True):
     Self-reported: routers may use it as a prior, and any peer can spot-check it by
     re-asking some of the same items (``python -m node spot-check``).  ``items_sha256``
     names exactly which items were asked (the first ``n`` of ``split``, see
-    :mod:`node.expert.self_eval`), so a checker with the same task file knows it has them.
+    :mod:`node.expert.serve.self_eval`), so a checker with the same task file knows it has them.
     """
 
     task: Name
@@ -260,6 +254,11 @@ class Queued(Message, frozen=True, kw_only=True, tag="queued"):
     started: bool = False  # the request is in the batch already: a keep-alive during its forward passes
 
 
+# What a generation yields, in order: (``Queued`` reports,) ``TokenChunk``s, then its ``GenerateResult``.
+# The one name the expert, its clients and the coordinator's transport use for that stream.
+GenerateEvent = Queued | TokenChunk | GenerateResult
+
+
 ErrorCode = Literal[
     "bad_request",  # the message decoded but asks for something invalid
     "not_found",  # unknown adapter / model / expert
@@ -359,12 +358,6 @@ class Provenance(msgspec.Struct, frozen=True, kw_only=True):
     role: Annotated[str, Meta(max_length=32)] = "answer"
 
 
-ParamKey = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$")]
-ParamValue = bool | int | float | Annotated[str, Meta(max_length=256)]
-# Strategy parameters (k, rounds, threshold, ...): a small flat map; each strategy checks its own keys.
-Params = Annotated[dict[ParamKey, ParamValue], Meta(max_length=16)]
-
-
 class QueryRequest(_Prompted, frozen=True, kw_only=True, tag="query"):
     """A client's question to any peer, which coordinates the answer.
 
@@ -403,8 +396,6 @@ class QueryResult(Message, frozen=True, kw_only=True, tag="query_result"):
     provenance: Annotated[tuple[Provenance, ...], Meta(max_length=64)] = ()
     trace: Trace | None = None
 
-
-from .trace import Trace  # noqa: E402 -- trace.py imports Message from here: a cycle only a late import breaks
 
 ALL_MESSAGE_TYPES: tuple[type[Message], ...] = (
     CapabilityRecord,

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from .messages import Message, Params, Short
+from .base import Message, Params, Short
 
 MAX_STEPS = 96
 MAX_OUTPUT = 2048
@@ -77,10 +77,3 @@ def digest(data: str | bytes) -> str:
     """``sha256:<hex>`` of text (UTF-8) or bytes: how traces name prompts and outputs."""
     raw = data.encode() if isinstance(data, str) else data
     return "sha256:" + hashlib.sha256(raw).hexdigest()
-
-
-def trace_digest(trace: Trace) -> str:
-    """Digest of the trace's canonical encoding (sent as an HTTP header next to the trace)."""
-    from .codec import encode  # codec imports messages, which imports this module
-
-    return digest(encode(trace))

@@ -16,6 +16,17 @@ signature with the key embedded in the step's ``peer``:
 
 A coordinator that edits an output, swaps peers or forges a receipt fails the
 check of that step.
+
+The final text is bound too (:func:`bind_text`, issue 22): a coordinator that
+replaced only ``QueryResult.text``, or returned a vote winner whose step
+carries no receipt, passed every step's check.  The result's text must be
+the signed output of a step whose receipt verifies (its receipt's output
+digest is the digest of the text, so the trace's 2048-character cap does not
+matter), signed by the peer the provenance credits.  Token-level fusion
+(``session`` steps) has no single author: its text is accepted as the fused
+text the trace records for signed sessions that were all fed the same
+tokens; decoding those tokens back to the text needs the model's tokenizer,
+which this check does not load.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ from dataclasses import dataclass
 import msgspec
 
 from .errors import DecodeError, ProtocolError
-from .receipts import SignedReceipt, session_input_digest, text_digest, verify_receipt
+from .receipts import SignedReceipt, open_receipt, session_input_digest, text_digest, verify_receipt
 from .trace import MAX_OUTPUT, Trace, TraceStep
 
 _decoder = msgspec.msgpack.Decoder(SignedReceipt)
@@ -80,3 +91,43 @@ def check_step(trace: Trace, step: TraceStep) -> ReceiptCheck:
 def check_trace(trace: Trace) -> list[ReceiptCheck]:
     """One check per step that carries a receipt, in step order."""
     return [check_step(trace, step) for step in trace.steps if step.receipt is not None]
+
+
+def bind_text(trace: Trace, text: str, author: str | None = None) -> ReceiptCheck:
+    """Is ``text`` (the result's final text) the signed output of a step whose receipt verifies?
+
+    ``author``: the peer the result's provenance credits with the final answer; the signing step
+    must be that peer's.  ``ok`` False says why not (edited text, an unsigned winner, a mismatch).
+    """
+    want = text_digest(text)
+    signed_by: list[TraceStep] = []
+    sessions: list[TraceStep] = []
+    for step in trace.steps:
+        if step.receipt is None or not check_step(trace, step).ok:
+            continue
+        if step.call == "session":
+            sessions.append(step)
+            continue
+        try:
+            if open_receipt(decode_receipt(step.receipt)).output_digest == want:
+                signed_by.append(step)
+        except ProtocolError:
+            continue
+    for step in signed_by:
+        if author is None or step.peer == author:
+            return ReceiptCheck(step.index, step.peer, True, f"the final text is step {step.index}'s signed output")
+    if signed_by:
+        step = signed_by[0]
+        return ReceiptCheck(step.index, step.peer, False, f"the final text is signed by {step.peer[-8:]} (step "
+                                                          f"{step.index}) but credited to {(author or '')[-8:]}")
+    if sessions and all(s.output == text[:MAX_OUTPUT] for s in sessions) and len({s.token_ids for s in sessions}) == 1:
+        step = sessions[0]
+        return ReceiptCheck(step.index, step.peer, True,
+                            f"the final text is the fused text of {len(sessions)} signed sessions fed the same "
+                            f"{len(step.token_ids)} tokens (their decoding to the text is not checked)")
+    plain = next((s for s in trace.steps if s.receipt is None and s.status == "ok" and s.output == text), None)
+    if plain is not None:
+        return ReceiptCheck(plain.index, plain.peer, False,
+                            f"the final text is step {plain.index}'s output, which carries no receipt (unsigned)")
+    return ReceiptCheck(-1, author or "", False, "the final text is no signed step's output "
+                                                 "(edited by the coordinator, or stitched from an unsigned part)")

@@ -29,14 +29,14 @@ from protocol import Provenance, QueryChunk, QueryRequest, QueryResult, trace_di
 
 from . import openai_schema as oai
 from . import sse
-from .dashboard import Dashboard, Handler, Scope
+from .asgi import Handler, Scope, cancel_on_disconnect, send_body, send_json
+from .dashboard import Dashboard
 from .errors import ApiError, from_code, method_not_allowed, model_not_found, not_found, too_large, unauthorized
 
 log = get_logger(__name__.removeprefix("node."))
 
 MAX_BODY = 1024 * 1024
 BODY_READ_TIMEOUT = 30.0  # a client that trickles its body (slowloris) is cut off
-_json = msgspec.json.Encoder()
 
 
 class _Disconnected(Exception):
@@ -88,7 +88,7 @@ class MosaicApi:
     async def _dispatch(self, scope: Scope, receive: Callable, send: Callable) -> None:
         method, path = scope["method"], scope["path"].rstrip("/") or "/"
         if path == "/health":
-            await _send_json(send, 200, {"ok": True})
+            await send_json(send, 200, {"ok": True})
             return
         public = self._dashboard.public(path) if self._dashboard is not None else None
         if public is not None:
@@ -147,18 +147,18 @@ class MosaicApi:
         return list(cards.values())
 
     async def _models(self, scope, receive, send) -> None:
-        await _send_json(send, 200, {"object": "list", "data": self._model_cards()})
+        await send_json(send, 200, {"object": "list", "data": self._model_cards()})
 
     async def _model(self, scope, receive, send) -> None:
         wanted = scope["path"].rstrip("/")[len("/v1/models/"):]
         for card in self._model_cards():
             if card["id"] == wanted:
-                await _send_json(send, 200, card)
+                await send_json(send, 200, card)
                 return
         raise model_not_found(wanted)
 
     async def _status_route(self, scope, receive, send) -> None:
-        await _send_json(send, 200, self._status())
+        await send_json(send, 200, self._status())
 
     # ------------------------------------------------------------------ completions
 
@@ -210,7 +210,7 @@ class MosaicApi:
         headers = _provenance_headers(prov, query)
         if result.trace is not None:
             headers.append((b"x-mosaic-trace-digest", trace_digest(result.trace).encode()))
-        await _send_json(send, 200, body, headers)
+        await send_json(send, 200, body, headers)
 
     async def _answer_whole(self, query: QueryRequest, receive: Callable) -> QueryResult:
         """The whole answer for a non-streamed request; the client hanging up cancels it.
@@ -224,7 +224,7 @@ class MosaicApi:
         # rest of the block): the client is gone.  Left unset, that path raised UnboundLocalError.
         gone = True
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
+            nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope)
             try:
                 with trio.fail_after(query.timeout_s):
                     async with self._answer(query) as events:
@@ -265,7 +265,7 @@ class MosaicApi:
         failed_early: ApiError | None = None  # raised after the nursery: trio would wrap it in an ExceptionGroup
         gone = True  # unless the stream ends below: the watcher's cancel skips the rest of the block
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
+            nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope)
             try:
                 with trio.fail_after(query.timeout_s):
                     async with self._answer(query) as events:
@@ -340,15 +340,6 @@ class MosaicApi:
         return b"".join(chunks)
 
 
-async def _watch_disconnect(receive: Callable, scope: trio.CancelScope) -> None:
-    """Cancel the generation when the client goes away (the body was fully read before)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return
-
-
 def _provenance_headers(prov: Provenance | None, query: QueryRequest) -> list[tuple[bytes, bytes]]:
     headers = [(b"x-mosaic-request-id", query.request_id.encode()),
                (b"x-mosaic-strategy", query.strategy.encode())]
@@ -367,26 +358,15 @@ def _ascii(value: str) -> bytes:
     return "".join(c if " " <= c <= "~" else "?" for c in value).encode()
 
 
-async def _send_json(send: Callable, status: int, payload: object,
-                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = _json.encode(payload)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-                + (headers or [])})
-    await send({"type": "http.response.body", "body": body})
-
-
 async def _send_error(send: Callable, error: ApiError) -> None:
-    body = error.body()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = []
     if error.retry_after is not None:
         headers.append((b"retry-after", str(int(max(1, error.retry_after))).encode()))
     if error.status in (408, 413):
         # The rest of the body was not read: the connection cannot carry another request.
         headers.append((b"connection", b"close"))
     try:
-        await send({"type": "http.response.start", "status": error.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_body(send, error.status, error.body(), b"application/json", headers)
     except Exception:  # the response had already started, or the client left
         log.debug("could not send error %s", error.status)
 

@@ -13,7 +13,7 @@ never as HTML, and the page's Content-Security-Policy allows only its own script
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,15 +25,12 @@ from node.activity import Activity
 from node.metrics import CONTENT_TYPE, NodeMetrics
 
 from . import sse
+from .asgi import Handler, Scope, cancel_on_disconnect, send_body, send_json
 from .errors import not_found
 
 if TYPE_CHECKING:
     from node.app import Node
     from node.coordinator import Coordinator
-
-# An ASGI scope, read-only (hypercorn passes TypedDicts, which are Mappings, not dicts).
-Scope = Mapping[str, Any]
-Handler = Callable[[Scope, Callable, Callable], Awaitable[None]]
 
 # Peers are pushed when the registry changes (at most once per PEERS_MIN_GAP_S) and at least every
 # PEERS_REFRESH_S (load and last-seen ages move without a new record; it also keeps proxies from
@@ -56,7 +53,6 @@ _PAGE_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-cache"),
 ]
-_json = msgspec.json.Encoder()
 
 
 class Dashboard:
@@ -76,7 +72,7 @@ class Dashboard:
         """The static page and its assets (no data in them, so no token)."""
         if path in _STATIC:
             name, content_type = _STATIC[path]
-            return lambda scope, receive, send: _send(send, 200, _static(name), content_type, _PAGE_HEADERS)
+            return lambda scope, receive, send: send_body(send, 200, _static(name), content_type, _PAGE_HEADERS)
         return None
 
     def routes(self, path: str) -> dict[str, tuple[str, Handler]]:
@@ -136,10 +132,10 @@ class Dashboard:
     # ------------------------------------------------------------------ handlers
 
     async def _metrics(self, scope: Scope, receive: Callable, send: Callable) -> None:
-        await _send(send, 200, self.metrics.render(), CONTENT_TYPE.encode())
+        await send_body(send, 200, self.metrics.render(), CONTENT_TYPE.encode())
 
     async def _state(self, scope: Scope, receive: Callable, send: Callable) -> None:
-        await _send(send, 200, _json.encode(self.state()), b"application/json")
+        await send_json(send, 200, self.state())
 
     async def _report_file(self, scope: Scope, receive: Callable, send: Callable) -> None:
         path = scope["path"][len("/v1/dashboard/report/"):]
@@ -152,7 +148,7 @@ class Dashboard:
                 or target.stat().st_size > MAX_REPORT_FILE):
             raise not_found(scope["path"])
         data = await trio.to_thread.run_sync(target.read_bytes)
-        await _send(send, 200, data, REPORT_TYPES[target.suffix], [(b"x-content-type-options", b"nosniff")])
+        await send_body(send, 200, data, REPORT_TYPES[target.suffix], [(b"x-content-type-options", b"nosniff")])
 
     async def _events(self, scope: Scope, receive: Callable, send: Callable) -> None:
         """SSE: one ``state`` event, then ``query``/``usage`` events as they happen and ``peers`` on change."""
@@ -163,7 +159,7 @@ class Dashboard:
 
         registry = self.node.registry
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+            nursery.start_soon(cancel_on_disconnect, receive, nursery.cancel_scope)
             with self.activity.subscribe() as feed:
                 await emit(sse.event({"type": "state", "state": self.state()}))
                 seen, pushed = registry.version, time.monotonic()
@@ -175,12 +171,6 @@ class Dashboard:
                     if changed or now - pushed >= PEERS_REFRESH_S:
                         seen, pushed = registry.version, now
                         await emit(sse.event({"type": "peers", "peers": self.peers(), "time": time.time()}))
-
-
-async def _cancel_on_disconnect(receive: Callable, scope: trio.CancelScope) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
 
 
 def _latest_report(root: Path) -> Path | None:
@@ -201,11 +191,3 @@ def _static(name: str) -> bytes:
     if data is None:
         data = _cache[name] = resources.files("node.api").joinpath("static", name).read_bytes()
     return data
-
-
-async def _send(send: Callable, status: int, body: bytes, content_type: bytes,
-                headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-                + (headers or [])})
-    await send({"type": "http.response.body", "body": body})

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from node.coordinator.decoding import fill_defaults
 from protocol import (
     ChatMessage,
     Params,
@@ -187,10 +188,14 @@ def to_query(req: ChatCompletionRequest | CompletionRequest, *, strategy: str, m
         max_tokens = req.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
         prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
     stop = () if req.stop is None else ((req.stop,) if isinstance(req.stop, str) else tuple(req.stop))
+    # No temperature from the client: greedy for a question with one answer, sampled for open-ended
+    # writing (coordinator/decoding.py); OpenAI's implied 1.0 made small experts answer nonsense.
+    last_user = next((m.content for m in reversed(messages) if m.role == "user"), "") if messages else prompt or ""
+    temperature, top_p = fill_defaults(last_user, req.temperature, req.top_p)
     sampling = SamplingParams(
         max_new_tokens=max_tokens,
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
+        temperature=temperature,
+        top_p=top_p,
         stop=stop,
         seed=req.seed,
     )

@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from node.activity import activity_for
 from node.config import HttpConfig
-from node.coordinator.service import coordinator_for
+from node.coordinator.executor import Coordinator
+from node.coordinator.service import QueryService
 from node.logs import get_logger
-from node.metrics import metrics_for
 
 from .app import MAX_BODY, MosaicApi
 from .dashboard import Dashboard
@@ -31,10 +30,9 @@ if TYPE_CHECKING:
 log = get_logger(__name__.removeprefix("node."))
 
 
-def network_status(node: Node) -> dict[str, Any]:
+def network_status(node: Node, coordinator: Coordinator) -> dict[str, Any]:
     """The node's view of the network for ``GET /status`` and ``python -m node status``."""
     now = time.time()
-    coordinator = coordinator_for(node)
     peers = []
     for record in node.registry.all():
         peers.append({
@@ -58,10 +56,12 @@ def network_status(node: Node) -> dict[str, Any]:
 
 
 class HttpService:
-    """Serves :class:`MosaicApi` on ``config.listen`` (``HOST:PORT``; port 0 picks a free one)."""
+    """Serves :class:`MosaicApi` on ``config.listen`` (``HOST:PORT``; port 0 picks a free one),
+    answering with the coordinator of ``queries`` (the node's query service, started before it)."""
 
-    def __init__(self, config: HttpConfig, *, max_body: int = MAX_BODY) -> None:
+    def __init__(self, config: HttpConfig, *, queries: QueryService, max_body: int = MAX_BODY) -> None:
         self._config = config
+        self._queries = queries
         self._max_body = max_body
         self.url: str | None = None  # e.g. "http://127.0.0.1:8080", once started
 
@@ -72,10 +72,13 @@ class HttpService:
         from hypercorn.config import Config
         from hypercorn.trio import serve
 
-        coordinator, activity = coordinator_for(node), activity_for(node)
-        bind_node_state(metrics_for(node), node)
-        dashboard = Dashboard(node, coordinator, activity, metrics_for(node), report_dir=self._config.report_dir)
-        app = MosaicApi(coordinator, status=lambda: network_status(node), token=self._config.token,
+        coordinator = self._queries.coordinator
+        if coordinator is None:
+            raise RuntimeError("the HTTP API answers with the query service's coordinator: start that service first")
+        activity = node.activity
+        bind_node_state(node.metrics, node)
+        dashboard = Dashboard(node, coordinator, activity, node.metrics, report_dir=self._config.report_dir)
+        app = MosaicApi(coordinator, status=lambda: network_status(node, coordinator), token=self._config.token,
                         max_body=self._max_body, activity=activity, dashboard=dashboard)
         config = Config()
         config.bind = [self._config.listen]

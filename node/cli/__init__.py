@@ -12,6 +12,16 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from .exit_codes import (
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_IN_USE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
+
 # Order is the order shown in --help.
 COMMANDS = (
     "start",
@@ -29,21 +39,6 @@ COMMANDS = (
     "self_eval",
 )
 
-EXIT_OK = 0
-EXIT_FAILED = 1  # the operation ran and failed (fetch incomplete, query answered an error, ...)
-EXIT_USAGE = 2  # bad flag, config key, CID, multiaddr or model: fix the command line
-EXIT_UNREACHABLE = 3  # the peer or the local node could not be reached (or none runs)
-EXIT_IN_USE = 4  # a port or the data dir is already used by another node
-EXIT_INTERRUPTED = 130  # Ctrl-C in a one-shot command (a stopped `start` exits 0)
-
-EXIT_CODES = f"""exit codes (every command):
-  {EXIT_OK}    success (`start`: stopped cleanly by Ctrl-C / SIGTERM)
-  {EXIT_FAILED}    the operation failed (e.g. a fetch could not complete, a query failed)
-  {EXIT_USAGE}    bad input: flag, config key, CID, multiaddr, model
-  {EXIT_UNREACHABLE}    the peer or local node could not be reached, or no node runs on the data dir
-  {EXIT_IN_USE}    a port or the data dir is already used by another node
-  {EXIT_INTERRUPTED}  interrupted (Ctrl-C) before a one-shot command finished"""
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m node", description="Mosaic participatory AI node",
@@ -60,7 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .interrupt import say_interrupted
+
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return say_interrupted()
+    except BaseExceptionGroup as group:  # Ctrl-C that landed inside a task of a nursery
+        if group.subgroup(KeyboardInterrupt) is None:
+            raise
+        return say_interrupted()

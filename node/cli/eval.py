@@ -12,6 +12,7 @@ Exit codes: 2 bad arguments or task files, 3 network unreachable, 4 some queries
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http", metavar="URL", help="a node's OpenAI-compatible API, e.g. http://127.0.0.1:8080")
     p.add_argument("--peer", metavar="MULTIADDR", help="any peer over libp2p (/mosaic/query/1)")
     p.add_argument("--token", default=None, help="bearer token for --http")
-    p.add_argument("--tasks", metavar="DIR", help="folder of task files (default: shared/data/tasks beside the repo)")
+    p.add_argument("--tasks", metavar="DIR",
+                   help="folder of task files (default: $MOSAIC_TASKS_DIR, else shared/data/tasks beside the repo)")
     p.add_argument("--names", default=None, help="comma-separated task names (default: every task file)")
     p.add_argument("--split", default="test", choices=["dev", "test"])
     p.add_argument("--limit", default=None, metavar="N[,TASK=N...]",
@@ -61,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     """report.md, summary.json and PNG plots from the logs alone."""
-    from node.evaluation.logs import LogError
-    from node.evaluation.report import write_report
+    from node.eval.logs import LogError
+    from node.eval.report import write_report
 
     folder = args.dir or args.out
     if not folder:
@@ -77,6 +79,15 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+# A fresh clone has no task files (they are never copied into the repository): say where they come from.
+NO_TASK_FILES = (
+    "no task files: eval reads benchmark task files (<task>.json, the MoCo format) from --tasks DIR, "
+    "$MOSAIC_TASKS_DIR or shared/data/tasks beside the repository; get them from "
+    "https://github.com/BunsenFeng/model_collaboration (model_collaboration/data/*.json) "
+    "or write your own (format: docs/evaluation.md, \"Task files\")"
+)
+
+
 def _run(args: argparse.Namespace) -> int:
     if (args.http is None) == (args.peer is None):
         print("error: give exactly one of --http URL and --peer MULTIADDR", file=sys.stderr)
@@ -84,13 +95,13 @@ def _run(args: argparse.Namespace) -> int:
     if not args.out:
         print("error: --out DIR is required", file=sys.stderr)
         return 2
+    from node.eval.runner import PlanError, parse_max_tokens
     from node.evaluation import TaskFileError, find_tasks_dir, load_task_dir
-    from node.evaluation.runner import PlanError, parse_max_tokens
 
     try:
-        tasks_dir = args.tasks or find_tasks_dir()
+        tasks_dir = args.tasks or os.environ.get("MOSAIC_TASKS_DIR") or find_tasks_dir()
         if tasks_dir is None:
-            raise TaskFileError("no shared/data/tasks beside the repository; pass --tasks DIR")
+            raise TaskFileError(NO_TASK_FILES)
         names = [n.strip() for n in args.names.split(",") if n.strip()] if args.names else None
         tasks = load_task_dir(tasks_dir, names)
         max_tokens = parse_max_tokens(args.max_tokens)
@@ -111,9 +122,9 @@ async def _eval(args: argparse.Namespace, tasks, max_tokens) -> int:
     import shlex
     from contextlib import AsyncExitStack
 
-    from node.evaluation.client import NetworkUnavailable, open_client
-    from node.evaluation.report import write_report
-    from node.evaluation.runner import PlanError, run_eval, select_systems
+    from node.eval.client import NetworkUnavailable, open_client
+    from node.eval.report import write_report
+    from node.eval.runner import PlanError, run_eval, select_systems
 
     out = Path(args.out)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]

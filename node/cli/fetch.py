@@ -34,6 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--peer", action="append", default=[], metavar="MULTIADDR", help="a provider to fetch from (repeatable)"
     )
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    p.add_argument("--max-size", type=float, default=None, metavar="MIB",
+                   help="refuse content that declares more than this many MiB (default: storage.max_fetch_mib, "
+                        "64 GiB); checked before anything beyond the root is fetched or written")
+    p.add_argument("--max-expansion", type=float, default=None, metavar="X",
+                   help="refuse content over 256 MiB that declares more than X times the bytes of its distinct "
+                        "blocks (one block repeated; default: storage.max_expansion, 16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_common(p)
     add_network(p)
@@ -68,6 +74,12 @@ def run(args: argparse.Namespace) -> int:
     config = setup(args)
     if config is None:
         return EXIT_USAGE
+    if args.max_size is not None and not 0 < args.max_size <= 2**30:
+        print("error: --max-size must be a size in MiB, > 0", file=sys.stderr)
+        return EXIT_USAGE
+    if args.max_expansion is not None and not args.max_expansion >= 1:
+        print("error: --max-expansion must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
     try:
         output = output_path(args.output, str(cid))
     except OutputRefused as exc:
@@ -82,10 +94,10 @@ def run(args: argparse.Namespace) -> int:
     except PortInUse as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_IN_USE
-    import trio
+    from .interrupt import run_one_shot
 
     try:
-        return trio.run(_fetch, config, cid, args, output)
+        return run_one_shot(_fetch, config, cid, args, output)
     except Exception as exc:  # the last resort: a user never sees a traceback from fetch
         from node.logs import get_logger
 
@@ -103,11 +115,18 @@ async def _fetch(config, cid, args, output: Path) -> int:
     from node.app import Node
     from node.net.discovery import DialError, connected_peers
     from node.storage import BlockStore, FetchError, StorageError, StorageService
+    from node.storage.quota import FetchQuota
 
     store = BlockStore.for_data_dir(config.data_path)
-    storage = StorageService(store)
+    limits = config.storage
+    max_fetch = args.max_size if args.max_size is not None else limits.max_fetch_mib
+    expansion = args.max_expansion if args.max_expansion is not None else limits.max_expansion
+    storage = StorageService(store, quota=FetchQuota.from_mib(max_fetch, limits.peer_quota_mib,
+                                                              limits.others_quota_mib, expansion))
     bar = None
-    if not args.no_progress:
+    from node.logs import progress_wanted
+
+    if progress_wanted(quiet=args.no_progress):  # a terminal; not a pipe or a log file
         from tqdm import tqdm
 
         bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=str(cid)[:16], file=sys.stderr)

@@ -24,13 +24,13 @@ if TYPE_CHECKING:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from node.expert.merge import METHODS
+    from .choices import MERGE_METHODS
 
     p = sub.add_parser("merge", help="merge several adapters of one base (by path or CID) into one",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("refs", nargs="+", metavar="REF", help="adapter directory or CID (at least two)")
     p.add_argument("--name", default="merged", help="name of the merged adapter")
-    p.add_argument("--method", default="ties", choices=METHODS)
+    p.add_argument("--method", default="ties", choices=MERGE_METHODS)
     p.add_argument("--density", type=float, default=0.5, help="ties/dare: fraction of weights kept (default 0.5)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--weights", help="comma-separated, one per REF")
@@ -52,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from node.expert.loader import ModelLoadError
+    from node.expert.model.loader import ModelLoadError
     from node.training.data import DataError, load_dataset
     from node.training.merging import merge_adapters
 
@@ -105,7 +105,7 @@ def resolve_refs(config, refs: list[str], peers: list[str], timeout: float) -> l
     """``(local dir, cid or None)`` per ref; CIDs already in the local block store are exported, others fetched."""
     from pathlib import Path
 
-    from node.expert.loader import ModelLoadError
+    from node.expert.model.loader import ModelLoadError
     from node.storage import BlockStore, export
     from protocol import ProtocolError
     from protocol.cid import parse_cid
@@ -143,8 +143,8 @@ async def _fetch_all(config, store, remote, peers: list[str], timeout: float) ->
     import trio
 
     from node.app import Node
-    from node.expert.content import fetch_adapters
-    from node.expert.loader import ModelLoadError
+    from node.expert.model.content import fetch_adapters
+    from node.expert.model.loader import ModelLoadError
     from node.storage import StorageService
 
     storage = StorageService(store)

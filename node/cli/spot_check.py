@@ -45,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
 async def _main(args: argparse.Namespace) -> int:
     import trio
 
-    from node.expert.local import ExpertError
-    from node.expert.self_eval import SelfEvalError
-    from node.expert.spot_check import SpotCheckError, spot_check, to_dict
+    from node.expert.remote.spot_check import SpotCheckError, spot_check, to_dict
+    from node.expert.serve.local import ExpertError
+    from node.expert.serve.self_eval import SelfEvalError
     from node.net.discovery import DialError, dial
     from node.net.exchange import ExchangeRefused, fetch_table
     from node.net.host import build_host, listen_multiaddrs

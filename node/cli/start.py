@@ -14,6 +14,8 @@ import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from .choices import CATALOG_KEYS
+
     p = sub.add_parser("start", help="run a node", description="Run a Mosaic node until SIGINT/SIGTERM.")
     p.add_argument("--config", metavar="FILE", help="TOML config file (flags override it)")
     p.add_argument("--data-dir", help="identity key and state (default ~/.mosaic or $MOSAIC_DATA_DIR)")
@@ -21,8 +23,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--description", help="what this node offers, in a sentence")
     p.add_argument("--tags", help="comma-separated capability tags, e.g. math,code")
     p.add_argument(
-        "--listen", action="append", metavar="MULTIADDR", help="listen address (repeatable), e.g. /ip4/0.0.0.0/tcp/4001"
+        "--listen", action="append", metavar="MULTIADDR",
+        help="listen address (repeatable), e.g. /ip4/0.0.0.0/tcp/4001 "
+        "(default /ip4/127.0.0.1/tcp/4001: this machine only)",
     )
+    p.add_argument("--public", action="store_true",
+                   help="listen on all interfaces (/ip4/0.0.0.0/tcp/4001) so other machines can join")
     p.add_argument(
         "--bootstrap", action="append", metavar="MULTIADDR", help="peer to join through, with /p2p/<id> (repeatable)"
     )
@@ -38,7 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     expert = p.add_argument_group("expert")
     expert.add_argument("--no-expert", action="store_true", help="do not serve a model (coordinate only)")
-    expert.add_argument("--model", help="base model: HF dir, safetensors or GGUF path (default: embedded SmolLM2)")
+    expert.add_argument("--model", help="base model: a catalog key (" + ", ".join(CATALOG_KEYS)
+                        + "; default smollm2-135m, embedded; `python -m node models` lists them), "
+                        "an HF dir, a safetensors or GGUF path, or a CID")
     expert.add_argument(
         "--adapter", action="append", metavar="NAME=PATH", help="LoRA adapter (repeatable; PATH or CID)"
     )
@@ -75,6 +83,10 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):
         config.tags = [t.strip() for t in args.tags.split(",") if t.strip()]
     if args.listen:
         config.net.listen = list(args.listen)
+    elif getattr(args, "public", False):
+        from node.config import PUBLIC_LISTEN
+
+        config.net.listen = [PUBLIC_LISTEN]
     if args.bootstrap:
         config.net.bootstrap = list(args.bootstrap)
     if args.mdns:
@@ -133,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from node import logs
 
     logs.setup(config.log_level)
+    logs.show_progress(logs.progress_wanted())  # e.g. the first start's model conversion, on a terminal
     # Everything that can clash with another node is checked before the model loads
     # (a clash found after a 30 s load used to end in a 150-line traceback).
     lock = DataDirLock(config.data_path)
@@ -174,11 +187,11 @@ def settle_ports(config, *, listen_given: bool, http_given: bool) -> list[str]:
     *default* port that is taken (a second node on this machine) moves to the next
     free one, and the note says so: the README's second-node command just works.
     """
-    from node.config import HttpConfig, NetConfig
+    from node.config import PUBLIC_LISTEN, HttpConfig, NetConfig
     from node.net.ports import PortInUse, check_listen_addrs, next_free_port, tcp_endpoint, tcp_port_free, with_port
 
     notes = []
-    if not listen_given and config.net.listen == NetConfig().listen:
+    if not listen_given and config.net.listen in (NetConfig().listen, [PUBLIC_LISTEN]):
         moved = []
         for addr in config.net.listen:
             host, port = tcp_endpoint(addr) or ("", 0)
@@ -205,8 +218,8 @@ def settle_ports(config, *, listen_given: bool, http_given: bool) -> list[str]:
 async def _main(config, lock) -> tuple[int, bool]:
     """Run the node; returns ``(exit code, interrupted during start-up)``."""
     from node.app import Node
-    from node.cli import EXIT_IN_USE, EXIT_OK, EXIT_USAGE
-    from node.expert.loader import ModelLoadError
+    from node.cli import EXIT_FAILED, EXIT_IN_USE, EXIT_OK, EXIT_USAGE
+    from node.expert.errors import ModelLoadError, WeightsUnavailable
     from node.logs import event, get_logger
     from node.net.keys import IdentityFileError
     from node.net.ports import PortInUse
@@ -224,9 +237,11 @@ async def _main(config, lock) -> tuple[int, bool]:
         interrupted_start = await _serve(node, lock, log)
     except* ModelLoadError as group:
         # A bad --model/--adapter is the operator's input: say which and why, no traceback.
-        for error in _leaves(group):
+        # Weights named by CID that no peer could supply are a failed fetch (1, as `fetch` exits).
+        errors = list(_leaves(group))
+        for error in errors:
             print(f"error: {error}", file=sys.stderr)
-        code = EXIT_USAGE
+        code = EXIT_FAILED if all(isinstance(e, WeightsUnavailable) for e in errors) else EXIT_USAGE
     except* PortInUse as group:  # taken between our check and the listen
         for error in _leaves(group):
             print(f"error: {error}", file=sys.stderr)
@@ -263,6 +278,7 @@ async def _serve(node, lock, log) -> bool:
 
     from node.local_node import RunningNode
     from node.logs import event
+    from node.net.reach import for_others_first, reach_of
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         interrupted = False
@@ -292,10 +308,12 @@ async def _serve(node, lock, log) -> bool:
             nursery.start_soon(watch_signals)
             await nursery.start(run_node)
             started.set()
-            addrs = node.full_multiaddrs()
+            addrs = for_others_first(node.full_multiaddrs())
             print(f"mosaic node {node.peer_id} listening on {addrs[0]}", flush=True)
             for extra in addrs[1:]:
-                print(f"also listening on {extra}", flush=True)
+                reach = reach_of(extra)
+                print(f"also listening on {extra}" + (f" (reachable from {reach})" if reach else ""), flush=True)
+            print(f"note: {reach_note(addrs)}", file=sys.stderr, flush=True)
             http_url = _http_url(node)
             if http_url:
                 print(f"HTTP API on {http_url} (OpenAI-compatible, /v1)", flush=True)
@@ -305,6 +323,19 @@ async def _serve(node, lock, log) -> bool:
                 control=control.address if control else None, token=control.token if control else "",
             ))
     return interrupted
+
+
+def reach_note(addrs: list[str]) -> str:
+    """One line on who can join the node at its first address (printed on stderr at start)."""
+    from node.net.reach import THIS_MACHINE, reach_of
+
+    reach = reach_of(addrs[0])
+    if reach == THIS_MACHINE:
+        return ("listening on loopback: only nodes on this machine can join; pass --public (all interfaces) "
+                "or --listen MULTIADDR to let other machines connect")
+    if reach is None:
+        return f"other nodes join with --bootstrap {addrs[0]}"
+    return f"{addrs[0]} is reachable from {reach}: other nodes join with --bootstrap {addrs[0]}"
 
 
 def _http_url(node) -> str | None:

@@ -22,17 +22,20 @@ def add_common(p: argparse.ArgumentParser) -> None:
 def local_node_addr(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """``(multiaddr, http url)`` of the node running on the data dir of ``args``.
 
-    Prints the error and returns ``(None, None)`` when the config is bad or no node
-    runs there.  A loopback multiaddr is preferred (the node may also list LAN ones).
+    Prints the error and returns ``(None, None)`` when no node runs there (the caller
+    exits 3); a bad config exits 2 here.  A loopback multiaddr is preferred (the node may
+    also list LAN ones).
     """
     from node.config import ConfigError
     from node.local_node import running_node
+
+    from . import EXIT_USAGE
 
     try:
         data_dir = build_config(args).data_path
     except ConfigError as exc:
         print(f"error: config: {exc}", file=sys.stderr)
-        return None, None
+        raise SystemExit(EXIT_USAGE) from None
     node = running_node(data_dir)
     if node is None or not node.multiaddrs:
         print(f"error: no node is running on data dir {data_dir}; start one with `python -m node start` "

@@ -5,8 +5,9 @@
 training; the adapter (safetensors) and its model card go to ``--out`` (default
 ``./adapters/NAME``).  Checkpoints every ``--checkpoint-every`` steps in
 ``<data dir>/training/NAME``; Ctrl-C saves one, ``--resume`` continues.  ``--publish``
-adds the adapter to the node's block store and prints its CID, which
-``python -m node start --adapter NAME=CID`` serves on any node.
+adds the adapter to the node's block store, has the node running on ``--data-dir``
+(if any) provide it, and prints its CID, which ``python -m node start --adapter NAME=CID``
+serves on any node.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from node.training.loop import TrainSettings
 
+    from .choices import CATALOG_KEYS
+
     d = TrainSettings()
     p = sub.add_parser("train", help="fine-tune a LoRA adapter on your data (and publish it)",
                        description=__doc__.split("\n\n")[0])
@@ -26,8 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", required=True, help="adapter name (what --adapter NAME=... serves it as)")
     p.add_argument("--description", default="", help="what the adapter is good at, in a sentence")
     p.add_argument("--tags", default="", help="comma-separated tags, e.g. math,arithmetic")
-    p.add_argument("--model", default=None, help="base: smollm2-135m (default), gemma3-270m, qwen2.5-0.5b, "
-                   "qwen2.5-1.5b, a GGUF file or an HF dir")
+    p.add_argument("--model", default=None, help="base: " + ", ".join(CATALOG_KEYS)
+                   + " (default smollm2-135m), a GGUF file or an HF dir")
     p.add_argument("--out", default=None, metavar="DIR", help="adapter output directory (default ./adapters/NAME)")
     p.add_argument(
         "--data-dir",
@@ -50,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-max-tokens", type=int, default=None, help="reply length when scoring")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--publish", action="store_true", help="add the adapter to the block store and print its CID")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)")
     p.set_defaults(run=run)
 
 
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from node.config import load_config
-    from node.expert.loader import ModelLoadError
+    from node.expert.model.loader import ModelLoadError
     from node.training import (
         DataError,
         ResumeError,
@@ -90,8 +93,13 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from node import logs
+
+    # Progress lines on a terminal only: a pipe or a log file gets the result lines alone.
+    progress = logs.progress_wanted(quiet=args.no_progress)
+    logs.show_progress(progress)
     try:
-        card = train_adapter(job, progress=not args.no_progress)
+        card = train_adapter(job, progress=progress)
     except KeyboardInterrupt:
         print(f"\ninterrupted: checkpoint saved in {job.checkpoints}; rerun with --resume", file=sys.stderr)
         return 130
@@ -115,5 +123,24 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: publishing: {exc}", file=sys.stderr)
             return 1
         print(f"published {entry.cid}")
+        code = _provide(config.data_path, str(entry.cid))
+        if code:
+            return code
         print(f"serve it: python -m node start --adapter {args.name}={entry.cid}")
+    return 0
+
+
+def _provide(data_dir, cid: str) -> int:
+    """Make the published adapter fetchable: the node running on the data dir provides it now
+    (blocks in its store are not announced until it is told, so other nodes found no provider);
+    without a running node, the next `start` on the data dir provides every pin."""
+    from node.local_node import running_node
+
+    from .publish import tell_running_node
+
+    running = running_node(data_dir)
+    if running is not None:
+        return tell_running_node(running, "provide", cid)
+    print(f"note: no node runs on {data_dir}; other nodes can fetch {cid} once one does "
+          f"(python -m node start --data-dir {data_dir})", file=sys.stderr)
     return 0

@@ -98,7 +98,7 @@ class Decision:
     winner: str  # the winning key ("" when there were no valid ballots)
     votes: float  # weight behind the winner
     total: float  # weight of all ballots
-    index: int  # the first ballot carrying the winner (whose full text is returned)
+    index: int  # the ballot whose text is returned: the winner's with the highest tie-breaker
 
     @property
     def share(self) -> float:
@@ -108,6 +108,8 @@ class Decision:
 def vote(ballots: Sequence[Ballot]) -> Decision:
     """Weighted majority over vote keys; ties go to the higher tie-breaker, then the earlier ballot.
 
+    The decision's ``index`` is the winning key's ballot with the highest tie-breaker (the
+    earliest among equals): whose full text is returned.
     Empty keys (nothing extractable) do not vote, unless every ballot is empty.
     """
     valid = [(i, b) for i, b in enumerate(ballots) if b.key] or list(enumerate(ballots))
@@ -118,8 +120,9 @@ def vote(ballots: Sequence[Ballot]) -> Decision:
     first: dict[str, int] = {}
     for i, b in valid:
         weight[b.key] = weight.get(b.key, 0.0) + b.weight
-        best_tiebreak[b.key] = max(best_tiebreak.get(b.key, -math.inf), b.tiebreak)
-        first.setdefault(b.key, i)
+        if b.tiebreak > best_tiebreak.get(b.key, -math.inf):
+            best_tiebreak[b.key] = b.tiebreak
+            first[b.key] = i
     winner = max(weight, key=lambda k: (weight[k], best_tiebreak[k], -first[k]))
     return Decision(winner, weight[winner], sum(weight.values()), first[winner])
 

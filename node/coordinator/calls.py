@@ -13,10 +13,12 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+import trio
+
 from protocol import (
     ChatMessage,
+    GenerateEvent,
     GenerateRequest,
-    GenerateResult,
     NextTokenRequest,
     NextTokenResult,
     QueryRequest,
@@ -24,13 +26,20 @@ from protocol import (
     ScoreRequest,
     ScoreResult,
     SessionOpen,
-    TokenChunk,
 )
 
 from .routing import Route
 
 # Failures that another expert will not fix: do not fail over, tell the client.
 CLIENT_ERRORS = frozenset({"bad_request", "too_large"})
+
+
+def failure_code(exc: BaseException) -> str:
+    """The error code of a failed call to an expert: ``timeout`` for a deadline, the code of the
+    expert's typed error (its ``ErrorMessage``), else ``unavailable`` (a lost stream, a refused dial)."""
+    if isinstance(exc, trio.TooSlowError):
+        return "timeout"
+    return getattr(exc, "code", None) or "unavailable"
 
 
 class QueryFailed(Exception):
@@ -46,7 +55,7 @@ def alive_but_waiting(message: object) -> bool:
     """The liveness policy: is ``message`` an expert's report that it is alive and on our request?
 
     A ``Queued`` report: the request waits in its queue, or (``started``) runs a
-    forward pass that is taking a while (the expert's keep-alive, node/expert/local.py).
+    forward pass that is taking a while (the expert's keep-alive, node/expert/serve/local.py).
 
     Such a report restarts the token budget without counting as a first token.  A
     fixed first-token wait turned a burst of 64 requests into 48 errors on an
@@ -65,14 +74,14 @@ class Transport(Protocol):
 
     def generate(
         self, peer_id: str, request: GenerateRequest
-    ) -> AsyncGenerator[Queued | TokenChunk | GenerateResult, None]: ...
+    ) -> AsyncGenerator[GenerateEvent, None]: ...
 
     async def score(self, peer_id: str, request: ScoreRequest, timeout: float) -> ScoreResult: ...
 
     async def next_token(self, peer_id: str, request: NextTokenRequest, timeout: float) -> NextTokenResult: ...
 
     def open_session(self, peer_id: str, request: SessionOpen, timeout: float) -> AbstractAsyncContextManager[Any]:
-        """A generation session (node.expert.session_client.ExpertSession: ``first``, ``append``, ``close``)."""
+        """A generation session (node.expert.remote.session_client.ExpertSession: ``first``, ``append``, ``close``)."""
         ...
 
 
@@ -95,7 +104,7 @@ class Ask:
         """The same ask with ``partial`` already answered: the next expert continues it.
 
         Chat: a trailing assistant message, which the expert renders as a prefix
-        to continue (expert/prompts.py); raw prompts simply grow.
+        to continue (expert/serve/prompts.py); raw prompts simply grow.
         """
         if self.messages is not None:
             return replace(self, messages=self.messages + (ChatMessage(role="assistant", content=partial),))

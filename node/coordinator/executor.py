@@ -47,7 +47,7 @@ class Coordinator:
                  health: Health | None = None, verified: Callable[[], set[str]] = set,
                  local_id: str | None = None, merges: MergePort | None = None) -> None:
         self._records = records
-        self.merges = merges  # set by the node (coordinator_for): fetch, merge and serve adapters
+        self.merges = merges  # set by build_coordinator (coordinator/service.py): fetch, merge and serve adapters
         # Who this node verified (registry.verified_peers) and its own id: verified experts rank
         # first and a shared name means the local expert (Sybil flood, name hijack: issue 12).
         self._verified = verified
@@ -68,11 +68,16 @@ class Coordinator:
 
     def candidates(self) -> list[Candidate]:
         return candidates_of(self._records(), self.health, verified=self._verified(), local_id=self._local_id,
-                             demoted=self.demoted)
+                             demoted=self.demoted, observed=self.reputation.observed,
+                             checked_tasks=self.reputation.checked_tasks())
 
     def demoted(self, peer_id: str) -> bool:
         """Caught lying (reputation.py); never this node's own expert, which it runs itself."""
         return peer_id != self._local_id and self.reputation.demoted(peer_id)
+
+    def trust(self, peer_id: str) -> float:
+        """Evidence that ``peer_id`` answers right (reputation.py; this node's own expert: full trust)."""
+        return 1.0 if peer_id == self._local_id else self.reputation.trust(peer_id)
 
     @trio.as_safe_channel
     async def answer(self, query: QueryRequest) -> AsyncGenerator[QueryEvent, None]:
@@ -109,11 +114,11 @@ class Coordinator:
     async def spot_check(self, result: QueryResult) -> None:
         """Now and then, check an expert that contributed against known-answer items (after the
         client has its result; bounded by reputation.CHECK_TIMEOUT per item)."""
-        if not result.provenance or self._transport is None or not self.spot_checks.due():
+        if not result.provenance or self._transport is None:
             return
         # Any contributor, not only the winner: a liar that loses every vote still proposes.
         peers = sorted({p.served_by for p in result.provenance if p.served_by and p.served_by != self._local_id})
-        if peers:
+        if peers and self.spot_checks.due(peers):
             peer_id = self.spot_checks.pick(peers)
             record = next((r for r in self._records() if r.peer_id == peer_id), None)
             await self.spot_checks.check(self._transport, peer_id, record.evals if record is not None else ())
@@ -136,8 +141,9 @@ class Coordinator:
 
         pool = Pool(query, self._records, self._transport, self.health, first_token_timeout=self._first_token_timeout,
                     max_attempts=self._max_attempts, relevance=self.embedder.similarities, emit=emit_text,
-                    verified=self._verified, local_id=self._local_id, demoted=self.demoted,
-                    merges=self.merges)
+                    verified=self._verified, local_id=self._local_id, demoted=self.demoted, trust=self.trust,
+                    merges=self.merges, observed=self.reputation.observed,
+                    checked_tasks=self.reputation.checked_tasks)
         with trio.move_on_at(pool.deadline) as scope:
             answer = await strategy.run(pool, query, params)
         if scope.cancelled_caught:

@@ -2,7 +2,7 @@
 
 Experts can be fused token by token only if they number tokens the same way:
 the capability record's ``tokenizer`` field is a hash of the vocabulary
-(``vocab-sha256:...``, node/expert/loader.py), and only experts with equal
+(``vocab-sha256:...``, node/expert/model/loader.py), and only experts with equal
 hashes are combined.  Each step every expert returns its top-k next-token
 log-probabilities; the fused distribution is their weighted average in
 probability space (a token outside an expert's top-k counts as probability 0

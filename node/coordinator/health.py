@@ -33,6 +33,8 @@ class _Peer:
     failures_at: float = 0.0
     consecutive: int = 0  # failures since the last success (sets the ban length)
     banned_until: float = 0.0
+    step_s: float | None = None  # moving averages of a generation's seconds, and per token (the measured rate)
+    token_s: float | None = None
 
 
 class Health:
@@ -64,6 +66,28 @@ class Health:
         peer.failures_at = now
         peer.consecutive += 1
         peer.banned_until = now + min(BAN_MAX_S, BAN_BASE_S * 2 ** (peer.consecutive - 1))
+
+    def finished(self, peer_id: str, seconds: float, tokens: int) -> None:
+        """A generation of ``peer_id`` took ``seconds`` for ``tokens`` tokens: its measured rate (patience.py)."""
+        peer = self._peers.setdefault(peer_id, _Peer())
+        per_token = seconds / max(1, tokens)
+        peer.step_s = seconds if peer.step_s is None else peer.step_s + _ALPHA * (seconds - peer.step_s)
+        peer.token_s = per_token if peer.token_s is None else peer.token_s + _ALPHA * (per_token - peer.token_s)
+
+    def rate(self, peer_id: str) -> tuple[float, float] | None:
+        """(seconds per generation, seconds per token) measured on ``peer_id`` (None: never measured)."""
+        peer = self._peers.get(peer_id)
+        if peer is None or peer.step_s is None or peer.token_s is None:
+            return None
+        return peer.step_s, peer.token_s
+
+    def typical_rate(self) -> tuple[float, float] | None:
+        """The median measured rate over every peer (None: nobody measured yet)."""
+        rates = [r for r in (self.rate(p) for p in list(self._peers)) if r is not None]
+        if not rates:
+            return None
+        steps, tokens = sorted(r[0] for r in rates), sorted(r[1] for r in rates)
+        return steps[len(steps) // 2], tokens[len(tokens) // 2]
 
     def latency(self, peer_id: str) -> float | None:
         """Observed time to first token; decays toward 0 with age, so a slow expert gets re-probed."""

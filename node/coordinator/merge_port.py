@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-# peft's add_weighted_adapter combinations (node/expert/merge.py METHODS; a test keeps them equal).
+# peft's add_weighted_adapter combinations (node/expert/model/merge.py METHODS; a test keeps them equal).
 METHODS = ("linear", "ties", "dare_ties", "dare_linear")
 # Name prefix of the merged adapters an expert serves: the default choice of inputs skips them
 # (merging merges of the same inputs again would only drift); naming one still works.

@@ -11,11 +11,11 @@ Strategies only decide; the pool handles what goes wrong:
 - a silent expert: its first token (and every later one) must come within an
   adaptive budget, else the step fails instead of eating the query's time; a
   busy expert that reports its queue position (``Queued``) is alive, and each
-  report restarts that budget (:func:`alive_but_waiting`), so a live expert's
-  queue is waited on until the query's deadline instead of failing over; an
-  expert also sends ``Queued(started=True)`` keep-alives while its forward pass
-  runs (a long prefill, a slow decode step), which hold the step the same way,
-  before the first token and mid-answer;
+  report restarts that budget (:func:`alive_but_waiting`); an expert also sends
+  ``Queued(started=True)`` keep-alives while its forward pass runs (a long
+  prefill, a slow decode step).  Keep-alives hold a step only while the request
+  makes progress at the rate measured for that expert (patience.py): a tarpit
+  that sends nothing but keep-alives fails over and is penalised (issue 22);
 - a failure before the first token: the next expert of the failover list;
 - a failure after tokens: the next expert continues from the partial text, so a
   streaming client sees one answer (``Ask.continued``), the trace links the steps;
@@ -30,6 +30,7 @@ single-forward calls.  See docs/collaboration.md, "Extending the engine".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing
 from typing import TypeVar
@@ -38,7 +39,6 @@ import msgspec
 import trio
 
 from protocol import (
-    MAX_OUTPUT,
     MAX_STEPS,
     CapabilityRecord,
     GenerateRequest,
@@ -52,22 +52,21 @@ from protocol import (
     ScoreRequest,
     TokenChunk,
     Trace,
-    TraceStep,
-    Usage,
-    digest,
 )
 from protocol.receipts import prompt_digest
-from protocol.verify import encode_receipt, step_request_id
+from protocol.verify import encode_receipt
 
-from .calls import CLIENT_ERRORS, Ask, QueryFailed, Reply, StepFailed, Transport, alive_but_waiting
+from .calls import CLIENT_ERRORS, Ask, QueryFailed, Reply, StepFailed, Transport, alive_but_waiting, failure_code
+from .competence import Observed, competences
 from .health import Health, finite
+from .ledger import TraceLedger
 from .merge_port import MergePort
+from .patience import QueueWait, patience_s
 from .routing import (
     Candidate,
     Need,
     NoExpertAvailable,
     Route,
-    claimed_dev_score,
     diverse,
     rank,
 )
@@ -77,6 +76,9 @@ T = TypeVar("T")  # what a single call (score, next token) returns
 
 # Floor of the adaptive per-token budget (see Pool.token_budget).
 MIN_TOKEN_BUDGET = 3.0
+# Share of the query's remaining time an expert may hold a step without progress when this node has
+# measured no expert's rate yet (patience.py): a tarpit then still leaves time to fail over.
+UNMEASURED_SHARE = 0.5
 
 Emit = Callable[[str, Provenance], Awaitable[None]]
 
@@ -89,20 +91,25 @@ class _Partial(Exception):
         self.code, self.message, self.text, self.tokens, self.step = code, message, text, tokens, step
 
 
-class Pool:
-    """One query's view of the experts, with its trace, usage and deadlines."""
+class Pool(TraceLedger):
+    """One query's view of the experts, with its trace, usage and deadlines (the ledger)."""
 
     def __init__(self, query: QueryRequest, records: Callable[[], Iterable[CapabilityRecord]], transport: Transport,
                  health: Health, *, first_token_timeout: float = 20.0, max_attempts: int = 3,
                  relevance: Callable[[str, list[CapabilityRecord]], Awaitable[dict[str, float]]] | None = None,
                  emit: Emit | None = None, verified: Callable[[], set[str]] = set, local_id: str | None = None,
-                 demoted: Callable[[str], bool] = lambda peer_id: False, merges: MergePort | None = None) -> None:
-        self.query = query
+                 demoted: Callable[[str], bool] = lambda peer_id: False, merges: MergePort | None = None,
+                 trust: Callable[[str], float] = lambda peer_id: 0.0, observed: Observed | None = None,
+                 checked_tasks: Callable[[], Iterable[str]] = tuple) -> None:
+        super().__init__(query)
         self.merges = merges  # the node's adapter merging (the `merge` strategy), None where it has none
         self._records = records
         self._verified = verified  # peers this node verified are reachable (rank first: issue 12)
         self._local_id = local_id
         self._demoted = demoted  # caught lying by spot checks (reputation.py): ranked like a ban
+        self.trust = trust  # evidence a peer answers right (reputation.trust): what breaks a vote's tie
+        self._observed = observed  # spot-check evidence per (peer, task): verified competence (competence.py)
+        self._checked_tasks = checked_tasks
         self._transport = transport
         self.health = health
         self._first_token_timeout = first_token_timeout
@@ -110,18 +117,13 @@ class Pool:
         self._relevance = relevance
         self._emit = emit
         self.emitted = False  # some text already went to the client
-        self.started = trio.current_time()
-        self.deadline = self.started + query.timeout_s
-        self.steps: list[TraceStep] = []
-        self._dropped = 0
-        self._prompt_tokens = 0
-        self._completion_tokens = 0
 
     # ------------------------------------------------------------------ choosing experts
 
     def candidates(self) -> list[Candidate]:
         return candidates_of(self._records(), self.health, verified=self._verified(), local_id=self._local_id,
-                             demoted=self._demoted, tags=self.query.tags)
+                             demoted=self._demoted, tags=self.query.tags, observed=self._observed,
+                             checked_tasks=self._checked_tasks())
 
     def rank(self, need: Need | None = None, *, exclude: Iterable[str] = (),
              relevance: dict[str, float] | None = None) -> list[Route]:
@@ -154,13 +156,6 @@ class Pool:
 
     # ------------------------------------------------------------------ budgets
 
-    def remaining(self) -> float:
-        return max(0.0, self.deadline - trio.current_time())
-
-    def until(self, fraction: float) -> float:
-        """An absolute deadline ``fraction`` of the way from now to the query's deadline (stage budgets)."""
-        return trio.current_time() + fraction * self.remaining()
-
     def token_budget(self, route: Route) -> float:
         """How long to wait for an expert's next token (the first one included) before giving up on it.
 
@@ -175,60 +170,42 @@ class Pool:
             return self._first_token_timeout
         return min(self._first_token_timeout, max(MIN_TOKEN_BUDGET, 4 * latency + 2.0))
 
-    # ------------------------------------------------------------------ trace
-
-    def begin_step(self, route: Route, *, role: str, round: int = 0, call: str = "generate",
-                   input_text: str = "", continues: int | None = None) -> int:
-        """Open a trace step for a call to ``route``'s expert; returns its index (for :meth:`end_step`)."""
-        record = route.candidate.record
-        step = TraceStep(index=len(self.steps), round=round, role=role[:32], peer=route.peer_id,
-                         expert=record.name, model=record.base_model, adapter=route.adapter,
-                         adapter_cid=_adapter_cid(record, route.adapter), call=call,  # type: ignore[arg-type]
-                         input_digest=digest(input_text), started_s=self._since_start(), status="cancelled",
-                         continues=continues)
-        self.steps.append(step)
-        return step.index
-
-    def end_step(self, index: int, **fields: object) -> None:
-        """Fill in a step (status, output, answer, score, votes, receipt ...); output is truncated to the cap."""
-        if "output" in fields:
-            fields["output"] = str(fields["output"])[:MAX_OUTPUT]
-        if "error" in fields:
-            fields["error"] = str(fields["error"])[:512]
-        if "answer" in fields and fields["answer"] is not None:
-            fields["answer"] = str(fields["answer"])[:128]
-        self.steps[index] = msgspec.structs.replace(self.steps[index], **fields)
-
-    def provenance(self, index: int) -> Provenance:
-        step = self.steps[index]
-        return Provenance(served_by=step.peer, expert=step.expert, model=step.model, adapter=step.adapter,
-                          adapter_cid=step.adapter_cid, role=step.role)
-
-    def _since_start(self) -> float:
-        return finite(trio.current_time() - self.started)
+    def patience(self, route: Route) -> float:
+        """Seconds to wait on ``route``'s expert without progress (a queue that does not move, patience.py)."""
+        rate = self.health.rate(route.peer_id) or self.health.typical_rate()
+        unmeasured = max(self._first_token_timeout, UNMEASURED_SHARE * self.remaining())
+        return patience_s(rate, self.query.sampling.max_new_tokens, unmeasured)
 
     # ------------------------------------------------------------------ calls
 
     async def generate(self, routes: Sequence[Route], ask: Ask, *, role: str, round: int = 0,
-                       stream: bool = False, deadline: float | None = None) -> Reply:
+                       stream: bool = False, deadline: float | None = None, wait_last: bool = True) -> Reply:
         """One answer from the first expert of ``routes`` that gives one; the rest are the failover order.
 
         ``stream``: this step writes the final answer, so its text goes to the
         client as it comes.  A failure after tokens continues on the next expert
         from the partial text (recorded as ``continues`` in the trace).
+        ``wait_last``: the last expert of the list is the last resort, so a queue
+        that reports itself alive is waited on to the deadline (failing over needs
+        somewhere to go); a fan-out, which has its other members, passes False.
         """
         deadline = min(self.deadline if deadline is None else deadline, self.deadline)
         max_tokens = ask.max_tokens or self.query.sampling.max_new_tokens
         partial, tokens, continues = "", 0, None
         errors: list[str] = []
         codes: set[str] = set()
-        for route in list(routes)[: self.max_attempts]:
+        tried = list(routes)[: self.max_attempts]
+        for position, route in enumerate(tried):
             if trio.current_time() >= deadline:
                 break
             step_ask = ask.continued(partial) if partial else ask
+            # Patience (patience.py) only where failing over helps: not on this node's own expert
+            # (we run it: a full queue is real) nor on the last resort.
+            bounded = not route.candidate.local and not (wait_last and position == len(tried) - 1)
             try:
                 reply = await self._stream_one(route, step_ask, max_tokens - tokens, role=role, round=round,
-                                               stream=stream, deadline=deadline, continues=continues)
+                                               stream=stream, deadline=deadline, continues=continues,
+                                               bounded=bounded)
             except _Partial as exc:
                 partial, tokens, continues = partial + exc.text, tokens + exc.tokens, exc.step
                 errors.append(f"{route.peer_id[-8:]}: {exc.code} after {exc.tokens} tokens: {exc.message}")
@@ -250,7 +227,7 @@ class Pool:
         raise StepFailed(code, "every expert tried failed: " + "; ".join(errors))
 
     async def _stream_one(self, route: Route, ask: Ask, max_tokens: int, *, role: str, round: int, stream: bool,
-                          deadline: float, continues: int | None) -> Reply:
+                          deadline: float, continues: int | None, bounded: bool = True) -> Reply:
         index = self.begin_step(route, role=role, round=round, input_text=ask.text(), continues=continues)
         # The digest the expert's receipt signs: the prompt exactly as sent (protocol/receipts.py).
         self.end_step(index, input_digest=prompt_digest(ask.prompt, ask.messages))
@@ -263,19 +240,28 @@ class Pool:
         provenance = self.provenance(index)
         budget = self.token_budget(route)
         began = trio.current_time()
+        # Keep-alives prove life, not progress: the wait without progress is bounded (patience.py).
+        wait = QueueWait(self.patience(route) if bounded else math.inf, began)
         first: float | None = None
         text: list[str] = []
         tokens = 0
         try:
             async with aclosing(self._transport.generate(route.peer_id, request)) as events:
                 while True:
-                    with trio.move_on_at(min(trio.current_time() + budget, deadline)) as scope:
+                    until = min(trio.current_time() + budget, deadline)
+                    with trio.move_on_at(min(until, wait.gives_up_at())) as scope:
                         message = await events.__anext__()
                     if scope.cancelled_caught:
+                        now = trio.current_time()
+                        if now >= wait.gives_up_at() and now < until:
+                            raise StepFailed("timeout", wait.why(now))
                         raise StepFailed("timeout", f"no token or queue report within {budget:.1f} s"
                                          if first is None else f"stalled for {budget:.1f} s mid-answer")
+                    wait.heard = wait.heard or trio.current_time()
                     if alive_but_waiting(message):
+                        wait.report(message, trio.current_time())  # type: ignore[arg-type]
                         continue
+                    wait.progress(trio.current_time())
                     if first is None:
                         first = trio.current_time() - began
                         self.health.success(route.peer_id, first)
@@ -288,8 +274,11 @@ class Pool:
                                 await self._emit(message.text, provenance)
                         continue
                     if isinstance(message, GenerateResult):
-                        self._prompt_tokens += message.usage.prompt_tokens
-                        self._completion_tokens += message.usage.completion_tokens
+                        # The generation's time from the expert's first word (not the dial): the rate.
+                        self.health.finished(route.peer_id, trio.current_time() - (wait.heard or began),
+                                             message.usage.completion_tokens)
+                        self.add_usage(prompt_tokens=message.usage.prompt_tokens,
+                                       completion_tokens=message.usage.completion_tokens)
                         self.end_step(index, status="ok", output=message.text, first_token_s=first,
                                       seconds=finite(trio.current_time() - began),
                                       tokens=message.usage.completion_tokens,
@@ -305,13 +294,13 @@ class Pool:
                           seconds=finite(trio.current_time() - began))
             raise
         except Exception as exc:  # the infer client's typed errors, transport errors
-            failure = (getattr(exc, "code", None) or "unavailable", str(exc) or type(exc).__name__)
+            failure = (failure_code(exc), str(exc) or type(exc).__name__)
         code, reason = failure
         if code not in CLIENT_ERRORS:
             self.health.failure(route.peer_id)
         self.end_step(index, status="failed", error=f"{code}: {reason}", output="".join(text),
                       first_token_s=first, tokens=tokens, seconds=finite(trio.current_time() - began))
-        self._completion_tokens += tokens
+        self.add_usage(completion_tokens=tokens)
         if text:
             raise _Partial(code, reason, "".join(text), tokens, index)
         raise StepFailed(code, reason)
@@ -323,10 +312,6 @@ class Pool:
                                adapter=route.adapter, sampling=sampling,
                                timeout_s=min(3600.0, max(1.0, deadline - trio.current_time())), stream=True,
                                progress=True)  # a busy expert reports its queue position instead of going silent
-
-    def step_request_id(self, index: int) -> str:
-        """The request id an expert sees for step ``index`` (fits the 64-character cap)."""
-        return step_request_id(self.query.request_id, index)
 
     async def score(self, route: Route, ask: Ask, continuation: str, *, role: str, round: int = 0,
                     deadline: float | None = None) -> list[float]:
@@ -361,7 +346,7 @@ class Pool:
             self.end_step(index, status="late", seconds=finite(trio.current_time() - began))
             raise
         except Exception as exc:
-            code = "timeout" if isinstance(exc, trio.TooSlowError) else (getattr(exc, "code", None) or "unavailable")
+            code = failure_code(exc)
             if code not in CLIENT_ERRORS:
                 self.health.failure(route.peer_id)
             self.end_step(index, status="failed", error=f"{code}: {exc}", seconds=finite(trio.current_time() - began))
@@ -376,15 +361,11 @@ class Pool:
             self.emitted = True
             await self._emit(text, self.provenance(index))
 
-    def add_usage(self, *, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
-        """Count tokens of calls the pool does not count itself (sessions: the fused tokens)."""
-        self._prompt_tokens += prompt_tokens
-        self._completion_tokens += completion_tokens
-
     def session(self, route: Route, ask: Ask, *, top_k: int, role: str, round: int = 0
                 ) -> AbstractAsyncContextManager[PoolSession]:
         """A generation session on ``route``'s expert (token-level fusion): a trace step with its receipt."""
-        return open_pool_session(self, route, ask, top_k=top_k, role=role, round=round)
+        return open_pool_session(self, self._transport, self.health, route, ask, budget=self.token_budget(route),
+                                 top_k=top_k, role=role, round=round)
 
     # ------------------------------------------------------------------ the result
 
@@ -403,31 +384,29 @@ class Pool:
         kept = self.steps[:MAX_STEPS]
         trace = Trace(request_id=self.query.request_id, strategy=self.query.strategy, params=params or {},
                       steps=tuple(kept), decision=decision[:1024], dropped_steps=len(self.steps) - len(kept))
-        usage = Usage(prompt_tokens=self._prompt_tokens, completion_tokens=self._completion_tokens,
-                      seconds=finite(trio.current_time() - self.started))
+        usage = self.usage()
         reason = finish_reason if finish_reason in ("stop", "length", "cancelled") else "stop"
         return QueryResult(request_id=self.query.request_id, text=text, finish_reason=reason,  # type: ignore[arg-type]
                            usage=usage, strategy=self.query.strategy, provenance=tuple(provenance), trace=trace)
 
 
 def candidates_of(records: Iterable[CapabilityRecord], health: Health, *, verified: set[str],
-                  local_id: str | None, demoted: Callable[[str], bool], tags: Sequence[str] = ()) -> list[Candidate]:
+                  local_id: str | None, demoted: Callable[[str], bool], tags: Sequence[str] = (),
+                  observed: Observed | None = None, checked_tasks: Iterable[str] = ()) -> list[Candidate]:
     """Each record with this node's observations of it: latency, failures, bans, demotion, reachability.
 
     ``demoted`` is asked once per peer: it weighs every peer's evidence (reputation.py).
-    ``tags`` name the query's tasks, for the dev score a record claims on them.
+    ``tags`` name the query's tasks; each candidate's ``dev_score`` is its verified accuracy on
+    them (competence.py: its signed claim and this node's spot checks, ``observed``), or its
+    generalist competence when nobody has shown any on them.
     """
+    records = list(records)
+    shown = competences(records, tags, observed, checked_tasks)
     out = []
     for r in records:
         lying = demoted(r.peer_id)
         out.append(Candidate(r, health.latency(r.peer_id), health.failures(r.peer_id),
                              health.banned(r.peer_id) or lying, demoted=lying,
                              verified=r.peer_id in verified or r.peer_id == local_id,
-                             local=r.peer_id == local_id, dev_score=claimed_dev_score(r, tags)))
+                             local=r.peer_id == local_id, dev_score=shown.get(r.peer_id)))
     return out
-
-
-def _adapter_cid(record: CapabilityRecord, adapter: str | None) -> str | None:
-    if adapter is None:
-        return None
-    return next((a.cid for a in record.adapters if a.name == adapter), None)

@@ -42,42 +42,51 @@ def _numbered(answers: Sequence[str], label: str = "Answer") -> str:
     return "\n\n".join(f"{label} {i + 1}:\n{clip(a, ANSWER_CLIP)}" for i, a in enumerate(answers))
 
 
+# The prompts follow the toolkit's (research/paper.md: refine shows the others' answers "as additional
+# advice", moa asks to critically evaluate them) cut down for 135M-0.5B models, validated on
+# SmolLM2-135M (docs/collaboration.md, "Prompts small models follow"): short, the others' answers
+# marked as possibly wrong, and the question restated last, so that a small model's reply answers
+# the question instead of commenting on the list ("I'm ready to help", "The answer is correct.").
+MAY_BE_WRONG = "(some may be wrong)"
+
+
 def aggregate(q: str, answers: Sequence[str]) -> Chat:
-    """Mixture-of-agents aggregator: synthesise one best answer from the proposals."""
+    """Mixture-of-agents aggregator: one correct answer from the proposals."""
+    q = clip(q, QUESTION_CLIP)
     return plain(
-        f"Question:\n{clip(q, QUESTION_CLIP)}\n\nSeveral assistants answered:\n\n{_numbered(answers)}\n\n"
-        "Critically evaluate these answers; some may be wrong. Write one correct, complete answer "
-        "to the question. Reply with the answer only.")
+        f"Question: {q}\n\nAnswers from other assistants {MAY_BE_WRONG}:\n\n{_numbered(answers)}\n\n"
+        f"Reply with the correct answer only.\n\nQuestion: {q}")
 
 
 def revise(q: str, own: str, others: Sequence[str]) -> Chat:
     """Refine / debate round: see the others' answers, then give an updated answer."""
+    q = clip(q, QUESTION_CLIP)
     return plain(
-        f"Question:\n{clip(q, QUESTION_CLIP)}\n\nYour previous answer:\n{clip(own, ANSWER_CLIP)}\n\n"
-        f"Other assistants answered:\n\n{_numbered(others)}\n\n"
-        "Using their reasoning as additional advice, give your updated answer. "
-        "State the final answer clearly at the end.")
+        f"Question: {q}\n\nAnswers from other assistants {MAY_BE_WRONG}:\n\n{_numbered(others)}\n\n"
+        f"Your previous answer:\n{clip(own, ANSWER_CLIP)}\n\n"
+        f"Using the other answers as additional advice, give your updated answer.\n\nQuestion: {q}")
 
 
 def summarize(q: str, answers: Sequence[str]) -> Chat:
     """The best expert's closing summary of a debate."""
+    q = clip(q, QUESTION_CLIP)
     return plain(
-        f"Question:\n{clip(q, QUESTION_CLIP)}\n\nAfter a discussion, the participants' final answers are:\n\n"
-        f"{_numbered(answers)}\n\nSummarise the discussion into one final answer to the question. "
-        "Reply with the answer only.")
+        f"Question: {q}\n\nFinal answers after a discussion {MAY_BE_WRONG}:\n\n{_numbered(answers)}\n\n"
+        f"Reply with the correct answer only.\n\nQuestion: {q}")
 
 
 def knowledge(q: str) -> Chat:
     """Knowledge card: background facts, not the answer."""
     return plain(
-        f"Write a short paragraph of background knowledge that is relevant to the question below. "
-        f"Give facts only; do not answer the question.\n\nQuestion:\n{clip(q, QUESTION_CLIP)}")
+        f"Write two or three short facts that help to answer the question below. "
+        f"Give facts only; do not answer the question.\n\nQuestion: {clip(q, QUESTION_CLIP)}")
 
 
 def answer_with_knowledge(q: str, cards: Sequence[str]) -> Chat:
+    q = clip(q, QUESTION_CLIP)
     return plain(
-        f"Background knowledge from several experts:\n\n{_numbered(cards, 'Knowledge')}\n\n"
-        f"Using the knowledge where it helps, answer the question.\n\nQuestion:\n{clip(q, QUESTION_CLIP)}")
+        f"Background knowledge from other assistants {MAY_BE_WRONG}:\n\n{_numbered(cards, 'Knowledge')}\n\n"
+        f"Using the knowledge where it helps, answer the question.\n\nQuestion: {q}")
 
 
 def decompose(q: str, max_parts: int) -> Chat:
@@ -103,9 +112,10 @@ def parse_subquestions(text: str, max_parts: int) -> list[str]:
 def compose(q: str, subs: Sequence[tuple[str, str]]) -> Chat:
     steps = "\n\n".join(f"Sub-question {i + 1}: {clip(s, 500)}\nAnswer: {clip(a, ANSWER_CLIP)}"
                         for i, (s, a) in enumerate(subs))
+    q = clip(q, QUESTION_CLIP)
     return plain(
-        f"Question:\n{clip(q, QUESTION_CLIP)}\n\nIt was split into sub-questions, answered by experts:\n\n{steps}\n\n"
-        "Using these, write the final answer to the original question.")
+        f"Question: {q}\n\nIt was split into sub-questions, answered by other assistants {MAY_BE_WRONG}:\n\n"
+        f"{steps}\n\nUsing these, answer the question.\n\nQuestion: {q}")
 
 
 def choose_expert(q: str, descriptions: Sequence[str]) -> Chat:

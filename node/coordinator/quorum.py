@@ -50,14 +50,17 @@ async def fan_out_indexed(pool: Pool, routes: Sequence[Route], asks: Ask | Seque
 
     async def one(i: int) -> None:
         try:
-            replies[i] = await pool.generate([routes[i]], asks[i], role=role, round=round, deadline=deadline)
+            # The other members (and spares) are the failover: a queue without progress is not waited on.
+            replies[i] = await pool.generate([routes[i]], asks[i], role=role, round=round, deadline=deadline,
+                                             wait_last=total == 1 and not spare_pool)
         except StepFailed as exc:
             if exc.code in CLIENT_ERRORS or not spare_pool:
                 errors.append(exc)
             else:
                 spare = spare_pool.pop(0)
                 try:
-                    replies[i] = await pool.generate([spare], asks[i], role=role, round=round, deadline=deadline)
+                    replies[i] = await pool.generate([spare], asks[i], role=role, round=round, deadline=deadline,
+                                                     wait_last=total == 1)
                 except StepFailed as exc2:
                     errors.append(exc2)
         state["changed"].set()

@@ -5,10 +5,12 @@ that always picks a wrong option) is invisible to latency and failure
 bookkeeping.  Three kinds of evidence catch it, each kept as decaying counts per
 peer (:data:`HALF_LIFE_S`, so a peer that stops lying comes back):
 
-* **Spot checks**: at a low rate (:data:`SPOT_CHECK_RATE` of queries) the
-  coordinator asks an expert that contributed a dev item of the shared task files
-  (``../shared/data/tasks``, scored by :mod:`node.evaluation`, the evaluation's
-  scorer) whose answer it knows.  Demoted when its accuracy is implausibly low
+* **Spot checks**: at a low rate (:data:`SPOT_CHECK_RATE` of queries; higher
+  for a peer on probation, :data:`PROBATION_RATE`) the coordinator asks an
+  expert that contributed a dev item of the shared task files
+  (``../shared/data/tasks``) or, where those are absent, one of the known-answer
+  items the package ships (known_answers.py), scored by :mod:`node.evaluation`,
+  the evaluation's scorer, whose answer it knows.  Demoted when its accuracy is implausibly low
   next to what the other checked experts achieve (one-sided binomial under
   :data:`DEMOTE_P`), so a small honest model is compared with its peers, not
   with perfection.
@@ -46,6 +48,7 @@ from node.logs import event, get_logger
 from protocol import ChatMessage, EvalScore, GenerateRequest, GenerateResult, SamplingParams, Trace
 
 from . import consensus
+from .known_answers import known_answer_items
 
 log = get_logger("coordinator.reputation")
 
@@ -66,6 +69,14 @@ CLAIM_MARGIN = 0.1
 # Consensus: compared with this fraction of the peers' agreement rate, after this many observations.
 AGREEMENT_RATIO = 0.7
 MIN_AGREEMENT_OBSERVATIONS = 8
+# Probation (issue 22): a peer with fewer than PROBATION_ITEMS checked answers that contributed to a
+# query answered by several peers (where its answer can be the final one) is checked at PROBATION_RATE
+# instead of SPOT_CHECK_RATE, so a new liar meets enough known answers to be demoted within a few dozen
+# such queries; once the evidence is in, the normal rate applies (the decay brings probation back).
+PROBATION_RATE = 0.25
+PROBATION_ITEMS = 12
+# z of the one-sided lower confidence bound that ranks members for a vote's tie-break (95 %).
+TRUST_Z = 1.645
 # Tokens an expert may spend on one spot-check answer, and seconds it may take.
 CHECK_TOKENS = 24
 CHECK_TIMEOUT = 60.0
@@ -139,6 +150,10 @@ class Reputation:
                 right, total = right + t.hits, total + t.total
         return right, total
 
+    def checked_tasks(self) -> set[str]:
+        """Every task some peer was spot-checked on (for generalist competence, competence.py)."""
+        return {task for tasks in list(self._checks.values()) for task in tasks}
+
     def agreement(self, peer_id: str) -> tuple[float, float]:
         """(agreed, observed) clear majorities of the other members, decayed."""
         tally = self._agreement.get(peer_id)
@@ -173,6 +188,22 @@ class Reputation:
             return f"agreed with {agreed:.0f}/{total:.0f} clear majorities vs peers' {peers:.0%}"
         return None
 
+    def trust(self, peer_id: str) -> float:
+        """How much the evidence says ``peer_id`` answers right: the lower confidence bound (Wilson,
+        :data:`TRUST_Z`) of its right spot checks and agreements with clear majorities.
+
+        What breaks a vote's tie (strategies/vote.py): never rank, load or speed, which are
+        claims or favour a liar that answers at once.  A peer without evidence has 0, as keys are
+        free: a fresh identity does not outrank one with a record of right answers.
+        """
+        right, checked = self.observed(peer_id)
+        agreed, observed = self.agreement(peer_id)
+        return wilson_lower(right + agreed, checked + observed, TRUST_Z)
+
+    def checked(self, peer_id: str) -> float:
+        """Known-answer items ``peer_id`` answered in spot checks (decayed)."""
+        return self.observed(peer_id)[1]
+
     def demoted(self, peer_id: str) -> bool:
         if peer_id not in self._checks and peer_id not in self._agreement:
             return False
@@ -206,6 +237,17 @@ def _implausible(hits: float, total: float, expected: float, p: float) -> bool:
     return n > 0 and binomial_cdf(k, n, expected) < p
 
 
+def wilson_lower(hits: float, total: float, z: float) -> float:
+    """Lower bound of the Wilson score interval of ``hits`` of ``total`` (0 without evidence)."""
+    if total <= 0 or hits <= 0:  # (no right answer: 0 exactly, not a rounding error's 1e-17)
+        return 0.0
+    p = min(1.0, hits / total)
+    denominator = 1 + z * z / total
+    centre = p + z * z / (2 * total)
+    margin = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
+    return max(0.0, (centre - margin) / denominator)
+
+
 def binomial_cdf(k: int, n: int, p: float) -> float:
     """P(X <= k) for X ~ Binomial(n, p), in log space (a busy hour's thousands of consensus
     observations would overflow ``math.comb`` times a float)."""
@@ -221,15 +263,16 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
 
 
 def load_check_items(limit_per_task: int = 100) -> list[TaskItem]:
-    """Dev items of :data:`CHECK_TASKS` from ``../shared/data/tasks`` ([] where the files are absent)."""
+    """Dev items of :data:`CHECK_TASKS` from ``../shared/data/tasks``; where those files are absent
+    (an installed node), the known-answer items the package ships (known_answers.py)."""
     folder = find_tasks_dir()
     if folder is None:
-        return []
+        return known_answer_items()
     try:
         sets = load_task_dir(folder, list(CHECK_TASKS))
-    except Exception as exc:  # noqa: BLE001 - no task files, no spot checks; never a failed query
-        event(log, "spot_checks_disabled", reason=f"{type(exc).__name__}: {exc}"[:200])
-        return []
+    except Exception as exc:  # noqa: BLE001 - unreadable task files: the built-in items, never a failed query
+        event(log, "spot_check_tasks_unreadable", reason=f"{type(exc).__name__}: {exc}"[:200])
+        return known_answer_items()
     return [item for task in sets for item in task.items("dev", limit_per_task)]
 
 
@@ -246,12 +289,25 @@ class SpotChecker:
         self._rng = rng or random.Random()
         self.checks = 0
 
-    def due(self) -> bool:
-        return self.rate > 0 and self._rng.random() < self.rate
+    def on_probation(self, peers: Sequence[str]) -> list[str]:
+        """Of a query's contributors, those on probation: too few checked answers, in a query that
+        several peers answered (:data:`PROBATION_ITEMS`); none while checks are off."""
+        if self.rate <= 0 or len(set(peers)) < 2:
+            return []
+        return [p for p in peers if round(self.reputation.checked(p)) < PROBATION_ITEMS]
+
+    def due(self, peers: Sequence[str] = ()) -> bool:
+        """Check after this query?  At :data:`PROBATION_RATE` when a contributor is on probation."""
+        rate = PROBATION_RATE if self.on_probation(peers) else self.rate
+        return self.rate > 0 and self._rng.random() < max(rate, self.rate)
 
     def pick(self, peers: Sequence[str]) -> str:
-        """A contributor to check; half the time the one agreeing least with its fan-outs' majorities
-        (consensus points the expensive ground-truth evidence at suspects)."""
+        """A contributor to check: the least checked one on probation if any (each earns its evidence in
+        turn); else, half the time, the one agreeing least with its fan-outs' majorities (consensus
+        points the expensive ground-truth evidence at suspects)."""
+        probation = self.on_probation(peers)
+        if probation:
+            return min(probation, key=lambda p: (round(self.reputation.checked(p), 3), self._rng.random()))
         peers = list(peers)
         if len(peers) > 1 and self._rng.random() < 0.5:
             def agreement(peer_id: str) -> float:

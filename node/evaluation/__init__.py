@@ -1,5 +1,6 @@
-"""Evaluation: task files, prompts and scoring (shared with the experts' self-evaluation), the
-eval runner and the report.  ``load_tasks``/``build_prompt``/``score`` are the stable API."""
+"""Evaluation, the pure part: task files, prompts and scoring (shared with the experts'
+self-evaluation, training and reputation).  ``load_tasks``/``build_prompt``/``score`` are the stable
+API.  The harness that asks a network and reports (runner, client, logs, report) is ``node.eval``."""
 
 from .scoring import (
     EM_INSTRUCTION,

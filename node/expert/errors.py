@@ -1,4 +1,5 @@
-"""Why an inference request was refused, as typed errors that map onto ``ErrorMessage`` codes."""
+"""The expert's errors, beneath its three rooms: why an inference request was refused (typed errors
+that map onto ``ErrorMessage`` codes), and why a model or adapter cannot be provisioned."""
 
 from __future__ import annotations
 
@@ -42,3 +43,12 @@ class DeadlineExceeded(RequestRejected):
 
 class Cancelled(RequestRejected):
     code: ErrorCode = "cancelled"
+
+
+class ModelLoadError(RuntimeError):
+    """A model or adapter cannot be loaded; the message says which path and why."""
+
+
+class WeightsUnavailable(ModelLoadError):
+    """Weights named by CID could not be fetched: the input was well-formed, the fetch failed
+    (exit code 1 like ``node fetch``, not 2 like a wrong path)."""

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
 
-from .streams import _exempt, _remote_ip, _subnet
+from .addresses import connection_ip, exempt_from_caps, subnet_of
 
 MAX_INBOUND_PER_IP = 16
 MAX_INBOUND_PER_SUBNET = 64
@@ -49,14 +49,14 @@ class InboundCaps:
         live = set(connected)
         for gone in [peer for peer in self._ip_of if peer not in live]:
             del self._ip_of[gone]
-        if ip is None or (self.exempt_loopback and _exempt(ip)):
+        if ip is None or (self.exempt_loopback and exempt_from_caps(ip)):
             return None
         others = [other for peer, other in self._ip_of.items() if peer != peer_id]
         if sum(other == ip for other in others) >= self.per_ip:
             self.refused += 1
             return "ip"
-        subnet = _subnet(ip)
-        if sum(_subnet(other) == subnet for other in others) >= self.per_subnet:
+        subnet = subnet_of(ip)
+        if sum(subnet_of(other) == subnet for other in others) >= self.per_subnet:
             self.refused += 1
             return "subnet"
         self._ip_of[peer_id] = ip
@@ -82,7 +82,7 @@ def remote_ip(host: IHost, peer_id: str) -> str | None:
     except Exception:  # not connected any more
         return None
     for conn in connections:
-        ip = _remote_ip(conn.muxed_conn)
+        ip = connection_ip(conn.muxed_conn)
         if ip:
             return str(ip)
     return None

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 from libp2p.abc import IHost, INotifee
 from libp2p.kad_dht.kad_dht import KadDHT
@@ -75,6 +77,22 @@ async def refresh_routing_table(dht: KadDHT) -> None:
         event(log, "routing_refresh_failed", error=f"{type(exc).__name__}: {exc}"[:160])
 
 
+def forget_peer(host: IHost, dht: KadDHT, peer_id: str) -> None:
+    """Drop ``peer_id``'s addresses and routing-table entry, so nothing dials it again.
+
+    py-libp2p's auto-connector redials every peerstore peer with addresses (every 30 s
+    while the node holds fewer than 100 connections), and DHT walks dial routing-table
+    peers: a CLI client that exited or a node that said goodbye was redialled forever,
+    an error line each time.  It may come back by dialling us.
+    """
+    pid = ID.from_base58(peer_id)
+    host.get_peerstore().clear_addrs(pid)
+    try:
+        dht.routing_table.remove_peer(pid)
+    except Exception as exc:  # not in the table: nothing to forget
+        event(log, "routing_remove_failed", peer=peer_id, error=type(exc).__name__)
+
+
 def routing_table_peers(dht: KadDHT) -> set[str]:
     return {pid.to_base58() for pid in dht.routing_table.get_peer_ids()}
 
@@ -92,13 +110,16 @@ def _dialled_by_us(conn: object) -> bool | None:
 
 
 class ConnectionWatcher(INotifee):
-    """Forwards "peer connected" events, ``(peer id, dialled by us?)``, to a trio channel.
+    """Forwards "peer connected" events, ``(peer id, dialled by us?)``, to a trio channel,
+    and calls ``on_disconnect(peer id)`` when a peer's last connection closed.
 
     ``send_nowait`` only: the swarm calls notifees inline and must never block on us.
     """
 
-    def __init__(self, send: trio.MemorySendChannel[tuple[str, bool | None]]) -> None:
+    def __init__(self, send: trio.MemorySendChannel[tuple[str, bool | None]], *,
+                 on_disconnect: Callable[[str], None] | None = None) -> None:
         self._send = send
+        self._on_disconnect = on_disconnect
 
     async def connected(self, network: object, conn: object) -> None:
         peer_id = conn.muxed_conn.peer_id.to_base58()  # type: ignore[attr-defined]
@@ -109,7 +130,11 @@ class ConnectionWatcher(INotifee):
             event(log, "connection_event_dropped", peer=peer_id)
 
     async def disconnected(self, network: object, conn: object) -> None:
-        pass
+        if self._on_disconnect is None:
+            return
+        peer = conn.muxed_conn.peer_id  # type: ignore[attr-defined]
+        if peer not in getattr(network, "connections", {}):  # its last connection (the swarm removes it first)
+            self._on_disconnect(peer.to_base58())
 
     async def opened_stream(self, network: object, stream: object) -> None:
         pass

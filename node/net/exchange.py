@@ -23,7 +23,7 @@ from libp2p.abc import IHost
 from protocol import RECORD_PROTOCOL, ErrorMessage, RecordBatch, SignedRecord, decode
 
 from ..logs import event, get_logger
-from .streams import FramedStream, StreamClosed, open_stream, serve
+from .streams import Allowlist, FramedStream, StreamClosed, open_stream, serve
 
 log = get_logger("net.exchange")
 
@@ -36,6 +36,8 @@ def serve_records(
     own_record: Callable[[], SignedRecord | None],
     table: Callable[[], list[SignedRecord]],
     on_record: Callable[[SignedRecord, str], object],
+    *,
+    allowlist: Allowlist,
 ) -> None:
     """Answer ``/mosaic/record/1``: ``on_record(signed, sender)`` gets the requester's own
     record (the registry checks it is signed by ``sender``); ``table()`` is what we reply."""
@@ -55,7 +57,8 @@ def serve_records(
         if not reply:
             await stream.send(RecordBatch(records=()))
 
-    serve(host, RECORD_PROTOCOL, handle, first_message_timeout=5.0, deadline=15.0, max_per_peer=2, max_total=64)
+    serve(host, RECORD_PROTOCOL, handle, allowlist=allowlist, first_message_timeout=5.0, deadline=15.0, max_per_peer=2,
+          max_total=64)
 
 
 def _issuer(signed: SignedRecord | None) -> str | None:

@@ -14,9 +14,7 @@ same as libp2p msgio), decoding is :func:`protocol.decode`.
 
 from __future__ import annotations
 
-import ipaddress
 import math
-import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar, overload
@@ -32,6 +30,7 @@ import protocol
 from protocol import ErrorMessage, FrameDecoder, Message, MessageTooLarge, ProtocolError, encode, encode_frame
 
 from ..logs import event, get_logger, limited_event
+from .addresses import connection_ip, exempt_from_caps, subnet_of
 
 M = TypeVar("M", bound=Message)
 M2 = TypeVar("M2", bound=Message)
@@ -197,28 +196,10 @@ def _error_reply(exc: BaseException) -> ErrorMessage | None:
 
 # One IP address may hold at most this fraction of a protocol's slots, one subnet (/24 for
 # IPv4, /48 for IPv6) this one: identities are free, addresses are not (issue 12: 20
-# identities x 4 idle streams made every honest query "busy").  Loopback is exempt: it is
-# this machine (and every peer of a test cluster).
+# identities x 4 idle streams made every honest query "busy").  Loopback is exempt
+# (addresses.py).
 MAX_SHARE_PER_IP = 0.5
 MAX_SHARE_PER_SUBNET = 0.75
-
-
-def _subnet(ip: str) -> str:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    prefix = 24 if address.version == 4 else 48
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
-
-
-def _exempt(ip: str | None) -> bool:
-    if ip is None:
-        return True
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return False
 
 
 class _Limits:
@@ -247,10 +228,10 @@ class _Limits:
         """Why a new stream from ``peer`` at ``ip`` is refused, or ``None`` (then acquire it)."""
         if self.per_peer[peer] >= self.max_per_peer:
             return "peer"
-        if not _exempt(ip):
+        if not exempt_from_caps(ip):
             if self.per_ip[ip] >= self.max_per_ip:  # type: ignore[index]
                 return "ip"
-            if self.per_subnet[_subnet(ip)] >= self.max_per_subnet:  # type: ignore[arg-type]
+            if self.per_subnet[subnet_of(ip)] >= self.max_per_subnet:  # type: ignore[arg-type]
                 return "subnet"
         if self.total >= self.max_total and not self._evict_idle():
             return "total"
@@ -269,9 +250,9 @@ class _Limits:
     def acquire(self, peer: str, ip: str | None) -> None:
         self.per_peer[peer] += 1
         self.total += 1
-        if not _exempt(ip):
+        if not exempt_from_caps(ip):
             self.per_ip[ip] += 1  # type: ignore[index]
-            self.per_subnet[_subnet(ip)] += 1  # type: ignore[arg-type]
+            self.per_subnet[subnet_of(ip)] += 1  # type: ignore[arg-type]
 
     def try_acquire(self, peer: str, ip: str | None = None) -> bool:
         if self.refusal(peer, ip) is not None:
@@ -281,7 +262,8 @@ class _Limits:
 
     def release(self, peer: str, ip: str | None = None) -> None:
         self.total -= 1
-        for counter, key in ((self.per_peer, peer), (self.per_ip, ip), (self.per_subnet, _subnet(ip) if ip else None)):
+        subnet = subnet_of(ip) if ip else None
+        for counter, key in ((self.per_peer, peer), (self.per_ip, ip), (self.per_subnet, subnet)):
             if key is None or key not in counter:
                 continue
             counter[key] -= 1
@@ -289,30 +271,19 @@ class _Limits:
                 del counter[key]
 
 
-# Private swarms: host -> the peer ids allowed to open streams (absent: an open swarm).
-_allowlists: weakref.WeakKeyDictionary[object, frozenset[str]] = weakref.WeakKeyDictionary()
+class Allowlist:
+    """Who may open streams on the protocols a node serves: in a private swarm only ``peers``
+    (and the node itself); ``None`` or empty: anyone (an open swarm).  The node holds one and
+    hands it to every :func:`serve` it registers."""
+
+    def __init__(self, own_id: str, peers: Iterable[str] | None = None) -> None:
+        self.peers = frozenset(peers) | {own_id} if peers else None
+
+    def allows(self, peer_id: str) -> bool:
+        return self.peers is None or peer_id in self.peers
 
 
-def set_allowlist(host: IHost, peers: Iterable[str] | None) -> None:
-    """Only ``peers`` (and the host itself) may open streams on protocols :func:`serve` registers
-    on ``host``; ``None`` or empty: anyone may (an open swarm)."""
-    if peers:
-        _allowlists[host] = frozenset(peers) | {str(host.get_id())}
-    else:
-        _allowlists.pop(host, None)
-
-
-def is_allowed(host: IHost, peer_id: str) -> bool:
-    allowed = _allowlists.get(host)
-    return allowed is None or peer_id in allowed
-
-
-def _remote_ip(raw: object) -> str | None:
-    try:
-        address = raw.get_remote_address()  # type: ignore[attr-defined]
-    except Exception:  # a muxer without addresses: account by peer id only
-        return None
-    return address[0] if address else None
+OPEN_SWARM = Allowlist("")
 
 
 def serve(
@@ -320,6 +291,7 @@ def serve(
     protocol_id: str,
     handler: Handler,
     *,
+    allowlist: Allowlist,
     first_message_timeout: float = 10.0,
     deadline: float = 60.0,
     max_per_peer: int = 4,
@@ -328,6 +300,7 @@ def serve(
 ) -> None:
     """Register ``handler`` for ``protocol_id`` on ``host`` behind deadlines and limits.
 
+    * A peer ``allowlist`` does not allow (a private swarm) gets ``unavailable``.
     * A peer with ``max_per_peer`` streams in flight on this protocol (or its IP
       or subnet at its share of ``max_total``) gets ``ErrorMessage(code="busy")`` at
       once and the new stream is closed: one peer's idle streams cannot starve the
@@ -344,11 +317,11 @@ def serve(
     async def _on_stream(raw: object) -> None:
         stream = FramedStream(raw, max_frame=max_frame)
         peer = stream.remote_peer
-        if not is_allowed(host, peer):
+        if not allowlist.allows(peer):
             limited_event(log, "stream_refused", protocol=protocol_id, peer=peer, reason="not a trusted peer")
             await _say_goodbye(stream, ErrorMessage(code="unavailable", message="this node serves a private swarm"))
             return
-        ip = _remote_ip(raw)
+        ip = connection_ip(raw)
         refused = limits.refusal(peer, ip)
         if refused is not None:
             limited_event(log, "stream_busy", protocol=protocol_id, peer=peer, limit=refused,

@@ -209,6 +209,21 @@ class BlockStore:
                 log.warning("ignoring unreadable pin file %s", path.name)
         return out
 
+    def discard(self, root: CID) -> int:
+        """Delete the blocks of ``root``'s DAG that no pin reaches (a refused fetch: nothing kept);
+        returns the bytes freed.  Like :meth:`gc`, not while another fetch fills the same DAG."""
+        if self.is_pinned(root):
+            return 0
+        keep: set[bytes] = set()
+        for pin in self.pins():
+            keep.update(c.digest for c in self.walk(parse_cid(pin.cid), missing_ok=True))
+        freed = 0
+        for cid in list(self.walk(root, missing_ok=True)):
+            if cid.digest not in keep:
+                freed += self.size(cid) or 0
+                self.delete(cid)
+        return freed
+
     def gc(self) -> tuple[int, int]:
         """Delete every block not reachable from a pin; returns (blocks, bytes) freed.
 

@@ -10,9 +10,12 @@ Directory entry names were validated when the block was read (no ``/``, ``\\``,
 
 A DAG can link one block many times (issue 12: 3 blocks, 1.19 MB, expanding to
 1.85 TiB), so what the blocks weigh says nothing about what the export writes.
-Before writing, the declared content size must fit the cap and the free disk
-(:func:`node.storage.fetch.check_room`); while writing, a file that grows past
-the size its root declares is cut off at once, not compared at the end.
+Before writing, the declared content size must fit the cap (a quota,
+node/storage/quota.py) and the free disk (:func:`node.storage.fetch.check_room`),
+and large content may not expand its distinct blocks more than
+:data:`MAX_EXPANSION` times (:func:`check_expansion`, issue 22); while writing,
+a file that grows past the size its root declares is cut off at once, not
+compared at the end.
 
 Synchronous: call through ``trio.to_thread.run_sync``.
 """
@@ -21,16 +24,20 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 from pathlib import Path
 
 from protocol.cid import CID
 from protocol.errors import ProtocolError
 from protocol.unixfs import NodeView, read_block
 
+from ..atomic import staged_directory
 from .blockstore import BlockStore, MissingBlock, StorageError
-from .fetch import check_room
+from .fetch import MAX_DAG_BYTES, DagTooLarge, check_room
 from .importer import MAX_DEPTH
+
+# Content over EXPANSION_FLOOR bytes may expand its distinct blocks at most MAX_EXPANSION times.
+MAX_EXPANSION = 16.0
+EXPANSION_FLOOR = 256 * 1024 * 1024
 
 
 def _view(store: BlockStore, cid: CID) -> NodeView:
@@ -40,30 +47,50 @@ def _view(store: BlockStore, cid: CID) -> NodeView:
         raise StorageError(f"block {cid} cannot be exported: {exc}") from None
 
 
-def export(store: BlockStore, root: CID, dest: str | os.PathLike[str]) -> Path:
+def export(store: BlockStore, root: CID, dest: str | os.PathLike[str], *, cap: int = MAX_DAG_BYTES,
+           cap_name: str | None = None, max_expansion: float | None = MAX_EXPANSION) -> Path:
     """Write the file or directory at ``root`` to ``dest``, which must not exist; returns ``dest``.
 
-    Raises :class:`StorageError` if ``dest`` exists (nothing is written then).
+    Raises :class:`StorageError` if ``dest`` exists (nothing is written then), and
+    :class:`~node.storage.fetch.DagTooLarge` if the content declares more than ``cap`` (a quota,
+    named ``cap_name``) or the free disk, or expands its distinct blocks more than
+    ``max_expansion`` times (:func:`check_expansion`; None: no such check).
     """
     dest = Path(dest)
     if dest.exists() or dest.is_symlink():
         raise StorageError(f"{dest} already exists; not overwriting it")
     view = _view(store, root)
-    check_room(declared_size(store, view), dest.parent, what="content")
+    declared = declared_size(store, view)
+    check_room(declared, dest.parent, what="content", cap=cap, cap_name=cap_name)
+    check_expansion(store, root, declared, max_expansion)
     if view.kind != "directory":
         _export_file(store, root, view, dest)
         return dest
-    staging = _partial_name(dest)
-    staging.mkdir()  # the umask's mode, as the final directory should have
     try:
-        _export_dir(store, view, staging, 0)
-        if dest.exists() or dest.is_symlink():  # appeared while we wrote
-            raise StorageError(f"{dest} already exists; not overwriting it")
-        os.rename(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        # The umask's mode, as the final directory should have; refused if dest appeared meanwhile.
+        with staged_directory(dest, overwrite=False) as staging:
+            _export_dir(store, view, staging, 0)
+    except FileExistsError:
+        raise StorageError(f"{dest} already exists; not overwriting it") from None
     return dest
+
+
+def check_expansion(store: BlockStore, root: CID, declared: int, max_expansion: float | None) -> None:
+    """Refuse content that declares over :data:`EXPANSION_FLOOR` bytes and more than ``max_expansion``
+    times the bytes of its distinct blocks: one leaf repeated (a 3 GiB file from 1 MiB of blocks,
+    issue 22).  Real weights, datasets and archives do not repeat whole blocks at that scale."""
+    if max_expansion is None or declared <= EXPANSION_FLOOR:
+        return
+    distinct = store.dag_size(root)
+    if declared > max_expansion * max(1, distinct):
+        raise DagTooLarge(f"the content declares {declared:,} bytes from only {distinct:,} bytes of distinct "
+                          f"blocks ({declared / max(1, distinct):,.0f}x, over the {max_expansion:g}x expansion limit: "
+                          "one block repeated; storage.max_expansion; node fetch --max-expansion)")
+
+
+def content_size(store: BlockStore, root: CID) -> int:
+    """Bytes an export of ``root`` writes, as its file roots declare them."""
+    return declared_size(store, _view(store, root))
 
 
 def declared_size(store: BlockStore, view: NodeView, depth: int = 0) -> int:

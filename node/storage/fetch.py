@@ -81,10 +81,13 @@ def block_weight(cid: CID, data: bytes) -> int:
     return len(data) + sum(link.tsize for link in decode_node(data).links)
 
 
-def check_room(declared: int, where: Path, *, cap: int = MAX_DAG_BYTES, what: str = "DAG") -> None:
-    """Raise :class:`DagTooLarge` unless ``declared`` bytes fit the cap and the disk at ``where``."""
+def check_room(declared: int, where: Path, *, cap: int = MAX_DAG_BYTES, what: str = "DAG",
+               cap_name: str | None = None) -> None:
+    """Raise :class:`DagTooLarge` unless ``declared`` bytes fit the cap and the disk at ``where``.
+
+    ``cap_name`` says which limit ``cap`` is (a quota and its setting, node/storage/quota.py)."""
     if declared > cap:
-        raise DagTooLarge(f"the {what} declares {declared:,} bytes, over the {cap:,}-byte cap")
+        raise DagTooLarge(f"the {what} declares {declared:,} bytes, over the {cap_name or f'{cap:,}-byte cap'}")
     probe = where
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -109,10 +112,12 @@ class _Scheduler:
     """Shared want-queue; tracks which provider lacks what and who is still alive."""
 
     def __init__(
-        self, store: BlockStore, stats: FetchStats, progress: Progress | None, max_bytes: int = MAX_DAG_BYTES
+        self, store: BlockStore, stats: FetchStats, progress: Progress | None, max_bytes: int = MAX_DAG_BYTES,
+        cap_name: str | None = None,
     ) -> None:
         self.store = store
         self.max_bytes = max_bytes
+        self.cap_name = cap_name
         self.declared: dict[bytes, int] = {}  # CID digest -> size its parent's link declares
         self.stats = stats
         self.progress = progress
@@ -167,7 +172,7 @@ class _Scheduler:
         if declared is None:  # the root: its declared total must fit before we ask for more
             self.declared[cid.digest] = weight
             if children:
-                check_room(weight, self.store.root, cap=self.max_bytes)
+                check_room(weight, self.store.root, cap=self.max_bytes, cap_name=self.cap_name)
         elif weight != declared:
             raise DagSizeMismatch(f"block {cid} weighs {weight:,} bytes but its parent declared {declared:,}")
         if children:
@@ -235,15 +240,17 @@ async def fetch_dag(
     block_timeout: float = 20.0,
     progress: Progress | None = None,
     max_bytes: int = MAX_DAG_BYTES,
+    cap_name: str | None = None,
 ) -> FetchStats:
     """Make ``root``'s whole DAG present in ``store``; returns what it took.
 
     ``providers`` are peer ids the host is connected to (or can dial from its
     peerstore).  ``bitswap`` (a :class:`node.storage.bitswap.Bitswap`) is used for
-    providers without ``/mosaic/blocks/1``.
+    providers without ``/mosaic/blocks/1``.  ``max_bytes``: the most the root may declare (a quota,
+    named by ``cap_name`` in the refusal: node/storage/quota.py).
     """
     stats = FetchStats()
-    sched = _Scheduler(store, stats, progress, max_bytes)
+    sched = _Scheduler(store, stats, progress, max_bytes, cap_name)
     started = trio.current_time()
     sched.want(root)
     if sched.done:

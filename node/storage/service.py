@@ -28,10 +28,11 @@ from ..logs import event, get_logger
 from .bitswap import Bitswap
 from .blocks_protocol import BlockServer
 from .blockstore import BlockStore, StorageError
-from .exporter import export
-from .fetch import FetchError, FetchStats, Progress, fetch_dag
+from .exporter import content_size, export
+from .fetch import DagSizeMismatch, DagTooLarge, FetchError, FetchStats, Progress, fetch_dag
 from .importer import import_path
 from .providers import DEFAULT_REPROVIDE_INTERVAL, Reprovider, find_providers, provide
+from .quota import Allowance, FetchQuota
 from .upload_limit import UploadLimiter
 
 if TYPE_CHECKING:
@@ -62,8 +63,10 @@ class StorageService:
         *,
         reprovide_interval: float = DEFAULT_REPROVIDE_INTERVAL,
         upload_limit_mib: float | None = None,
+        quota: FetchQuota | None = None,
     ) -> None:
         self.store = store
+        self.quota = quota or FetchQuota()  # per fetch, per requester, for others (quota.py)
         rate = upload_limit_mib * 1024 * 1024 if upload_limit_mib is not None else None
         self.server = BlockServer(store, upload_limit=UploadLimiter(rate))
         self.reprovide_interval = reprovide_interval
@@ -75,9 +78,12 @@ class StorageService:
 
     @classmethod
     def from_config(cls, config: NodeConfig) -> StorageService:
+        storage = config.storage
         return cls(
             BlockStore.for_data_dir(config.data_path),
-            upload_limit_mib=config.storage.upload_limit_mib,
+            upload_limit_mib=storage.upload_limit_mib,
+            quota=FetchQuota.from_mib(storage.max_fetch_mib, storage.peer_quota_mib, storage.others_quota_mib,
+                                      storage.max_expansion),
         )
 
     def record_fields(self) -> dict[str, object]:
@@ -161,19 +167,33 @@ class StorageService:
         progress: Progress | None = None,
         pin: bool = True,
         window: int = 16,
+        allowance: Allowance | None = None,
+        requester: str | None = None,
     ) -> FetchStats:
         """Make the whole DAG of ``cid`` local: from ``peers`` (ids of connected peers) and
-        from DHT providers; pin it and provide it ourselves afterwards."""
+        from DHT providers; pin it and provide it ourselves afterwards.
+
+        The root's declared size must fit ``allowance`` (default: the quota for ``requester``,
+        the remote peer this fetch is for, None for this node's own user).  A DAG refused as too
+        large, or any failed fetch for a remote requester, leaves none of its blocks behind.
+        """
         root = parse_cid(cid) if isinstance(cid, str) else cid
         node = self.node
         if node is None:
             raise StorageError("the storage service is not running")
+        allowance = allowance or self.quota.allowance(requester)
         candidates = list(peers)
         if self.store.missing(root):
             candidates += await self._discover(root, exclude=[node.peer_id, *candidates], patient=not candidates)
-        stats = await fetch_dag(
-            node.host, self.store, root, candidates, bitswap=self.bitswap, progress=progress, window=window
-        )
+        try:
+            stats = await fetch_dag(node.host, self.store, root, candidates, bitswap=self.bitswap, progress=progress,
+                                    window=window, max_bytes=allowance.bytes, cap_name=allowance.name)
+        except FetchError as exc:
+            if isinstance(exc, (DagTooLarge, DagSizeMismatch)) or requester is not None:
+                freed = await trio.to_thread.run_sync(self.store.discard, root)
+                event(log, "fetch_refused", cid=str(root), requester=requester or "", freed=freed,
+                      reason=str(exc)[:200])
+            raise
         self.bytes_fetched += stats.bytes_fetched
         if pin:
             await trio.to_thread.run_sync(self.store.pin, root)
@@ -195,13 +215,20 @@ class StorageService:
                 delay = min(delay * 2, 2.0)
         return []
 
-    async def export(self, cid: CID | str, dest: str | os.PathLike[str]) -> Path:
+    async def export(self, cid: CID | str, dest: str | os.PathLike[str], *, allowance: Allowance | None = None,
+                     requester: str | None = None) -> Path:
+        """Write the content of ``cid`` to ``dest``; what it declares must fit ``allowance`` (default: the
+        quota for ``requester``) and the disk."""
         root = parse_cid(cid) if isinstance(cid, str) else cid
-        return await trio.to_thread.run_sync(export, self.store, root, Path(dest))
+        allowance = allowance or self.quota.allowance(requester)
+        return await trio.to_thread.run_sync(
+            lambda: export(self.store, root, Path(dest), cap=allowance.bytes, cap_name=allowance.name,
+                           max_expansion=self.quota.max_expansion))
 
 
 async def ensure_local(
-    node: Node, cid: CID | str, dest_dir: str | os.PathLike[str] | None = None, *, peers: Iterable[str] = ()
+    node: Node, cid: CID | str, dest_dir: str | os.PathLike[str] | None = None, *, peers: Iterable[str] = (),
+    requester: str | None = None, cap: int | None = None, cap_name: str = "",
 ) -> Path:
     """Return a local path holding the content of ``cid``, fetching what is missing.
 
@@ -210,6 +237,10 @@ async def ensure_local(
     ``<data_dir>/content/<cid>``.  Repeated calls are cheap: a marker file records
     which CID an export holds.  Raises :class:`FetchError` if no provider can supply
     it, :class:`protocol.ProtocolError` for a malformed CID.
+
+    ``requester``: the remote peer this content is fetched for (its quota is charged, quota.py);
+    ``cap``: what the content can weigh at most (e.g. an adapter of this base), named ``cap_name``.
+    Refused content leaves no blocks and no partial export behind.
     """
     root = parse_cid(cid) if isinstance(cid, str) else cid
     service = node.service(StorageService)
@@ -221,12 +252,21 @@ async def ensure_local(
     marker = dest / _MARKER
     if marker.is_file() and marker.read_text().strip() == str(root):
         return _content_path(service.store, root, dest)
-    await service.fetch(root, peers=peers)
+    allowance = service.quota.allowance(requester, cap=cap, cap_name=cap_name)
+    stats = await service.fetch(root, peers=peers, allowance=allowance, requester=requester)
     out = _content_path(service.store, root, dest)
     if own and (out.exists() or out.is_symlink()):  # no marker: an export that was interrupted
         await trio.to_thread.run_sync(_remove, out)
     (dest if out != dest else dest.parent).mkdir(parents=True, exist_ok=True)
-    await service.export(root, out)
+    try:
+        await service.export(root, out, allowance=allowance)
+    except DagTooLarge:
+        if requester is not None:  # fetched for someone else and refused: keep nothing of it
+            await trio.to_thread.run_sync(service.store.unpin, root)
+            await trio.to_thread.run_sync(service.store.discard, root)
+        raise
+    written = await trio.to_thread.run_sync(content_size, service.store, root)
+    service.quota.charge(requester, max(written, stats.bytes_fetched))
     marker.write_text(str(root))
     event(log, "content_ready", cid=str(root), path=str(out))
     return out

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..expert.adapter_card import save_adapter
+from ..expert.model.adapter_card import save_adapter
+from ..logs import stage
 from .data import Dataset, Example, load_dataset, split_heldout
 from .heldout import HeldoutScore, max_tokens_for, score_heldout
 from .loop import Trainer, TrainSettings
@@ -58,7 +59,7 @@ def load_base(model: str | None, cache_dir: Path) -> tuple[Any, Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..expert.loader import resolve_source
+    from ..expert.model.loader import resolve_source
 
     source = resolve_source(model, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(source.directory, local_files_only=True)
@@ -88,13 +89,16 @@ def train_adapter(job: TrainJob, *, on_step: Callable[[int, float], None] | None
     started = time.monotonic()
     dataset = load_dataset(job.data, split=job.split)
     train, held, held_desc = heldout_examples(job, dataset)
-    base, tokenizer, source = load_base(job.model, job.model_cache)
+    # The silent stretches (model load, held-out scoring) show a progress line on a terminal.
+    with stage("loading the base model"):
+        base, tokenizer, source = load_base(job.model, job.model_cache)
     max_new = job.eval_max_tokens or max_tokens_for(held, tokenizer, dataset.task_type)
     s = job.settings
     before_file = job.checkpoints / "before.json"
     before = _cached_before(before_file, job, dataset) if job.resume else None
     if before is None:
-        before = score_heldout(base, tokenizer, held, max_new_tokens=max_new, max_length=s.max_length)
+        with stage(f"scoring {len(held)} held-out examples before training"):
+            before = score_heldout(base, tokenizer, held, max_new_tokens=max_new, max_length=s.max_length)
     trainer = Trainer(base, tokenizer, s, train, job.checkpoints, data_sha256=dataset.sha256)
     resumed_from = trainer.state.step
     if job.resume and trainer.resume():
@@ -118,7 +122,8 @@ def train_adapter(job: TrainJob, *, on_step: Callable[[int, float], None] | None
     finally:
         if bar is not None:
             bar.close()
-    after = score_heldout(trainer.model, tokenizer, held, max_new_tokens=max_new, max_length=s.max_length)
+    with stage(f"scoring {len(held)} held-out examples after training"):
+        after = score_heldout(trainer.model, tokenizer, held, max_new_tokens=max_new, max_length=s.max_length)
     card = {
         "name": job.name,
         "kind": "lora",

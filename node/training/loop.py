@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import staged_directory
 from .data import Example
 from .tokens import collate, encode
 
@@ -169,27 +167,13 @@ class Trainer:
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        target = self.checkpoint_dir
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
+        with staged_directory(self.checkpoint_dir, overwrite=True, private=True) as staging:
             adapter = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
             save_file(adapter, str(staging / "adapter.safetensors"))
             save_file(self._optimizer_tensors(), str(staging / "optimizer.safetensors"))
             state = {"step": self.state.step, "losses": self.state.losses, "settings": self.settings.as_dict(),
                      "data_sha256": self.data_sha256}
             (staging / "state.json").write_text(json.dumps(state))
-            if target.exists():
-                old = target.with_name(f".{target.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(target, old)
-                os.replace(staging, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
 
     def _optimizer_tensors(self) -> dict[str, Any]:
         import torch

@@ -1,7 +1,7 @@
 """A merge job: local adapter dirs in, one merged adapter dir out (cached by content).
 
 Weights come from the caller, from a query (relevance to each adapter's card) or from a
-search on a few examples (:func:`node.expert.merge.search_weights` minimising their mean
+search on a few examples (:func:`node.expert.model.merge.search_weights` minimising their mean
 target loss).  The base model is the one the adapters' cards name (a catalog key), else
 ``model``.  Blocking: run it in a thread from async code.
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..expert.adapter_card import read_card
-from ..expert.merge import (
+from ..expert.model.adapter_card import read_card
+from ..expert.model.merge import (
     AdapterMerger,
     MergeError,
     cache_key,

@@ -1,7 +1,7 @@
 """Examples -> token ids, the same way for training, held-out scoring and serving.
 
 Chat models: the turns go through the model's chat template with a generation prompt
-(what :class:`node.expert.prompts.PromptBuilder` does for ``messages``), then the target
+(what :class:`node.expert.serve.prompts.PromptBuilder` does for ``messages``), then the target
 and the end-of-turn token.  Base models without a template (Gemma 270M): the turns'
 contents joined by blank lines, sent as a raw prompt.  The loss covers only the target.
 """

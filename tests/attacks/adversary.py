@@ -140,7 +140,7 @@ class ForgingExpert:
                                              usage=Usage(prompt_tokens=1, completion_tokens=1, seconds=0.01),
                                              model=self.model, served_by=self.served_by))
 
-        serve(node.host, INFER_PROTOCOL, handle)  # type: ignore[attr-defined]
+        serve(node.host, INFER_PROTOCOL, handle, allowlist=node.allowlist)  # type: ignore[attr-defined]
         task_status.started()
         await trio.sleep_forever()
 

@@ -24,7 +24,7 @@ from node.config import ExpertConfig
 from node.coordinator.client import ask
 from node.coordinator.executor import QueryFailed
 from node.coordinator.service import QueryService
-from node.expert.service import ExpertService
+from node.expert.serve.service import ExpertService
 from node.net.discovery import dial
 from node.storage import StorageService
 from node.storage.blocks_protocol import BLOCKS_PROTOCOL, encode_request

@@ -38,9 +38,9 @@ from node.coordinator.reputation import (
     binomial_cdf,
     load_check_items,
 )
-from node.coordinator.service import QueryService, coordinator_for
-from node.evaluation import TaskItem, build_prompt
-from node.expert.service import ExpertService
+from node.coordinator.service import QueryService
+from node.evaluation import TaskItem, build_prompt, find_tasks_dir
+from node.expert.serve.service import ExpertService
 from tests.cluster.harness import in_process_cluster
 
 from .adversary import ForgingExpert
@@ -191,7 +191,7 @@ def test_demotion_needs_evidence_and_decays() -> None:
 
 
 @pytest.mark.timeout(420)
-@pytest.mark.skipif(not load_check_items(), reason="needs ../shared/data/tasks beside the repo")
+@pytest.mark.skipif(find_tasks_dir() is None, reason="needs ../shared/data/tasks beside the repo")
 async def test_liar_is_demoted_within_20_queries(base_expert) -> None:
     items = load_check_items(30)
     wrong = wrong_options(items, "first")
@@ -202,7 +202,7 @@ async def test_liar_is_demoted_within_20_queries(base_expert) -> None:
             honest = await cluster.add(1, services=[ExpertService(expert=base_expert, threads=1)], **net)
             liar = await cluster.add(2, services=[WrongOptionExpert(wrong)], **net)
             await coordinator.registry.wait_for(lambda r: len(r.experts()) == 2, timeout=60)
-            engine = coordinator_for(coordinator)
+            engine = coordinator.service(QueryService).coordinator
             engine.spot_checks = SpotChecker(engine.reputation, items, rate=1.0, items_per_check=2,
                                              rng=random.Random(5))
             demoted_after = None
@@ -257,7 +257,7 @@ def _test_items(n: int) -> list[TaskItem]:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(not load_check_items(), reason="needs ../shared/data/tasks beside the repository")
+@pytest.mark.skipif(find_tasks_dir() is None, reason="needs ../shared/data/tasks beside the repository")
 async def test_consensus_demotes_liar_within_20_fan_out_queries() -> None:
     """Four experts, one liar, spot checks off: the fan-outs alone demote the liar, not the dissenter,
     and later votes leave the liar out."""
@@ -270,7 +270,7 @@ async def test_consensus_demotes_liar_within_20_fan_out_queries() -> None:
             minority = await cluster.add(3, services=[ScriptedExpert(by_prompt, minority=True)], **NET)
             liar = await cluster.add(4, services=[WrongOptionExpert(wrong_options(by_prompt.values()))], **NET)
             await coordinator.registry.wait_for(lambda r: len(r.experts()) == 4, timeout=60)
-            engine = coordinator_for(coordinator)
+            engine = coordinator.service(QueryService).coordinator
             engine.spot_checks.rate = 0.0  # consensus only: before it, nothing here demoted anyone
             demoted_after = None
             for n, item in enumerate(items[:20], start=1):
@@ -280,7 +280,7 @@ async def test_consensus_demotes_liar_within_20_fan_out_queries() -> None:
                     demoted_after = n
                     break
             assert demoted_after is not None, engine.reputation.snapshot(liar.peer_id)
-            status = {peer["peer_id"]: peer for peer in network_status(coordinator)["peers"]}  # GET /status
+            status = {peer["peer_id"]: peer for peer in network_status(coordinator, coordinator.service(QueryService).coordinator)["peers"]}  # GET /status
             assert status[liar.peer_id]["reputation"]["demoted"] is True
             assert "clear majorities" in status[liar.peer_id]["reputation"]["demoted_why"]
             for n, item in enumerate(items[20:30], start=21):  # the dissenter keeps dissenting: still routable
@@ -295,7 +295,7 @@ async def test_consensus_demotes_liar_within_20_fan_out_queries() -> None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(not load_check_items(), reason="needs ../shared/data/tasks beside the repository")
+@pytest.mark.skipif(find_tasks_dir() is None, reason="needs ../shared/data/tasks beside the repository")
 async def test_over_claiming_liar_is_demoted_by_its_own_claim() -> None:
     """The liar's signed record claims 90 % on ARC; spot checks on ARC see it wrong every time."""
     items = _test_items(20)
@@ -311,7 +311,7 @@ async def test_over_claiming_liar_is_demoted_by_its_own_claim() -> None:
             await coordinator.registry.wait_for(lambda r: len(r.experts()) == 3, timeout=60)
             record = coordinator.registry.get(liar.peer_id)
             assert record is not None and record.evals == (claim,)  # the claim travels in the signed record
-            engine = coordinator_for(coordinator)
+            engine = coordinator.service(QueryService).coordinator
             spot = SpotChecker(engine.reputation, checks, rate=1.0, items_per_check=2, rng=random.Random(5))
             engine.spot_checks = spot
             demoted_after = None

@@ -18,7 +18,7 @@ import trio
 import protocol as p
 from node.coordinator.client import ask
 from node.coordinator.service import QueryService
-from node.expert.service import ExpertService
+from node.expert.serve.service import ExpertService
 from tests.cluster.harness import fixed_identity, in_process_cluster
 
 from .adversary import ForgingExpert

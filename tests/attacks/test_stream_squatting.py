@@ -18,7 +18,7 @@ import trio
 import protocol as p
 from node.coordinator.client import ask
 from node.coordinator.service import QueryService
-from node.expert.service import ExpertService
+from node.expert.serve.service import ExpertService
 from node.net.discovery import dial
 from node.net.host import build_host, listen_multiaddrs
 from node.net.keys import libp2p_key_pair

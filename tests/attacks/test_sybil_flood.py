@@ -18,7 +18,7 @@ import trio
 import protocol as p
 from node.coordinator.client import ask
 from node.coordinator.service import QueryService
-from node.expert.service import ExpertService
+from node.expert.serve.service import ExpertService
 from node.net.gossip import NEW_RECORDS_BURST
 from protocol.records import MAX_RECORD_TTL
 from tests.cluster.harness import in_process_cluster

@@ -16,7 +16,7 @@ import trio
 import protocol as p
 from node.coordinator.client import ask
 from node.coordinator.service import QueryService
-from node.expert.service import ExpertService
+from node.expert.serve.service import ExpertService
 from node.net.discovery import dial
 from tests.cluster.harness import in_process_cluster
 from tests.cluster.test_query import client_host

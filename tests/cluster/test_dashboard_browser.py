@@ -141,3 +141,27 @@ async def test_dashboard_lists_peers_and_answers_from_the_page(base_expert, adap
     assert seen["vote_text"].count("receipt verified") >= 2 and "NOT verified" not in seen["vote_text"]
     assert screenshot.stat().st_size > 10_000
     print(f"screenshot: {screenshot}")
+
+
+def test_the_query_feed_numbers_are_not_clipped(tmp_path: Path) -> None:
+    """The feed is a reversed <ol> that scrolls (overflow: auto clips what sticks out of it):
+    its left padding must hold the widest marker, "50. " (it keeps 50 queries); with 1.5em
+    the newcomer saw "." for 18."""
+    static = Path(__file__).resolve().parents[2] / "node" / "api" / "static"
+    page = tmp_path / "feed.html"
+    items = "".join(f"<li>query {i}</li>" for i in range(50))
+    page.write_text(f'<!doctype html><link rel="stylesheet" href="{(static / "style.css").as_uri()}">'
+                    f'<section><ol id="queries" reversed>{items}</ol></section>')
+    driver = browser(tmp_path / "profile")
+    try:
+        driver.get(page.as_uri())
+        padding, marker = driver.execute_script("""
+            const ol = document.getElementById("queries"), li = ol.firstElementChild;
+            const probe = document.createElement("span");
+            probe.style.font = getComputedStyle(li).font; probe.style.whiteSpace = "pre";
+            probe.textContent = "50. "; document.body.appendChild(probe);
+            return [parseFloat(getComputedStyle(ol).paddingLeft), probe.getBoundingClientRect().width];
+        """)
+    finally:
+        driver.quit()
+    assert padding >= marker + 2, (padding, marker)

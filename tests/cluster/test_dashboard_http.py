@@ -41,9 +41,10 @@ async def test_page_is_public_data_needs_the_token_and_report_files_stay_inside(
     import os
     os.utime(reports / "old", (1, 1))  # the older run
 
-    http = HttpService(HttpConfig(listen="127.0.0.1:0", token=TOKEN, report_dir=str(reports)))
+    queries = QueryService()
+    http = HttpService(HttpConfig(listen="127.0.0.1:0", token=TOKEN, report_dir=str(reports)), queries=queries)
     with trio.fail_after(30):
-        node = await cluster.add(0, services=[QueryService(), http])
+        node = await cluster.add(0, services=[queries, http])
         await cluster.add(1)
         await node.registry.wait_for(lambda r: len(r) == 2, timeout=15)
         base = http.url
@@ -80,9 +81,10 @@ async def test_page_is_public_data_needs_the_token_and_report_files_stay_inside(
 
 
 async def test_events_stream_starts_with_the_state_and_follows_the_registry(cluster):
-    http = HttpService(HttpConfig(listen="127.0.0.1:0"))
+    queries = QueryService()
+    http = HttpService(HttpConfig(listen="127.0.0.1:0"), queries=queries)
     with trio.fail_after(30):
-        node = await cluster.add(0, services=[QueryService(), http])
+        node = await cluster.add(0, services=[queries, http])
 
         events: list[dict] = []
         got_two = trio.Event()

@@ -15,10 +15,10 @@ import pytest
 import trio
 
 from node.config import HttpConfig
+from node.eval.client import open_client
+from node.eval.logs import read_logs
+from node.eval.runner import run_eval, select_systems
 from node.evaluation import load_tasks
-from node.evaluation.client import open_client
-from node.evaluation.logs import read_logs
-from node.evaluation.runner import run_eval, select_systems
 from tests.cluster.test_query import expert_cluster
 
 TASK = {

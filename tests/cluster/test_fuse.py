@@ -90,7 +90,7 @@ def reference_fusion_llama(experts: list[tuple[object, str | None]], ids: list[i
 @pytest.mark.timeout(300)
 async def test_fuse_of_two_remote_experts_equals_local_reference_fusion(base_expert, adapter_expert):
     from node.config import ExpertConfig
-    from node.coordinator.service import QueryService, coordinator_for
+    from node.coordinator.service import QueryService
     from node.expert import ExpertService
     from tests.cluster.harness import in_process_cluster
 
@@ -100,7 +100,7 @@ async def test_fuse_of_two_remote_experts_equals_local_reference_fusion(base_exp
             plain = await cluster.add(1, services=[ExpertService(ExpertConfig(), expert=base_expert, threads=1)])
             tuned = await cluster.add(2, services=[ExpertService(ExpertConfig(), expert=adapter_expert, threads=1)])
             await node.registry.wait_for(lambda r: len(r.experts()) == 2, timeout=30)
-            coordinator = coordinator_for(node)
+            coordinator = node.service(QueryService).coordinator
             chunks: list[p.QueryChunk] = []
 
             async def emit(chunk: p.QueryChunk) -> None:

@@ -16,8 +16,8 @@ import trio
 
 from node.api.service import HttpService
 from node.config import ExpertConfig, HttpConfig
-from node.coordinator.service import QueryService, coordinator_for
-from node.expert.service import ExpertService
+from node.coordinator.service import QueryService
+from node.expert.serve.service import ExpertService
 from tests.cluster.harness import in_process_cluster
 
 LONG = "Count from 1 to 1000, separated by commas."
@@ -26,8 +26,9 @@ LONG = "Count from 1 to 1000, separated by commas."
 @asynccontextmanager
 async def api_cluster(base_expert):
     async with in_process_cluster() as cluster:
-        http = HttpService(HttpConfig(listen="127.0.0.1:0"))
-        coordinator = await cluster.add(0, services=[QueryService(), http])
+        queries = QueryService()
+        http = HttpService(HttpConfig(listen="127.0.0.1:0"), queries=queries)
+        coordinator = await cluster.add(0, services=[queries, http])
         expert = ExpertService(ExpertConfig(max_batch=4, queue_size=8), expert=base_expert, threads=1)
         expert_node = await cluster.add(1, services=[expert, QueryService()])
         await coordinator.registry.wait_for(lambda r: len(r.experts()) == 1, timeout=15)
@@ -122,7 +123,7 @@ async def test_odd_but_valid_sampling_and_odd_json(base_expert):
                     "Name a colour.", max_tokens=6, temperature=temperature, top_p=top_p))
                 assert reply.status_code == 200, reply.text
                 assert reply.json()["choices"][0]["message"] == greedy.json()["choices"][0]["message"]
-            assert coordinator_for(coordinator).health.failures(expert_node.peer_id) == 0
+            assert coordinator.service(QueryService).coordinator.health.failures(expert_node.peer_id) == 0
             head = b'{"model": "mosaic/route", "messages": [{"role": "user", "content": "hi"}]'
             for body in (b'{"model": "mosaic/route", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
                          head + b', "tools": ' + b"[" * 1200 + b"]" * 1200 + b"}",

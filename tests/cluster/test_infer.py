@@ -1,7 +1,7 @@
 """``/mosaic/infer/1`` between two real nodes on loopback, with the real SmolLM2 expert.
 
 Node 0 serves the embedded model (+ a LoRA adapter made in the test session);
-node 1 has no expert and calls it through ``node.expert.client``.
+node 1 has no expert and calls it through ``node.expert.remote.client``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from contextlib import aclosing
 import pytest
 import trio
 
-from node.expert import client
-from node.expert.local import ExpertError
+from node.expert.remote import client
+from node.expert.serve.local import ExpertError
 from node.net.streams import open_stream
 from protocol import (
     INFER_PROTOCOL,
@@ -35,9 +35,9 @@ def chat(text: str, rid: str, *, tokens: int = 12, adapter: str | None = None, *
                            sampling=SamplingParams(max_new_tokens=tokens), **kw)
 
 
-async def collect(host, peer_id: str, request: GenerateRequest) -> tuple[list[TokenChunk], GenerateResult]:
+async def collect(host, peer_id: str, request: GenerateRequest, local=None) -> tuple[list[TokenChunk], GenerateResult]:
     chunks: list[TokenChunk] = []
-    async with aclosing(client.generate(host, peer_id, request)) as events:
+    async with aclosing(client.generate(host, peer_id, request, local=local)) as events:
         async for message in events:
             if isinstance(message, TokenChunk):
                 chunks.append(message)
@@ -141,13 +141,14 @@ async def test_score_and_next_token_over_the_network(base_expert):
 
 async def test_a_node_reaches_its_own_expert_without_dialing_itself(base_expert):
     # libp2p cannot open a stream to its own peer id; a coordinator asking its own node's
-    # expert must still get an answer (the client hands the request to the local worker).
+    # expert must still get an answer (the client hands the request to the local worker it is given).
     with trio.fail_after(60):
         async with expert_pair(base_expert) as (service, server, peer):
             steps = service.worker.steps
-            chunks, result = await collect(server.host, server.peer_id, chat(QUESTION, "self", tokens=6))
+            chunks, result = await collect(server.host, server.peer_id, chat(QUESTION, "self", tokens=6), service.local)
             top = await client.next_token(server.host, server.peer_id,
-                                          NextTokenRequest(request_id="n", prompt="The capital of France is"))
+                                          NextTokenRequest(request_id="n", prompt="The capital of France is"),
+                                          local=service.local)
     assert result.text == hf_greedy(base_expert, QUESTION, tokens=6) and chunks
     assert service.worker.steps > steps and top.token_ids
 

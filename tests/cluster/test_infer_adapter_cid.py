@@ -9,7 +9,8 @@ import pytest
 import trio
 
 from node.config import ExpertConfig
-from node.expert import ExpertService, client
+from node.expert import ExpertService
+from node.expert.remote import client
 from node.storage import BlockStore, StorageService
 from protocol import ChatMessage, GenerateRequest, GenerateResult, SamplingParams
 from tests.cluster.harness import in_process_cluster

@@ -14,8 +14,8 @@ from typing import Any
 
 import trio
 
-from node.coordinator.service import coordinator_for
-from node.expert.service import ExpertService
+from node.coordinator.service import QueryService
+from node.expert.serve.service import ExpertService
 from node.net.discovery import dial
 from tests.cluster.test_query import ask_all, client_host, expert_cluster, query
 
@@ -28,9 +28,9 @@ async def test_a_slow_live_expert_is_waited_on_and_a_stopped_one_is_failed_over(
     with trio.fail_after(120):
         async with expert_cluster(base_expert, adapter_expert) as c, client_host() as host:
             coordinator_id = await dial(host, c.coordinator.full_multiaddrs()[0])
-            coordinator = coordinator_for(c.coordinator)
+            coordinator = c.coordinator.service(QueryService).coordinator
             monkeypatch.setattr(coordinator, "_first_token_timeout", BUDGET)
-            monkeypatch.setattr(coordinator.spot_checks, "due", lambda: False)  # no extra forwards
+            monkeypatch.setattr(coordinator.spot_checks, "due", lambda *peers: False)  # no extra forwards
             worker = next(s for s in c.base.services if isinstance(s, ExpertService)).worker
             real_forward = worker._forward
             calls = 0

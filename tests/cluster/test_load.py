@@ -18,8 +18,8 @@ import protocol as p
 from node.api.service import HttpService
 from node.config import ExpertConfig, HttpConfig
 from node.coordinator.calls import QueryFailed
-from node.coordinator.service import QueryService, coordinator_for
-from node.expert.service import ExpertService
+from node.coordinator.service import QueryService
+from node.expert.serve.service import ExpertService
 from tests.cluster.harness import in_process_cluster
 
 QUESTION = (p.ChatMessage(role="user", content="Name a primary colour."),)
@@ -31,7 +31,7 @@ def query(rid: str, tokens: int) -> p.QueryRequest:
 
 
 async def answer(node, request: p.QueryRequest) -> p.QueryResult:
-    return await coordinator_for(node).run(request)
+    return await node.service(QueryService).coordinator.run(request)
 
 
 async def test_a_burst_queues_on_a_live_expert_instead_of_failing(base_expert):
@@ -66,8 +66,9 @@ async def test_a_burst_queues_on_a_live_expert_instead_of_failing(base_expert):
 async def test_a_full_queue_is_503_with_retry_after(base_expert):
     with trio.fail_after(240):
         async with in_process_cluster() as cluster:
-            http = HttpService(HttpConfig(listen="127.0.0.1:0"))
-            coordinator = await cluster.add(0, services=[QueryService(), http])
+            queries = QueryService()
+            http = HttpService(HttpConfig(listen="127.0.0.1:0"), queries=queries)
+            coordinator = await cluster.add(0, services=[queries, http])
             expert = ExpertService(ExpertConfig(max_batch=1, queue_size=1), expert=base_expert, threads=1)
             await cluster.add(1, services=[expert, QueryService()])
             await coordinator.registry.wait_for(lambda r: len(r.experts()) == 1, timeout=15)

@@ -16,7 +16,8 @@ import trio
 import protocol as p
 from node.config import ExpertConfig
 from node.coordinator.service import QueryService
-from node.expert import ExpertService, client
+from node.expert import ExpertService
+from node.expert.remote import client
 from node.net.discovery import dial
 from node.storage import BlockStore, StorageService
 from tests.cluster.harness import REPO_ROOT, in_process_cluster
@@ -27,11 +28,11 @@ from tests.training.fixtures import QUESTION
 pytestmark = pytest.mark.timeout(600)  # model loads on a shared 2-core box
 
 
-async def score(host, peer_id: str, adapter: str | None, continuation: str) -> float:
+async def score(host, peer_id: str, adapter: str | None, continuation: str, local=None) -> float:
     """Mean log-probability of ``continuation`` as the reply to QUESTION, with ``adapter``."""
     request = p.ScoreRequest(request_id=f"score-{adapter}", adapter=adapter, continuation=continuation,
                              messages=(p.ChatMessage(role="user", content=QUESTION),))
-    result = await client.score(host, peer_id, request, timeout=60)
+    result = await client.score(host, peer_id, request, timeout=60, local=local)
     return sum(result.logprobs) / len(result.logprobs)
 
 
@@ -74,7 +75,7 @@ async def test_merge_strategy_fetches_by_cid_merges_once_and_answers_with_the_me
                 inputs = {a: await reply(node1.host, node0.peer_id, a) for a in ("pineapple", "mango")}
                 # The merged expert's own belief in each answer, against each input adapter's.
                 beliefs = {a: await score(node1.host, node0.peer_id, a, "Pineapple") for a in ("pineapple", "mango")}
-                beliefs["merged"] = await score(node1.host, node1.peer_id, name, "Pineapple")
+                beliefs["merged"] = await score(node1.host, node1.peer_id, name, "Pineapple", own.local)
             announced = node1.own_record()
     print(f"merge strategy: first query {first_s:.1f}s (fetch + merge + load), cached {second_s:.1f}s; "
           f"inputs {inputs}, merged {text!r}; log p(Pineapple) {beliefs}")

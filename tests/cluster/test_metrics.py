@@ -69,10 +69,8 @@ async def test_counters_move_after_queries(base_expert, adapter_expert):
             assert after[("mosaic_time_to_first_token_seconds_count", (("strategy", "route"),))] == 2
             assert after[("mosaic_queries_in_flight", ())] == 0
 
-            # The expert nodes' own metrics (no HTTP there: read through the same function).
-            from node.metrics import metrics_for
-
-            expert_side = samples(metrics_for(c.base).render().decode())
+            # The expert nodes' own metrics (no HTTP there: read the node's own object).
+            expert_side = samples(c.base.metrics.render().decode())
             assert ("mosaic_requests_total", route_http) not in expert_side  # they did not coordinate
 
             state = (await http("GET", url + "/v1/dashboard/state")).json()

@@ -15,7 +15,8 @@ import pytest
 import trio
 
 from node.config import ExpertConfig
-from node.expert import ExpertService, client
+from node.expert import ExpertService
+from node.expert.remote import client
 from node.storage import BlockStore, StorageService
 from protocol import (
     ChatMessage,
@@ -63,8 +64,8 @@ async def test_trained_adapter_published_fetched_by_cid_and_served(trained_adapt
 
 @pytest.mark.slow
 async def test_self_evaluation_scores_reach_a_peer_signed_and_pass_a_spot_check(base_expert):
-    from node.expert.self_eval import items_digest, load_items
-    from node.expert.spot_check import spot_check
+    from node.expert.remote.spot_check import spot_check
+    from node.expert.serve.self_eval import items_digest, load_items
 
     if not (tasks_dir() / "arc_challenge.json").is_file():
         pytest.skip("shared/data/tasks is not beside the repository")

@@ -21,11 +21,11 @@ import protocol as p
 from node.api.service import HttpService
 from node.app import Node
 from node.config import HttpConfig
-from node.coordinator import QueryFailed
 from node.coordinator.client import ask
-from node.coordinator.service import QueryService, coordinator_for
-from node.expert.client import generate
-from node.expert.service import ExpertService
+from node.coordinator import QueryFailed
+from node.coordinator.service import QueryService
+from node.expert.remote.client import generate
+from node.expert.serve.service import ExpertService
 from node.net.discovery import dial
 from node.net.host import build_host, listen_multiaddrs
 from node.net.keys import libp2p_key_pair
@@ -48,8 +48,9 @@ class ExpertCluster:
 async def expert_cluster(base_expert: Any, adapter_expert: Any, *, http: HttpConfig | None = None):
     """Coordinator (no expert, optional HTTP API) + two expert nodes, all registered with node 0."""
     async with in_process_cluster() as cluster:
-        http_service = HttpService(http) if http is not None else None
-        coordinator = await cluster.add(0, services=[QueryService(), *([http_service] if http_service else [])])
+        queries = QueryService()
+        http_service = HttpService(http, queries=queries) if http is not None else None
+        coordinator = await cluster.add(0, services=[queries, *([http_service] if http_service else [])])
         base = await cluster.add(1, services=[ExpertService(expert=base_expert, threads=1), QueryService()])
         noisy = await cluster.add(2, services=[ExpertService(expert=adapter_expert, threads=1), QueryService()])
         await coordinator.registry.wait_for(lambda r: len(r.experts()) == 2, timeout=15)
@@ -166,7 +167,7 @@ async def test_failover_when_the_best_expert_is_gone(base_expert, adapter_expert
             assert answered.status == "ok" and trio.current_time() - started < 60.0
             assert result.provenance[0].served_by == c.noisy.peer_id
             assert all(ch.provenance.served_by == c.noisy.peer_id for ch in chunks)
-            assert coordinator_for(c.coordinator).health.failures(c.base.peer_id) > 0.5  # decays with time
+            assert c.coordinator.service(QueryService).coordinator.health.failures(c.base.peer_id) > 0.5  # decays with time
 
 
 async def test_cli_query_and_status(base_expert, adapter_expert):

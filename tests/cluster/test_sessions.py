@@ -1,7 +1,7 @@
 """Generation sessions over ``/mosaic/infer/1`` between two real nodes on loopback.
 
 Node 0 serves SmolLM2 (+ a LoRA adapter); node 1 opens sessions on it through
-``node.expert.session_client``.  Greedy stepping over the network equals HF
+``node.expert.remote.session_client``.  Greedy stepping over the network equals HF
 ``generate``; the receipt at close verifies against node 0's peer id; bad
 session requests get typed errors and the expert keeps serving.
 """
@@ -14,9 +14,9 @@ import msgspec
 import pytest
 import trio
 
-from node.expert import client
-from node.expert.local import ExpertError
-from node.expert.session_client import open_session
+from node.expert.remote import client
+from node.expert.remote.session_client import open_session
+from node.expert.serve.local import ExpertError
 from node.net.streams import open_stream
 from protocol import (
     INFER_PROTOCOL,
@@ -134,7 +134,7 @@ async def test_bad_session_requests_get_typed_errors_and_the_expert_keeps_servin
 
             async with open_session(host, expert, opening("idle", idle=0.3)) as idle:
                 with trio.fail_after(10):
-                    while len(service.local.sessions.table):  # the reaper runs once a second
+                    while len(service.sessions.table):  # the reaper runs once a second
                         await trio.sleep(0.1)
                 with pytest.raises(ExpertError) as caught:
                     await idle.append([idle.first.token_ids[0]])

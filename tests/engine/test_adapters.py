@@ -60,7 +60,7 @@ async def test_adapter_and_base_rows_in_one_batch(llama_adapter_expert):
 @pytest.mark.slow
 async def test_trained_adapter_changes_the_answer_on_both_engines(expert_data_dir, trained_adapters):
     """An adapter from the project's training code, added live (as merge does), answers its word on both."""
-    from node.expert.loader import load_expert
+    from node.expert.model.loader import load_expert
     from node.expert.serve.llamacpp.model import load_llama_expert
 
     answers = {}

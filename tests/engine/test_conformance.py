@@ -1,7 +1,7 @@
 """The engine conformance suite: both engines (torch, llama.cpp) answer the same way through the seam.
 
 Every test here drives a worker made by :func:`node.expert.serve.engine.make_worker` through
-:class:`~node.expert.local.LocalExpert` (the trio side the infer service uses), on the real
+:class:`~node.expert.serve.local.LocalExpert` (the trio side the infer service uses), on the real
 SmolLM2-135M GGUF: the torch engine dequantized to fp32, the llama.cpp engine on the Q4_1
 blocks as they are.  Same weights, different arithmetic (llama.cpp quantizes activations
 to 8 bits for its dot products), so cross-engine checks compare within a tolerance.
@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from node.expert.errors import Busy
-from node.expert.local import LocalExpert
+from node.expert.serve.local import LocalExpert
 from node.expert.serve.engine import make_worker
 from protocol import (
     ChatMessage,
@@ -127,7 +127,7 @@ TIE_NATS = 0.3
 async def assert_greedy_up_to_ties(local: LocalExpert, text: str, tokens: list[int],
                                    adapter: str | None = None) -> None:
     """Each of ``tokens`` is within TIE_NATS of the best next token after the prompt and those before it."""
-    from node.expert.session_store import SessionOp
+    from node.expert.serve.session_store import SessionOp
     from protocol import SessionNext
 
     key = f"check/{len(tokens)}-{hash(text) & 0xffff}"
@@ -241,7 +241,7 @@ async def test_session_steps_reuse_the_cache_exactly(engine_expert):
     fed = tokenizer(continuation, add_special_tokens=False)["input_ids"]
     whole = tokenizer(prompt + continuation)["input_ids"]
     assert whole[-len(fed):] == fed  # the split is a token boundary
-    from node.expert.session_store import SessionOp
+    from node.expert.serve.session_store import SessionOp
 
     with trio.fail_after(60):
         async with serving(engine_expert) as local:
@@ -299,7 +299,7 @@ def test_llama_tokenizer_agrees_with_the_hf_tokenizer(llama_expert):
     """Prompts are tokenized by the HF tokenizer; llama.cpp's own tokenizer gives the same ids."""
     import llama_cpp
 
-    from node.expert.prompts import PromptBuilder
+    from node.expert.serve.prompts import PromptBuilder
 
     builder = PromptBuilder(llama_expert.tokenizer)
     vocab = llama_cpp.llama_model_get_vocab(llama_expert.model)

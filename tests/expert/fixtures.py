@@ -37,7 +37,7 @@ def base_expert(expert_data_dir: Path, request: pytest.FixtureRequest):
     """
     if requested_engine() == "llama.cpp":
         return request.getfixturevalue("llama_expert")
-    from node.expert.loader import load_expert
+    from node.expert.model.loader import load_expert
 
     return load_expert(None, cache_dir=expert_data_dir, device="cpu")
 
@@ -49,7 +49,7 @@ def lora_adapter_dir(expert_data_dir: Path, base_expert, tmp_path_factory: pytes
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from node.expert.loader import resolve_source
+    from node.expert.model.loader import resolve_source
 
     source = resolve_source(None, expert_data_dir)
     base = AutoModelForCausalLM.from_pretrained(source.directory, use_safetensors=True, local_files_only=True)
@@ -69,7 +69,7 @@ def adapter_expert(expert_data_dir: Path, lora_adapter_dir: Path, request: pytes
     """
     if requested_engine() == "llama.cpp":
         return request.getfixturevalue("llama_adapter_expert")
-    from node.expert.loader import load_expert
+    from node.expert.model.loader import load_expert
 
     return load_expert(None, {ADAPTER_NAME: str(lora_adapter_dir)}, cache_dir=expert_data_dir, device="cpu")
 
@@ -200,7 +200,7 @@ def reference_top_token(expert, text: str) -> str:
         return "The"  # HF fp32 SmolLM2 on "What is the capital of France?" (the question test_infer asks)
     import numpy as np
 
-    from node.expert.prompts import PromptBuilder
+    from node.expert.serve.prompts import PromptBuilder
     from protocol import ChatMessage, GenerateRequest
 
     ids = PromptBuilder(expert.tokenizer).token_ids(
@@ -209,7 +209,7 @@ def reference_top_token(expert, text: str) -> str:
 
 
 def llama_greedy(expert, text: str, tokens: int, adapter: str | None) -> str:
-    from node.expert.prompts import PromptBuilder
+    from node.expert.serve.prompts import PromptBuilder
     from protocol import ChatMessage, GenerateRequest
 
     builder = PromptBuilder(expert.tokenizer)

@@ -30,7 +30,7 @@ import trio
 import protocol as p
 from node.coordinator.client import ask
 from node.coordinator.executor import QueryFailed
-from node.coordinator.service import QueryService, coordinator_for
+from node.coordinator.service import QueryService
 from node.net.discovery import dial
 from tests.cluster.harness import NodeProcess, in_process_cluster
 from tests.cluster.test_query import client_host
@@ -84,7 +84,7 @@ async def coordinated(procs: list[NodeProcess]):
                                         record_ttl=30.0)
         await coordinator.registry.wait_for(
             lambda r: {x.peer_id for x in alive} <= {e.peer_id for e in r.experts()}, timeout=60)
-        engine = coordinator_for(coordinator)
+        engine = coordinator.service(QueryService).coordinator
         tap = Tap(engine._transport)
         engine._transport = tap  # type: ignore[assignment]
         async with client_host() as host:

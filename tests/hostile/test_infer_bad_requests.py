@@ -8,8 +8,8 @@ from contextlib import aclosing
 import msgspec
 import trio
 
-from node.expert import client
-from node.expert.local import ExpertError
+from node.expert.remote import client
+from node.expert.serve.local import ExpertError
 from node.net.streams import open_stream
 from protocol import (
     INFER_PROTOCOL,

@@ -12,7 +12,7 @@ from node.net.discovery import dial
 from node.net.exchange import fetch_table
 from node.net.host import build_host, listen_multiaddrs
 from node.net.keys import libp2p_key_pair
-from node.net.streams import FramedStream, StreamClosed, open_stream, serve
+from node.net.streams import OPEN_SWARM, FramedStream, StreamClosed, open_stream, serve
 from protocol import RECORD_PROTOCOL, Cancel, ErrorMessage, Identity
 from protocol.framing import encode_varint
 
@@ -68,7 +68,7 @@ async def _request(host, peer_id: str, request_id: str = "hello") -> object:
 async def test_idle_streams_from_one_peer_do_not_starve_another() -> None:
     with trio.fail_after(30):
         async with _hosts(3) as (server, attacker, honest):
-            serve(server, ECHO, _echo, first_message_timeout=20.0, max_per_peer=4, max_total=64)
+            serve(server, ECHO, _echo, allowlist=OPEN_SWARM, first_message_timeout=20.0, max_per_peer=4, max_total=64)
             server_id = server.get_id().to_base58()
             await dial(attacker, _address(server))
             await dial(honest, _address(server))
@@ -110,7 +110,7 @@ async def test_silent_stream_is_closed_after_the_first_message_deadline() -> Non
     first_message_timeout = 0.5
     with trio.fail_after(20):
         async with _hosts(2) as (server, client):
-            serve(server, ECHO, _echo, first_message_timeout=first_message_timeout, deadline=30.0)
+            serve(server, ECHO, _echo, allowlist=OPEN_SWARM, first_message_timeout=first_message_timeout, deadline=30.0)
             await dial(client, _address(server))
             stream = await open_stream(client, server.get_id().to_base58(), ECHO)
             started = time.monotonic()
@@ -127,7 +127,7 @@ async def test_silent_stream_is_closed_after_the_first_message_deadline() -> Non
 async def test_handler_deadline_bounds_a_stream_that_went_quiet_mid_exchange() -> None:
     with trio.fail_after(20):
         async with _hosts(2) as (server, client):
-            serve(server, ECHO, _echo, first_message_timeout=5.0, deadline=0.8)
+            serve(server, ECHO, _echo, allowlist=OPEN_SWARM, first_message_timeout=5.0, deadline=0.8)
             await dial(client, _address(server))
             started = time.monotonic()
             reply = await _request(client, server.get_id().to_base58(), "hang")
@@ -138,7 +138,7 @@ async def test_handler_deadline_bounds_a_stream_that_went_quiet_mid_exchange() -
 async def test_garbage_oversize_and_crashes_get_typed_errors_and_the_server_keeps_serving() -> None:
     with trio.fail_after(30):
         async with _hosts(2) as (server, client):
-            serve(server, ECHO, _echo, max_frame=4096)
+            serve(server, ECHO, _echo, allowlist=OPEN_SWARM, max_frame=4096)
             server_id = server.get_id().to_base58()
             await dial(client, _address(server))
 

@@ -91,7 +91,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, expert_data_
 
 
 def test_merge_two_adapters_gives_a_new_loadable_adapter_with_a_cid(trained_adapters, expert_data_dir, tmp_path):
-    from node.expert.loader import load_expert
+    from node.expert.model.loader import load_expert
     from node.storage import BlockStore
     from node.storage.importer import import_path
     from node.training.merging import merge_adapters
@@ -137,7 +137,7 @@ def next_token_logprobs(expert, adapter: str | None):
 
 
 def test_merging_adapters_of_different_bases_is_refused(trained_adapters, expert_data_dir, tmp_path):
-    from node.expert.merge import MergeError
+    from node.expert.model.merge import MergeError
     from node.training.merging import merge_adapters
 
     other = tmp_path / "other-base"

@@ -17,7 +17,7 @@ import trio
 import trio.lowlevel
 
 import protocol as p
-from node.expert.local import ExpertError
+from node.expert.serve.local import ExpertError
 from protocol.cid import RAW, cid_for_block
 
 
@@ -37,6 +37,8 @@ class FakeExpert:
     adapters: tuple[p.AdapterInfo, ...] = ()
     base_cid: str | None = None
     adapters_asked: list[str | None] = field(default_factory=list)
+    temperatures: list[float] = field(default_factory=list)  # each generate request's temperature
+    aggregate: str | None = None  # what it writes when asked to aggregate or summarise (None: its answer)
 
     def record(self) -> p.CapabilityRecord:
         return p.CapabilityRecord(peer_id=self.peer_id, name=self.name, description=self.description,
@@ -52,6 +54,8 @@ class FakeExpert:
             return "1. What is six times seven?\n2. Is the product even?"
         if "Reply with A or B" in text:
             return "A"
+        if self.aggregate is not None and "(some may be wrong)" in text:  # coordinator/prompts.py MAY_BE_WRONG
+            return self.aggregate
         if request.messages and request.messages[-1].role == "assistant":  # continue a partial answer
             partial = request.messages[-1].content
             return self.answer[len(partial):] if self.answer.startswith(partial) else " " + self.answer
@@ -73,6 +77,7 @@ class FakeTransport:
         self.calls[peer_id] = self.calls.get(peer_id, 0) + 1
         expert.seen.append(request.messages[-1].content if request.messages else request.prompt or "")
         expert.adapters_asked.append(request.adapter)
+        expert.temperatures.append(request.sampling.temperature)
         await trio.lowlevel.checkpoint()
         if expert.dead:
             raise ExpertError("unavailable", "expert stopped")
@@ -209,7 +214,7 @@ class FakeMerges:
     """
 
     def __init__(self, transport: FakeTransport, local: str | None, *, searched: tuple[float, ...] | None = None):
-        from node.expert.merge import bag_similarity
+        from node.expert.model.merge import bag_similarity
 
         self._transport, self._local, self._searched = transport, local, searched
         self._similarity = bag_similarity

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from node.expert import catalog
-from node.expert.catalog import CatalogModel, ChecksumMismatch, NotInstalled, Part
+from node.expert.model import catalog
+from node.expert.model.catalog import CatalogModel, ChecksumMismatch, NotInstalled, Part
 
 
 def fake_parts(tmp_path: Path) -> tuple[list[Path], bytes]:
@@ -44,7 +44,7 @@ def installed(monkeypatch, tmp_path):
 
 
 def test_parts_are_joined_once_and_verified(installed, tmp_path):
-    from node.expert.model_cache import content_ids
+    from node.expert.model.model_cache import content_ids
 
     _, whole = installed
     model = fake_model(whole)
@@ -83,7 +83,7 @@ def test_a_tampered_part_is_refused_after_a_good_join(installed, tmp_path):
 
 
 def test_load_expert_refuses_a_catalog_model_with_a_bad_hash(installed, tmp_path, monkeypatch):
-    from node.expert.loader import ModelLoadError, load_expert
+    from node.expert.model.loader import ModelLoadError, load_expert
 
     _, whole = installed
     monkeypatch.setitem(catalog.CATALOG, "fake-model", fake_model(whole, sha256="f" * 64))

@@ -9,11 +9,11 @@ import pytest
 import trio
 import trio.lowlevel
 
-from node.evaluation import analysis as an
-from node.evaluation.client import ModelInfo, QueryError, Reply
-from node.evaluation.logs import LogRecord, append, read_logs, write_run
-from node.evaluation.report import write_report
-from node.evaluation.runner import PlanError, System, run_eval, select_systems
+from node.eval import analysis as an
+from node.eval.client import ModelInfo, QueryError, Reply
+from node.eval.logs import LogRecord, append, read_logs, write_run
+from node.eval.report import write_report
+from node.eval.runner import PlanError, System, run_eval, select_systems
 from node.evaluation.tasks import TaskItem, TaskSet
 
 # Four multiple-choice items (gold A) and what each system answered.

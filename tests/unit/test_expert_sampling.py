@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node.expert.sampling import TokenSampler, choose_tokens
+from node.expert.serve.sampling import TokenSampler, choose_tokens
 from protocol import SamplingParams
 
 

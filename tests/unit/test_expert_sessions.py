@@ -11,12 +11,12 @@ import pytest
 import trio
 
 import protocol as p
-from node.expert.batcher import InferenceWorker
 from node.expert.errors import RequestRejected
-from node.expert.local import LocalExpert
-from node.expert.notary import Notary
-from node.expert.session_store import UnknownSession
-from node.expert.sessions import (
+from node.expert.serve.batcher import InferenceWorker
+from node.expert.serve.local import LocalExpert
+from node.expert.serve.notary import Notary
+from node.expert.serve.session_store import UnknownSession
+from node.expert.serve.sessions import (
     DuplicateSession,
     SessionHost,
     SessionTable,
@@ -93,9 +93,9 @@ async def host(adapter_expert):
     worker.start()
     local = LocalExpert(worker)
     notary = Notary(ME, adapter_expert.content_id, {ADAPTER_NAME: "bafyadapter"}, adapter_expert.adapters)
-    local.sessions = SessionHost(local, SessionTable(max_total=4, max_per_peer=2, max_idle_s=0.5), notary)
+    sessions = SessionHost(local, SessionTable(max_total=4, max_per_peer=2, max_idle_s=0.5), notary)
     try:
-        yield local.sessions
+        yield sessions
     finally:
         await trio.to_thread.run_sync(worker.stop)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from node.expert.detokenize import CompletionText
-from node.expert.sampling import TokenSampler, choose_tokens
+from node.expert.serve.detokenize import CompletionText
+from node.expert.serve.sampling import TokenSampler, choose_tokens
 from protocol import SamplingParams
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from node.cli import build_parser
 from node.cli.start import build_config
-from node.expert.threads import ThreadChoice, choose_threads, cpu_topology, openmp_env
+from node.expert.serve.threads import ThreadChoice, choose_threads, cpu_topology, openmp_env
 
 
 @pytest.mark.parametrize("allowed, physical, load, expected", [
@@ -62,7 +62,7 @@ def test_start_flags_set_threads_and_max_batch(tmp_path):
 
 
 def test_the_choice_is_logged(caplog):
-    from node.expert.threads import log_choice
+    from node.expert.serve.threads import log_choice
 
     with caplog.at_level(logging.INFO, logger="mosaic"):
         log_choice(ThreadChoice(threads=1, source="auto", allowed=2, physical=2, load=1.4))

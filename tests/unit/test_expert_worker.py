@@ -15,9 +15,9 @@ import msgspec
 import pytest
 import trio
 
-from node.expert.batcher import InferenceWorker
 from node.expert.errors import Busy, UnknownAdapter
-from node.expert.local import ExpertError, LocalExpert
+from node.expert.serve.batcher import InferenceWorker
+from node.expert.serve.local import ExpertError, LocalExpert
 from protocol import (
     ChatMessage,
     ErrorMessage,

@@ -8,10 +8,10 @@ from contextlib import aclosing
 import pytest
 import trio
 
-from node.expert import live_adapters
-from node.expert.batcher import InferenceWorker
 from node.expert.errors import UnknownAdapter
-from node.expert.local import LocalExpert
+from node.expert.serve import live_adapters
+from node.expert.serve.batcher import InferenceWorker
+from node.expert.serve.local import LocalExpert
 from protocol import ChatMessage, GenerateRequest, GenerateResult, SamplingParams, TokenChunk
 
 
@@ -41,7 +41,7 @@ async def add(worker: InferenceWorker, name: str, path, live: list[str]) -> list
 @pytest.mark.timeout(300)
 async def test_adapters_join_a_running_worker_and_busy_ones_are_not_evicted(expert_data_dir, lora_adapter_dir,
                                                                            monkeypatch):
-    from node.expert.loader import load_expert
+    from node.expert.model.loader import load_expert
 
     monkeypatch.setattr(live_adapters, "MAX_LIVE", 2)
     # Its own copy: the adapters change the model (the shared fixtures must stay as they are).
@@ -80,6 +80,6 @@ async def test_adapters_join_a_running_worker_and_busy_ones_are_not_evicted(expe
 def local_job(request: GenerateRequest):
     import time
 
-    from node.expert.jobs import Job
+    from node.expert.serve.jobs import Job
 
     return Job(request, emit=lambda message: None, deadline=time.monotonic() + 60)

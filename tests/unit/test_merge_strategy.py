@@ -127,13 +127,13 @@ async def test_bad_params_are_refused_before_anything_is_merged(params, needle, 
 
 
 def test_the_strategy_offers_exactly_the_methods_the_merger_knows():
-    from node.expert.merge import METHODS as MERGER_METHODS
+    from node.expert.model.merge import METHODS as MERGER_METHODS
 
     assert METHODS == MERGER_METHODS
 
 
 def test_a_cached_weight_search_is_found_by_inputs_and_method(tmp_path):
-    from node.expert.merge import find_searched
+    from node.expert.model.merge import find_searched
 
     refs = [fake_cid("a"), fake_cid("b")]
     for key, card in {

@@ -9,7 +9,7 @@ from pathlib import Path
 import platformdirs
 
 from node.config import NodeConfig, default_cache_dir, load_config
-from node.expert.model_cache import ensure_entry, entry_dir, is_cached
+from node.expert.model.model_cache import ensure_entry, entry_dir, is_cached
 
 DIGEST = "ab" * 32
 

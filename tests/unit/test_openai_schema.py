@@ -43,7 +43,24 @@ def test_max_completion_tokens_and_defaults():
     q = oai.to_query(parse_chat(chat(max_completion_tokens=9)), strategy="route", model=None, default_timeout=5)
     assert q.sampling.max_new_tokens == 9
     q = oai.to_query(parse_chat(chat()), strategy="route", model=None, default_timeout=5)
-    assert q.sampling.max_new_tokens == oai.DEFAULT_CHAT_MAX_TOKENS and q.sampling.temperature == 1.0
+    # No temperature from the client: greedy for a question with one answer (coordinator/decoding.py).
+    assert q.sampling.max_new_tokens == oai.DEFAULT_CHAT_MAX_TOKENS and q.sampling.temperature == 0.0
+
+
+def test_omitted_sampling_is_greedy_for_questions_and_sampled_for_open_ended_writing():
+    def sampling(text: str, **fields):
+        body = {"model": "mosaic/route", "messages": [{"role": "user", "content": text}], **fields}
+        return oai.to_query(parse_chat(json.dumps(body).encode()), strategy="route", model=None,
+                            default_timeout=5).sampling
+
+    assert (sampling("What is 12 + 30?").temperature, sampling("What is 12 + 30?").top_p) == (0.0, 1.0)
+    story = sampling("Write a short story about a lighthouse keeper.")
+    assert (story.temperature, story.top_p) == (0.7, 0.9)
+    # What the client sends always wins.
+    assert sampling("What is 12 + 30?", temperature=1.0).temperature == 1.0
+    assert sampling("Write a poem", temperature=0.2, top_p=0.5).top_p == 0.5
+    completion = oai.parse(json.dumps({"model": "mosaic/route", "prompt": "2+2="}).encode(), oai.CompletionRequest)
+    assert oai.to_query(completion, strategy="route", model=None, default_timeout=5).sampling.temperature == 0.0
 
 
 def test_completion_prompt_string_or_single_list():

@@ -83,7 +83,7 @@ def test_learning_rate_warms_up_then_decays():
 
 
 def test_weight_search_finds_a_better_mix_within_budget():
-    from node.expert.merge import search_weights
+    from node.expert.model.merge import search_weights
 
     calls = []
 
@@ -96,7 +96,7 @@ def test_weight_search_finds_a_better_mix_within_budget():
 
 
 def test_relevance_weights_favour_the_matching_card(tmp_path):
-    from node.expert.merge import MergeInput, relevance_weights
+    from node.expert.model.merge import MergeInput, relevance_weights
 
     inputs = [MergeInput(tmp_path, "a", {"name": "math", "description": "grade-school math word problems",
                                          "tags": ["math"]}),
@@ -106,7 +106,7 @@ def test_relevance_weights_favour_the_matching_card(tmp_path):
 
 
 def test_binomial_p_value_flags_an_implausible_claim():
-    from node.expert.spot_check import binomial_p_value
+    from node.expert.remote.spot_check import binomial_p_value
 
     assert binomial_p_value(5, 5, 0.9) > 0.5
     assert binomial_p_value(0, 5, 0.9) < 0.001

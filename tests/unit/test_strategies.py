@@ -155,7 +155,7 @@ async def test_cascade_stops_at_the_first_confident_expert(autojump_clock):
 
 async def test_judge_loglik_prefers_what_the_judge_finds_likely(autojump_clock):
     transport = FakeTransport(team())
-    result, _ = await run("judge", transport, params={"k": 3})
+    result, _ = await run("judge", transport, params={"k": 3, "method": "loglik"})
     assert "42" in result.text
     assert any(s.call == "score" and s.role == "judge" for s in result.trace.steps)
     judges = {s.peer for s in result.trace.steps if s.role == "judge"}
@@ -163,12 +163,22 @@ async def test_judge_loglik_prefers_what_the_judge_finds_likely(autojump_clock):
     assert judges and not judges & proposers  # a 4th expert judges when there is one
 
 
+async def test_judge_by_the_members_likelihood_asks_every_proposer_to_score_every_candidate(autojump_clock):
+    transport = FakeTransport(team())
+    result, _ = await run("judge", transport, params={"k": 3})
+    assert "42" in result.text and "proposers' mean likelihood" in result.trace.decision
+    proposers = {s.peer for s in result.trace.steps if s.role == "proposer"}
+    scores = [s for s in result.trace.steps if s.call == "score"]
+    texts = {s.output for s in result.trace.steps if s.role == "proposer"}
+    assert {s.peer for s in scores} == proposers and len(scores) == len(proposers) * len(texts)
+
+
 async def test_debate_rounds_show_each_expert_the_others(autojump_clock):
     transport = FakeTransport(team())
     result, _ = await run("debate", transport, params={"k": 3, "rounds": 2})
     assert {s.round for s in result.trace.steps if s.role == "debater"} == {0, 1}
     revised = [e.seen[-1] for e in transport.experts.values() if len(e.seen) >= 2]
-    assert revised and all("Other assistants answered" in text for text in revised)
+    assert revised and all("Answers from other assistants" in text for text in revised)
 
 
 async def test_params_are_validated_before_any_expert_is_asked(autojump_clock):

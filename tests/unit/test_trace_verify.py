@@ -72,3 +72,29 @@ def test_cli_report_says_ok_or_fail_per_step(capsys):
     assert "receipt FAIL step 0" in capsys.readouterr().err
     assert not verify_receipts(trace(p.TraceStep(index=0, role="answer", peer=EXPERT.peer_id)))
     assert "no receipt" in capsys.readouterr().err
+
+
+def test_the_final_text_must_be_a_signed_output_of_the_credited_peer(capsys):
+    from protocol.verify import bind_text
+
+    signed = trace(generate_step(0, output="4"))
+    assert bind_text(signed, "4", EXPERT.peer_id).ok
+    assert verify_receipts(signed, "4", EXPERT.peer_id)
+    assert "text    ok" in capsys.readouterr().err
+    # The coordinator replaced only the result's text: every step still verifies, the text does not.
+    assert not bind_text(signed, "5", EXPERT.peer_id).ok
+    assert not verify_receipts(signed, "5", EXPERT.peer_id)
+    assert "no signed step's output" in capsys.readouterr().err
+    # Credited to another peer than the one who signed it.
+    assert "credited to" in bind_text(signed, "4", OTHER.peer_id).detail
+    # A vote whose winning step carries no receipt (another step is signed).
+    unsigned = p.TraceStep(index=1, role="proposer", peer=OTHER.peer_id, output="7", status="ok")
+    check = bind_text(trace(generate_step(0, output="4"), unsigned), "7", OTHER.peer_id)
+    assert not check.ok and "carries no receipt" in check.detail
+    # A long answer (over the trace's 2048-character cap) binds through the receipt's digest.
+    long = "x" * 3000
+    step = msgspec.structs.replace(generate_step(0, output=long), output=long[:2048])
+    assert bind_text(trace(step), long, EXPERT.peer_id).ok
+    # Token-level fusion: the fused text of signed sessions fed the same tokens.
+    fused = [msgspec.structs.replace(session_step(i, (5, 6)), output="ok") for i in (0, 1)]
+    assert bind_text(trace(*fused), "ok").ok and not bind_text(trace(*fused), "edited").ok

@@ -6,6 +6,11 @@ protocol already returns per-token log-probabilities there).  "Cheap to
 strong": capability records carry no cost, so experts with a lower dev score
 come first, then faster observed ones.  When none passes the threshold, the
 most confident answer is returned.
+
+An expert whose verified competence on the query's task (competence.py) is more than ``margin``
+below the best one's is left out: it is not a cheaper stand-in but a worse one, and a wrong answer
+it is sure of would end the cascade (the competence simulation, docs/collaboration.md, measured
+0.61 with the weakest first where the best specialist alone reached 0.91).
 """
 
 from __future__ import annotations
@@ -23,7 +28,18 @@ from .base import Answer, Param
 PARAMS = {
     "threshold": Param(float, 0.5, 0.0, 1.0, help="mean token probability that stops the cascade"),
     "max_steps": Param(int, 3, 1, 8, help="experts tried at most"),
+    "margin": Param(float, 0.2, 0.0, 1.0, help="leave out experts whose verified competence is this far below "
+                                               "the best one's"),
 }
+
+
+def competent_enough(routes: list[Route], margin: float) -> list[Route]:
+    """The routes whose verified competence is within ``margin`` of the best known (unknown ones stay)."""
+    known = [r.candidate.dev_score for r in routes if r.candidate.dev_score is not None]
+    if not known:
+        return routes
+    floor = max(known) - margin
+    return [r for r in routes if r.candidate.dev_score is None or r.candidate.dev_score >= floor]
 
 
 def cheap_first(routes: list[Route]) -> list[Route]:
@@ -38,7 +54,7 @@ async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer
     ranked = pool.rank()
     if not ranked:
         raise QueryFailed("unavailable", "no expert is known to this node")
-    order = cheap_first(ranked)[: params["max_steps"]]
+    order = cheap_first(competent_enough(ranked, params["margin"]))[: params["max_steps"]]
     ask = Ask.of(query)
     best: tuple[float, Reply] | None = None
     for i, route in enumerate(order):

@@ -9,10 +9,12 @@ from protocol import QueryRequest
 
 from .. import prompts
 from ..calls import Ask, QueryFailed
+from ..decoding import DETERMINISTIC
 from ..pool import Pool
 from ..quorum import fan_out_indexed
 from ..routing import Route
 from .base import Answer, Param
+from .settle import answer_plainly_if_invalid
 
 PARAMS = {
     "parts": Param(int, 3, 1, 6, help="at most this many sub-questions"),
@@ -36,7 +38,7 @@ async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer
     if not best:
         raise QueryFailed("unavailable", "no expert is known to this node")
     plan = await pool.generate(best[:2], Ask(messages=prompts.decompose(q, params["parts"]), max_tokens=128,
-                                             temperature=0.0), role="decomposer", deadline=pool.until(0.25))
+                                             temperature=DETERMINISTIC), role="decomposer", deadline=pool.until(0.25))
     subs = prompts.parse_subquestions(plan.text, params["parts"])
     pool.end_step(plan.step, answer=f"{len(subs)} sub-questions")
     pairs: list[tuple[str, str]] = []
@@ -47,7 +49,12 @@ async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer
                                         k_min=max(1, len(subs) - 1), grace_s=params["grace_s"],
                                         deadline=pool.until(0.6))
         pairs = [(subs[i], answers[i].text) for i in sorted(answers)]
-    final_ask = Ask(messages=prompts.compose(q, pairs)) if pairs else Ask.of(query)
-    final = await pool.generate(best[: pool.max_attempts], final_ask, role="composer", round=2, stream=True)
+    if not pairs:  # nothing to compose: the question as asked, streamed
+        final = await pool.generate(best[: pool.max_attempts], Ask.of(query), role="composer", round=2, stream=True)
+        return Answer(final.text, f"{len(subs)} sub-question(s), none answered; {final.route.candidate.record.name} "
+                      "answered the question", (final.step,), final.finish_reason)
+    # Not streamed: a composition that is no answer (validity.py) is replaced by a plain one.
+    final = await pool.generate(best[: pool.max_attempts], Ask(messages=prompts.compose(q, pairs),
+                                                               temperature=DETERMINISTIC), role="composer", round=2)
     why = f"{len(subs)} sub-question(s), {len(pairs)} answered; composed by {final.route.candidate.record.name}"
-    return Answer(final.text, why, (final.step,), final.finish_reason)
+    return await answer_plainly_if_invalid(pool, query, final, best, why)

@@ -1,7 +1,7 @@
 """``fuse``: token-level fusion of k experts that share a tokenizer, through generation sessions.
 
 Every expert holds a session on the question (its own adapter, its own chat
-template: sessions live in the expert, node/expert/sessions.py); each step
+template: sessions live in the expert, node/expert/serve/sessions.py); each step
 the strategy merges their next-token distributions (fusion.py), picks the
 token (greedy, or at the query's temperature with its seed) and feeds it to
 every session: one token on the wire per expert per step, never the prompt

@@ -1,5 +1,10 @@
-"""``judge``: k experts propose; a judge expert ranks the candidates, by the log-likelihood it gives
-each one (``score``, one forward each) or by pairwise comparison prompts; the best is returned."""
+"""``judge``: k experts propose; the candidates are ranked by likelihood and the best is returned.
+
+``members`` (the default, likelihood selection): every proposer scores every distinct candidate
+(``score``: the mean token log-probability of the candidate after the question, one forward each,
+no sampling) and a candidate's value is the mean over the proposers, so no single expert's taste
+decides; ``loglik``: one judge expert scores each candidate; ``pairwise``: a judge compares pairs
+with a prompt (asked both ways, so position bias cancels)."""
 
 from __future__ import annotations
 
@@ -7,14 +12,43 @@ from typing import Any
 
 from protocol import QueryRequest
 
-from .. import prompts
+from .. import competence, prompts
 from ..calls import Ask, Reply, StepFailed
 from ..pool import Pool
 from ..quorum import fan_out
 from .base import Answer, Param, fan_out_params, k_min_of
 
-PARAMS = {**fan_out_params(3), "method": Param(str, "loglik", choices=("loglik", "pairwise"),
-                                                help="how the judge ranks the candidates")}
+PARAMS = {**fan_out_params(3), "method": Param(str, "members", choices=("members", "loglik", "pairwise"),
+                                                help="who ranks the candidates, and how")}
+
+
+async def _members(pool: Pool, ask: Ask, candidates: list[Reply]) -> int:
+    """Likelihood selection: the candidate the proposers find likeliest on average, each proposer
+    weighted by its verified competence (competence.vote_weight: a proven expert's judgement counts
+    more than that of two members sharing a mistake)."""
+    scorers = list({(r.route.peer_id, r.route.adapter): r.route for r in candidates}.values())
+    weight = {(s.peer_id, s.adapter): competence.vote_weight(s.candidate.dev_score) for s in scorers}
+    best, best_value = 0, float("-inf")
+    seen: dict[str, float] = {}  # the same text twice is scored once
+    for i, reply in enumerate(candidates):
+        text = reply.text.strip()
+        if not text:
+            continue
+        if text not in seen:
+            values = []
+            for scorer in scorers:
+                try:
+                    logprobs = await pool.score(scorer, ask, reply.text, role="judge")
+                except StepFailed:  # a scorer that cannot score (an expert without `score`) abstains
+                    continue
+                if logprobs:
+                    values.append((weight[(scorer.peer_id, scorer.adapter)], sum(logprobs) / len(logprobs)))
+            total = sum(w for w, _ in values)
+            seen[text] = sum(w * v for w, v in values) / total if values else float("-inf")
+        pool.end_step(reply.step, score=round(seen[text], 4) if seen[text] > float("-inf") else None)
+        if seen[text] > best_value:
+            best, best_value = i, seen[text]
+    return best
 
 
 async def _loglik(pool: Pool, judge, q: str, candidates: list[Reply]) -> int:
@@ -65,11 +99,14 @@ async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer
     q = prompts.question(query)
     if len(candidates) == 1:
         best = 0
+    elif params["method"] == "members":
+        best = await _members(pool, Ask.of(query), candidates)
     elif params["method"] == "loglik":
         best = await _loglik(pool, judge, q, candidates)
     else:
         best = await _pairwise(pool, judge, q, candidates)
     winner = candidates[best]
-    why = (f"judge {judge.candidate.record.name} ({params['method']}) chose candidate {best + 1} of "
-           f"{len(candidates)} by {winner.route.candidate.record.name}")
+    who = "the proposers' mean likelihood" if params["method"] == "members" else \
+        f"judge {judge.candidate.record.name} ({params['method']})"
+    why = f"{who} chose candidate {best + 1} of {len(candidates)} by {winner.route.candidate.record.name}"
     return Answer(winner.text, why, (winner.step,), winner.finish_reason)

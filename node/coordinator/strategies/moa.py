@@ -12,15 +12,20 @@ from typing import Any
 from protocol import QueryRequest
 
 from .. import prompts
-from ..aggregate import extract
 from ..calls import Ask, Reply
-from ..consensus import majority
+from ..decoding import DETERMINISTIC
 from ..pool import Pool
 from ..quorum import fan_out
 from ..routing import Route
+from ..validity import clear_majority
 from .base import Answer, Param, fan_out_params, k_min_of
+from .settle import settle
+from .vote import KINDS, ballots_of
 
-PARAMS = {**fan_out_params(3), "layers": Param(int, 1, 1, 3, help="proposer layers before the aggregator")}
+PARAMS = {**fan_out_params(3), "layers": Param(int, 1, 1, 3, help="proposer layers before the aggregator"),
+          "kind": Param(str, "auto", choices=KINDS, help="answer shape to compare with the members' majority"),
+          "trust_majority": Param(bool, True, help="an aggregate contradicting the members' clear majority is "
+                                                   "replaced by that majority (settle.py)")}
 
 
 async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer:
@@ -34,19 +39,28 @@ async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer
         replies = await fan_out(pool, routes, ask, role="proposer", round=layer, k_min=k_min_of(params, k),
                                 grace_s=params["grace_s"], deadline=budget)
         answers = [r.text for r in replies]
-        ask = Ask(messages=prompts.aggregate(q, answers))
+        # Later layers revise deterministically: their diversity is the different proposals they read.
+        ask = Ask(messages=prompts.aggregate(q, answers), temperature=DETERMINISTIC)
     aggregators = with_majority_first(pool.rank(), replies)
-    final = await pool.generate(aggregators[: pool.max_attempts], Ask(messages=prompts.aggregate(q, answers)),
-                                role="aggregator", round=layers, stream=True)
+    # Not streamed: an invalid aggregate is replaced by the members' majority (settle.py) before
+    # any of it reaches the client.
+    final = await pool.generate(aggregators[: pool.max_attempts],
+                                Ask(messages=prompts.aggregate(q, answers), temperature=DETERMINISTIC),
+                                role="aggregator", round=layers)
     why = f"aggregator {final.route.candidate.record.name} synthesised {len(answers)} proposals ({layers} layer(s))"
-    return Answer(final.text, why, (final.step,), final.finish_reason)
+    return settle(pool, final, replies, why=why, kind=params["kind"], trust_majority=params["trust_majority"])
 
 
 def with_majority_first(ranked: list[Route], replies: list[Reply]) -> list[Route]:
-    """``ranked`` with the experts who answered the clear majority's answer first (rank order kept)."""
-    keys = {r.route.peer_id: extract(r.text) for r in replies}
-    agreed = majority(list(keys.values()))
+    """``ranked`` with the experts who answered the clear majority's answer first (rank order kept).
+
+    The majority weighs each member by its verified competence (validity.clear_majority), so a
+    proven specialist is not outvoted by two members that share a wrong answer.
+    """
+    ballots = ballots_of(replies, "auto")
+    agreed = clear_majority(ballots)
     if agreed is None:
         return ranked
-    inside = [r for r in ranked if keys.get(r.peer_id) == agreed]
+    inside_peers = {r.route.peer_id for r, b in zip(replies, ballots, strict=True) if b.key == agreed}
+    inside = [r for r in ranked if r.peer_id in inside_peers]
     return inside + [r for r in ranked if r not in inside]

@@ -12,7 +12,7 @@ from .base import Answer
 from .debate import PARAMS as DEBATE_PARAMS
 from .debate import conclude, discuss
 
-PARAMS = {name: spec for name, spec in DEBATE_PARAMS.items() if name not in ("final", "kind")}
+PARAMS = {name: spec for name, spec in DEBATE_PARAMS.items() if name != "final"}
 
 
 async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer:

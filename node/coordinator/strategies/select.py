@@ -1,5 +1,6 @@
-"""``select`` (SLM-MUX): each of k experts samples n answers; an expert's confidence is the share
-of its majority answer; the most confident expert's majority answer wins (ties: dev score, rank)."""
+"""``select`` (SLM-MUX): each of k experts gives n answers, the first greedy and the rest sampled; an
+expert's confidence is the share of its majority answer (its greedy answer when all differ); the most
+confident expert's majority answer wins (ties: verified accuracy, rank)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from protocol import QueryRequest
 
 from .. import aggregate
 from ..calls import Ask, Reply
+from ..decoding import DETERMINISTIC
 from ..pool import Pool
 from ..quorum import fan_out
 from .base import Answer, Param, fan_out_params
@@ -26,8 +28,12 @@ async def run(pool: Pool, query: QueryRequest, params: dict[str, Any]) -> Answer
     k, n = params["k"], params["samples"]
     routes = pool.pick(k)
     base = Ask.of(query)
-    calls = [(route, Ask(messages=base.messages, prompt=base.prompt, temperature=params["temperature"],
-                         seed=1000 + j)) for route in routes for j in range(n)]
+    # Each expert's first sample is greedy, the rest sampled: a small expert sampled at 0.7 often writes
+    # nonsense ("L'Alma, la Lumiere, la France" for France's capital, SmolLM2), so when its samples all
+    # differ its majority is its greedy answer (the vote's tie goes to the earliest ballot).
+    calls = [(route, Ask(messages=base.messages, prompt=base.prompt,
+                         temperature=DETERMINISTIC if j == 0 else params["temperature"], seed=1000 + j))
+             for route in routes for j in range(n)]
     total = len(calls)
     k_min = params["k_min"] or (total - 1 if total >= 3 else total)
     replies = await fan_out(pool, [c[0] for c in calls], [c[1] for c in calls], role="sampler",

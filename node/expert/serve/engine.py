@@ -78,7 +78,7 @@ def is_gguf_base(model: str | None) -> bool:
     path = Path(model).expanduser()
     if path.exists():
         return path.is_file() and path.suffix.lower() == ".gguf"
-    from ..catalog import lookup
+    from ..model.catalog import lookup
 
     return lookup(model) is not None
 

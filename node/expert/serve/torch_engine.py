@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..batcher import InferenceWorker
+from .batcher import InferenceWorker
 
 
 class TorchEngine(InferenceWorker):
@@ -17,6 +17,6 @@ class TorchEngine(InferenceWorker):
         return str(self.expert.dtype)  # float32 on a CPU, bfloat16 / float16 on a GPU
 
     def attach_adapter(self, name: str, path: Path, *, evictable: tuple[str, ...]) -> list[str]:
-        from ..live_adapters import attach
+        from .live_adapters import attach
 
         return attach(self, name, path, evictable=evictable)

@@ -29,11 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...loader import ModelLoadError, check_adapter_dir
+from ...model.loader import ModelLoadError, check_adapter_dir
 
 if TYPE_CHECKING:
     from .model import LlamaExpert
-    from .worker import LlamaWorker
 
 MAX_LIVE = 4  # adapters added while serving, held at once (as live_adapters.py on the torch engine)
 # Architectures whose HF -> GGUF conversion permutes q_proj / k_proj rows (convert_hf_to_gguf.py).
@@ -166,7 +165,7 @@ def load_gguf_lora(expert: LlamaExpert, name: str, path: Path) -> Any:
     return handle
 
 
-def attach(worker: LlamaWorker, name: str, path: Path, *, evictable: tuple[str, ...]) -> list[str]:
+def attach(worker: Any, name: str, path: Path, *, evictable: tuple[str, ...]) -> list[str]:
     """Serve adapter ``name`` from now on (worker thread); the evicted names (see live_adapters.py)."""
     expert = worker.expert
     if name in expert.adapters:

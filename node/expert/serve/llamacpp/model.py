@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ....logs import event, get_logger
-from ...loader import DEFAULT_MODEL_ID, ModelLoadError, default_gguf_path, tokenizer_fingerprint
-from ...model_cache import content_ids, entry_dir, is_cached
+from ...model.loader import DEFAULT_MODEL_ID, ModelLoadError, default_gguf_path, tokenizer_fingerprint
+from ...model.model_cache import content_ids, entry_dir, is_cached
 
 log = get_logger("expert.llamacpp")
 
@@ -123,7 +123,7 @@ def resolve_gguf(model: str | None, cache_root: Path) -> tuple[Path, str, str, s
         gguf = default_gguf_path()
         digest, cid = content_ids(gguf)
         return gguf, DEFAULT_MODEL_ID, digest, cid
-    from ... import catalog
+    from ...model import catalog
 
     entry = catalog.lookup(model)
     path = Path(model).expanduser()
@@ -205,7 +205,7 @@ def load_llama_expert(
     llama_cpp = import_llama_cpp()
 
     from ....config import default_cache_dir
-    from ...loader import check_adapter_dir
+    from ...model.loader import check_adapter_dir
 
     if _LOG_CALLBACK is None:
         _LOG_CALLBACK = _make_log_callback()

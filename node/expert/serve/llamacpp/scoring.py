@@ -6,22 +6,20 @@ emptied after each call; the prompt goes in chunks of one llama_decode each.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from protocol import NextTokenRequest, NextTokenResult, ScoreRequest, ScoreResult
 
 from ...errors import Busy, PromptTooLong
-from ...prompts import PromptBuilder
+from ..prompts import PromptBuilder
 from ..sampling_np import top_k
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .worker import LlamaWorker
-
 
 class LlamaScorer:
-    def __init__(self, worker: LlamaWorker, prompts: PromptBuilder) -> None:
+    def __init__(self, worker: Any, prompts: PromptBuilder) -> None:
         self._worker = worker
         self._prompts = prompts
 

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from protocol import SessionAppend, SessionClosed, SessionNext, SessionOpen, Usage
 
 from ...errors import Busy, PromptTooLong, RequestRejected
-from ...prompts import PromptBuilder
-from ...session_store import SessionOp, UnknownSession
+from ..prompts import PromptBuilder
 from ..sampling_np import top_k
-
-if TYPE_CHECKING:
-    from .worker import LlamaWorker
+from ..session_store import SessionOp, UnknownSession
 
 
 @dataclass(eq=False)
@@ -35,7 +32,7 @@ class _Session:
 
 
 class LlamaSessionStore:
-    def __init__(self, worker: LlamaWorker, prompts: PromptBuilder, *, max_tokens: int) -> None:
+    def __init__(self, worker: Any, prompts: PromptBuilder, *, max_tokens: int) -> None:
         self._worker = worker
         self._prompts = prompts
         self._max_tokens = min(max_tokens, worker.expert.max_context)
@@ -67,7 +64,7 @@ class LlamaSessionStore:
         self._worker.kv_used -= session.length
 
     def _open(self, key: str, request: SessionOpen) -> SessionNext:
-        from ...detokenize import CompletionText
+        from ..detokenize import CompletionText
 
         if key in self._sessions:  # the trio side refuses duplicates; a stale one is replaced
             self._end(key)

@@ -26,9 +26,9 @@ from typing import Any, cast
 from protocol import GenerateRequest
 
 from ....logs import get_logger
-from ...batcher import InferenceWorker
 from ...errors import Busy, PromptTooLong
-from ...jobs import Job
+from ..batcher import InferenceWorker
+from ..jobs import Job
 from ..sampling_np import NumpySampler
 from .context import BATCH_TOKENS, LlamaContext, Row
 from .model import DEFAULT_KV_TOKENS, LlamaExpert
@@ -166,7 +166,7 @@ class LlamaWorker(InferenceWorker):
             self._loras.clear()
 
     def _admit(self, job: Job, request: GenerateRequest) -> None:
-        from ...detokenize import CompletionText
+        from ..detokenize import CompletionText
 
         ids = self._prompts.token_ids(request)
         context = self.expert.max_context
