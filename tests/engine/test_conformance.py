@@ -16,8 +16,8 @@ import pytest
 import trio
 
 from node.expert.errors import Busy
-from node.expert.serve.local import LocalExpert
 from node.expert.serve.engine import make_worker
+from node.expert.serve.local import LocalExpert
 from protocol import (
     ChatMessage,
     GenerateRequest,
@@ -132,14 +132,14 @@ async def assert_greedy_up_to_ties(local: LocalExpert, text: str, tokens: list[i
 
     key = f"check/{len(tokens)}-{hash(text) & 0xffff}"
     sid = key.rpartition("/")[2]
-    step = await local._one(SessionOp("open", key, SessionOpen(session_id=sid, messages=(
+    step = await local.call(SessionOp("open", key, SessionOpen(session_id=sid, messages=(
         ChatMessage(role="user", content=text),), top_k=5, adapter=adapter), adapter), SessionNext)
     for token in tokens:
         chosen = dict(zip(step.token_ids, step.logprobs, strict=True)).get(token)
         assert chosen is not None and chosen >= step.logprobs[0] - TIE_NATS, (text, token, step)
-        step = await local._one(SessionOp("append", key, SessionAppend(session_id=sid, token_ids=(token,), top_k=5)),
+        step = await local.call(SessionOp("append", key, SessionAppend(session_id=sid, token_ids=(token,), top_k=5)),
                                 SessionNext)
-    await local._one(SessionOp("close", key, SessionClose(session_id=sid)), SessionClosed)
+    await local.call(SessionOp("close", key, SessionClose(session_id=sid)), SessionClosed)
 
 
 async def generate_all_chunks(local: LocalExpert, requests: list[GenerateRequest]
@@ -247,11 +247,11 @@ async def test_session_steps_reuse_the_cache_exactly(engine_expert):
         async with serving(engine_expert) as local:
             from protocol import SessionNext
 
-            opened = await local._one(SessionOp("open", "me/s1", SessionOpen(session_id="s1", prompt=prompt)),
+            opened = await local.call(SessionOp("open", "me/s1", SessionOpen(session_id="s1", prompt=prompt)),
                                       SessionNext)
-            step = await local._one(SessionOp("append", "me/s1", SessionAppend(session_id="s1", token_ids=fed[:1])),
+            step = await local.call(SessionOp("append", "me/s1", SessionAppend(session_id="s1", token_ids=fed[:1])),
                                     SessionNext)
-            step = await local._one(SessionOp("append", "me/s1", SessionAppend(session_id="s1", token_ids=fed[1:])),
+            step = await local.call(SessionOp("append", "me/s1", SessionAppend(session_id="s1", token_ids=fed[1:])),
                                     SessionNext)
             fresh = await local.next_token(NextTokenRequest(request_id="f", prompt=prompt + continuation, top_k=20))
             plain = await local.next_token(NextTokenRequest(request_id="p", prompt=prompt, top_k=20))
@@ -265,17 +265,28 @@ async def test_session_steps_reuse_the_cache_exactly(engine_expert):
 
 
 async def test_engines_answer_greedy_prompts_alike(base_expert, llama_expert):
-    """Same first greedy tokens on both engines (quantized arithmetic may part ways late in an answer)."""
-    answers = {}
+    """Along the torch engine's greedy answers, both engines give each token nearly the same logprob.
+
+    Exact greedy equality is too strong across engines: Q4_1 x Q8 arithmetic moves logprobs by a few
+    hundredths of a nat, which flips SmolLM2's near ties ("L" -1.85 vs "The" -2.09 on the capital of
+    France): measured, 2 of these 4 answers start alike.  Teacher-forced, the whole paths agree.
+    """
+    answers: dict[str, dict[str, GenerateResult]] = {}
     for name, expert in (("torch", base_expert), ("llama.cpp", llama_expert)):
         with trio.fail_after(120):
-            async with serving(expert) as local:
-                answers[name] = await generate_all(local, [chat(p, f"g{i}") for i, p in enumerate(PROMPTS)])
-    same_start = 0
-    for i in range(len(PROMPTS)):
-        a, b = answers["torch"][f"g{i}"].text, answers["llama.cpp"][f"g{i}"].text
-        same_start += a[:16] == b[:16]
-    assert same_start >= len(PROMPTS) - 1, answers
+            async with serving(expert) as local:  # one at a time: no batch-order noise
+                answers[name] = {f"g{i}": (await generate(local, chat(p, f"g{i}")))[1] for i, p in enumerate(PROMPTS)}
+    scores: dict[str, list[tuple[float, ...]]] = {}
+    for name, expert in (("torch", base_expert), ("llama.cpp", llama_expert)):
+        async with serving(expert) as local:
+            scores[name] = [(await local.score(ScoreRequest(
+                request_id=f"s{i}", messages=(ChatMessage(role="user", content=p),),
+                continuation=answers["torch"][f"g{i}"].text))).logprobs for i, p in enumerate(PROMPTS)]
+    diffs = [abs(a - b) for ours, theirs in zip(scores["torch"], scores["llama.cpp"], strict=True)
+             for a, b in zip(ours, theirs, strict=True)]
+    assert sum(diffs) / len(diffs) < 0.1 and max(diffs) < 1.0, diffs
+    same_start = sum(answers["torch"][k].text[:16] == answers["llama.cpp"][k].text[:16] for k in answers["torch"])
+    assert same_start >= len(PROMPTS) // 2, {k: {i: r.text for i, r in v.items()} for k, v in answers.items()}
 
 
 async def test_engines_score_and_next_token_within_tolerance(base_expert, llama_expert):
