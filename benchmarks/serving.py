@@ -100,8 +100,8 @@ def in_process(expert, engine: str, threads: int, tokens: int, concurrency: int)
     """``concurrency`` requests at once on the engine's worker (LocalExpert, no network)."""
     import trio
 
-    from node.expert.serve.local import LocalExpert
     from node.expert.serve.engine import make_worker
+    from node.expert.serve.local import LocalExpert
     from protocol import ChatMessage, GenerateRequest, GenerateResult, SamplingParams
 
     worker = make_worker(expert, max_batch=8, queue_size=64, threads=threads)

@@ -53,7 +53,6 @@ async def test_adapter_and_base_rows_in_one_batch(llama_adapter_expert):
                     await assert_greedy_up_to_ties(local, text, [t for c in chunks for t in c.token_ids], r.adapter)
             # The adapter changes answers: the same prompt with and without it.
             tuned = await generate(local, chat(PROMPTS[0], "t", adapter=ADAPTER_NAME))
-    assert len(differing) <= len(requests) // 2
     assert tuned[1].text != alone["r0"][1].text
 
 
