@@ -106,6 +106,9 @@ class ExpertConfig:
     model: str | None = None  # None: the embedded default (SmolLM2-135M-Instruct GGUF)
     adapters: dict[str, str] = field(default_factory=dict)  # NAME -> path or CID
     device: str = "auto"
+    # Which engine runs the model (node/expert/serve/engine.py): auto = llama.cpp for a GGUF base
+    # on a CPU (the catalog models, the default), torch otherwise (HF directories, GPUs).
+    engine: str = "auto"
     max_batch: int = 8
     queue_size: int = 64
     max_new_tokens_cap: int = 1024
@@ -228,6 +231,8 @@ class NodeConfig:
                 raise ConfigError(f"expert.{key}: must be >= 1")
         if not 0 < ex.session_idle_s <= 3600:
             raise ConfigError("expert.session_idle_s: must be in (0, 3600] seconds")
+        if ex.engine not in ("auto", "llama.cpp", "torch"):
+            raise ConfigError(f"expert.engine: {ex.engine!r} is not one of auto, llama.cpp, torch")
         if ex.threads < 0:
             raise ConfigError("expert.threads: must be >= 0 (0: choose from the free cores)")
         if len(ex.self_eval) > 8:

@@ -81,6 +81,10 @@ class CapabilityRecord(Message, frozen=True, kw_only=True, tag="cap"):
     tokenizer: Annotated[str, Meta(max_length=256)] = ""
     max_context: NonNegInt = 0
     device: Annotated[str, Meta(max_length=32)] = "cpu"
+    # What runs the model ("torch", "llama.cpp") and its weights' type ("Q4_K_M", "float32"); empty
+    # in records of older nodes (defaults keep their records decoding).
+    engine: Annotated[str, Meta(max_length=32)] = ""
+    quantization: Annotated[str, Meta(max_length=32)] = ""
     load: Annotated[float, Meta(ge=0.0)] = 0.0
     queue_depth: NonNegInt = 0
     # Self-evaluation scores (bounded: 16 x ~150 bytes stays far under the 16 KiB payload cap).

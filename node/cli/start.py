@@ -59,6 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--adapter", action="append", metavar="NAME=PATH", help="LoRA adapter (repeatable; PATH or CID)"
     )
     expert.add_argument("--device", help="auto, cpu, cuda, cuda:0, mps")
+    expert.add_argument("--engine", choices=["auto", "llama.cpp", "torch"],
+                        help="what runs the model: llama.cpp (GGUF on a CPU, fast), torch (HF dirs, GPUs, "
+                        "training); default auto: llama.cpp for GGUF bases on a CPU")
     expert.add_argument("--threads", type=int, metavar="N",
                         help="torch threads for inference (default: free physical cores, logged at start)")
     expert.add_argument("--max-batch", type=int, metavar="N", help="generations decoded together (default 8)")
@@ -121,6 +124,8 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):
         config.expert.adapters[name] = path
     if args.device:
         config.expert.device = args.device
+    if getattr(args, "engine", None):
+        config.expert.engine = args.engine
     if args.threads is not None:
         config.expert.threads = args.threads
     if args.max_batch is not None:

@@ -35,6 +35,8 @@ def reference_fusion(experts: list[tuple[object, str | None]], tokens: int, top_
     tok = experts[0][0].tokenizer
     text = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True, tokenize=False)
     ids = tok(text, add_special_tokens=False)["input_ids"]
+    if getattr(experts[0][0], "engine", "torch") == "llama.cpp":
+        return reference_fusion_llama(experts, ids, tokens, top_k)
     eos = {tok.eos_token_id, *([experts[0][0].model.generation_config.eos_token_id] if isinstance(
         experts[0][0].model.generation_config.eos_token_id, int) else [])}
     out: list[int] = []
@@ -53,6 +55,30 @@ def reference_fusion(experts: list[tuple[object, str | None]], tokens: int, top_
                 logits = model(input_ids=torch.tensor([ids + out])).logits[0, -1].float()
             top = torch.topk(torch.softmax(logits, -1), top_k)
             fused.index_add_(0, top.indices, top.values.double() / len(experts))
+        best = int(fused.argmax())
+        if best in eos:
+            break
+        out.append(best)
+    return out
+
+
+def reference_fusion_llama(experts: list[tuple[object, str | None]], ids: list[int], tokens: int,
+                           top_k: int) -> list[int]:
+    """The same fusion with plain llama-cpp-python forwards over the whole context (MOSAIC_ENGINE=llama.cpp)."""
+    import numpy as np
+
+    from tests.expert.fixtures import reference_logits
+
+    eos = experts[0][0].eos_ids  # type: ignore[attr-defined]
+    out: list[int] = []
+    for _ in range(tokens):
+        fused = np.zeros(experts[0][0].n_vocab, dtype=np.float64)  # type: ignore[attr-defined]
+        for expert, adapter in experts:
+            logits = reference_logits(expert, adapter, ids + out).astype(np.float64)
+            probs = np.exp(logits - logits.max())
+            probs /= probs.sum()
+            top = np.argsort(-probs, kind="stable")[:top_k]
+            fused[top] += probs[top] / len(experts)
         best = int(fused.argmax())
         if best in eos:
             break

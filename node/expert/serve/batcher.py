@@ -84,6 +84,9 @@ class _Slot:
 class InferenceWorker:
     """Owns the model on a dedicated thread; see the module docstring."""
 
+    # New generations admitted between two steps (an engine with chunked prefill admits more).
+    max_prefills_per_step = MAX_PREFILLS_PER_STEP
+
     def __init__(
         self,
         expert: LoadedExpert,
@@ -249,7 +252,7 @@ class InferenceWorker:
                 return None
             # Until the first prefill shows the model's KV cache can be merged, admit one at a time.
             capacity = self.max_batch if self._batchable else 1
-            free = min(capacity - len(self._slots), MAX_PREFILLS_PER_STEP)
+            free = min(capacity - len(self._slots), self.max_prefills_per_step)
             taken: list[Job] = []
             kept: collections.deque[Job] = collections.deque()
             for job in self._pending:

@@ -165,6 +165,8 @@ class ExpertService:
             "tokenizer": expert.tokenizer_id,
             "max_context": expert.max_context,
             "device": expert.device,
+            "engine": worker.name if worker is not None else "",
+            "quantization": worker.quantization if worker is not None else "",
             "load": round(worker.load(), 3) if worker is not None else 0.0,
             "queue_depth": worker.queue_depth if worker is not None else 0,
             "evals": tuple(self.evals),
@@ -194,13 +196,11 @@ class ExpertService:
         Loaded on the worker thread between two steps (live_adapters.py); older live
         adapters beyond the bound are evicted.  The caller re-announces the record.
         """
-        from .live_adapters import attach
-
         assert self.worker is not None and self.expert is not None, "the service is not running"
         if name in self.expert.adapters:
             return False
         future = self.worker.between_steps(
-            lambda: attach(self.worker, name, Path(path), evictable=tuple(self.live_adapters)))
+            lambda: self.worker.attach_adapter(name, Path(path), evictable=tuple(self.live_adapters)))
         # Shielded: a cancelled caller must not leave a loaded adapter out of the bookkeeping (never
         # evicted, announced without its CID); loading a LoRA adapter takes well under a second.
         with trio.CancelScope(shield=True):
@@ -230,6 +230,7 @@ class ExpertService:
         """Fetch CID-named weights, load the model in a thread, publish local adapters."""
         from ..model.content import publish_adapter, resolve_reference
         from ..model.loader import load_expert
+        from .engine import choose_engine
 
         cfg = self.config
         model = cfg.model
@@ -246,9 +247,16 @@ class ExpertService:
         cache = self.model_cache_dir or node.config.cache_path
         # abandon_on_cancel: Ctrl-C during a 20+ s load must stop start-up now, not after
         # the load (the thread is a daemon; an unfinished cache entry is never trusted).
-        self.expert = await trio.to_thread.run_sync(
-            lambda: load_expert(model, adapters, cache_dir=cache, device=cfg.device), abandon_on_cancel=True
-        )
+        engine = choose_engine(cfg.engine, model, cfg.device)
+        if engine == "llama.cpp":
+            from .llamacpp.model import load_llama_expert
+
+            def load() -> Any:
+                return load_llama_expert(model, adapters, cache_dir=cache)
+        else:
+            def load() -> Any:
+                return load_expert(model, adapters, cache_dir=cache, device=cfg.device)
+        self.expert = await trio.to_thread.run_sync(load, abandon_on_cancel=True)
         for name, path in adapters.items():
             self._describe(name, path)
         for name, path in local_adapters.items():
@@ -258,7 +266,7 @@ class ExpertService:
 
     async def run(self, node: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from ..model.loader import ModelLoadError
-        from .batcher import InferenceWorker
+        from .engine import make_worker
         from .notary import Notary
         from .threads import log_choice, prepare_openmp, resolve_threads
 
@@ -273,7 +281,7 @@ class ExpertService:
                 # One clear line before the error unwinds the node (bad --model / --adapter).
                 event(log, "expert_load_failed", level=logging.ERROR, error=str(exc)[:500])
                 raise
-        self.worker = InferenceWorker(
+        self.worker = make_worker(
             self.expert,
             max_batch=cfg.max_batch,
             queue_size=cfg.queue_size,
@@ -281,6 +289,7 @@ class ExpertService:
             threads=threads.threads,
             served_by=str(node.peer_id),
             session_max_tokens=cfg.session_max_tokens,
+            max_sessions=cfg.max_sessions,
         )
         notary = Notary(node.identity, self.expert.content_id, self.adapter_cids, self.expert.adapters)
         self.local = LocalExpert(self.worker, notary=notary)
@@ -315,6 +324,8 @@ class ExpertService:
                 model=self.expert.model_id,
                 adapters=",".join(self.expert.adapters) or "-",
                 device=self.expert.device,
+                engine=self.worker.name,
+                quantization=self.worker.quantization,
                 max_batch=cfg.max_batch,
             )
             task_status.started()
