@@ -107,8 +107,9 @@ class ExpertConfig:
     adapters: dict[str, str] = field(default_factory=dict)  # NAME -> path or CID
     device: str = "auto"
     # Which engine runs the model (node/expert/serve/engine.py): auto = llama.cpp for a GGUF base
-    # on a CPU (the catalog models, the default), torch otherwise (HF directories, GPUs).
-    engine: str = "auto"
+    # on a CPU (the catalog models), torch otherwise (HF directories, GPUs).  The default stays
+    # torch until the whole suite (every CLI-started node) has run on llama.cpp (issue 17).
+    engine: str = "torch"
     max_batch: int = 8
     queue_size: int = 64
     max_new_tokens_cap: int = 1024
