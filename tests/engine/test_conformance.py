@@ -198,7 +198,8 @@ async def test_seeded_sampling_repeats_and_greedy_ignores_seed(engine_expert):
 async def test_queued_reports_while_waiting_for_a_row(engine_expert):
     with trio.fail_after(90):
         async with serving(engine_expert, max_batch=1, queue_size=2) as local:
-            first = chat("Count from one to fifty.", "long", tokens=60, stream=True)
+            # Long enough to hold the only row while the others queue, even on a fast engine.
+            first = chat("Write a long story about a dragon and a knight.", "long", tokens=400, stream=True)
             second = chat(PROMPTS[1], "waiting", progress=True)
             seen: list[Queued] = []
 
@@ -219,6 +220,8 @@ async def test_queued_reports_while_waiting_for_a_row(engine_expert):
                 with pytest.raises(Busy):
                     async with local.open(chat(PROMPTS[0], "fourth")):
                         pass
+                await trio.sleep(0.2)  # (the second's Queued reports came at once; the long answer is not needed)
+                nursery.cancel_scope.cancel()
     assert seen and seen[0].position >= 1 and not seen[0].started
 
 
