@@ -64,7 +64,7 @@ from .net.gossip import Announcer, build_pubsub
 from .net.host import build_host, disconnect_all, disconnect_peer, expand_wildcard, listen_multiaddrs
 from .net.keys import libp2p_key_pair, load_or_create_identity
 from .net.ports import check_listen_addrs
-from .net.streams import Allowlist, StreamClosed
+from .net.streams import Allowlist, StreamClosed, StreamPaths
 from .registry import Registry
 
 log = get_logger("node")
@@ -126,8 +126,11 @@ class Node:
         self.table_exchange = True  # tests of the DHT path switch the direct exchange off
         # Inbound connections per IP / subnet (issue 12: identities are free, addresses are not).
         self.inbound_caps = InboundCaps()
+        # How this node's streams to peers went (direct / relayed), and the relay circuits' dialer
+        # that runs before one is opened: handed to what opens streams (coordinator, exchange).
+        self.stream_paths = StreamPaths()
         # Reachability, relays, hole punching (issue 20).
-        self.nat = NatTraversal(self.host, self.peer_id, config.net, own_addrs=self._direct_addrs,
+        self.nat = NatTraversal(self.host, self.peer_id, config.net, self.stream_paths, own_addrs=self._direct_addrs,
                                 records=self.registry.all, record_of=self.registry.get, announce=self.announce_now,
                                 advertise=self.advertises)
 
@@ -221,7 +224,7 @@ class Node:
 
     async def _send_goodbye(self, peer_id: str, goodbye: SignedRecord) -> None:
         try:
-            await fetch_table(self.host, peer_id, goodbye, timeout=GOODBYE_TIMEOUT)
+            await fetch_table(self.host, peer_id, goodbye, timeout=GOODBYE_TIMEOUT, paths=self.stream_paths)
         except Exception as exc:  # gone or busy: gossip (or the TTL) covers it
             event(log, "goodbye_failed", peer=peer_id, error=f"{type(exc).__name__}: {exc}"[:160])
 
@@ -398,7 +401,7 @@ class Node:
             return
         for attempt in range(EXCHANGE_ATTEMPTS):
             try:
-                records = await fetch_table(self.host, peer_id, self._signed)
+                records = await fetch_table(self.host, peer_id, self._signed, paths=self.stream_paths)
                 break
             except Exception as exc:  # not a Mosaic node (e.g. the peers CLI), busy, slow, or gone
                 event(

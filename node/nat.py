@@ -31,7 +31,7 @@ from .net.discovery import peer_info_from_multiaddr
 from .net.reachability import Reachability, on_our_lan
 from .net.relay_client import Candidate, CircuitDialer, RelayKeeper
 from .net.relay_service import LimitedRelay, RelayServiceLimits
-from .net.streams import set_connector
+from .net.streams import StreamPaths
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost
@@ -44,7 +44,8 @@ log = get_logger("nat")
 
 
 class NatTraversal:
-    def __init__(self, host: IHost, peer_id: str, net: NetConfig, *, own_addrs: Callable[[], list[str]],
+    def __init__(self, host: IHost, peer_id: str, net: NetConfig, paths: StreamPaths, *,
+                 own_addrs: Callable[[], list[str]],
                  records: Callable[[], list[CapabilityRecord]], record_of: Callable[[str], CapabilityRecord | None],
                  announce: Callable[[], Awaitable[None]], advertise: bool = True) -> None:
         self.host = host
@@ -60,7 +61,7 @@ class NatTraversal:
         self.relay = LimitedRelay(host, RelayServiceLimits(**dataclasses.asdict(net.relay_limits)).validate(),
                                   hop=net.relay_service)
         self.dialer = CircuitDialer(host, self.relay, addrs_of=self._addrs_of)
-        set_connector(host, self.dialer.ensure_connected)
+        paths.connector = self.dialer.ensure_connected  # circuits before a stream is opened
         self.keeper = RelayKeeper(host, peer_id, want=net.relay_reservations, candidates=self._candidates,
                                   on_change=self._relays_changed, check_interval=net.relay_check_interval)
         self.reachability = Reachability(host, mode=net.reachability, confirmations=net.autonat_confirmations,

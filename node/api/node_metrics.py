@@ -68,15 +68,13 @@ def node_state(node: Node) -> Iterable[Metric]:
 
 def nat_state(node: Node) -> Iterable[Metric]:
     """Reachability, relay reservations, streams by path (direct / relayed), the relay service (issue 20)."""
-    from node.net.streams import paths_opened
-
     nat = node.nat
     state = nat.reachability.state
     yield gauge_family("mosaic_reachability", "AutoNAT's verdict about this node (1 for the current state)",
                        {(s,): float(s == state) for s in ("unknown", "public", "private")}, ("state",))
     yield gauge_family("mosaic_relay_reservations", "Relay reservations this node holds",
                        {(): len(nat.keeper.reservations)})
-    opened = paths_opened(node.host)
+    opened = node.stream_paths.opened
     yield counter_family("mosaic_streams_opened", "Streams this node opened to peers, by path",
                          {(path,): float(opened.get(path, 0)) for path in ("direct", "relayed")}, ("path",))
     if node.config.net.relay_service:

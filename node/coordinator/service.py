@@ -17,7 +17,7 @@ import trio
 
 from node.activity import Activity, QueryRecorder
 from node.logs import event, get_logger
-from node.net.streams import FramedStream, StreamClosed, serve
+from node.net.streams import FramedStream, StreamClosed, StreamPaths, serve
 from protocol import (
     QUERY_PROTOCOL,
     ErrorMessage,
@@ -59,7 +59,8 @@ def build_coordinator(node: Node) -> Coordinator:
     failure observations."""
     coordinator = Coordinator(
         node.registry.experts,
-        InferTransport(node.host, on_reached=node.registry.mark_reachable, local=partial(local_expert, node)),
+        InferTransport(node.host, on_reached=node.registry.mark_reachable, local=partial(local_expert, node),
+                       paths=node.stream_paths),
         verified=node.registry.verified_peers,
         local_id=node.peer_id,
     )
@@ -86,8 +87,10 @@ class InferTransport:
     """
 
     def __init__(self, host: IHost, *, on_reached: Callable[[str], object] | None = None,
-                 local: Callable[[], tuple[LocalExpert, SessionHost] | None] = lambda: None) -> None:
+                 local: Callable[[], tuple[LocalExpert, SessionHost] | None] = lambda: None,
+                 paths: StreamPaths | None = None) -> None:
         self._host = host
+        self._paths = paths  # the node's stream paths: relay circuits, and how each call went
         self._on_reached = on_reached  # told of every expert that answered (keeps it verified)
         self._local = local  # this node's expert and its sessions, while it serves them
 
@@ -100,7 +103,7 @@ class InferTransport:
         from node.expert.remote.client import generate
 
         own = self._own(peer_id)
-        async with aclosing(generate(self._host, peer_id, request, local=own and own[0])) as events:
+        async with aclosing(generate(self._host, peer_id, request, local=own and own[0], paths=self._paths)) as events:
             async for message in events:
                 if isinstance(message, GenerateResult) and self._on_reached is not None:
                     self._on_reached(peer_id)
@@ -109,29 +112,29 @@ class InferTransport:
     def path(self, peer_id: str) -> str:
         """How the last stream to ``peer_id`` went: ``direct`` or ``relayed``; ``local`` for ourselves."""
         from node.net.circuits import path_to
-        from node.net.streams import last_stream_path
 
         if peer_id == str(self._host.get_id()):
             return "local"
-        return last_stream_path(self._host, peer_id) or path_to(self._host, peer_id)
+        return (self._paths and self._paths.last(peer_id)) or path_to(self._host, peer_id)
 
     async def score(self, peer_id: str, request: ScoreRequest, timeout: float) -> ScoreResult:
         from node.expert.remote.client import score
 
         own = self._own(peer_id)
-        return await score(self._host, peer_id, request, timeout=timeout, local=own and own[0])
+        return await score(self._host, peer_id, request, timeout=timeout, local=own and own[0], paths=self._paths)
 
     def open_session(self, peer_id: str, request: SessionOpen, timeout: float) -> AbstractAsyncContextManager[Any]:
         from node.expert.remote.session_client import open_session
 
         own = self._own(peer_id)
-        return open_session(self._host, peer_id, request, timeout=timeout, local=own and own[1])
+        return open_session(self._host, peer_id, request, timeout=timeout, local=own and own[1], paths=self._paths)
 
     async def next_token(self, peer_id: str, request: NextTokenRequest, timeout: float) -> NextTokenResult:
         from node.expert.remote.client import next_token
 
         own = self._own(peer_id)
-        return await next_token(self._host, peer_id, request, timeout=timeout, local=own and own[0])
+        return await next_token(self._host, peer_id, request, timeout=timeout, local=own and own[0],
+                                paths=self._paths)
 
 
 async def answer_stream(coordinator: Coordinator, stream: FramedStream, activity: Activity | None = None) -> None:

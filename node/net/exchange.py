@@ -23,7 +23,7 @@ from libp2p.abc import IHost
 from protocol import RECORD_PROTOCOL, ErrorMessage, RecordBatch, SignedRecord, decode
 
 from ..logs import event, get_logger
-from .streams import Allowlist, FramedStream, StreamClosed, open_stream, serve
+from .streams import Allowlist, FramedStream, StreamClosed, StreamPaths, open_stream, serve
 
 log = get_logger("net.exchange")
 
@@ -70,12 +70,13 @@ class ExchangeRefused(Exception):
 
 
 async def fetch_table(
-    host: IHost, peer_id: str, own: SignedRecord | None, *, timeout: float = EXCHANGE_TIMEOUT
+    host: IHost, peer_id: str, own: SignedRecord | None, *, timeout: float = EXCHANGE_TIMEOUT,
+    paths: StreamPaths | None = None,
 ) -> list[SignedRecord]:
     """Send ``own`` (if any) to ``peer_id`` and return every signed record it holds (unverified)."""
     records: list[SignedRecord] = []
     with trio.fail_after(timeout):
-        stream = await open_stream(host, peer_id, RECORD_PROTOCOL)
+        stream = await open_stream(host, peer_id, RECORD_PROTOCOL, paths=paths)
         try:
             await stream.send(RecordBatch(records=(own,) if own is not None else ()))
             while True:

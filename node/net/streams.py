@@ -15,7 +15,6 @@ same as libp2p msgio), decoding is :func:`protocol.decode`.
 from __future__ import annotations
 
 import math
-import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar, overload
@@ -150,19 +149,34 @@ class FramedStream:
             pass
 
 
-# Per host: how to reach a peer the swarm cannot dial by itself (relay circuits, node.nat sets it).
 Connector = Callable[[str], Awaitable[None]]
-_connectors: weakref.WeakKeyDictionary[IHost, Connector] = weakref.WeakKeyDictionary()
-# Per host: streams opened, by path ("direct" / "relayed"), for /metrics.
-_paths: weakref.WeakKeyDictionary[IHost, Counter[str]] = weakref.WeakKeyDictionary()
 
 
-def set_connector(host: IHost, connector: Connector | None) -> None:
-    """``connector(peer_id)`` runs before a stream is opened to ``peer_id`` (it may dial a circuit)."""
-    if connector is None:
-        _connectors.pop(host, None)
-    else:
-        _connectors[host] = connector
+class StreamPaths:
+    """How a node's streams to its peers went, and how to reach a peer its swarm cannot dial.
+
+    Owned by the Node (``node.stream_paths``) and handed explicitly to what opens streams for it
+    (the coordinator's transport, the record exchange): ``connector(peer_id)`` runs before a
+    stream is opened (node.nat sets it: relay circuits), ``opened`` counts streams by path for
+    /metrics, :meth:`last` is what a trace step reports.
+    """
+
+    MAX_PEERS = 4096  # last paths kept (one per peer); cleared past it
+
+    def __init__(self) -> None:
+        self.connector: Connector | None = None
+        self.opened: Counter[str] = Counter()
+        self._last: dict[str, str] = {}
+
+    def opened_to(self, peer_id: str, path: str) -> None:
+        self.opened[path] += 1
+        if len(self._last) > self.MAX_PEERS:
+            self._last.clear()
+        self._last[peer_id] = path
+
+    def last(self, peer_id: str) -> str | None:
+        """``direct`` or ``relayed``: how the last stream to ``peer_id`` went (None: none opened)."""
+        return self._last.get(peer_id)
 
 
 def stream_path(raw: object) -> str:
@@ -178,37 +192,21 @@ def stream_path(raw: object) -> str:
     return "direct"
 
 
-def paths_opened(host: IHost) -> dict[str, int]:
-    return dict(_paths.get(host, {}))
-
-
-# Per host: the path of the last stream opened to each peer (what a trace step reports).
-_last_path: weakref.WeakKeyDictionary[IHost, dict[str, str]] = weakref.WeakKeyDictionary()
-
-
-def last_stream_path(host: IHost, peer_id: str) -> str | None:
-    return _last_path.get(host, {}).get(peer_id)
-
-
 async def open_stream(
-    host: IHost, peer_id: str, protocol_id: str, *, max_frame: int = protocol.MAX_MESSAGE_SIZE
+    host: IHost, peer_id: str, protocol_id: str, *, max_frame: int = protocol.MAX_MESSAGE_SIZE,
+    paths: StreamPaths | None = None,
 ) -> FramedStream:
-    """Open a new stream to ``peer_id`` (connected, dialable from the peerstore, or via the connector)."""
-    connector = _connectors.get(host)
+    """Open a new stream to ``peer_id`` (connected, dialable from the peerstore, or via ``paths``' connector)."""
     try:
-        if connector is not None:
-            await connector(peer_id)
+        if paths is not None and paths.connector is not None:
+            await paths.connector(peer_id)
         raw = await host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol_id)])
     except trio.Cancelled:
         raise
     except Exception as exc:  # libp2p raises StreamFailure, SwarmException, IOException, ...
         raise StreamClosed(f"cannot open {protocol_id} to {peer_id[-8:]}: {type(exc).__name__}: {exc}") from None
-    path = stream_path(raw)
-    _paths.setdefault(host, Counter())[path] += 1
-    last = _last_path.setdefault(host, {})
-    if len(last) > 4096:
-        last.clear()
-    last[peer_id] = path
+    if paths is not None:
+        paths.opened_to(peer_id, stream_path(raw))
     return FramedStream(raw, max_frame=max_frame)
 
 

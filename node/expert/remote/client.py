@@ -30,7 +30,7 @@ from protocol import (
     TokenChunk,
 )
 
-from ...net.streams import FramedStream, StreamClosed, open_stream
+from ...net.streams import FramedStream, StreamClosed, StreamPaths, open_stream
 from ..serve.local import DEFAULT_CALL_TIMEOUT, ExpertError, LocalExpert
 
 # The result type a score / next-token call expects back.
@@ -44,7 +44,8 @@ _CLIENT_GRACE = 10.0
 
 
 async def generate(
-    host: IHost, peer_id: str, request: GenerateRequest, *, local: LocalExpert | None = None
+    host: IHost, peer_id: str, request: GenerateRequest, *, local: LocalExpert | None = None,
+    paths: StreamPaths | None = None,
 ) -> AsyncGenerator[GenerateEvent, None]:
     """Stream ``TokenChunk``s then the ``GenerateResult`` from expert ``peer_id``.
 
@@ -54,7 +55,8 @@ async def generate(
     Raises :class:`ExpertError` (expert's ErrorMessage), ``StreamClosed``
     (transport) or ``trio.TooSlowError`` (no result within the request's timeout).
     ``local``: the expert this node serves, used when ``peer_id`` is this node (a host cannot
-    dial itself); the same for :func:`score` and :func:`next_token`.
+    dial itself); ``paths``: the node's :class:`StreamPaths` (relay circuits, path counts); the
+    same for :func:`score` and :func:`next_token`.
     """
     local = _local_target(host, peer_id, local)
     if local is not None:
@@ -64,7 +66,7 @@ async def generate(
         return
     # No yield inside a cancel scope (trio forbids it in async generators): each wait gets the deadline.
     deadline = trio.current_time() + request.timeout_s + _CLIENT_GRACE
-    stream = await open_stream(host, peer_id, INFER_PROTOCOL)
+    stream = await open_stream(host, peer_id, INFER_PROTOCOL, paths=paths)
     finished = False
     try:
         with trio.fail_at(deadline):
@@ -97,27 +99,27 @@ async def cancel_and_collect(stream: FramedStream, request_id: str) -> GenerateR
 
 async def score(
     host: IHost, peer_id: str, request: ScoreRequest, *, timeout: float = DEFAULT_CALL_TIMEOUT,
-    local: LocalExpert | None = None,
+    local: LocalExpert | None = None, paths: StreamPaths | None = None,
 ) -> ScoreResult:
     """Per-token log-probabilities of ``request.continuation`` after the prompt."""
-    return await _call(host, peer_id, request, ScoreResult, timeout, local)
+    return await _call(host, peer_id, request, ScoreResult, timeout, local, paths)
 
 
 async def next_token(
     host: IHost, peer_id: str, request: NextTokenRequest, *, timeout: float = DEFAULT_CALL_TIMEOUT,
-    local: LocalExpert | None = None,
+    local: LocalExpert | None = None, paths: StreamPaths | None = None,
 ) -> NextTokenResult:
     """Top-k log-probabilities of the token after the prompt."""
-    return await _call(host, peer_id, request, NextTokenResult, timeout, local)
+    return await _call(host, peer_id, request, NextTokenResult, timeout, local, paths)
 
 
 async def _call(host: IHost, peer_id: str, request: ScoreRequest | NextTokenRequest, kind: type[R],
-                timeout: float, local: LocalExpert | None) -> R:
+                timeout: float, local: LocalExpert | None, paths: StreamPaths | None) -> R:
     local = _local_target(host, peer_id, local)
     if local is not None:
         with trio.fail_after(timeout + _CLIENT_GRACE):
             return await local.call(request, kind)
-    stream = await open_stream(host, peer_id, INFER_PROTOCOL)
+    stream = await open_stream(host, peer_id, INFER_PROTOCOL, paths=paths)
     finished = False
     try:
         with trio.fail_after(timeout + _CLIENT_GRACE):

@@ -32,7 +32,7 @@ from protocol import (
     SessionOpen,
 )
 
-from ...net.streams import FramedStream, StreamClosed, open_stream
+from ...net.streams import FramedStream, StreamClosed, StreamPaths, open_stream
 from ..serve.local import ExpertError
 
 if TYPE_CHECKING:
@@ -98,11 +98,12 @@ class ExpertSession:
 
 @asynccontextmanager
 async def open_session(host: IHost, peer_id: str, request: SessionOpen, *, timeout: float = DEFAULT_STEP_TIMEOUT,
-                       local: SessionHost | None = None) -> AsyncIterator[ExpertSession]:
+                       local: SessionHost | None = None, paths: StreamPaths | None = None
+                       ) -> AsyncIterator[ExpertSession]:
     """Open ``request`` on expert ``peer_id``; yield the session (its ``first`` distribution is set).
 
     ``local``: the sessions of the expert this node serves, used when ``peer_id`` is this
-    node (a host cannot dial itself)."""
+    node (a host cannot dial itself); ``paths``: the node's :class:`StreamPaths`."""
     if str(host.get_id()) == peer_id:
         if local is None:
             raise ExpertError("unavailable", "this node serves no expert sessions")
@@ -113,7 +114,7 @@ async def open_session(host: IHost, peer_id: str, request: SessionOpen, *, timeo
         finally:
             await _close_quietly(session)
         return
-    stream = await open_stream(host, peer_id, INFER_PROTOCOL)
+    stream = await open_stream(host, peer_id, INFER_PROTOCOL, paths=paths)
     session = ExpertSession(peer_id, request, timeout=timeout, stream=stream)
     try:
         await session._open()
