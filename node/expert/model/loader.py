@@ -226,24 +226,8 @@ def load_expert(
     )
 
 
-def check_adapter_dir(name: str, path: Path) -> str:
-    """Check that ``path`` is a loadable peft LoRA directory (safetensors only); its weights' sha256."""
-    if not path.is_dir():
-        raise ModelLoadError(f"adapter {name!r}: {path} is not a directory")
-    if not (path / "adapter_config.json").is_file():
-        raise ModelLoadError(f"adapter {name!r}: {path} has no adapter_config.json")
-    if not (path / "adapter_model.safetensors").is_file():
-        check_safetensors_dir(path, what=f"adapter {name!r}")
-        raise ModelLoadError(f"adapter {name!r}: {path} has no adapter_model.safetensors")
-    if name == "__base__":
-        raise ModelLoadError("adapter name '__base__' is reserved by peft for the base model")
-    return adapter_weights_digest(path)
-
-
-def attach_adapter(model: Any, name: str, path: Path) -> Any:
-    """Load a PEFT LoRA adapter from safetensors (several adapters share one base)."""
-    from peft import PeftModel
-
+def require_adapter_dir(name: str, path: Path) -> None:
+    """Refuse ``path`` unless it is a peft LoRA directory with safetensors weights."""
     if not path.is_dir():
         raise ModelLoadError(f"adapter {name!r}: {path} is not a directory")
     if not (path / "adapter_config.json").is_file():
@@ -254,6 +238,19 @@ def attach_adapter(model: Any, name: str, path: Path) -> Any:
         raise ModelLoadError(f"adapter {name!r}: {path} has no adapter_model.safetensors")
     if name == "__base__":
         raise ModelLoadError("adapter name '__base__' is reserved by peft for the base model")
+
+
+def check_adapter_dir(name: str, path: Path) -> str:
+    """Check that ``path`` is a loadable peft LoRA directory (safetensors only); its weights' sha256."""
+    require_adapter_dir(name, path)
+    return adapter_weights_digest(path)
+
+
+def attach_adapter(model: Any, name: str, path: Path) -> Any:
+    """Load a PEFT LoRA adapter from safetensors (several adapters share one base)."""
+    from peft import PeftModel
+
+    require_adapter_dir(name, path)
     try:
         if isinstance(model, PeftModel):
             model.load_adapter(str(path), adapter_name=name)
