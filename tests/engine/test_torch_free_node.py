@@ -3,8 +3,8 @@
 The node runs as a user starts it (``python -m node start --engine llama.cpp``), in its own
 process, with an import hook in front that records every import of those packages (with the
 stack that asked for it) to a file.  The node must list its expert, answer a chat completion
-through its HTTP API, and record nothing.  Semantic routing (MiniLM) and training still use
-transformers and torch, on first use only: a query to the expert by name uses neither.
+through its HTTP API, directly and through ``route`` with semantic matching (MiniLM, in numpy),
+and record nothing.  Training and the ``merge`` strategy still use torch and peft.
 """
 
 from __future__ import annotations
@@ -73,6 +73,12 @@ def test_llama_cpp_node_serves_without_torch(tmp_path: Path) -> None:
             "max_tokens": 12, "temperature": 0}).json()
         text = reply["choices"][0]["message"]["content"]
         assert reply["usage"]["completion_tokens"] > 0 and text.strip(), reply
+        # The default strategy with semantic routing: MiniLM runs in numpy (coordinator/minilm.py).
+        routed = httpx.post(f"{base}/v1/chat/completions", timeout=120, json={
+            "model": "mosaic/route", "messages": [{"role": "user", "content": "What is 2 + 2?"}],
+            "max_tokens": 8, "temperature": 0, "mosaic": {"params": {"semantic": True}}}).json()
+        assert routed["choices"][0]["message"]["content"].strip(), routed
+        assert "semantic routing disabled" not in (tmp_path / "node.log").read_text()
         assert "torch" not in Path(f"/proc/{node.pid}/maps").read_text()  # no libtorch mapped either
     finally:
         node.terminate()

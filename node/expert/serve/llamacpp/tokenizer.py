@@ -50,7 +50,7 @@ class GgufTokenizer:
             "pad": int(llama_cpp.llama_vocab_pad(self._vocab)),
         }
         self._special_ids = {k: v for k, v in ids.items() if v is not None and 0 <= v < self.vocab_size}
-        self._pad_override: str | None = None
+        self._special_texts = {k: self.token_text(v) for k, v in self._special_ids.items()}
         self._overridden, self._added = _added_tokens(llama_cpp, self._vocab, self.vocab_size)
         self._owned_model: Any = None
         self._pieces: dict[tuple[int, bool], bytes] = {}
@@ -88,8 +88,7 @@ class GgufTokenizer:
         return self._live_vocab_text(token_id)
 
     def _special(self, kind: str) -> str | None:
-        token = self._special_ids.get(kind)
-        return None if token is None else self.token_text(token)
+        return self._special_texts.get(kind)
 
     @property
     def bos_token(self) -> str | None:
@@ -113,15 +112,15 @@ class GgufTokenizer:
 
     @property
     def pad_token(self) -> str | None:
-        return self._pad_override if self._pad_override is not None else self._special("pad")
+        return self._special("pad")
 
     @pad_token.setter
     def pad_token(self, text: str) -> None:
         ids = self(text, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             raise ValueError(f"pad token {text!r} is not one token of this vocabulary")
-        self._pad_override = text
         self._special_ids["pad"] = ids[0]
+        self._special_texts["pad"] = text
 
     @property
     def pad_token_id(self) -> int | None:
