@@ -114,7 +114,7 @@ def in_process(expert, engine: str, threads: int, tokens: int, concurrency: int)
 
     async def one(i: int) -> None:
         request = GenerateRequest(request_id=f"p{i}", messages=(ChatMessage(role="user", content=PROMPTS[i]),),
-                                  sampling=SamplingParams(max_new_tokens=tokens))
+                                  sampling=SamplingParams(max_new_tokens=tokens), timeout_s=900.0)
         async for message in local.generate(request):
             if isinstance(message, GenerateResult):
                 results.append(message)
@@ -326,6 +326,7 @@ def main() -> int:
     from node.expert.model import catalog
 
     rows = []
+    failed_runs: list[str] = []
     reference_cache: dict = {}
     with tempfile.TemporaryDirectory(prefix="mosaic-serving-") as tmp:
         for key in args.models.split(","):
@@ -337,7 +338,11 @@ def main() -> int:
             for engine in args.engines.split(","):
                 if engine == "torch" and key not in args.torch_models.split(","):
                     continue
-                rows.append(bench_model(key, engine, args, Path(tmp), reference_cache))
+                try:
+                    rows.append(bench_model(key, engine, args, Path(tmp), reference_cache))
+                except Exception as exc:  # one model's failure must not lose the others' rows
+                    print(f"   {key} on {engine} failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+                    failed_runs.append(f"{key} on {engine}")
     print(f"\ngreedy, {args.tokens} tokens, {args.threads} threads, {os.cpu_count()} CPUs; "
           f"reference = plain llama-cpp-python, one stream, same GGUF and threads")
     head = (f"{'model':<14}{'engine':<10}{'ref tok/s':>10}{'in-proc':>9}{'x ref':>7}{'HTTP':>8}{'x ref':>7}"
@@ -360,6 +365,7 @@ def main() -> int:
             if limit is not None:
                 checks[f"RSS <= {limit} MiB"] = r["peak"] <= limit
             failed += [f"{r['model']}: {name}" for name, ok in checks.items() if not ok]
+    failed += [f"{run}: did not finish" for run in failed_runs]
     print("\ntargets (llama.cpp engine): " + ("all met" if not failed else "MISSED: " + "; ".join(failed)))
     return 0
 
