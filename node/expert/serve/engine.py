@@ -14,7 +14,8 @@ through each job's non-blocking ``emit``.  The queue, ``Queued`` reports, cancel
 semantics are the same code for both (the llama.cpp worker extends the torch one's queue and
 overrides only the model steps), so the trio side (local.py, service.py, sessions.py) cannot
 tell them apart.  The model description (``expert``) carries the tokenizer and chat template
-(PromptBuilder renders prompts for both engines from the same HF tokenizer).
+(PromptBuilder renders prompts for both: transformers' tokenizer on torch, the GGUF's own vocab
+and template on llama.cpp, which give the same ids: llamacpp/tokenizer.py).
 """
 
 from __future__ import annotations
