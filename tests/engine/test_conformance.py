@@ -220,8 +220,12 @@ async def test_queued_reports_while_waiting_for_a_row(engine_expert):
                 with pytest.raises(Busy):
                     async with local.open(chat(PROMPTS[0], "fourth")):
                         pass
-                await trio.sleep(0.2)  # (the second's Queued reports came at once; the long answer is not needed)
-                nursery.cancel_scope.cancel()
+                # The worker reports the queue between steps: under load one step (the long prompt's
+                # prefill) can take seconds, so wait for the report rather than a fixed time.
+                with trio.move_on_after(30):
+                    while not seen:
+                        await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()  # the long answer is not needed
     assert seen and seen[0].position >= 1 and not seen[0].started
 
 
