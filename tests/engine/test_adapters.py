@@ -22,11 +22,11 @@ from tests.expert.fixtures import ADAPTER_NAME
 from tests.training.fixtures import QUESTION
 
 
-async def test_converted_adapter_matches_peft(adapter_expert, llama_adapter_expert):
+async def test_converted_adapter_matches_peft(torch_adapter_expert, llama_adapter_expert):
     """The GGUF LoRA shifts llama.cpp's distribution as peft shifts torch's (q/k rows permuted right)."""
     prompt = "The capital of France is"
     results = {}
-    for name, expert in (("torch", adapter_expert), ("llama.cpp", llama_adapter_expert)):
+    for name, expert in (("torch", torch_adapter_expert), ("llama.cpp", llama_adapter_expert)):
         async with serving(expert) as local:
             results[name] = [await local.next_token(NextTokenRequest(request_id=f"n{a}", prompt=prompt, top_k=5,
                                                                      adapter=a)) for a in (None, ADAPTER_NAME)]
