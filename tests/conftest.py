@@ -6,6 +6,12 @@ import tempfile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# The one place that pins the tests' model: a node started with no --model (in-process experts of
+# load_expert(None) and `python -m node start` children, which inherit the environment) serves
+# SmolLM2-135M, not the heavier default (node/expert/model/catalog.py, DEFAULT_KEY).  A test about
+# the default itself removes it (monkeypatch.delenv).
+os.environ.setdefault("MOSAIC_DEFAULT_MODEL", "smollm2-135m")
+
 # The model cache is per user (~/.cache/mosaic): tests must not write there.  Every
 # in-process expert and every `python -m node start` child shares one test cache:
 # $MOSAIC_TEST_DATA_DIR to reuse conversions across runs, else a session temp dir.

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..expert.model.adapter_card import save_adapter
+from ..expert.model.catalog import default_key
 from ..logs import stage
 from .data import Dataset, Example, load_dataset, split_heldout
 from .heldout import HeldoutScore, max_tokens_for, score_heldout
@@ -129,7 +130,7 @@ def train_adapter(job: TrainJob, *, on_step: Callable[[int, float], None] | None
         "kind": "lora",
         "description": job.description,
         "tags": list(job.tags),
-        "base": {"model": job.model or "smollm2-135m", "model_id": source.model_id, "sha256": source.sha256,
+        "base": {"model": job.model or default_key(), "model_id": source.model_id, "sha256": source.sha256,
                  "cid": source.cid},
         "data": {**dataset.describe(), "train_examples": len(train)},
         "settings": s.as_dict(),
