@@ -49,7 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of NAME")
     p.add_argument("--heldout", type=int, default=20, help="examples scored before/after, not trained on (0: none)")
     p.add_argument("--eval-split", default=None, help="task files: score on this split's first --heldout items "
-                   "(e.g. test) instead of a slice of the training data")
+                   "(e.g. test) instead of a random slice; the training split itself (dev) holds "
+                   "its first --heldout items out of training")
     p.add_argument("--eval-max-tokens", type=int, default=None, help="reply length when scoring")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--publish", action="store_true", help="add the adapter to the block store and print its CID")

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..expert.model.adapter_card import save_adapter
 from ..logs import stage
-from .data import Dataset, Example, load_dataset, split_heldout
+from .data import DataError, Dataset, Example, load_dataset, split_heldout
 from .heldout import HeldoutScore, max_tokens_for, score_heldout
 from .loop import Trainer, TrainSettings
 
@@ -74,6 +74,15 @@ def load_base(model: str | None, cache_dir: Path) -> tuple[Any, Any, Any]:
 def heldout_examples(job: TrainJob, dataset: Dataset) -> tuple[tuple[Example, ...], tuple[Example, ...], str]:
     """``(train, heldout, description of the held-out items)``."""
     if job.eval_split and dataset.kind.startswith("task:"):
+        if job.eval_split == job.split:
+            # The first items of the training split: the ones `node eval --split dev --limit N`
+            # and a self-evaluation with limit N ask, so they must not be trained on.
+            if job.heldout >= len(dataset.examples):
+                raise DataError(f"cannot hold out {job.heldout} of {len(dataset.examples)} "
+                                f"{job.split} items: nothing left to train on")
+            held = dataset.examples[: job.heldout]
+            return (dataset.examples[job.heldout :], held,
+                    f"{dataset.kind}, first {len(held)} items, not trained on")
         other = load_dataset(job.data, split=job.eval_split)
         held = other.examples[: job.heldout]
         return dataset.examples, held, f"{other.kind}, first {len(held)} items"
