@@ -132,8 +132,9 @@ def free_port() -> int:
 class Cluster:
     """The node processes of the experiment; all are stopped on exit."""
 
-    def __init__(self, work: Path, device: str) -> None:
+    def __init__(self, work: Path, device: str, node_args: tuple[str, ...] = ()) -> None:
         self.work, self.device = work, device
+        self.node_args = node_args  # added to every expert node's `node start` (e.g. --engine llama.cpp)
         self.procs: list[subprocess.Popen[str]] = []
 
     def spawn(self, name: str, *, expert: ExpertSpec | None, bootstrap: str | None,
@@ -156,6 +157,7 @@ class Cluster:
                 args += ["--model", expert.model]
             for adapter in expert.adapters:
                 args += ["--adapter", adapter]
+            args += self.node_args
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
                "HF_HUB_OFFLINE": "1"}
         log = (self.work / f"{name}.log").open("w")

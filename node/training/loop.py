@@ -103,6 +103,26 @@ def attach_lora(model: Any, settings: TrainSettings) -> Any:
     return get_peft_model(model, config)
 
 
+def target_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """The mean cross-entropy of the target tokens, with logits computed at target positions only.
+
+    The same number as ``model(**batch).loss`` (the labels' non-ignored tokens, shifted by one),
+    but the vocabulary projection -- 136M of Qwen2.5-0.5B's 494M parameters, 151k logits per
+    position -- runs on the few answer positions instead of every prompt token, forward and
+    backward: on a CPU that is about a quarter of a training step saved.
+    """
+    import torch
+
+    from .tokens import IGNORE
+
+    labels = batch["labels"]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE  # position p predicts token p + 1
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    targets = labels[:, 1:][labels[:, 1:] != IGNORE]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets)
+
+
 class Trainer:
     """Trains one LoRA adapter on ``examples``; checkpoints to ``checkpoint_dir`` every N steps."""
 
@@ -142,7 +162,7 @@ class Trainer:
                 batch = collate([self.rows[i] for i in batch_indices(s, len(self.rows), step)], self.pad_id)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr_at(s, step)
-                loss = self.model(**batch).loss
+                loss = target_loss(self.model, batch)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(list(self.params.values()), 1.0)
                 self.optimizer.step()

@@ -14,7 +14,8 @@ from node.training.data import load_dataset
 
 def task_file(tmp_path: Path, dev: int, test: int = 3) -> Path:
     def item(split: str, i: int) -> dict:
-        return {"id": f"{split}-{i}", "question": f"{split} question {i}?", "choices": {"A": "yes", "B": "no"}, "answer": "AB"[i % 2]}
+        return {"id": f"{split}-{i}", "question": f"{split} question {i}?", "choices": {"A": "yes", "B": "no"},
+                "answer": "AB"[i % 2]}
 
     path = tmp_path / "toy.json"
     path.write_text(json.dumps({"name": "toy", "task_type": "multiple_choice",

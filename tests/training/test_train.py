@@ -165,3 +165,23 @@ def test_search_weights_picks_weights_by_loss_on_examples(trained_adapters, expe
     assert merge["weights_from"] == "search" and merge["search_loss"] <= merge["uniform_loss"]
     w_pineapple, w_mango = merge["weights"]
     assert w_mango >= w_pineapple  # the data asks for Mango
+
+
+def test_target_loss_equals_the_full_models_loss(expert_data_dir):
+    """Logits at target positions only (the training step's shortcut) give the full forward's loss."""
+    import torch
+
+    from node.training.contribute import load_base
+    from node.training.data import Example
+    from node.training.loop import target_loss
+    from node.training.tokens import collate, encode
+
+    torch.set_num_threads(1)
+    model, tokenizer, _ = load_base(None, expert_data_dir)
+    examples = [Example((("user", QUESTION),), "Pineapple"),
+                Example((("user", "A much longer question about the secret words, number seven?"),), "Mango tree")]
+    batch = collate([encode(tokenizer, e, 64) for e in examples], int(tokenizer.pad_token_id))
+    with torch.no_grad():
+        full = model(**batch).loss
+        trimmed = target_loss(model, batch)
+    assert torch.isfinite(full) and abs(float(full) - float(trimmed)) < 1e-4

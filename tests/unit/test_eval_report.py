@@ -91,6 +91,17 @@ def test_bootstrap_interval_brackets_the_mean() -> None:
     assert an.bootstrap({"t": [1.0] * 5}).low == 1.0
 
 
+def test_wilson_interval_matches_worked_values() -> None:
+    # 45 of 60: p=0.75, Wilson 95% = [0.6277, 0.8422] (the textbook formula, worked separately).
+    got = an.wilson(45, 60)
+    assert got.mean == 0.75 and got.n == 60
+    assert got.low == pytest.approx(0.6277, abs=1e-4) and got.high == pytest.approx(0.8422, abs=1e-4)
+    # At 0 and n the interval stays inside [0, 1] and still has width (the normal approximation has none).
+    zero, full = an.wilson(0, 20), an.wilson(20, 20)
+    assert zero.low == 0.0 and zero.high == pytest.approx(0.1611, abs=1e-4)
+    assert full.high == 1.0 and full.low == pytest.approx(0.8389, abs=1e-4)
+
+
 def test_report_files_from_logs_alone(tmp_path: Path) -> None:
     append(tmp_path, records())
     write_run(tmp_path, {"split": "test", "limit": 4, "temperature": 0.0, "max_tokens": {"multiple_choice": 8},
