@@ -85,6 +85,9 @@ def train(args: argparse.Namespace) -> int:
                    "--max-length", str(args.max_length), "--threads", str(args.threads),
                    "--checkpoint-every", str(args.checkpoint_every),
                    "--out", str(adapter), "--data-dir", str(out / "data"), "--resume", "--no-progress"]
+        command += ["--lora-layers", str(args.lora_layers), "--precision", args.precision]
+        if task not in args.score.split(","):
+            command.append("--no-scoring")  # scored on llama.cpp by `eval`; torch scoring costs minutes
         if args.eval_max_tokens:
             command += ["--eval-max-tokens", str(args.eval_max_tokens)]
         log = out / "logs" / f"train-{task}.log"
@@ -173,6 +176,7 @@ def summarize(task: str, results: Path, out: Path) -> dict:
     trained = json.loads(run_file.read_text()) if run_file.is_file() else {}
     return {"task": task, "systems": rows, "card": {
         "steps": card["training"]["steps_done"], "lr": card["settings"]["lr"], "rank": card["settings"]["rank"],
+        "lora_layers": card["settings"].get("lora_layers", 0), "precision": card["settings"].get("precision"),
         "batch_size": card["settings"]["batch_size"], "train_examples": card["data"]["train_examples"],
         "heldout": card["scores"]["split"], "torch_heldout": card["scores"],
         "train_seconds": card["training"]["seconds"], "first_loss": card["training"]["first_loss"],
@@ -185,7 +189,7 @@ def write_table(summaries: list[dict], results: Path) -> str:
         return f"{100 * x:.1f}"
 
     lines = ["| task | n | base acc [95% Wilson] | base cut | adapter acc [95% Wilson] | adapter cut | margin "
-             "| torch base -> adapter (card, 16/64 tok) | steps, lr, rank, batch | train examples | wall s |",
+             "| torch base -> adapter (card, 16/64 tok) | steps, lr, rank, layers, batch | train examples | wall s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         task = s["task"]
@@ -195,12 +199,16 @@ def write_table(summaries: list[dict], results: Path) -> str:
             continue
         c = s["card"]
         torch_scores = c["torch_heldout"]
+        if torch_scores.get("before") and torch_scores.get("after"):
+            cross = f"{pct(torch_scores['before']['accuracy'])} -> {pct(torch_scores['after']['accuracy'])}"
+        else:
+            cross = "-"
         lines.append(
             f"| {task} | {base['n']} | {pct(base['accuracy'])} [{pct(base['low'])}-{pct(base['high'])}] "
             f"| {pct(base['cut_share'])}% | {pct(tuned['accuracy'])} [{pct(tuned['low'])}-{pct(tuned['high'])}] "
             f"| {pct(tuned['cut_share'])}% | {100 * (tuned['accuracy'] - base['accuracy']):+.1f} "
-            f"| {pct(torch_scores['before']['accuracy'])} -> {pct(torch_scores['after']['accuracy'])} "
-            f"| {c['steps']}, {c['lr']:g}, {c['rank']}, {c['batch_size']} | {c['train_examples']} "
+            f"| {cross} | {c['steps']}, {c['lr']:g}, {c['rank']}, {c['lora_layers'] or 'all'}, {c['batch_size']} "
+            f"| {c['train_examples']} "
             f"| {c['wall_seconds'] or c['train_seconds']} |")
     table = "\n".join(lines) + "\n"
     (results / "table.md").write_text(table)
@@ -247,6 +255,10 @@ def main() -> int:
     t.add_argument("--checkpoint-every", type=int, default=25)
     t.add_argument("--eval-max-tokens", type=int, default=None, help="torch held-out scoring reply length")
     t.add_argument("--nice", type=int, default=10)
+    t.add_argument("--lora-layers", type=int, default=8, help="LoRA on the top N layers (0: all)")
+    t.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    t.add_argument("--score", default="", help="tasks whose held-out items node train also scores on torch "
+                   "(before/after, in the card: a cross-check of the llama.cpp eval)")
     t.set_defaults(run=train)
     e = sub.choices["eval"]
     e.add_argument("--results", default=str(REPO / "docs" / "results" / "specialists"))
