@@ -228,8 +228,9 @@ def evaluate(args: argparse.Namespace) -> int:
             continue
         runs[task] = {**runs.get(task, {}), **eval_task(args, task, out, results)}
         runs_file.write_text(json.dumps(runs, indent=2))
-    summaries = [summarize(t, results, out) for t in args.tasks.split(",")
-                 if (results / "eval" / t / "logs").is_dir()]
+    # Every task evaluated so far (this call's and earlier calls'), in a stable order.
+    evaluated = sorted(p.parent.name for p in (results / "eval").glob("*/logs"))
+    summaries = [summarize(t, results, out) for t in evaluated if (out / t / "mosaic-card.json").is_file()]
     (results / "specialists.json").write_text(json.dumps({"summaries": summaries, "runs": runs}, indent=2))
     print(write_table(summaries, results))
     return 0
