@@ -127,8 +127,11 @@ def eval_task(args: argparse.Namespace, task: str, out: Path, results: Path) -> 
         if not args.no_self_eval:
             started = time.monotonic()
             data_dir = work / "nodes" / "expert"
+            task_type = json.loads((tasks_dir(args) / f"{task}.json").read_text())["task_type"]
+            budget = dict(part.split("=") for part in args.max_tokens.split(","))[task_type]
             got = subprocess.run([sys.executable, "-m", "node", "self-eval", "--data-dir", str(data_dir),
-                                  "--tasks", task, "--limit", str(args.heldout), "--json"],
+                                  "--tasks", task, "--limit", str(args.self_eval_limit or args.heldout),
+                                  "--max-tokens", budget, "--json"],
                                  cwd=REPO, env=env(), capture_output=True, text=True, check=False, timeout=7200)
             record["self_eval_seconds"] = round(time.monotonic() - started, 1)
             if got.returncode == 0:
@@ -268,6 +271,8 @@ def main() -> int:
     e.add_argument("--max-tokens", default="multiple_choice=64,exact_match=128,f1_match=48")
     e.add_argument("--concurrency", type=int, default=4)
     e.add_argument("--no-self-eval", action="store_true", help="skip the signed self-evaluation")
+    e.add_argument("--self-eval-limit", type=int, default=None,
+                   help="items the self-evaluation asks (the first N held-out items; default: all of them)")
     e.add_argument("--table-only", action="store_true", help="only rebuild the table from the logs")
     e.set_defaults(run=evaluate)
     args = parser.parse_args()
