@@ -56,6 +56,9 @@ class QueryView:
     provenance: list[Any] = field(default_factory=list)
     trace: Any = None
     error: dict[str, str] | None = None
+    # The request settings the coordinator got (sampling, length, strategy parameters): the
+    # dashboard's box, `node query` and an API client asking alike must show the same here.
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -119,7 +122,8 @@ class Activity:
         :meth:`QueryRecorder.watch` to record first token and result.
         """
         view = QueryView(request_id=query.request_id, protocol=protocol, strategy=query.strategy,
-                         model=query.model, prompt=_excerpt(query), started_at=time.time())
+                         model=query.model, prompt=_excerpt(query), started_at=time.time(),
+                         settings=request_settings(query))
         self.recent.append(view)
         self.metrics.requests.labels(protocol, query.strategy).inc()
         self.metrics.in_flight.inc()
@@ -176,6 +180,14 @@ class Activity:
         view.status, view.seconds, view.error = "error", seconds, {"code": code, "message": message}
         self.metrics.errors.labels(view.protocol, view.strategy, code).inc()
         self._publish({"type": "query", "query": view.to_json()})
+
+
+def request_settings(query: QueryRequest) -> dict[str, Any]:
+    """What decides an answer besides the question and the experts: sampling, length, parameters."""
+    sampling = query.sampling
+    return {"temperature": sampling.temperature, "top_p": sampling.top_p,
+            "max_new_tokens": sampling.max_new_tokens, "stop": list(sampling.stop), "seed": sampling.seed,
+            "params": msgspec.to_builtins(query.params), "tags": list(query.tags)}
 
 
 class QueryRecorder:

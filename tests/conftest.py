@@ -8,6 +8,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # As node/__main__.py: numpy's BLAS single-threaded (in-process nodes embed with numpy MiniLM).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+# The one place that pins the tests' model: a node started with no --model (in-process experts of
+# load_expert(None) and `python -m node start` children, which inherit the environment) serves
+# SmolLM2-135M, not the heavier default (node/expert/model/catalog.py, DEFAULT_KEY).  A test about
+# the default itself removes it (monkeypatch.delenv).
+os.environ.setdefault("MOSAIC_DEFAULT_MODEL", "smollm2-135m")
+
 # The model cache is per user (~/.cache/mosaic): tests must not write there.  Every
 # in-process expert and every `python -m node start` child shares one test cache:
 # $MOSAIC_TEST_DATA_DIR to reuse conversions across runs, else a session temp dir.
@@ -26,10 +32,12 @@ def pytest_sessionfinish(session, exitstatus):
 from tests.expert.fixtures import (  # noqa: E402,F401
     adapter_expert,
     base_expert,
+    engine_experts,
     expert_data_dir,
     llama_adapter_expert,
     llama_expert,
     lora_adapter_dir,
-    served_expert,
+    torch_adapter_expert,
+    torch_expert,
 )
 from tests.training.fixtures import trained_adapters  # noqa: E402,F401

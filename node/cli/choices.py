@@ -9,4 +9,7 @@ from __future__ import annotations
 CATALOG_KEYS = ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b")  # node.expert.model.catalog.CATALOG
 STRATEGY_NAMES = ("route", "prompt-route", "vote", "select", "judge", "moa", "debate", "refine", "knowledge",
                   "decompose", "cascade", "fuse", "merge")  # node.coordinator.strategies.STRATEGIES
+# What a client that names no length gets, from every door: node.api.openai_schema.DEFAULT_CHAT_MAX_TOKENS
+# (the HTTP API), `node query`'s --max-tokens and the dashboard's box (node/api/static/index.html).
+DEFAULT_MAX_TOKENS = 256
 MERGE_METHODS = ("linear", "ties", "dare_ties", "dare_linear")  # node.expert.model.merge.METHODS

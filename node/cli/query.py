@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from . import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE
-from .choices import STRATEGY_NAMES
+from .choices import DEFAULT_MAX_TOKENS, STRATEGY_NAMES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    + " (docs/collaboration.md)")
     p.add_argument("--tags", default="", help="comma-separated capability tags, e.g. math,proof")
     p.add_argument("--model", default=None, help="pin an expert (name, name/adapter or peer id)")
-    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                   help=f"answer length cap (default {DEFAULT_MAX_TOKENS}, as the HTTP API and the dashboard)")
     p.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature (default: greedy for a question, 0.7 for open-ended writing, "
                         "as the HTTP API does)")

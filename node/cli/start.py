@@ -53,7 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     expert = p.add_argument_group("expert")
     expert.add_argument("--no-expert", action="store_true", help="do not serve a model (coordinate only)")
     expert.add_argument("--model", help="base model: a catalog key (" + ", ".join(CATALOG_KEYS)
-                        + "; default smollm2-135m, embedded; `python -m node models` lists them), "
+                        + "; default qwen2.5-0.5b, installed by scripts/install.sh; "
+                        "`python -m node models` lists them), "
                         "an HF dir, a safetensors or GGUF path, or a CID")
     expert.add_argument(
         "--adapter", action="append", metavar="NAME=PATH", help="LoRA adapter (repeatable; PATH or CID)"
@@ -61,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     expert.add_argument("--device", help="auto, cpu, cuda, cuda:0, mps")
     expert.add_argument("--engine", choices=["auto", "llama.cpp", "torch"],
                         help="what runs the model: llama.cpp (GGUF on a CPU, fast), torch (HF dirs, GPUs, "
-                        "training), auto (llama.cpp for GGUF bases on a CPU); default torch")
+                        "training), auto (default: llama.cpp for GGUF bases on a CPU, else torch)")
     expert.add_argument("--threads", type=int, metavar="N",
                         help="torch threads for inference (default: free physical cores, logged at start)")
     expert.add_argument("--max-batch", type=int, metavar="N", help="generations decoded together (default 8)")

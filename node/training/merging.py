@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..expert.model.adapter_card import read_card
+from ..expert.model.catalog import default_key
 from ..expert.model.merge import (
     AdapterMerger,
     MergeError,
@@ -87,7 +88,7 @@ def merge_adapters(paths: Sequence[Path], refs: Sequence[str | None], *, data_di
                  "search_budget": budget, "search_seconds": round(time.monotonic() - started, 1)}
     target = out_dir or data_dir / "merged" / cache_key(inputs, chosen, method, density)
     merger.merge(chosen, method, density)
-    base_info = {"model": base_model or "smollm2-135m", "model_id": source.model_id, "sha256": source.sha256,
+    base_info = {"model": base_model or default_key(), "model_id": source.model_id, "sha256": source.sha256,
                  "cid": source.cid}
     card = merged_card(name, inputs, chosen, method, density, how, base_info, extra)
     merger.save(target, card, model_id=source.model_id)

@@ -15,17 +15,21 @@ them when run as root); skips cleanly without them.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
 from node.config import HttpConfig
+from tests.cluster.harness import REPO_ROOT
 from tests.cluster.test_query import expert_cluster
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 TOKEN = "browser-test-token"
+BOX_QUESTION = "Name a primary colour."
 
 pytestmark = [
     pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
@@ -69,7 +73,7 @@ def drive(url: str, peers: dict[str, str], experts: set[str], profile: Path, scr
         wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "live"))
 
         Select(driver.find_element(By.ID, "strategy")).select_by_value("mosaic/route")
-        driver.find_element(By.ID, "question").send_keys("Name a primary colour.")
+        driver.find_element(By.ID, "question").send_keys(BOX_QUESTION)
         driver.find_element(By.ID, "max-tokens").clear()
         driver.find_element(By.ID, "max-tokens").send_keys("12")
         driver.find_element(By.ID, "ask-button").click()
@@ -113,7 +117,7 @@ def drive(url: str, peers: dict[str, str], experts: set[str], profile: Path, scr
 
 
 async def test_dashboard_lists_peers_and_answers_from_the_page(base_expert, adapter_expert, tmp_path):
-    with trio.fail_after(200):
+    with trio.fail_after(260):  # the page, then the same question from an API client and the CLI
         http = HttpConfig(listen="127.0.0.1:0", token=TOKEN)
         async with expert_cluster(base_expert, adapter_expert, http=http) as c:
             await c.coordinator.registry.wait_for(lambda r: len(r) == 3, timeout=15)
@@ -121,6 +125,21 @@ async def test_dashboard_lists_peers_and_answers_from_the_page(base_expert, adap
             screenshot = tmp_path / "dashboard.png"
             seen = await trio.to_thread.run_sync(
                 drive, c.http.url, peers, {"node-1", "node-2"}, tmp_path / "profile", screenshot)
+            # The box's first question again, from an API client and from `node query`, each with
+            # nothing but the question, the strategy and the length: the coordinator must get the
+            # same request settings from all three doors (issue 18: the same quality as the API).
+            async with httpx.AsyncClient(timeout=120) as client:
+                reply = await client.post(f"{c.http.url}/v1/chat/completions", headers={
+                    "authorization": f"Bearer {TOKEN}"}, json={
+                    "model": "mosaic/route", "max_tokens": 12,
+                    "messages": [{"role": "user", "content": BOX_QUESTION}]})
+                assert reply.status_code == 200, reply.text
+            cli = await trio.run_process(
+                [sys.executable, "-m", "node", "query", "--peer", c.coordinator.full_multiaddrs()[0],
+                 "--max-tokens", "12", BOX_QUESTION],
+                cwd=REPO_ROOT, capture_stdout=True, capture_stderr=True, check=False)
+            assert cli.returncode == 0, cli.stderr.decode()[-2000:]
+            asked = [q for q in c.coordinator.activity.recent if q.prompt == BOX_QUESTION]
 
     for peer_id, name in peers.items():
         assert name in seen["listed"][peer_id]
@@ -140,6 +159,11 @@ async def test_dashboard_lists_peers_and_answers_from_the_page(base_expert, adap
     # The node checked each expert's signed receipt against the step it shows.
     assert seen["vote_text"].count("receipt verified") >= 2 and "NOT verified" not in seen["vote_text"]
     assert screenshot.stat().st_size > 10_000
+    assert [q.protocol for q in asked] == ["http", "http", "libp2p"], asked  # the box, the API client, the CLI
+    box, api_client, cli_client = (q.settings for q in asked)
+    assert box == api_client == cli_client, asked
+    assert box["temperature"] == 0.0 and box["max_new_tokens"] == 12  # greedy for a question (decoding.py)
+    assert all(q.status == "ok" and q.answer.strip() for q in asked), asked
     print(f"screenshot: {screenshot}")
 
 

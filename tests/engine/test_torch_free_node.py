@@ -48,7 +48,8 @@ def _free_port() -> int:
 def test_llama_cpp_node_serves_without_torch(tmp_path: Path) -> None:
     imports = tmp_path / "heavy-imports.log"
     port = _free_port()
-    args = [sys.executable, "-c", _LAUNCH, str(imports), "start", "--engine", "llama.cpp", "--threads", "2",
+    args = [sys.executable, "-c", _LAUNCH, str(imports), "start", "--engine", "llama.cpp", "--model", "smollm2-135m",
+            "--threads", "2",
             "--data-dir", str(tmp_path / "data"), "--listen", "/ip4/127.0.0.1/tcp/0", "--http", f"127.0.0.1:{port}",
             "--name", "lean"]
     log = (tmp_path / "node.log").open("w")

@@ -28,6 +28,7 @@ import trio
 
 import protocol as p
 from node.api import openai_schema as oai
+from node.coordinator.calls import QueryFailed
 from node.coordinator.client import ask
 
 from .easy_set import Item, correct
@@ -51,6 +52,7 @@ class Outcome:
     right: bool
     seconds: float
     decision: str = ""
+    failed: bool = False  # the query failed (counted wrong; the table says how many)
 
 
 @dataclass
@@ -112,19 +114,30 @@ async def ask_one(host: object, peer: object, query: p.QueryRequest) -> tuple[st
 
 
 async def ask_all(host: object, peer: object, items: Sequence[Item], systems: Sequence[str], *,
-                  max_tokens: int = 32, timeout: float = 300.0, log: bool = False) -> dict[str, list[Outcome]]:
-    """Every item to every system (a member's model id, or ``mosaic/<strategy>``), item by item."""
+                  max_tokens: int = 32, timeout: float = 300.0, log: bool = False,
+                  stop_at: float | None = None) -> dict[str, list[Outcome]]:
+    """Every item to every system (a member's model id, or ``mosaic/<strategy>``), item by item.
+
+    ``stop_at`` (a ``time.monotonic()`` instant): no item is started after it, so every system
+    has answered the same first items (the comparison stays paired).
+    """
     out: dict[str, list[Outcome]] = {s: [] for s in systems}
     for item in items:
+        if stop_at is not None and time.monotonic() > stop_at:
+            break
         for system in systems:
             began = time.monotonic()
-            with trio.fail_after(timeout + 30):
-                text, result = await ask_one(host, peer, default_query(item.question, model=system,
-                                                                       max_tokens=max_tokens, timeout=timeout))
-            outcome = Outcome(text, correct(item, text), time.monotonic() - began,
-                              result.trace.decision if result.trace else "")
+            try:
+                with trio.fail_after(timeout + 30):
+                    text, result = await ask_one(host, peer, default_query(item.question, model=system,
+                                                                           max_tokens=max_tokens, timeout=timeout))
+            except (QueryFailed, trio.TooSlowError) as exc:  # no answer is a wrong answer, said as such
+                outcome = Outcome("", False, time.monotonic() - began, f"failed: {exc}", failed=True)
+            else:
+                outcome = Outcome(text, correct(item, text), time.monotonic() - began,
+                                  result.trace.decision if result.trace else "")
             out[system].append(outcome)
             if log:
                 print(f"  {system:22} {'ok ' if outcome.right else 'BAD'} {outcome.seconds:5.1f}s "
-                      f"{item.question[:40]!r} -> {text[:70]!r}", flush=True)
+                      f"{item.question[:40]!r} -> {(outcome.reply or outcome.decision)[:70]!r}", flush=True)
     return out

@@ -134,3 +134,22 @@ def test_the_dashboard_ask_box_leaves_sampling_to_the_api_defaults():
     body = script[script.index('api("/v1/chat/completions"'):]
     body = body[: body.index("});")]
     assert "messages" in body and "temperature" not in body and "top_p" not in body
+
+
+def test_the_api_the_cli_and_the_dashboard_default_to_the_same_length():
+    import argparse
+    import re
+    from pathlib import Path
+
+    from node.api.openai_schema import DEFAULT_CHAT_MAX_TOKENS
+    from node.cli import query as cli_query
+    from node.cli.choices import DEFAULT_MAX_TOKENS
+
+    static = Path(__file__).resolve().parents[2] / "node" / "api" / "static"
+    box = re.search(r'id="max-tokens"[^>]*value="(\d+)"', (static / "index.html").read_text())
+    assert box is not None and int(box.group(1)) == DEFAULT_CHAT_MAX_TOKENS == DEFAULT_MAX_TOKENS
+    assert f'Number($("max-tokens").value) || {DEFAULT_CHAT_MAX_TOKENS}' in (static / "app.js").read_text()
+    parser = argparse.ArgumentParser()
+    cli_query.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["query", "--peer", "/ip4/127.0.0.1/tcp/1", "What is 12 + 30?"])
+    assert cli_query.build_request(args).sampling.max_new_tokens == DEFAULT_CHAT_MAX_TOKENS

@@ -125,3 +125,17 @@ def test_models_command_lists_the_catalog(capsys, tmp_path):
     assert rows["smollm2-135m"]["default"] and rows["smollm2-135m"]["state"] in ("installed", "converted")
     assert rows["gemma3-270m"]["license"] == "Gemma Terms of Use"
     assert main(["models", "pull", "nope", "--cache-dir", str(tmp_path)]) == 2
+
+
+def test_the_default_is_qwen_and_the_tests_pin_smollm2(monkeypatch, capsys, tmp_path):
+    from node.cli import main
+    from node.expert.model.loader import ModelLoadError
+
+    assert catalog.default_key() == "smollm2-135m"  # tests/conftest.py: the suite's light model
+    monkeypatch.delenv(catalog.DEFAULT_MODEL_ENV)
+    assert catalog.DEFAULT_KEY == catalog.default_key() == "qwen2.5-0.5b"  # the README's node
+    assert main(["models", "--json", "--cache-dir", str(tmp_path)]) == 0
+    assert [r["key"] for r in json.loads(capsys.readouterr().out) if r["default"]] == ["qwen2.5-0.5b"]
+    monkeypatch.setenv(catalog.DEFAULT_MODEL_ENV, "gpt-5")
+    with pytest.raises(ModelLoadError, match="MOSAIC_DEFAULT_MODEL='gpt-5' is not a catalog model"):
+        catalog.default_key()

@@ -344,7 +344,7 @@ async function ask(event) {
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({
         model: $("strategy").value, stream: true, stream_options: { include_usage: true },
-        max_tokens: Number($("max-tokens").value) || 64,
+        max_tokens: Number($("max-tokens").value) || 256,
         messages: [{ role: "user", content: $("question").value }],
       }),
     });

@@ -83,7 +83,12 @@ class CatalogModel:
         return f"{self.key}-{self.sha256[:16]}.gguf"
 
 
-DEFAULT_KEY = "smollm2-135m"
+# What a node serves when no --model is given: Qwen2.5-Coder-0.5B, the smallest catalog model that
+# answers the easy question set (docs/models.md, "The default model": 40/40 greedy where
+# SmolLM2-135M answers 21/40).  ``$MOSAIC_DEFAULT_MODEL`` (a catalog key) replaces it for every
+# node started in this environment: the test suite pins the light SmolLM2 there (tests/conftest.py).
+DEFAULT_KEY = "qwen2.5-0.5b"
+DEFAULT_MODEL_ENV = "MOSAIC_DEFAULT_MODEL"
 
 CATALOG: dict[str, CatalogModel] = {
     model.key: model
@@ -96,7 +101,7 @@ CATALOG: dict[str, CatalogModel] = {
             size=98_362_432,
             license="Apache-2.0",
             chat=True,
-            note="default base; installed by scripts/install.sh",
+            note="the light base (93 MiB): the test suite's model; installed by scripts/install.sh",
         ),
         CatalogModel(
             key="gemma3-270m",
@@ -123,7 +128,7 @@ CATALOG: dict[str, CatalogModel] = {
             size=491_400_064,
             license="Apache-2.0 (upstream; the repackaging declares none)",
             chat=True,
-            note="the Coder variant of Qwen2.5 (code-tuned), despite the short key",
+            note="default base; the Coder variant of Qwen2.5 (code-tuned); installed by scripts/install.sh",
         ),
         CatalogModel(
             key="qwen2.5-1.5b",
@@ -144,6 +149,14 @@ CATALOG: dict[str, CatalogModel] = {
 
 def lookup(key: str) -> CatalogModel | None:
     return CATALOG.get(key.lower())
+
+
+def default_key() -> str:
+    """The catalog key a node with no ``--model`` serves: ``$MOSAIC_DEFAULT_MODEL``, else :data:`DEFAULT_KEY`."""
+    key = os.environ.get(DEFAULT_MODEL_ENV, "").strip().lower() or DEFAULT_KEY
+    if key not in CATALOG:
+        raise ModelLoadError(f"${DEFAULT_MODEL_ENV}={key!r} is not a catalog model (one of {', '.join(CATALOG)})")
+    return key
 
 
 # --------------------------------------------------------------------------- locating parts

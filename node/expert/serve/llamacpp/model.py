@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ....logs import event, get_logger
-from ...model.loader import DEFAULT_MODEL_ID, ModelLoadError, default_gguf_path, tokenizer_fingerprint
+from ...model.loader import ModelLoadError, tokenizer_fingerprint
 from ...model.model_cache import content_ids
 from .backend import import_llama_cpp, init_backend
 from .tokenizer import GgufTokenizer
@@ -63,16 +63,12 @@ class LlamaExpert:
             self.model = None
 
 
-
-
 def resolve_gguf(model: str | None, cache_root: Path) -> tuple[Path, str, str, str]:
     """``--model`` -> ``(gguf path, model id, sha256, cid)``: the embedded default, a catalog key or a file."""
-    if model is None:
-        gguf = default_gguf_path()
-        digest, cid = content_ids(gguf)
-        return gguf, DEFAULT_MODEL_ID, digest, cid
     from ...model import catalog
 
+    if model is None:
+        model = catalog.default_key()
     entry = catalog.lookup(model)
     path = Path(model).expanduser()
     if entry is not None and not path.exists():
