@@ -14,7 +14,7 @@ from node.expert.remote import client
 from node.storage import BlockStore, StorageService
 from protocol import ChatMessage, GenerateRequest, GenerateResult, SamplingParams
 from tests.cluster.harness import in_process_cluster
-from tests.expert.fixtures import ADAPTER_NAME, hf_greedy
+from tests.expert.fixtures import ADAPTER_NAME, default_engine, hf_greedy
 
 QUESTION = "What is the capital of France?"
 
@@ -33,13 +33,13 @@ async def answer(host, peer_id: str) -> GenerateResult:
 async def test_adapter_named_by_cid_is_fetched_and_served(expert_data_dir, lora_adapter_dir, adapter_expert):
     with trio.fail_after(110):
         async with in_process_cluster() as cluster:
-            first = ExpertService(ExpertConfig(adapters={ADAPTER_NAME: str(lora_adapter_dir)}), threads=1,
-                                  model_cache_dir=str(expert_data_dir))
+            first = ExpertService(ExpertConfig(adapters={ADAPTER_NAME: str(lora_adapter_dir)}, engine=default_engine()),
+                                  threads=1, model_cache_dir=str(expert_data_dir))
             node0 = await cluster.add(0, services=[StorageService(BlockStore(cluster.root / "store-0")), first])
             published = dict((a.name, a.cid) for a in node0.own_record().adapters)[ADAPTER_NAME]
             assert published.startswith("bafy")  # a UnixFS CID, not the sha256 fallback
 
-            second = ExpertService(ExpertConfig(adapters={ADAPTER_NAME: published}), threads=1,
+            second = ExpertService(ExpertConfig(adapters={ADAPTER_NAME: published}, engine=default_engine()), threads=1,
                                    model_cache_dir=str(expert_data_dir))
             node1 = await cluster.add(1, services=[StorageService(BlockStore(cluster.root / "store-1")), second])
             record = node1.own_record()

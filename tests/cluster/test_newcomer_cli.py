@@ -76,10 +76,12 @@ def test_ctrl_c_during_a_debate_query_exits_130_and_the_coordinator_stops_it(tmp
     node = start_process(tmp_path, 0, expert=True, timeout=180)
     try:
         err = tmp_path / "query.err"
-        query = _popen(err, "query", "--peer", node.multiaddr, "--strategy", "debate", "--max-tokens", "200",
+        # 1000 tokens: on the llama.cpp engine a 200-token debate answer took 4.7 s, so the query had
+        # finished before the Ctrl-C came (exit -2 at interpreter shutdown, not the command's 130).
+        query = _popen(err, "query", "--peer", node.multiaddr, "--strategy", "debate", "--max-tokens", "1000",
                        "--timeout", "300", "Explain in detail how photosynthesis works.")
         log = tmp_path / "node-0.log"
-        # The debate is under way: its first round alone (k experts x 200 tokens) takes far longer.
+        # The debate is under way: its first round alone (k experts x 1000 tokens) takes far longer.
         _wait_for(log, "peer_connected", node.process, 30)  # type: ignore[arg-type]
         time.sleep(5)
         assert query.poll() is None, err.read_text()

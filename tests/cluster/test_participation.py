@@ -26,6 +26,7 @@ from protocol import (
     verify_record,
 )
 from tests.cluster.harness import REPO_ROOT, in_process_cluster
+from tests.expert.fixtures import default_engine
 from tests.training.fixtures import QUESTION, tasks_dir
 
 pytestmark = pytest.mark.timeout(600)  # model loads on a shared 2-core box
@@ -50,7 +51,7 @@ async def test_trained_adapter_published_fetched_by_cid_and_served(trained_adapt
             node0 = await cluster.add(0, services=[storage0])
             published = await storage0.publish(trained_adapters["pineapple"])  # what `train --publish` does
             cid = str(published.cid)
-            server = ExpertService(ExpertConfig(adapters={"pineapple": cid}), threads=1,
+            server = ExpertService(ExpertConfig(adapters={"pineapple": cid}, engine=default_engine()), threads=1,
                                    model_cache_dir=str(expert_data_dir))
             node1 = await cluster.add(1, services=[StorageService(BlockStore(cluster.root / "store-1")), server])
             record = node1.own_record()

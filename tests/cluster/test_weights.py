@@ -169,13 +169,15 @@ class _ExpertWithAdapterByCid:
     async def run(self, node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         from node.config import ExpertConfig
         from node.expert import ExpertService
+        from tests.expert.fixtures import default_engine
 
         # Node.run starts services *before* it bootstraps: fetching inside start-up would
         # find no providers, so report started first and fetch + load in the background.
         task_status.started()
         self.adapter_path = await ensure_local(node, self.cid)
         node.config.cache_dir = str(self.expert_data_dir)  # reuse the session's converted base model
-        self.expert_service = ExpertService(ExpertConfig(adapters={self.name: str(self.adapter_path)}, device="cpu"), threads=2)
+        self.expert_service = ExpertService(ExpertConfig(adapters={self.name: str(self.adapter_path)}, device="cpu",
+                                                           engine=default_engine()), threads=2)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.expert_service.run, node)
             await node.announce_now()  # the record now lists the adapter
