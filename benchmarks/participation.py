@@ -132,8 +132,9 @@ def free_port() -> int:
 class Cluster:
     """The node processes of the experiment; all are stopped on exit."""
 
-    def __init__(self, work: Path, device: str) -> None:
+    def __init__(self, work: Path, device: str, node_args: tuple[str, ...] = ()) -> None:
         self.work, self.device = work, device
+        self.node_args = node_args  # added to every expert node's `node start` (e.g. --engine llama.cpp)
         self.procs: list[subprocess.Popen[str]] = []
 
     def spawn(self, name: str, *, expert: ExpertSpec | None, bootstrap: str | None,
@@ -156,6 +157,7 @@ class Cluster:
                 args += ["--model", expert.model]
             for adapter in expert.adapters:
                 args += ["--adapter", adapter]
+            args += self.node_args
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
                "HF_HUB_OFFLINE": "1"}
         log = (self.work / f"{name}.log").open("w")
@@ -210,6 +212,21 @@ def wait_for_models(url: str, wanted: set[str], timeout: float = 120.0) -> list[
     raise RuntimeError(f"{url}: models {sorted(wanted - seen)} never appeared (have {sorted(seen)})")
 
 
+def wait_for_dev_scores(url: str, wanted: set[str], timeout: float = 4 * 3600.0) -> list[dict]:
+    """Poll ``GET /v1/models`` until every wanted expert id carries signed dev scores (self-evaluation
+    at start takes minutes per task on a CPU)."""
+    deadline = time.monotonic() + timeout
+    missing = set(wanted)
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url + "/v1/models", timeout=30) as reply:
+            cards = json.load(reply)["data"]
+        missing = {c["id"] for c in cards if c["id"] in wanted and not c.get("mosaic", {}).get("dev_scores")}
+        if not missing:
+            return cards
+        time.sleep(10.0)
+    raise RuntimeError(f"{url}: no self-evaluation scores from {sorted(missing)} after {timeout:.0f} s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="results folder (logs, report.md, plots, summary.json)")
@@ -230,7 +247,22 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per query")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--engine", default=None, choices=["auto", "llama.cpp", "torch"],
+                        help="every expert node's inference engine (default: node start's)")
+    parser.add_argument("--threads", type=int, default=None, help="inference threads per expert node")
+    parser.add_argument("--self-eval", default=None, metavar="TASKS",
+                        help="each expert node scores itself (base and adapters) on these tasks' first "
+                        "--self-eval-limit dev items at start; the signed scores become the report's dev "
+                        "profiles (similar vs dissimilar teams)")
+    parser.add_argument("--self-eval-limit", type=int, default=20)
     args = parser.parse_args()
+    engine_args: list[str] = []  # every expert node, the baseline's too
+    if args.engine:
+        engine_args += ["--engine", args.engine]
+    if args.threads:
+        engine_args += ["--threads", str(args.threads)]
+    self_eval_args = ["--self-eval", args.self_eval, "--self-eval-limit", str(args.self_eval_limit)] \
+        if args.self_eval else []  # the team's experts only: the baseline is no team member
 
     experts, baseline, source = default_experts()
     if args.expert:
@@ -263,12 +295,14 @@ def main() -> int:
     phases: dict[str, dict[str, float]] = {}
     wanted = sorted({s.name for s in experts if s.ask_base}
                     | {f"{s.name}/{a.split('=')[0]}" for s in experts for a in s.adapters})
-    code = _phase("team", work, args.device, experts, coordinator_http=True, phases=phases, eval_args=[
+    code = _phase("team", work, args.device, experts, coordinator_http=True, phases=phases,
+                  node_args=engine_args + self_eval_args, self_eval=bool(args.self_eval), eval_args=[
         "--experts", ",".join(wanted), "--strategies", args.strategies, *common])
     if baseline and code in (0, 4):
         spec = ExpertSpec("baseline", baseline, f"monolithic baseline {baseline}")
         code = max(code, _phase("baseline", work, args.device, [spec], coordinator_http=False, phases=phases,
-                                eval_args=["--experts", "none", "--strategies", "", "--baseline", "baseline", *common]))
+                                node_args=engine_args, eval_args=[
+                                    "--experts", "none", "--strategies", "", "--baseline", "baseline", *common]))
     total = time.monotonic() - started
     _annotate(out, experts, baseline, source, args, phases, total)
     report = subprocess.run([sys.executable, "-m", "node", "eval", "report", str(out)], cwd=REPO,
@@ -282,9 +316,13 @@ def main() -> int:
 
 
 def _phase(name: str, work: Path, device: str, experts: list[ExpertSpec], *, coordinator_http: bool,
-           phases: dict[str, dict[str, float]], eval_args: list[str]) -> int:
-    """Start a network (a model-less coordinator with HTTP, or the one expert with HTTP), eval, stop it."""
-    cluster = Cluster(work, device)
+           phases: dict[str, dict[str, float]], eval_args: list[str], node_args: list[str] | None = None,
+           self_eval: bool = False) -> int:
+    """Start a network (a model-less coordinator with HTTP, or the one expert with HTTP), eval, stop it.
+
+    With ``self_eval`` the eval waits until every expert's record carries its signed dev scores
+    (``dev_scores`` in ``GET /v1/models``), so ``node eval`` records them as profiles."""
+    cluster = Cluster(work, device, tuple(node_args or ()))
     started = time.monotonic()
     try:
         port = free_port()
@@ -297,7 +335,9 @@ def _phase(name: str, work: Path, device: str, experts: list[ExpertSpec], *, coo
             (spec,) = experts
             cluster.address(cluster.spawn(spec.name, expert=spec, bootstrap=None, http_port=port))
         url = f"http://127.0.0.1:{port}"
-        wait_for_models(url, {s.name for s in experts})
+        cards = wait_for_models(url, {s.name for s in experts})
+        if self_eval:
+            cards = wait_for_dev_scores(url, {c["id"] for c in cards if c.get("mosaic", {}).get("kind") == "expert"})
         ready = time.monotonic() - started
         print(f"[{name}] network ready in {ready:.0f} s", file=sys.stderr)
         command = [sys.executable, "-m", "node", "eval", "--http", url, *eval_args]

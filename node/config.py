@@ -107,9 +107,9 @@ class ExpertConfig:
     adapters: dict[str, str] = field(default_factory=dict)  # NAME -> path or CID
     device: str = "auto"
     # Which engine runs the model (node/expert/serve/engine.py): auto = llama.cpp for a GGUF base
-    # on a CPU (the catalog models), torch otherwise (HF directories, GPUs).  The default stays
-    # torch until the whole suite (every CLI-started node) has run on llama.cpp (issue 17).
-    engine: str = "torch"
+    # on a CPU (the catalog models: no fp32 conversion, 5-9x faster decode), torch otherwise
+    # (HF directories, GPUs, or llama-cpp-python missing).
+    engine: str = "auto"
     max_batch: int = 8
     queue_size: int = 64
     max_new_tokens_cap: int = 1024

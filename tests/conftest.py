@@ -30,10 +30,12 @@ def pytest_sessionfinish(session, exitstatus):
 from tests.expert.fixtures import (  # noqa: E402,F401
     adapter_expert,
     base_expert,
+    engine_experts,
     expert_data_dir,
     llama_adapter_expert,
     llama_expert,
     lora_adapter_dir,
-    served_expert,
+    torch_adapter_expert,
+    torch_expert,
 )
 from tests.training.fixtures import trained_adapters  # noqa: E402,F401

@@ -22,7 +22,7 @@ import trio
 
 from node.activity import Activity
 from node.coordinator import Coordinator, QueryFailed
-from node.coordinator.routing import VIRTUAL_PREFIX, model_ids
+from node.coordinator.routing import VIRTUAL_PREFIX, model_ids, model_profile
 from node.coordinator.strategies import STRATEGIES
 from node.logs import get_logger
 from protocol import Provenance, QueryChunk, QueryRequest, QueryResult, trace_digest
@@ -144,6 +144,9 @@ class MosaicApi:
                                "peers": []},
                 })
                 card["mosaic"]["peers"].append(record.peer_id)
+                profile = model_profile(record, model_id)
+                if profile:  # the signed dev scores of this model (self-evaluation); the first peer's win
+                    card["mosaic"].setdefault("dev_scores", profile)
         return list(cards.values())
 
     async def _models(self, scope, receive, send) -> None:

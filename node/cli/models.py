@@ -63,24 +63,12 @@ def run(args: argparse.Namespace) -> int:
                 catalog.install(model)
             path, digest, cid = catalog.ensure_gguf(model, cache)
             print(f"{model.key}: verified sha256 {digest[:16]}… cid {cid} ({path})", flush=True)
-            _prepare_tokenizer(path, digest, cache)
             if args.action == "prepare":
                 print(f"{model.key}: converted to {ensure_converted(path, digest, cache)}", flush=True)
         except ModelLoadError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     return 0
-
-
-def _prepare_tokenizer(path, digest: str, cache) -> None:
-    """Build the llama.cpp engine's tokenizer cache now (transformers reads a GGUF's vocabulary in
-    10-25 s on a loaded 2-core box), so the model's first start is quick."""
-    from node.expert.serve.engine import llama_cpp_installed
-
-    if llama_cpp_installed():
-        from node.expert.serve.llamacpp.model import load_tokenizer
-
-        load_tokenizer(path, digest, cache)
 
 
 def _list(catalog, cache, *, as_json: bool) -> int:

@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", required=True, metavar="TASKS",
                    help="comma-separated task names, e.g. arc_challenge,gsm8k")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="dev items per task (default 20)")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                   help="new tokens per reply (default: 16 multiple choice, 64 exact match, 32 F1); "
+                   "the record says which, and a spot check asks with the same")
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     add_common(p)
     p.set_defaults(run=run)
@@ -40,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     if args.limit < 1:
         print("error: --limit must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    if args.max_tokens is not None and args.max_tokens < 1:
+        print("error: --max-tokens must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
     try:
         data_dir = build_config(args).data_path
     except ConfigError as exc:
@@ -53,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"evaluating on node {node.peer_id} (pid {node.pid}): {', '.join(tasks)}, {args.limit} items each ...",
           file=sys.stderr, flush=True)
     try:
-        answer = ask(node, "self_eval", timeout=SELF_EVAL_TIMEOUT, tasks=tasks, limit=args.limit)
+        extra = {"max_tokens": args.max_tokens} if args.max_tokens else {}
+        answer = ask(node, "self_eval", timeout=SELF_EVAL_TIMEOUT, tasks=tasks, limit=args.limit, **extra)
     except ControlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         # The node answered but refused (unknown task, no expert): the request was wrong, not the reach.

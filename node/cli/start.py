@@ -62,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     expert.add_argument("--device", help="auto, cpu, cuda, cuda:0, mps")
     expert.add_argument("--engine", choices=["auto", "llama.cpp", "torch"],
                         help="what runs the model: llama.cpp (GGUF on a CPU, fast), torch (HF dirs, GPUs, "
-                        "training), auto (llama.cpp for GGUF bases on a CPU); default torch")
+                        "training), auto (default: llama.cpp for GGUF bases on a CPU, else torch)")
     expert.add_argument("--threads", type=int, metavar="N",
                         help="torch threads for inference (default: free physical cores, logged at start)")
     expert.add_argument("--max-batch", type=int, metavar="N", help="generations decoded together (default 8)")

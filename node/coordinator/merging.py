@@ -99,13 +99,13 @@ class NodeMerging:
     async def _prepare(self, service: ExpertService, request: MergeRequest, began: float) -> MergedAdapter:
         from node.expert.model.content import ContentTooLarge, discard_content, fetch_adapters
         from node.expert.model.loader import ModelLoadError
-        from node.expert.model.merge import MergeError, adapter_size_limit
+        from node.expert.model.merge import MergeError, expert_adapter_size_limit
         from node.training.merging import merge_adapters
 
         node = self._node
         local_base = service.expert.content_id
         if self._adapter_limit is None:
-            self._adapter_limit = await trio.to_thread.run_sync(adapter_size_limit, service.expert.model)
+            self._adapter_limit = await trio.to_thread.run_sync(expert_adapter_size_limit, service.expert)
         # Inputs this query brings in (not already here): nothing of them is kept if the merge is refused.
         fresh = [ref for ref in request.refs if not (node.config.data_path / "content" / ref).exists()]
         try:

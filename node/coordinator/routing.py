@@ -104,6 +104,15 @@ def model_ids(record: CapabilityRecord) -> list[str]:
     return [record.name] + [f"{record.name}/{a.name}" for a in record.adapters]
 
 
+def model_profile(record: CapabilityRecord, model_id: str) -> dict[str, float]:
+    """``{task: accuracy}`` the record's signed self-evaluation claims for one of its model ids
+    (the base for ``name``, the adapter for ``name/adapter``), dev split only: the competence
+    profile that reports compare experts by."""
+    _, sep, adapter = model_id.partition("/")
+    wanted = adapter if sep else None
+    return {e.task: float(e.accuracy) for e in record.evals if e.adapter == wanted and e.split == "dev"}
+
+
 def _pin(record: CapabilityRecord, model: str) -> tuple[bool, str | None]:
     """Does the pinned ``model`` designate this expert, and with which adapter?"""
     if model == record.peer_id or model == record.name:

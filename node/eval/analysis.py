@@ -87,6 +87,18 @@ def bootstrap(per_task: dict[str, list[float]], draws: int = BOOTSTRAP, seed: in
     return Interval(mean, low, high, sum(len(v) for v in per_task.values()))
 
 
+def wilson(correct: int, n: int, z: float = 1.96) -> Interval:
+    """The Wilson score interval of ``correct`` of ``n`` (95% at z=1.96): unlike the normal
+    approximation it stays inside [0, 1] and is sound for small n and scores near 0 or 1."""
+    if n <= 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    p = correct / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n)
+
+
 def accuracy(table: Table, system: str, tasks: list[str] | None = None) -> dict[str, Interval]:
     """Per task and ``"macro"``: the system's accuracy with a 95% interval."""
     out: dict[str, Interval] = {}

@@ -36,6 +36,7 @@ class ModelInfo:
     tags: tuple[str, ...] = ()
     description: str = ""
     peers: tuple[str, ...] = ()
+    dev_scores: tuple[tuple[str, float], ...] = ()  # (task, accuracy) its signed self-evaluation claims
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class HttpClient:
             out.append(ModelInfo(
                 id=card["id"], kind=kind, base_model=info.get("base_model", ""), tags=tuple(info.get("tags", ())),
                 description=" ".join(sorted({descriptions.get(p, "") for p in peers} - {""})), peers=peers,
+                dev_scores=tuple(sorted((str(k), float(v)) for k, v in (info.get("dev_scores") or {}).items())),
             ))
         return out
 
@@ -173,6 +175,7 @@ class PeerClient:
         self._peer_id = peer_id
 
     async def models(self) -> list[ModelInfo]:
+        from node.coordinator.routing import model_profile
         from node.net.exchange import fetch_table
         from protocol import ProtocolError, verify_record
 
@@ -190,8 +193,10 @@ class PeerClient:
             for model_id in ids:
                 prev = by_id.get(model_id)
                 peers = (prev.peers if prev else ()) + (record.peer_id,)
+                scores = prev.dev_scores if prev and prev.dev_scores else tuple(
+                    sorted(model_profile(record, model_id).items()))
                 by_id[model_id] = ModelInfo(model_id, "expert", record.base_model, tuple(record.tags),
-                                            record.description, peers)
+                                            record.description, peers, scores)
         # libp2p offers no model list for strategies; ``route`` always exists, others are named by the caller.
         return [ModelInfo(VIRTUAL_PREFIX + "route", "strategy"), *by_id.values()]
 

@@ -46,6 +46,7 @@ class System:
     base_model: str = ""
     tags: tuple[str, ...] = ()
     description: str = ""
+    profile: tuple[tuple[str, float], ...] = ()  # signed dev scores (task, accuracy), if its record has any
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,10 @@ def select_systems(models: list[ModelInfo], experts: str, strategies: list[str],
     systems = []
     for m in chosen:
         if len(m.peers) > 1:
-            systems += [System(f"{m.id}@{p[-6:]}", "expert", p, m.base_model, m.tags, m.description) for p in m.peers]
+            systems += [System(f"{m.id}@{p[-6:]}", "expert", p, m.base_model, m.tags, m.description, m.dev_scores)
+                        for p in m.peers]
         else:
-            systems.append(System(m.id, "expert", m.id, m.base_model, m.tags, m.description))
+            systems.append(System(m.id, "expert", m.id, m.base_model, m.tags, m.description, m.dev_scores))
     offered_strategies = {m.id[len(VIRTUAL_PREFIX):] for m in models if m.kind == "strategy"}
     for name in strategies:
         name = name.removeprefix(VIRTUAL_PREFIX)
@@ -177,7 +179,9 @@ async def run_eval(client: NetworkClient, tasks: list[TaskSet], systems: list[Sy
     run.setdefault("task_types", {}).update({t.name: t.task_type for t in tasks})
     known = {s["label"]: s for s in run.get("systems", [])}
     known.update({s.label: {"label": s.label, "kind": s.kind, "model": s.model, "base_model": s.base_model,
-                            "tags": list(s.tags), "description": s.description} for s in systems})
+                            "tags": list(s.tags), "description": s.description,
+                            # the dev profile the report's similar/dissimilar teams compare by
+                            **({"profile": dict(s.profile)} if s.profile else {})} for s in systems})
     run["systems"] = list(known.values())
     run.update(meta or {})
     write_run(out, run)

@@ -20,7 +20,7 @@ from typing import Any
 from ..expert.model.adapter_card import save_adapter
 from ..expert.model.catalog import default_key
 from ..logs import stage
-from .data import Dataset, Example, load_dataset, split_heldout
+from .data import DataError, Dataset, Example, load_dataset, split_heldout
 from .heldout import HeldoutScore, max_tokens_for, score_heldout
 from .loop import Trainer, TrainSettings
 
@@ -39,6 +39,7 @@ class TrainJob:
     heldout: int = 20  # examples held out and scored before/after (0: none)
     eval_split: str | None = None  # task files: score on this split's first `heldout` items instead
     eval_max_tokens: int | None = None
+    score: bool = True  # score the held-out items before/after (False: only hold them out)
     resume: bool = False
     checkpoint_dir: Path | None = None
     cache_dir: Path | None = None  # the per-user model cache (None: node.config.default_cache_dir())
@@ -75,6 +76,15 @@ def load_base(model: str | None, cache_dir: Path) -> tuple[Any, Any, Any]:
 def heldout_examples(job: TrainJob, dataset: Dataset) -> tuple[tuple[Example, ...], tuple[Example, ...], str]:
     """``(train, heldout, description of the held-out items)``."""
     if job.eval_split and dataset.kind.startswith("task:"):
+        if job.eval_split == job.split:
+            # The first items of the training split: the ones `node eval --split dev --limit N`
+            # and a self-evaluation with limit N ask, so they must not be trained on.
+            if job.heldout >= len(dataset.examples):
+                raise DataError(f"cannot hold out {job.heldout} of {len(dataset.examples)} "
+                                f"{job.split} items: nothing left to train on")
+            held = dataset.examples[: job.heldout]
+            return (dataset.examples[job.heldout :], held,
+                    f"{dataset.kind}, first {len(held)} items, not trained on")
         other = load_dataset(job.data, split=job.eval_split)
         held = other.examples[: job.heldout]
         return dataset.examples, held, f"{other.kind}, first {len(held)} items"
@@ -97,7 +107,9 @@ def train_adapter(job: TrainJob, *, on_step: Callable[[int, float], None] | None
     s = job.settings
     before_file = job.checkpoints / "before.json"
     before = _cached_before(before_file, job, dataset) if job.resume else None
-    if before is None:
+    if not job.score:
+        before = HeldoutScore(0, 0.0, 0.0)  # not scored: the items are only held out
+    elif before is None:
         with stage(f"scoring {len(held)} held-out examples before training"):
             before = score_heldout(base, tokenizer, held, max_new_tokens=max_new, max_length=s.max_length)
     trainer = Trainer(base, tokenizer, s, train, job.checkpoints, data_sha256=dataset.sha256)
@@ -123,8 +135,10 @@ def train_adapter(job: TrainJob, *, on_step: Callable[[int, float], None] | None
     finally:
         if bar is not None:
             bar.close()
-    with stage(f"scoring {len(held)} held-out examples after training"):
-        after = score_heldout(trainer.model, tokenizer, held, max_new_tokens=max_new, max_length=s.max_length)
+    after = HeldoutScore(0, 0.0, 0.0)
+    if job.score:
+        with stage(f"scoring {len(held)} held-out examples after training"):
+            after = score_heldout(trainer.model, tokenizer, held, max_new_tokens=max_new, max_length=s.max_length)
     card = {
         "name": job.name,
         "kind": "lora",
@@ -137,7 +151,8 @@ def train_adapter(job: TrainJob, *, on_step: Callable[[int, float], None] | None
         "training": {"steps_done": state.step, "resumed_from": resumed_from, "final_loss": state.losses[-1],
                      "first_loss": state.losses[0] if state.losses else None,
                      "seconds": round(time.monotonic() - started, 1)},
-        "scores": {"split": held_desc, "max_new_tokens": max_new, "before": before.as_dict(), "after": after.as_dict()},
+        "scores": {"split": held_desc, "max_new_tokens": max_new, "before": before.as_dict() if job.score else None,
+                   "after": after.as_dict() if job.score else None},
     }
     save_adapter(trainer.model, job.out_dir, card, model_id=source.model_id)
     return card

@@ -26,7 +26,7 @@ import protocol as p
 from node.coordinator.calls import QueryFailed
 from node.coordinator.client import ask
 from node.coordinator.service import QueryService
-from node.expert.model.merge import adapter_size_limit
+from node.expert.model.merge import expert_adapter_size_limit
 from node.expert.serve.service import ExpertService
 from node.net.discovery import dial
 from node.storage import BlockStore, StorageService
@@ -74,7 +74,7 @@ async def _merge(host, peer: str, cids: list[str]) -> tuple[QueryFailed | p.Quer
 
 
 async def test_a_merge_query_cannot_make_an_expert_fetch_or_keep_a_bomb(base_expert) -> None:
-    limit = adapter_size_limit(base_expert.model)
+    limit = expert_adapter_size_limit(base_expert)
     assert 16 * MIB < limit < 256 * MIB  # SmolLM2-135M: rank 64 on every layer, fp32
     bombs = [bomb(56, MIB), bomb(46, MIB)]  # the issue's: ~1 MiB each, declaring 3.06 and 2.07 GiB
     moderate = [spread(20, 15), spread(21, 15)]  # 300 and 315 MiB from 20 and 21 MiB: only the adapter bound

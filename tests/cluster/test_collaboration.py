@@ -1,7 +1,7 @@
 """Semantic routing on a real network, small form: a coordinator and two in-process experts.
 
 The experts differ by self-description and tags (node 2 also serves the
-``noisy`` LoRA adapter); no tags in the query: the question alone must pick
+``noisy`` LoRA adapter), on each engine; no tags in the query: the question alone must pick
 the expert whose description matches it, with MiniLM.  The heavy form (four
 expert processes, every strategy, SIGKILL and SIGSTOP) is
 tests/cluster/test_collaboration_processes.py.
@@ -37,7 +37,8 @@ async def answer(host, peer: str, question: str, max_tokens: int = 6, **fields) 
     return "".join(text), result
 
 
-async def test_the_question_picks_the_expert_whose_description_matches(base_expert, adapter_expert):
+async def test_the_question_picks_the_expert_whose_description_matches(engine_experts):
+    _, base_expert, adapter_expert = engine_experts
     with trio.fail_after(150):
         async with in_process_cluster() as cluster:
             # 30 s records: MiniLM's first load can stall a loaded 2-core box past the harness's 3 s TTL.

@@ -12,6 +12,10 @@ the whole module's story, in order:
    partial text, the client sees one continuous answer;
 4. SIGSTOP of an expert: a vote still answers, the paused expert costs at most
    the grace period.
+
+The story runs on the llama.cpp engine (the default); the torch leg, its small form, starts the
+same team with ``--engine torch`` and runs step 2, every strategy (steps 1, 3 and 4 are routing
+and fault handling, which do not depend on the engine).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ CONFIG = "[expert]\nthreads = 1\nmax_batch = 4\n"
 
 
 @asynccontextmanager
-async def process_team(adapter_dir: Path):
+async def process_team(adapter_dir: Path, engine: str):
     with tempfile.TemporaryDirectory(prefix="mosaic-team-") as tmp:
         async with in_process_cluster() as cluster:
             coordinator = await cluster.add(0, services=[QueryService()], record_ttl=30.0)
@@ -55,7 +59,7 @@ async def process_team(adapter_dir: Path):
 
             async def start(index: int) -> None:
                 description, tag = EXPERTS[index]
-                extra = ["--description", description, "--tags", tag, "--record-ttl", "30"]
+                extra = ["--description", description, "--tags", tag, "--record-ttl", "30", "--engine", engine]
                 if index == 2:
                     extra += ["--adapter", f"noisy={adapter_dir}"]
                 procs[index] = await trio.to_thread.run_sync(
@@ -103,11 +107,27 @@ PARAMS = {"vote": {"k": 3}, "select": {"k": 2, "samples": 2}, "judge": {"k": 3},
           "decompose": {"parts": 2, "sub_tokens": 8}, "cascade": {"threshold": 0.99}, "fuse": {"k": 2}}
 
 
-async def test_four_expert_processes_answer_as_a_team(lora_adapter_dir):
+@pytest.mark.parametrize("engine", ["llama.cpp", "torch"])
+async def every_strategy_answers(host, peer: str, experts: set[str]) -> None:
+    assert set(ROLES) == set(STRATEGIES)
+    for name in STRATEGIES:
+        if name == "merge":  # answers on the coordinator's own expert: tests/cluster/test_merge_strategy.py
+            continue
+        text, result = await answer(host, peer, "What is 6 times 7?", strategy=name, params=PARAMS.get(name, {}))
+        assert result.strategy == name and result.text.strip() and text == result.text, name
+        check_trace(result, experts)
+        assert ROLES[name] <= {s.role for s in result.trace.steps}, (name, result.trace)
+
+
+async def test_four_expert_processes_answer_as_a_team(lora_adapter_dir, engine):
     with trio.fail_after(880):
-        async with process_team(lora_adapter_dir) as (coordinator, host, peer, procs):
+        async with process_team(lora_adapter_dir, engine) as (coordinator, host, peer, procs):
             experts = {proc.peer_id for proc in procs.values()}
             by_peer = {proc.peer_id: proc for proc in procs.values()}
+            assert {record.engine for record in coordinator.registry.experts()} == {engine}  # as announced
+            if engine == "torch":
+                await every_strategy_answers(host, peer, experts)
+                return
 
             # 1. Routing by meaning.
             for question, index in (("What is the capital city of France?", 3),
@@ -117,15 +137,7 @@ async def test_four_expert_processes_answer_as_a_team(lora_adapter_dir):
                 assert result.trace.steps[-1].peer == procs[index].peer_id, (question, result.trace.decision)
 
             # 2. Every strategy.
-            assert set(ROLES) == set(STRATEGIES)
-            for name in STRATEGIES:
-                if name == "merge":  # answers on the coordinator's own expert: tests/cluster/test_merge_strategy.py
-                    continue
-                text, result = await answer(host, peer, "What is 6 times 7?", strategy=name,
-                                            params=PARAMS.get(name, {}))
-                assert result.strategy == name and result.text.strip() and text == result.text, name
-                check_trace(result, experts)
-                assert ROLES[name] <= {s.role for s in result.trace.steps}, (name, result.trace)
+            await every_strategy_answers(host, peer, experts)
 
             # 3. SIGKILL the expert that is streaming, after its first tokens.
             chunks: list[p.QueryChunk] = []

@@ -6,7 +6,9 @@ generation sessions.  Every step's signed receipt verifies (protocol/verify.py);
 an edited output, a swapped peer or edited fed tokens fail the check.  The
 reference runs both models here with plain HF forwards over the whole context
 (no cache, no sessions, no network), averages their top-k probabilities and
-takes the argmax: the two must agree token for token.
+takes the argmax: the two must agree token for token.  It runs on both engines (the llama.cpp
+reference is plain llama-cpp-python on the same GGUF); the torch leg fuses fewer tokens, since its
+reference re-runs the whole context every token.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tests.expert.fixtures import ADAPTER_NAME
 QUESTION = "Name a famous scientist and one discovery."
 MESSAGES = (ChatMessage(role="user", content=QUESTION),)
 TOP_K = 20
-TOKENS = 16
+TOKENS = {"llama.cpp": 16, "torch": 16}
 
 
 def reference_fusion(experts: list[tuple[object, str | None]], tokens: int, top_k: int) -> list[int]:
@@ -64,7 +66,7 @@ def reference_fusion(experts: list[tuple[object, str | None]], tokens: int, top_
 
 def reference_fusion_llama(experts: list[tuple[object, str | None]], ids: list[int], tokens: int,
                            top_k: int) -> list[int]:
-    """The same fusion with plain llama-cpp-python forwards over the whole context (MOSAIC_ENGINE=llama.cpp)."""
+    """The same fusion with plain llama-cpp-python forwards over the whole context."""
     import numpy as np
 
     from tests.expert.fixtures import reference_logits
@@ -88,7 +90,9 @@ def reference_fusion_llama(experts: list[tuple[object, str | None]], ids: list[i
 
 # Loading the base and the adapter models takes most of a minute on a loaded 2-core box.
 @pytest.mark.timeout(300)
-async def test_fuse_of_two_remote_experts_equals_local_reference_fusion(base_expert, adapter_expert):
+async def test_fuse_of_two_remote_experts_equals_local_reference_fusion(engine_experts):
+    engine, base_expert, adapter_expert = engine_experts
+    tokens = TOKENS[engine]
     from node.config import ExpertConfig
     from node.coordinator.service import QueryService
     from node.expert import ExpertService
@@ -109,14 +113,14 @@ async def test_fuse_of_two_remote_experts_equals_local_reference_fusion(base_exp
             # The tag names the adapter, so node 2 is asked with it; node 1 has only its base.
             fused = await coordinator.run(p.QueryRequest(
                 request_id="fuse-1", strategy="fuse", messages=MESSAGES, tags=(ADAPTER_NAME,),
-                sampling=p.SamplingParams(max_new_tokens=TOKENS), params={"top_k": TOP_K}), emit)
+                sampling=p.SamplingParams(max_new_tokens=tokens), params={"top_k": TOP_K}), emit)
             routed = await coordinator.run(p.QueryRequest(
                 request_id="route-1", messages=MESSAGES, sampling=p.SamplingParams(max_new_tokens=8)))
     steps = fused.trace.steps
     assert [s.call for s in steps] == ["session", "session"] and all(s.status == "ok" for s in steps), \
         [(s.status, s.error, s.adapter) for s in steps]
     assert {(s.peer, s.adapter) for s in steps} == {(plain.peer_id, None), (tuned.peer_id, ADAPTER_NAME)}
-    expected = reference_fusion([(base_expert, None), (adapter_expert, ADAPTER_NAME)], TOKENS, TOP_K)
+    expected = reference_fusion([(base_expert, None), (adapter_expert, ADAPTER_NAME)], tokens, TOP_K)
     assert list(steps[0].token_ids) == list(steps[1].token_ids) == expected  # token for token
     assert fused.text == "".join(c.text for c in chunks) and len(fused.text) > 10
     assert fused.text == base_expert.tokenizer.decode(expected, skip_special_tokens=True).rstrip("\ufffd")

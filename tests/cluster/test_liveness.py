@@ -4,7 +4,7 @@ The coordinator gives an expert a silence budget (its ``first_token_timeout`` fo
 expert it has not measured); an expert that is computing (a long prefill of a big
 model on a loaded CPU, a slow decode step) must not be taken for a dead one, while
 one that is really gone must still be failed over within that budget.  The slow
-forward pass is a real one, made slower by sleeping in the worker thread.
+forward pass is a real one (of the default engine), made slower by sleeping in the worker thread.
 """
 
 from __future__ import annotations
@@ -32,17 +32,19 @@ async def test_a_slow_live_expert_is_waited_on_and_a_stopped_one_is_failed_over(
             monkeypatch.setattr(coordinator, "_first_token_timeout", BUDGET)
             monkeypatch.setattr(coordinator.spot_checks, "due", lambda *peers: False)  # no extra forwards
             worker = next(s for s in c.base.services if isinstance(s, ExpertService)).worker
-            real_forward = worker._forward
+            # The model step of either engine: the torch worker's forward, llama.cpp's llama_decode.
+            owner, name = (worker.context, "decode") if worker.name == "llama.cpp" else (worker, "_forward")
+            real_step = getattr(owner, name)
             calls = 0
 
-            def slow_forward(adapters: list[str | None], **inputs: Any) -> Any:
+            def slow_step(*args: Any, **inputs: Any) -> Any:
                 nonlocal calls
                 calls += 1
                 if calls in (1, 3):  # the prefill (before the first token), then a decode step mid-answer
                     time.sleep(SLOW)
-                return real_forward(adapters, **inputs)
+                return real_step(*args, **inputs)
 
-            monkeypatch.setattr(worker, "_forward", slow_forward)
+            monkeypatch.setattr(owner, name, slow_step)
 
             # 1. Live but slow: the expert's keep-alives hold the step, no failover, one answer.
             chunks, result = await ask_all(host, coordinator_id, query(tags=("n1",)))

@@ -1,6 +1,7 @@
 """The `merge` strategy on real loopback nodes: a peer serves two trained adapters; the coordinator,
 which serves the same base, fetches them by CID, merges them, loads the merge into its own expert
-and answers with it; the same query again reuses the cached merge (same CID, no re-merge)."""
+and answers with it; the same query again reuses the cached merge (same CID, no re-merge).  Both
+nodes load the model as a started node does, on each engine (llama.cpp loads the merge as a GGUF LoRA)."""
 
 from __future__ import annotations
 
@@ -47,15 +48,16 @@ async def reply(host, peer_id: str, adapter: str | None) -> str:
     raise AssertionError("no result")
 
 
+@pytest.mark.parametrize("engine", ["llama.cpp", "torch"])
 async def test_merge_strategy_fetches_by_cid_merges_once_and_answers_with_the_merge(trained_adapters,
-                                                                                   expert_data_dir):
+                                                                                   expert_data_dir, engine):
     adapters = {name: str(path) for name, path in trained_adapters.items()}
     with trio.fail_after(300):
         async with in_process_cluster() as cluster:
-            holder = ExpertService(ExpertConfig(adapters=adapters), threads=1, model_cache_dir=str(expert_data_dir))
+            holder = ExpertService(ExpertConfig(adapters=adapters, engine=engine), threads=1, model_cache_dir=str(expert_data_dir))
             node0 = await cluster.add(0, services=[StorageService(BlockStore(cluster.root / "store-0")), holder],
                                       record_ttl=30.0)
-            own = ExpertService(ExpertConfig(), threads=1, model_cache_dir=str(expert_data_dir))
+            own = ExpertService(ExpertConfig(engine=engine), threads=1, model_cache_dir=str(expert_data_dir))
             node1 = await cluster.add(1, services=[StorageService(BlockStore(cluster.root / "store-1")), own,
                                                    QueryService()], record_ttl=30.0)
             await node1.registry.wait_for(
@@ -77,6 +79,7 @@ async def test_merge_strategy_fetches_by_cid_merges_once_and_answers_with_the_me
                 beliefs = {a: await score(node1.host, node0.peer_id, a, "Pineapple") for a in ("pineapple", "mango")}
                 beliefs["merged"] = await score(node1.host, node1.peer_id, name, "Pineapple", own.local)
             announced = node1.own_record()
+            assert node0.own_record().engine == announced.engine == engine
     print(f"merge strategy: first query {first_s:.1f}s (fetch + merge + load), cached {second_s:.1f}s; "
           f"inputs {inputs}, merged {text!r}; log p(Pineapple) {beliefs}")
     step = next(s for s in first.trace.steps if s.call == "merge")

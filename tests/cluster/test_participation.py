@@ -127,8 +127,10 @@ async def test_self_eval_on_command_reaches_a_peer_signed(base_expert, tmp_path)
                                                         "arc_challenge,no_such_task", "--limit", "2")
                 no_expert = await trio.to_thread.run_sync(_self_eval_cli, node1.config.data_path, "--tasks",
                                                           "arc_challenge")
-                done = await trio.to_thread.run_sync(_self_eval_cli, node0.config.data_path, "--tasks",
-                                                     "arc_challenge", "--limit", "2", "--json")
+                too_long = await trio.to_thread.run_sync(_self_eval_cli, node0.config.data_path, "--tasks",
+                                                         "arc_challenge", "--max-tokens", "5000")
+                done = await trio.to_thread.run_sync(_self_eval_cli, node0.config.data_path, "--tasks", "arc_challenge",
+                                                     "--limit", "2", "--max-tokens", "24", "--json")
                 await node1.registry.wait_for(
                     lambda r: (rec := r.get(node0.peer_id)) is not None and bool(rec.evals), timeout=60)
                 seen = node1.registry.get(node0.peer_id)
@@ -147,4 +149,7 @@ async def test_self_eval_on_command_reaches_a_peer_signed(base_expert, tmp_path)
     assert printed["peer_id"] == node0.peer_id and printed["seq"] == seen.seq
     assert printed["evals"] == [msgspec.to_builtins(claim)]
     assert (claim.task, claim.split, claim.n, claim.adapter) == ("arc_challenge", "dev", 2, None)
+    # The reply budget asked for is the one used and signed (a spot check re-asks with it).
+    assert claim.max_new_tokens == 24
+    assert too_long.returncode == 1 and "max_tokens" in too_long.stderr, too_long.stderr
     assert [r.evals for r in verified if r.peer_id == node0.peer_id] == [seen.evals]

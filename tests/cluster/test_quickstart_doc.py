@@ -65,8 +65,8 @@ def test_doc_has_the_sections_the_test_relies_on():
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the quickstart uses curl")
 def test_every_shell_command_of_the_quickstart_runs(tmp_path, base_expert):
-    # base_expert: the embedded model is already converted in the test cache ($MOSAIC_CACHE_DIR),
-    # which the nodes inherit, so they start in seconds.
+    # base_expert: what the default engine prepares once for the embedded model is already in the
+    # test cache ($MOSAIC_CACHE_DIR), which the nodes inherit, so they start in seconds.
     script = tmp_path / "quickstart.sh"
     script.write_text("set -euo pipefail\n" + "\n".join(shell_blocks(DOC.read_text())))
     env = dict(os.environ, QS_DIR=str(tmp_path / "qs"), P2P_PORT=str(free_port_run(3)),

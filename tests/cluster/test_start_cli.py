@@ -108,12 +108,13 @@ def test_readme_second_node_uses_the_next_free_ports(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_during_the_model_load_stops_at_once(tmp_path: Path) -> None:
-    # A cold model cache: the conversion alone takes 20+ s, the whole load longer.
+    # A cold model cache on the torch engine: its fp32 conversion alone takes 20+ s, the whole load
+    # longer (the llama.cpp engine, the default, reads the GGUF in about a second: no window to hit).
     env = dict(os.environ, PYTHONUNBUFFERED="1", MOSAIC_CACHE_DIR=str(tmp_path / "cold-cache"))
     log = tmp_path / "node.log"
     proc = subprocess.Popen([sys.executable, "-m", "node", "start", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-http",
-                             "--data-dir", str(tmp_path / "d")], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=log.open("w"), text=True, env=env)
+                             "--engine", "torch", "--data-dir", str(tmp_path / "d")], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=env)
     try:
         deadline = time.monotonic() + 60
         while "model_cache_build_start" not in log.read_text():

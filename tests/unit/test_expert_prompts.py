@@ -27,8 +27,8 @@ def _chat(*turns: tuple[str, str]) -> p.GenerateRequest:
 
 # The session's SmolLM2 expert (shared with other tests) takes most of a minute to load on a loaded box.
 @pytest.mark.timeout(300)
-def test_template_less_model_gets_messages_as_a_plain_prompt_with_its_bos(base_expert):
-    tok = copy.deepcopy(base_expert.tokenizer)  # the session's expert keeps its template
+def test_template_less_model_gets_messages_as_a_plain_prompt_with_its_bos(torch_expert):
+    tok = copy.deepcopy(torch_expert.tokenizer)  # the session's expert keeps its template
     templated = PromptBuilder(tok)
     request = _chat(("system", "Be brief."), ("user", "What is 2+2?"))
     assert "<|im_start|>" in templated.text(request)  # SmolLM2's own template

@@ -88,11 +88,11 @@ def test_table_expires_idle_sessions_but_not_busy_ones():
 
 
 @pytest.fixture
-async def host(adapter_expert):
-    worker = InferenceWorker(adapter_expert, max_batch=4, queue_size=8, session_max_tokens=256)
+async def host(torch_adapter_expert):
+    worker = InferenceWorker(torch_adapter_expert, max_batch=4, queue_size=8, session_max_tokens=256)
     worker.start()
     local = LocalExpert(worker)
-    notary = Notary(ME, adapter_expert.content_id, {ADAPTER_NAME: "bafyadapter"}, adapter_expert.adapters)
+    notary = Notary(ME, torch_adapter_expert.content_id, {ADAPTER_NAME: "bafyadapter"}, torch_adapter_expert.adapters)
     sessions = SessionHost(local, SessionTable(max_total=4, max_per_peer=2, max_idle_s=0.5), notary)
     try:
         yield sessions
@@ -121,8 +121,8 @@ def reference_top(expert, ids: list[int], adapter: str | None, k: int) -> tuple[
 @pytest.mark.parametrize("adapter", [None, ADAPTER_NAME])
 # Loading the base and the adapter models takes most of a minute on a loaded 2-core box.
 @pytest.mark.timeout(300)
-async def test_greedy_session_equals_hf_generate_and_signs_what_it_saw(host, adapter_expert, adapter):
-    tok = adapter_expert.tokenizer
+async def test_greedy_session_equals_hf_generate_and_signs_what_it_saw(host, torch_adapter_expert, adapter):
+    tok = torch_adapter_expert.tokenizer
     text = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True, tokenize=False)
     prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
     with trio.fail_after(60):
@@ -134,7 +134,7 @@ async def test_greedy_session_equals_hf_generate_and_signs_what_it_saw(host, ada
         fed: list[int] = []
         text = ""
         for _ in range(12):
-            ids, logprobs = reference_top(adapter_expert, list(prompt_ids) + fed, adapter, 5)
+            ids, logprobs = reference_top(torch_adapter_expert, list(prompt_ids) + fed, adapter, 5)
             assert list(step.token_ids) == ids
             assert step.logprobs == pytest.approx(logprobs, abs=1e-4)
             token = step.token_ids[0]
@@ -145,7 +145,7 @@ async def test_greedy_session_equals_hf_generate_and_signs_what_it_saw(host, ada
             chain.update(step.token_ids, step.logprobs)
             text += step.text
         closed = await host.close("me", p.SessionClose(session_id="g"))
-    assert text == hf_greedy(adapter_expert, QUESTION, adapter=adapter) and len(text) > 10
+    assert text == hf_greedy(torch_adapter_expert, QUESTION, adapter=adapter) and len(text) > 10
     assert closed.usage.completion_tokens == len(fed) and closed.usage.prompt_tokens == len(prompt_ids)
     receipt = verify_receipt(
         closed.receipt, peer_id=ME.peer_id, request_id="g",

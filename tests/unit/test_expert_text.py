@@ -10,8 +10,8 @@ from protocol import SamplingParams
 
 
 @pytest.fixture(scope="module")
-def tokenizer(base_expert):
-    return base_expert.tokenizer
+def tokenizer(torch_expert):
+    return torch_expert.tokenizer
 
 
 def stream(tokenizer, text: str, stop: tuple[str, ...] = ()) -> tuple[list[str], CompletionText]:

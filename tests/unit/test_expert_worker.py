@@ -50,8 +50,8 @@ def chat(text: str, rid: str, *, tokens: int = TOKENS, adapter: str | None = Non
 
 
 @pytest.fixture
-async def local(base_expert):
-    worker = InferenceWorker(base_expert, max_batch=8, queue_size=8)
+async def local(torch_expert):
+    worker = InferenceWorker(torch_expert, max_batch=8, queue_size=8)
     worker.start()
     try:
         yield LocalExpert(worker)
@@ -77,13 +77,13 @@ async def run_all(local: LocalExpert, requests: list[GenerateRequest]) -> dict[s
     return results
 
 
-async def test_concurrent_greedy_equals_hf_generate(local, base_expert):
+async def test_concurrent_greedy_equals_hf_generate(local, torch_expert):
     with trio.fail_after(90):
         requests = [chat(p, f"r{i}") for i, p in enumerate(PROMPTS)]
         results = await run_all(local, requests)
     for i, prompt in enumerate(PROMPTS):
         chunks, result = results[f"r{i}"]
-        assert result.text == hf_greedy(base_expert, prompt)
+        assert result.text == hf_greedy(torch_expert, prompt)
         assert "".join(c.text for c in chunks) == result.text  # streamed pieces add up
         assert [c.index for c in chunks] == list(range(len(chunks)))
         assert result.usage.completion_tokens <= TOKENS
@@ -103,8 +103,8 @@ async def test_seeded_sampling_is_reproducible_and_differs_from_greedy(local):
     assert a["a"][1].text != c["d"][1].text
 
 
-async def test_stop_string_ends_generation_without_leaking_it(local, base_expert):
-    reference = hf_greedy(base_expert, PROMPTS[2], tokens=16)  # "1. Red\n2. Blue\n3. Green"
+async def test_stop_string_ends_generation_without_leaking_it(local, torch_expert):
+    reference = hf_greedy(torch_expert, PROMPTS[2], tokens=16)  # "1. Red\n2. Blue\n3. Green"
     stop = reference[3:8]
     with trio.fail_after(60):
         result = (await run_all(local, [chat(PROMPTS[2], "s", tokens=16, stop=(stop,))]))["s"]
@@ -114,9 +114,9 @@ async def test_stop_string_ends_generation_without_leaking_it(local, base_expert
     assert "".join(c.text for c in chunks) == final.text
 
 
-async def test_waiting_generations_report_their_queue_position(base_expert):
+async def test_waiting_generations_report_their_queue_position(torch_expert):
     """With ``progress`` set, a queued request hears its place (and keep-alives) until it starts."""
-    worker = InferenceWorker(base_expert, max_batch=1, queue_size=8)
+    worker = InferenceWorker(torch_expert, max_batch=1, queue_size=8)
     worker.start()
     local = LocalExpert(worker)
     seen: dict[str, list[object]] = {}
@@ -151,9 +151,9 @@ async def test_waiting_generations_report_their_queue_position(base_expert):
     assert not any(isinstance(m, Queued) for m in seen["quiet"])
 
 
-async def test_a_running_generation_keeps_reporting_while_its_forward_pass_is_slow(base_expert, monkeypatch):
+async def test_a_running_generation_keeps_reporting_while_its_forward_pass_is_slow(torch_expert, monkeypatch):
     """The trio side's keep-alive: a prefill slower than the keep-alive interval is not silence."""
-    worker = InferenceWorker(base_expert, max_batch=1, queue_size=8)
+    worker = InferenceWorker(torch_expert, max_batch=1, queue_size=8)
     real_forward = worker._forward
     slowed: list[bool] = []
 
@@ -211,8 +211,8 @@ async def test_running_rows_keep_decoding_while_new_requests_are_prefilled(local
     assert order.index((earliest, 1)) < order.index((latest, 0)), order
 
 
-async def test_full_queue_answers_busy(base_expert):
-    worker = InferenceWorker(base_expert, max_batch=1, queue_size=1)
+async def test_full_queue_answers_busy(torch_expert):
+    worker = InferenceWorker(torch_expert, max_batch=1, queue_size=1)
     worker.start()
     local = LocalExpert(worker)
     try:
@@ -259,8 +259,8 @@ async def test_deadline_gives_timeout(local):
     assert local.worker.active == 0
 
 
-async def test_prompt_over_context_is_too_large(base_expert):
-    small = dataclasses.replace(base_expert, max_context=32)
+async def test_prompt_over_context_is_too_large(torch_expert):
+    small = dataclasses.replace(torch_expert, max_context=32)
     worker = InferenceWorker(small, max_batch=2, queue_size=2)
     worker.start()
     try:
@@ -272,7 +272,7 @@ async def test_prompt_over_context_is_too_large(base_expert):
     assert isinstance(reply, ErrorMessage) and reply.code == "too_large"
 
 
-async def test_score_and_next_token_agree_with_greedy(local, base_expert):
+async def test_score_and_next_token_agree_with_greedy(local, torch_expert):
     prompt = (ChatMessage(role="user", content=PROMPTS[0]),)
     with trio.fail_after(60):
         top = await local.next_token(NextTokenRequest(request_id="n", messages=prompt, top_k=5))
@@ -283,11 +283,11 @@ async def test_score_and_next_token_agree_with_greedy(local, base_expert):
     # Greedy's first token is the top-1 next token, with the same log-probability.
     assert scored.token_ids[0] == top.token_ids[0]
     assert scored.logprobs[0] == pytest.approx(top.logprobs[0], abs=1e-4)
-    assert base_expert.tokenizer.decode(list(scored.token_ids)) == answer
+    assert torch_expert.tokenizer.decode(list(scored.token_ids)) == answer
 
 
-async def test_adapters_mix_in_one_batch(adapter_expert):
-    worker = InferenceWorker(adapter_expert, max_batch=4, queue_size=4)
+async def test_adapters_mix_in_one_batch(torch_adapter_expert):
+    worker = InferenceWorker(torch_adapter_expert, max_batch=4, queue_size=4)
     worker.start()
     local = LocalExpert(worker)
     try:
@@ -303,7 +303,7 @@ async def test_adapters_mix_in_one_batch(adapter_expert):
         await trio.to_thread.run_sync(worker.stop)
     texts = {rid: r.text for rid, (_, r) in results.items()}
     assert texts["base"] != texts["lora"] and texts["base2"] != texts["lora2"]
-    assert texts["base"] == hf_greedy(adapter_expert, PROMPTS[0])
-    assert texts["lora"] == hf_greedy(adapter_expert, PROMPTS[0], adapter=ADAPTER_NAME)
-    assert texts["lora2"] == hf_greedy(adapter_expert, PROMPTS[1], adapter=ADAPTER_NAME)
+    assert texts["base"] == hf_greedy(torch_adapter_expert, PROMPTS[0])
+    assert texts["lora"] == hf_greedy(torch_adapter_expert, PROMPTS[0], adapter=ADAPTER_NAME)
+    assert texts["lora2"] == hf_greedy(torch_adapter_expert, PROMPTS[1], adapter=ADAPTER_NAME)
     assert results["lora"][1].adapter == ADAPTER_NAME

@@ -68,6 +68,37 @@ def adapter_size_limit(model: Any, max_rank: int = MAX_ADAPTER_RANK) -> int:
     return max_rank * sides * 4 + ADAPTER_FILES_SLACK
 
 
+def gguf_adapter_size_limit(path: Path, max_rank: int = MAX_ADAPTER_RANK) -> int:
+    """:func:`adapter_size_limit` of a GGUF base, from its tensor shapes (nothing is loaded).
+
+    Every 2-D weight is a linear layer or the embedding; a GGUF with a tied output head has no
+    ``output.weight``, while torch counts that head as a Linear of its own: it is counted here
+    too, so both engines bound an adapter of the same base alike.
+    """
+    from gguf import GGUFReader
+
+    sides = 0
+    names = set()
+    embedding = 0
+    for tensor in GGUFReader(path).tensors:
+        shape = [int(n) for n in tensor.shape]
+        names.add(tensor.name)
+        if len(shape) == 2:
+            sides += shape[0] + shape[1]
+            if tensor.name == "token_embd.weight":
+                embedding = shape[0] + shape[1]
+    if "output.weight" not in names:
+        sides += embedding
+    return max_rank * sides * 4 + ADAPTER_FILES_SLACK
+
+
+def expert_adapter_size_limit(expert: Any, max_rank: int = MAX_ADAPTER_RANK) -> int:
+    """:func:`adapter_size_limit` of a loaded expert of either engine (llama.cpp: its GGUF's shapes)."""
+    if getattr(expert, "engine", "torch") == "llama.cpp":
+        return gguf_adapter_size_limit(Path(expert.path), max_rank)
+    return adapter_size_limit(expert.model, max_rank)
+
+
 def describe_inputs(paths: Sequence[Path], refs: Sequence[str | None]) -> list[MergeInput]:
     """Read each adapter's card and reference (a missing CID falls back to the weights' sha256)."""
     from .model_cache import sha256_file

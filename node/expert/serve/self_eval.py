@@ -115,10 +115,12 @@ async def ask_and_score(generate: Callable[[GenerateRequest], AsyncGenerator[Gen
 
 
 async def evaluate(local: LocalExpert, name: str, *, split: str = "dev", limit: int = 20,
-                   adapter: str | None = None, tasks_dir: str | Path | None = None) -> EvalScore:
-    """Ask the local expert the first ``limit`` items of task ``name`` and score the replies."""
+                   adapter: str | None = None, tasks_dir: str | Path | None = None,
+                   max_tokens: int | None = None) -> EvalScore:
+    """Ask the local expert the first ``limit`` items of task ``name`` and score the replies
+    (``max_tokens`` new tokens each; default: :data:`MAX_TOKENS` of the task type)."""
     task, items = await trio.to_thread.run_sync(load_items, name, split, limit, tasks_dir)
-    max_new = MAX_TOKENS.get(items[0].task_type, 64)
+    max_new = max_tokens or MAX_TOKENS.get(items[0].task_type, 64)
     correct = 0
     limiter = trio.CapacityLimiter(_CONCURRENCY)
 
@@ -138,14 +140,15 @@ async def evaluate(local: LocalExpert, name: str, *, split: str = "dev", limit: 
 
 
 async def evaluate_all(local: LocalExpert, names: Sequence[str], adapters: Sequence[str | None], *,
-                       split: str = "dev", limit: int = 20, tasks_dir: str | Path | None = None) -> list[EvalScore]:
+                       split: str = "dev", limit: int = 20, tasks_dir: str | Path | None = None,
+                       max_tokens: int | None = None) -> list[EvalScore]:
     """Every (task, adapter) pair, in order; a task that cannot be read is logged and skipped."""
     scores: list[EvalScore] = []
     for name in names:
         for adapter in adapters:
             try:
                 scores.append(await evaluate(local, name, split=split, limit=limit, adapter=adapter,
-                                             tasks_dir=tasks_dir))
+                                             tasks_dir=tasks_dir, max_tokens=max_tokens))
             except SelfEvalError as exc:
                 event(log, "self_eval_skipped", task=name, error=str(exc)[:300])
                 break

@@ -179,14 +179,15 @@ class ExpertService:
         except Exception as exc:  # noqa: BLE001 - a failed self-evaluation must not take the expert down
             event(log, "self_eval_failed", level=logging.WARNING, error=f"{type(exc).__name__}: {exc}"[:300])
 
-    async def self_evaluate(self, node: Any, tasks: list[str], *, limit: int = 20, split: str = "dev") -> list[Any]:
+    async def self_evaluate(self, node: Any, tasks: list[str], *, limit: int = 20, split: str = "dev",
+                            max_tokens: int | None = None) -> list[Any]:
         """Score the base and each adapter on ``tasks``, put the scores in our record, announce it."""
         from .self_eval import evaluate_all
 
         assert self.local is not None and self.expert is not None, "the service is not running"
         adapters: list[str | None] = [None, *sorted(self.expert.adapters)]
         self.evals = await evaluate_all(self.local, tasks, adapters, split=split, limit=limit,
-                                        tasks_dir=self.config.tasks_dir)
+                                        tasks_dir=self.config.tasks_dir, max_tokens=max_tokens)
         await node.announce_now()
         return self.evals
 
