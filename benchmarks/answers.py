@@ -69,7 +69,7 @@ async def main(args: argparse.Namespace) -> None:
         systems = list(asked_members) + [f"mosaic/{s}" for s in strategies]
         stop_at = time.monotonic() + args.budget_s if args.budget_s else None
         outcomes = await ask_all(network.host, network.peer, items, systems, max_tokens=args.max_tokens,
-                                 log=args.verbose, stop_at=stop_at)
+                                 log=args.verbose, stop_at=stop_at, redial=network.redial)
     items = items[: len(outcomes[systems[0]])]
     members = {m: outcomes[m] for m in asked_members}
     print(f"\n{network.team.name}, {len(items)} items, max_tokens {args.max_tokens}, API default sampling; "

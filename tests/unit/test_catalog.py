@@ -133,9 +133,9 @@ def test_the_default_is_qwen_and_the_tests_pin_smollm2(monkeypatch, capsys, tmp_
 
     assert catalog.default_key() == "smollm2-135m"  # tests/conftest.py: the suite's light model
     monkeypatch.delenv(catalog.DEFAULT_MODEL_ENV)
-    assert catalog.DEFAULT_KEY == catalog.default_key() == "qwen2.5-0.5b"  # the README's node
+    assert catalog.DEFAULT_KEY == catalog.default_key() == "qwen2.5-1.5b"  # the README's node
     assert main(["models", "--json", "--cache-dir", str(tmp_path)]) == 0
-    assert [r["key"] for r in json.loads(capsys.readouterr().out) if r["default"]] == ["qwen2.5-0.5b"]
+    assert [r["key"] for r in json.loads(capsys.readouterr().out) if r["default"]] == ["qwen2.5-1.5b"]
     monkeypatch.setenv(catalog.DEFAULT_MODEL_ENV, "gpt-5")
     with pytest.raises(ModelLoadError, match="MOSAIC_DEFAULT_MODEL='gpt-5' is not a catalog model"):
         catalog.default_key()
