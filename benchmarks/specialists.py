@@ -108,8 +108,9 @@ def train(args: argparse.Namespace) -> int:
             "task": task, "wall_seconds": round(wall, 1), "sha256": sha256_dir(adapter),
             "command": command}, indent=2))
         s = card["scores"]
-        print(f"[{task}] {wall:.0f} s; held-out ({s['split']}) torch accuracy {s['before']['accuracy']:.3f} -> "
-              f"{s['after']['accuracy']:.3f}", file=sys.stderr, flush=True)
+        scored = (f"torch accuracy {s['before']['accuracy']:.3f} -> {s['after']['accuracy']:.3f}"
+                  if s.get("before") and s.get("after") else "not scored here")
+        print(f"[{task}] {wall:.0f} s; held-out ({s['split']}) {scored}", file=sys.stderr, flush=True)
     return code
 
 
@@ -121,12 +122,12 @@ def eval_task(args: argparse.Namespace, task: str, out: Path, results: Path) -> 
     port = free_port()
     record: dict = {"task": task}
     try:
-        cluster.address(cluster.spawn("expert", expert=spec, bootstrap=None, http_port=port))
+        cluster.address(cluster.spawn("qwen", expert=spec, bootstrap=None, http_port=port))
         url = f"http://127.0.0.1:{port}"
         wait_for_models(url, {"qwen", f"qwen/{task}"})
         if not args.no_self_eval:
             started = time.monotonic()
-            data_dir = work / "nodes" / "expert"
+            data_dir = work / "nodes" / "qwen"
             task_type = json.loads((tasks_dir(args) / f"{task}.json").read_text())["task_type"]
             budget = dict(part.split("=") for part in args.max_tokens.split(","))[task_type]
             got = subprocess.run([sys.executable, "-m", "node", "self-eval", "--data-dir", str(data_dir),
