@@ -141,6 +141,8 @@ def eval_task(args: argparse.Namespace, task: str, out: Path, results: Path) -> 
                 record["self_eval_error"] = got.stderr.strip()[-500:]
             print(f"[{task}] self-eval exit {got.returncode} in {record['self_eval_seconds']:.0f} s: "
                   f"{got.stdout.strip()[:400] or got.stderr.strip()[-300:]}", file=sys.stderr, flush=True)
+        if args.self_eval_only:
+            return record
         command = [sys.executable, "-m", "node", "eval", "--http", url, "--tasks", str(tasks_dir(args)),
                    "--names", task, "--split", "dev", "--limit", str(args.heldout),
                    "--experts", f"qwen,qwen/{task}", "--strategies", "", "--max-tokens", args.max_tokens,
@@ -230,7 +232,11 @@ def evaluate(args: argparse.Namespace) -> int:
             continue
         if args.table_only:
             continue
-        runs[task] = {**runs.get(task, {}), **eval_task(args, task, out, results)}
+        new = eval_task(args, task, out, results)
+        runs[task] = {**runs.get(task, {}), **new}
+        for key, stale in (("self_eval", "self_eval_error"), ("self_eval_error", "self_eval")):
+            if key in new:
+                runs[task].pop(stale, None)  # the latest self-evaluation's outcome only
         runs_file.write_text(json.dumps(runs, indent=2))
     # Every task evaluated so far (this call's and earlier calls'), in a stable order.
     evaluated = sorted(p.parent.name for p in (results / "eval").glob("*/logs"))
@@ -275,6 +281,8 @@ def main() -> int:
     e.add_argument("--self-eval-limit", type=int, default=None,
                    help="items the self-evaluation asks (the first N held-out items; default: all of them)")
     e.add_argument("--table-only", action="store_true", help="only rebuild the table from the logs")
+    e.add_argument("--self-eval-only", action="store_true",
+                   help="only the signed self-evaluation (e.g. to re-sign after a fix); the eval logs stay")
     e.set_defaults(run=evaluate)
     args = parser.parse_args()
     if args.command == "eval" and args.gguf is None:
