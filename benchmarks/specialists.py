@@ -108,8 +108,9 @@ def train(args: argparse.Namespace) -> int:
             "task": task, "wall_seconds": round(wall, 1), "sha256": sha256_dir(adapter),
             "command": command}, indent=2))
         s = card["scores"]
-        print(f"[{task}] {wall:.0f} s; held-out ({s['split']}) torch accuracy {s['before']['accuracy']:.3f} -> "
-              f"{s['after']['accuracy']:.3f}", file=sys.stderr, flush=True)
+        scored = (f"torch accuracy {s['before']['accuracy']:.3f} -> {s['after']['accuracy']:.3f}"
+                  if s.get("before") and s.get("after") else "not scored here")
+        print(f"[{task}] {wall:.0f} s; held-out ({s['split']}) {scored}", file=sys.stderr, flush=True)
     return code
 
 
@@ -121,12 +122,12 @@ def eval_task(args: argparse.Namespace, task: str, out: Path, results: Path) -> 
     port = free_port()
     record: dict = {"task": task}
     try:
-        cluster.address(cluster.spawn("expert", expert=spec, bootstrap=None, http_port=port))
+        cluster.address(cluster.spawn("qwen", expert=spec, bootstrap=None, http_port=port))
         url = f"http://127.0.0.1:{port}"
         wait_for_models(url, {"qwen", f"qwen/{task}"})
         if not args.no_self_eval:
             started = time.monotonic()
-            data_dir = work / "nodes" / "expert"
+            data_dir = work / "nodes" / "qwen"
             task_type = json.loads((tasks_dir(args) / f"{task}.json").read_text())["task_type"]
             budget = dict(part.split("=") for part in args.max_tokens.split(","))[task_type]
             got = subprocess.run([sys.executable, "-m", "node", "self-eval", "--data-dir", str(data_dir),
@@ -140,6 +141,8 @@ def eval_task(args: argparse.Namespace, task: str, out: Path, results: Path) -> 
                 record["self_eval_error"] = got.stderr.strip()[-500:]
             print(f"[{task}] self-eval exit {got.returncode} in {record['self_eval_seconds']:.0f} s: "
                   f"{got.stdout.strip()[:400] or got.stderr.strip()[-300:]}", file=sys.stderr, flush=True)
+        if args.self_eval_only:
+            return record
         command = [sys.executable, "-m", "node", "eval", "--http", url, "--tasks", str(tasks_dir(args)),
                    "--names", task, "--split", "dev", "--limit", str(args.heldout),
                    "--experts", f"qwen,qwen/{task}", "--strategies", "", "--max-tokens", args.max_tokens,
@@ -229,7 +232,11 @@ def evaluate(args: argparse.Namespace) -> int:
             continue
         if args.table_only:
             continue
-        runs[task] = {**runs.get(task, {}), **eval_task(args, task, out, results)}
+        new = eval_task(args, task, out, results)
+        runs[task] = {**runs.get(task, {}), **new}
+        for key, stale in (("self_eval", "self_eval_error"), ("self_eval_error", "self_eval")):
+            if key in new:
+                runs[task].pop(stale, None)  # the latest self-evaluation's outcome only
         runs_file.write_text(json.dumps(runs, indent=2))
     # Every task evaluated so far (this call's and earlier calls'), in a stable order.
     evaluated = sorted(p.parent.name for p in (results / "eval").glob("*/logs"))
@@ -274,6 +281,8 @@ def main() -> int:
     e.add_argument("--self-eval-limit", type=int, default=None,
                    help="items the self-evaluation asks (the first N held-out items; default: all of them)")
     e.add_argument("--table-only", action="store_true", help="only rebuild the table from the logs")
+    e.add_argument("--self-eval-only", action="store_true",
+                   help="only the signed self-evaluation (e.g. to re-sign after a fix); the eval logs stay")
     e.set_defaults(run=evaluate)
     args = parser.parse_args()
     if args.command == "eval" and args.gguf is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
@@ -111,7 +112,10 @@ async def ask_and_score(generate: Callable[[GenerateRequest], AsyncGenerator[Gen
         async for message in events:
             if isinstance(message, GenerateResult):
                 reply = message.text
-    return bool(score(item, reply).correct)
+    scored = score(item, reply)
+    event(log, "self_eval_item", level=logging.DEBUG, item=item.key, adapter=adapter or "-", reply=reply[:200],
+          extracted=scored.extracted, correct=bool(scored.correct))
+    return bool(scored.correct)
 
 
 async def evaluate(local: LocalExpert, name: str, *, split: str = "dev", limit: int = 20,
@@ -127,8 +131,11 @@ async def evaluate(local: LocalExpert, name: str, *, split: str = "dev", limit: 
     async def one(index: int, item: Any) -> None:
         nonlocal correct
         async with limiter:
-            correct += await ask_and_score(local.generate, item, request_id=f"self-eval-{task}-{index}",
-                                           adapter=adapter, max_new_tokens=max_new)
+            # Awaited first, then added: `correct += await ...` reads `correct` before the await, so
+            # concurrent items overwrote each other's counts (a 50% expert was signed as 2-7%).
+            right = await ask_and_score(local.generate, item, request_id=f"self-eval-{task}-{index}",
+                                        adapter=adapter, max_new_tokens=max_new)
+            correct += right
 
     async with trio.open_nursery() as nursery:
         for index, item in enumerate(items):
