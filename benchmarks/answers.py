@@ -53,7 +53,7 @@ def load(model: str, engine: str, cache: Path, threads: int) -> object:
 
 
 async def main(args: argparse.Namespace) -> None:
-    items = easy_items(args.items)
+    items = easy_items(args.start + args.items)[args.start:]
     for spec in args.dev:
         task, _, n = spec.partition("=")
         items += dev_items([task], int(n or 10))
@@ -72,8 +72,8 @@ async def main(args: argparse.Namespace) -> None:
                                  log=args.verbose, stop_at=stop_at, redial=network.redial)
     items = items[: len(outcomes[systems[0]])]
     members = {m: outcomes[m] for m in asked_members}
-    print(f"\n{network.team.name}, {len(items)} items, max_tokens {args.max_tokens}, API default sampling; "
-          f"{time.time() - began:.0f} s in all\n")
+    print(f"\n{network.team.name}, {len(items)} items from #{args.start}, max_tokens {args.max_tokens}, "
+          f"API default sampling; {time.time() - began:.0f} s in all\n")
     print("| system | right | accuracy | s / question | vs best member (b/c, p) | verdict |")
     print("|---|---|---|---|---|---|")
     failing = []
@@ -101,6 +101,8 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=40)
+    parser.add_argument("--start", type=int, default=0,
+                        help="skip the set's first N items (a long run in parts: --start 20 --items 20)")
     parser.add_argument("--dev", nargs="*", default=[], metavar="TASK=N", help="dev items of shared task files")
     parser.add_argument("--nodes", type=int, default=3, help="expert nodes (the quickstart has 3)")
     parser.add_argument("--strategies", nargs="*", default=None)
