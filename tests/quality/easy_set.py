@@ -95,15 +95,24 @@ _SENTENCE_END = re.compile(r"(?<=[a-z0-9\)])[.!?](?:\s|$)|\n", re.IGNORECASE)
 def first_sentence(text: str) -> str:
     """The reply's first sentence (two when the first is a bare "Sure!"), where the answer must be."""
     text = text.strip()
-    match = _SENTENCE_END.search(text)
+    match = _sentence_end(text)
     if match is None:
         return text
     head = text[: match.start()]
     if len(head.split()) <= 2:
         rest = text[match.end():]
-        following = _SENTENCE_END.search(rest)
+        following = _sentence_end(rest)
         head += " " + (rest[: following.start()] if following else rest)
     return head
+
+
+def _sentence_end(text: str) -> re.Match[str] | None:
+    """The first sentence end outside double quotes: 'The answer to "What is 100 - 1?" is 99.' is one."""
+    for match in _SENTENCE_END.finditer(text):
+        before = text[: match.start() + 1]
+        if before.count('"') % 2 == 0 and before.count("\u201c") == before.count("\u201d"):
+            return match
+    return None
 
 
 def correct(item: Item, reply: str) -> bool:

@@ -107,6 +107,9 @@ def test_the_gate_fails_a_collapsed_strategy_and_passes_one_within_noise():
     ("What is the capital of Italy?", "Il Coriobella, Italy. Rome is nice too.", False),  # first sentence
     ("How many legs does a spider have?", "Sure! A spider has eight legs.", True),
     ("What is 8 x 2?", "To calculate 8 x 2, you multiply 8 by itself twice, which is 16.", True),
+    # decompose on the 1.5B default team: a quoted question does not end the sentence
+    ("What is 100 - 1?", 'The answer to the question "What is 100 - 1? " is 99.', True),
+    ("What is 100 - 1?", 'The answer to "What is 100 - 1?" is 98. It is 99.', False),
 ])
 def test_the_easy_set_scores_as_a_person_would(question, reply, right):
     from tests.quality.easy_set import correct
