@@ -241,11 +241,17 @@ def wilson_lower(hits: float, total: float, z: float) -> float:
     """Lower bound of the Wilson score interval of ``hits`` of ``total`` (0 without evidence)."""
     if total <= 0 or hits <= 0:  # (no right answer: 0 exactly, not a rounding error's 1e-17)
         return 0.0
+    return wilson_bounds(hits, total, z)[0]
+
+
+def wilson_bounds(hits: float, total: float, z: float) -> tuple[float, float]:
+    """The Wilson score interval of ``hits`` of ``total`` (``total`` > 0), clipped to [0, 1]:
+    unlike the normal approximation it is sound for small ``total`` and rates near 0 or 1."""
     p = min(1.0, hits / total)
     denominator = 1 + z * z / total
-    centre = p + z * z / (2 * total)
-    margin = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
-    return max(0.0, (centre - margin) / denominator)
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def binomial_cdf(k: int, n: int, p: float) -> float:

@@ -22,6 +22,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+from ..coordinator.reputation import wilson_bounds
 from ..evaluation.scoring import normalize
 from .logs import LogRecord
 
@@ -92,11 +93,8 @@ def wilson(correct: int, n: int, z: float = 1.96) -> Interval:
     approximation it stays inside [0, 1] and is sound for small n and scores near 0 or 1."""
     if n <= 0:
         return Interval(math.nan, math.nan, math.nan, 0)
-    p = correct / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n)
+    low, high = wilson_bounds(correct, n, z)
+    return Interval(correct / n, low, high, n)
 
 
 def accuracy(table: Table, system: str, tasks: list[str] | None = None) -> dict[str, Interval]:
