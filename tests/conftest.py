@@ -1,6 +1,9 @@
 import os
 import shutil
+import sys
 import tempfile
+
+import pytest
 
 # Tests never reach a model hub: every model comes from an installed package.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,6 +24,29 @@ _OWN_CACHE = None
 if not os.environ.get("MOSAIC_CACHE_DIR"):
     _OWN_CACHE = os.environ.get("MOSAIC_TEST_DATA_DIR") or tempfile.mkdtemp(prefix="mosaic-test-cache-")
     os.environ["MOSAIC_CACHE_DIR"] = _OWN_CACHE
+
+
+def _one_torch_thread() -> None:
+    """Torch computes in the test's own thread too (reference forwards, fixtures, training): one thread.
+
+    Torch's intra-op thread count is per calling thread; the main thread defaults to every core,
+    and on a busy 2-core box two threads make a forward 7x slower (0.4 s vs 2.9 s measured at load
+    5; test_fuse's torch reference took 82 s, 13 s pinned).  Experts pin their own worker threads.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    _one_torch_thread()  # a fixture that computes with torch already imported
+    yield
+    _one_torch_thread()  # a fixture that imported it
+
+
+def pytest_runtest_call(item):
+    _one_torch_thread()
 
 
 def pytest_sessionfinish(session, exitstatus):
