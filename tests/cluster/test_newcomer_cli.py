@@ -201,9 +201,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
+def test_cli_clients_and_a_stopped_peer_leave_no_error_lines(tmp_path: Path) -> None:
+    """The clients' and the peer's departures, watched for a few seconds; that nothing redials them
+    later is test_no_redial.py (in process, the library's timers shortened) and the soak test below."""
+    _clients_and_a_stopped_peer_come_and_go(tmp_path, watch_s=3.0)
+
+
+@pytest.mark.soak
 @pytest.mark.timeout(300)
-def test_cli_clients_and_a_stopped_peer_leave_no_error_lines_and_are_not_redialled(tmp_path: Path) -> None:
+def test_cli_clients_and_a_stopped_peer_are_not_redialled_with_the_librarys_real_timers(tmp_path: Path) -> None:
+    # py-libp2p's auto-connector waits 60 s after a disconnect, then redials peerstore peers every
+    # 10-30 s: watch for 100 s.
+    _clients_and_a_stopped_peer_come_and_go(tmp_path, watch_s=100.0)
+
+
+def _clients_and_a_stopped_peer_come_and_go(tmp_path: Path, *, watch_s: float) -> None:
     first = start_process(tmp_path, 0)
     second = start_process(tmp_path, 1, bootstrap=[first.multiaddr])
     knocks: list[_Knocks] = []
@@ -223,10 +235,9 @@ def test_cli_clients_and_a_stopped_peer_leave_no_error_lines_and_are_not_rediall
         assert fetched.returncode == 1, fetched.stderr
         # A peer stops cleanly (says goodbye).
         assert second.stop() == 0
-        # Whoever dials their old ports again knocks here.  py-libp2p's auto-connector waits 60 s
-        # after a disconnect, then redials peerstore peers every 30 s: watch for 100 s.
+        # Whoever dials their old ports again knocks here.
         knocks = [_Knocks(_port(second.multiaddr)), _Knocks(fetch_port)]
-        time.sleep(100)
+        time.sleep(watch_s)
         assert [k.close() for k in knocks] == [0, 0], (tmp_path / "node-0.log").read_text()[-3000:]
         assert first.process.poll() is None
     finally:
