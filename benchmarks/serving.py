@@ -21,8 +21,9 @@ node RSS <= 600 MiB serving SmolLM2, <= 2 GiB serving the 1.5B; first start <= 1
 The torch engine runs only on ``--torch-models`` (default SmolLM2: it dequantizes to fp32, ~7 GB
 for the 1.5B).  Rates are completion tokens over wall time per request (prefill included) for
 every mode alike.  Every request's prompt is one no engine has seen whole before (``fresh``):
-only the chat template's header is common, as between different users.  Each mode runs ``--rounds`` times interleaved and keeps its best round: other
-processes on a shared machine then slow every mode alike.  The load average is printed.
+only the chat template's header is common, as between different users.  Each mode runs
+``--rounds`` times interleaved and keeps its best round: other processes on a shared machine then
+slow every mode alike.  The load average is printed.
 """
 
 from __future__ import annotations
