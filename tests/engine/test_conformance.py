@@ -119,8 +119,11 @@ async def test_concurrent_streams_equal_each_alone(engine_expert):
 
 
 # Measured: a prompt prefilled in one llama_decode with three others moved SmolLM2's top two ("L" -1.85,
-# "The" -2.09 alone) far enough to swap them (0.24 nats).  Not explained yet (the attention's summation
-# order alone moves logprobs by ~1e-3); until it is, a batched token may trail the best by this much.
+# "The" -2.09 alone) far enough to swap them (0.24 nats).  The cause: llama.cpp's CPU matmul runs the
+# rows of a ubatch in groups of 4 or 8 with other kernels than the rows left over, and a row's logits
+# move by ~0.5 with the kernel (the same sequence state decoded as 1, 2 or 3 rows: identical logits; as
+# 4 or 8 rows: 0.49-0.51 apart; a prompt prefilled in one decode or in two whose sizes are not multiples
+# of 4: ~0.5 apart).  So a batched token may trail the best by this much.
 TIE_NATS = 0.3
 
 

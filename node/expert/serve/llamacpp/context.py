@@ -132,6 +132,14 @@ class LlamaContext:
             offset = end
         return out
 
+    def copy(self, source: int, target: int, length: int) -> None:
+        """Give ``target`` the cells of ``source``'s positions ``[0, length)``.
+
+        In the unified KV cache a cell may belong to several sequences: this shares the cells
+        (no data is copied), and each sequence appends its own tokens after them.
+        """
+        self._ll.llama_memory_seq_cp(self.memory, source, target, 0, length)
+
     def forget(self, seq: int, start: int = 0) -> None:
         """Drop ``seq``'s KV cells from position ``start`` on (all of them by default)."""
         self._ll.llama_memory_seq_rm(self.memory, seq, start, -1)

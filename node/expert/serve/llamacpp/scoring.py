@@ -44,7 +44,7 @@ class LlamaScorer:
         if len(ids) > worker.expert.max_context:
             raise PromptTooLong(f"{len(ids)} tokens exceed this expert's context of {worker.expert.max_context}",
                                 request_id=request_id)
-        if worker.kv_used + len(ids) > worker.kv_tokens:
+        if not worker.prefixes.make_room(len(ids)):
             raise Busy(f"the KV cache is full ({worker.kv_used} of {worker.kv_tokens} tokens); retry later",
                        request_id=request_id)
         context = worker.context

@@ -106,7 +106,7 @@ class LlamaSessionStore:
 
     def _reserve(self, tokens: int, session_id: str) -> None:
         worker = self._worker
-        if worker.kv_used + tokens > worker.kv_tokens:
+        if not worker.prefixes.make_room(tokens):
             raise Busy(f"the KV cache is full ({worker.kv_used} of {worker.kv_tokens} tokens); retry later",
                        request_id=session_id)
 
