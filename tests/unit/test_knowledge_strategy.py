@@ -29,7 +29,16 @@ async def test_a_grounded_answer_against_the_members_clear_majority_is_replaced_
     assert roles.count("knowledge") == 4 and roles.count("proposer") == 4
     answer = next(s for s in result.trace.steps if s.role == "answer")
     assert "contradicts the members' clear majority" in answer.error
+    # Weighed first: the answerer scored both answers without the cards (fake scorers prefer "42").
+    assert [s.role for s in result.trace.steps].count("confidence") == 2
     assert all("7" not in c.text for c in chunks)  # the rejected answer never reached the client
+
+
+async def test_a_grounded_answer_the_answerer_finds_likelier_overrules_the_majority(autojump_clock):
+    wrong = {peer: "It is 7." for peer in ("peer-a", "peer-b", "peer-c", "peer-d")}
+    result, _ = await run("knowledge", misled(wrong, grounded="Six times seven is 42."), params={"k": 4})
+    assert result.text == "Six times seven is 42."
+    assert "contradicts the members' majority but is likelier" in result.trace.decision
 
 
 async def test_the_cards_decide_where_the_members_disagree(autojump_clock):
