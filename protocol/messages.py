@@ -187,13 +187,14 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
     first_token_seconds: Seconds | None = None
 
 
-FinishReason = Literal["stop", "length", "cancelled"]
+# "repetition": the expert stopped a completion that looped (node/expert/serve/repetition.py).
+FinishReason = Literal["stop", "length", "cancelled", "repetition"]
 
 
 class GenerateResult(Message, frozen=True, kw_only=True, tag="result"):
     request_id: RequestId
     text: Text
-    finish_reason: Literal["stop", "length", "cancelled"]
+    finish_reason: FinishReason
     usage: Usage
     model: Annotated[str, Meta(max_length=256)] = ""
     adapter: Name | None = None
@@ -395,7 +396,7 @@ class QueryResult(Message, frozen=True, kw_only=True, tag="query_result"):
 
     request_id: RequestId
     text: Text
-    finish_reason: Literal["stop", "length", "cancelled"]
+    finish_reason: FinishReason
     usage: Usage
     strategy: Name = "route"
     provenance: Annotated[tuple[Provenance, ...], Meta(max_length=64)] = ()

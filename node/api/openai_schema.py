@@ -231,7 +231,9 @@ def usage_json(result: QueryResult) -> dict[str, int]:
 def mosaic_json(result: QueryResult) -> dict[str, object]:
     """The response's ``mosaic`` object: strategy, provenance and the full trace (with its digest)."""
     out: dict[str, object] = {"strategy": result.strategy, "provenance": provenance_json(result),
-                              "seconds": result.usage.seconds}
+                              "seconds": result.usage.seconds,
+                              # OpenAI's finish_reason has no word for it: "repetition" (a loop cut) is "stop" there.
+                              "finish_reason": result.finish_reason}
     if result.trace is not None:
         out["trace"] = msgspec.to_builtins(result.trace)
         out["trace_digest"] = trace_digest(result.trace)

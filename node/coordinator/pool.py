@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing
-from typing import TypeVar
+from typing import TypeVar, get_args
 
 import msgspec
 import trio
@@ -41,6 +41,7 @@ import trio
 from protocol import (
     MAX_STEPS,
     CapabilityRecord,
+    FinishReason,
     GenerateRequest,
     GenerateResult,
     NextTokenRequest,
@@ -418,7 +419,7 @@ class Pool(TraceLedger):
         trace = Trace(request_id=self.query.request_id, strategy=self.query.strategy, params=params or {},
                       steps=tuple(kept), decision=decision[:1024], dropped_steps=len(self.steps) - len(kept))
         usage = self.usage()
-        reason = finish_reason if finish_reason in ("stop", "length", "cancelled") else "stop"
+        reason = finish_reason if finish_reason in get_args(FinishReason) else "stop"
         return QueryResult(request_id=self.query.request_id, text=text, finish_reason=reason,  # type: ignore[arg-type]
                            usage=usage, strategy=self.query.strategy, provenance=tuple(provenance), trace=trace)
 

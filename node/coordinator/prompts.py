@@ -76,17 +76,24 @@ def summarize(q: str, answers: Sequence[str]) -> Chat:
 
 
 def knowledge(q: str) -> Chat:
-    """Knowledge card: background facts, not the answer."""
+    """Knowledge card: two or three true facts relevant to the question.
+
+    Not "do not answer the question": forbidden the one fact it knows best, the 1.5B wrote
+    "Mercury is known as the Red Planet." as background for "Which planet is known as the Red
+    Planet?" (its plain answer is Mars), and the answerer repeated it.  A card may state the answer.
+    """
     return plain(
-        f"Write two or three short facts that help to answer the question below. "
-        f"Give facts only; do not answer the question.\n\nQuestion: {clip(q, QUESTION_CLIP)}")
+        f"Write two or three short, true facts that are relevant to the question below.\n\n"
+        f"Question: {clip(q, QUESTION_CLIP)}")
 
 
 def answer_with_knowledge(q: str, cards: Sequence[str]) -> Chat:
+    """The answer with the cards as context the answerer may ignore (the question restated last)."""
     q = clip(q, QUESTION_CLIP)
     return plain(
         f"Background knowledge from other assistants {MAY_BE_WRONG}:\n\n{_numbered(cards, 'Knowledge')}\n\n"
-        f"Using the knowledge where it helps, answer the question.\n\nQuestion: {q}")
+        f"Use the knowledge only where it agrees with what you know, and ignore it where it is wrong. "
+        f"Answer the question.\n\nQuestion: {q}")
 
 
 def decompose(q: str, max_parts: int) -> Chat:

@@ -74,15 +74,18 @@ async def test_a_valid_aggregate_is_kept(autojump_clock):
     assert result.text == "Six times seven is 42." and "fell back" not in result.trace.decision
 
 
-@pytest.mark.parametrize("strategy", ["knowledge", "decompose"])
-async def test_an_invalid_final_answer_is_replaced_by_a_plain_answer(strategy, autojump_clock):
+@pytest.mark.parametrize(("strategy", "params", "replaced_by"), [
+    ("knowledge", {}, "fell back to the members' majority '42'"),  # its members also answered plainly
+    ("knowledge", {"trust_majority": False}, "answered the question plainly"),
+    ("decompose", {}, "answered the question plainly")])
+async def test_an_invalid_final_answer_is_replaced_by_a_plain_answer(strategy, params, replaced_by, autojump_clock):
     experts = team()
     for expert in experts:
         expert.aggregate = "I'm ready to assist you."
     transport = FakeTransport(experts)
-    result, chunks = await run(strategy, transport)
+    result, chunks = await run(strategy, transport, params=params)
     check_conformance(result, chunks, transport)
-    assert "ready" not in result.text and "answered the question plainly" in result.trace.decision
+    assert "ready" not in result.text and replaced_by in result.trace.decision
 
 
 async def test_aggregating_and_revising_are_greedy_while_proposers_use_the_querys_sampling(autojump_clock):

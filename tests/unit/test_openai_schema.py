@@ -172,3 +172,11 @@ def test_tiny_temperature_and_top_p_pass_validation_and_stay_wire_valid():
     q = oai.to_query(req, strategy="route", model=None, default_timeout=30.0)
     assert p.decode(p.encode(q), p.QueryRequest) == q
     assert q.sampling.greedy  # below protocol.GREEDY_TEMPERATURE sampling is greedy decoding
+
+
+def test_a_loop_cut_is_stop_to_openai_clients_and_repetition_in_the_mosaic_object():
+    result = p.QueryResult(request_id="q", text="Paris.", finish_reason="repetition",
+                           usage=p.Usage(prompt_tokens=5, completion_tokens=40, seconds=0.3), provenance=())
+    assert p.decode(p.encode(result), p.QueryResult).finish_reason == "repetition"  # a wire value
+    body = oai.chat_completion("chatcmpl-1", "mosaic/route", result)
+    assert body["choices"][0]["finish_reason"] == "stop" and body["mosaic"]["finish_reason"] == "repetition"

@@ -20,7 +20,9 @@ def test_role_prompts_show_the_question_and_the_numbered_answers():
     revise = prompts.revise("Q?", "mine", ["theirs"])[-1].content
     assert "Your previous answer:\nmine" in revise and "Answer 1:\ntheirs" in revise
     assert "Knowledge 2:\nk2" in prompts.answer_with_knowledge("Q?", ["k1", "k2"])[-1].content
-    assert "do not answer" in prompts.knowledge("Q?")[-1].content
+    # A card may state the answer (forbidden it, the 1.5B wrote a wrong "fact" instead); the answerer may ignore cards.
+    assert "do not answer" not in prompts.knowledge("Q?")[-1].content
+    assert "ignore it where it is wrong" in prompts.answer_with_knowledge("Q?", ["k1"])[-1].content
 
 
 def test_long_answers_are_clipped():

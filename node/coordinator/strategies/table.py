@@ -38,7 +38,7 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("refine", refine.run, "rounds of mutual revision, then the best expert's summary",
              "k*rounds generations + 1", refine.PARAMS),
     Strategy("knowledge", knowledge.run, "k experts write knowledge cards; the best expert answers with them",
-             "k short generations + 1", knowledge.PARAMS),
+             "k short + k generations + 1", knowledge.PARAMS),
     Strategy("decompose", decompose.run, "split into sub-questions, each routed to its expert, then composed",
              "1 + parts + 1 generations", decompose.PARAMS),
     Strategy("cascade", cascade.run, "cheap to strong until the answer's mean token probability passes a threshold",

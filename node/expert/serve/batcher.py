@@ -416,7 +416,7 @@ class InferenceWorker:
             )
             slot.chunks += 1
         if slot.text.stopped:
-            return "stop"
+            return slot.text.stop_reason  # a stop string, or the loop guard (repetition.py)
         if slot.generated >= slot.max_new_tokens:
             return "length"
         return None

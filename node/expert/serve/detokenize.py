@@ -5,11 +5,20 @@ be half of a UTF-8 character), so we decode the whole completion so far and
 emit the new suffix.  Text is held back while it could still turn into a stop
 string (``"\\n\\nUser"`` must never leak ``"\\n\\nUs"`` to the client) or ends in
 an incomplete character (U+FFFD from a partial byte sequence).
+
+The loop guard (repetition.py) ends a completion whose tail repeats the same sentence
+over and over, keeping one copy (``stop_reason == "repetition"``).  Text that repeats
+what came shortly before is held back while it could still be the start of such a loop (at
+most a few characters of ordinary prose), so the client never receives a copy that is then
+trimmed.  Both engines' workers use this
+class, so both get the guard; a session (fusion: the coordinator picks every token) does not.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+from .repetition import held_back, kept_length, repeat_at_end
 
 _REPLACEMENT = "\ufffd"
 
@@ -17,13 +26,15 @@ _REPLACEMENT = "\ufffd"
 class CompletionText:
     """The text of one completion, released to the client as it becomes final."""
 
-    def __init__(self, tokenizer: Any, stop: tuple[str, ...] = ()) -> None:
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...] = (), *, loop_guard: bool = True) -> None:
         self._tokenizer = tokenizer
         self._stop = tuple(s for s in stop if s)
+        self._loop_guard = loop_guard
         self._token_ids: list[int] = []
         self._released = 0  # characters of the decoded text already handed out
         self._decoded = ""
-        self.stopped = False  # a stop string was found; the text ends before it
+        self.stopped = False  # a stop string or a loop was found; the text ends before it
+        self.stop_reason: Literal["stop", "repetition"] = "stop"  # which of the two
 
     @property
     def text(self) -> str:
@@ -43,8 +54,17 @@ class CompletionText:
         end = len(self._decoded)
         if self._decoded.endswith(_REPLACEMENT):
             end -= 1
-        end -= self._stop_prefix_length(self._decoded[:end])
-        return self._release(max(end, self._released))
+        held = self._stop_prefix_length(self._decoded[:end])
+        repeat = repeat_at_end(self._decoded[:end]) if self._loop_guard else None
+        kept = end if repeat is None else kept_length(self._decoded[:end], repeat)
+        if repeat is not None and repeat.is_loop():
+            self.stopped, self.stop_reason = True, "repetition"
+            # The looping unit said once (what was held back since its second copy began).
+            self._decoded = self._decoded[: max(kept, self._released)]
+            return self._release(len(self._decoded))
+        if self._loop_guard:  # what may be the start of a loop's next copy is not released yet
+            held = max(held, end - kept, held_back(self._decoded[:end]))
+        return self._release(max(end - held, self._released))
 
     def finish(self) -> str:
         """Release whatever was held back (generation ended without a stop string)."""

@@ -126,7 +126,7 @@ class SessionStore:
         out = self._forward([request.adapter], input_ids=input_ids, use_cache=True, logits_to_keep=1)
         self._sessions[key] = _Session(
             cache=out.past_key_values, length=len(ids), adapter=request.adapter,
-            text=CompletionText(self._expert.tokenizer), prompt_tokens=len(ids),
+            text=CompletionText(self._expert.tokenizer, loop_guard=False), prompt_tokens=len(ids),
         )
         return self._next(request.session_id, out.logits, request.top_k, len(ids), "", eos=self._eos)
 

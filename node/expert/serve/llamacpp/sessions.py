@@ -79,7 +79,7 @@ class LlamaSessionStore:
         self._reserve(len(ids), request.session_id)
         seq = worker.session_seqs.pop(0)
         session = _Session(seq=seq, length=0, adapter=request.adapter,
-                           text=CompletionText(worker.expert.tokenizer), prompt_tokens=len(ids))
+                           text=CompletionText(worker.expert.tokenizer, loop_guard=False), prompt_tokens=len(ids))
         self._sessions[key] = session
         try:
             last = self._feed(session, ids)
