@@ -45,18 +45,28 @@ def init_backend() -> None:
         _backend_ready = True
 
 
-def _log_callback(level: int, text: bytes, _user: Any) -> None:
+# Warnings llama.cpp gives about a model it then handles itself: nothing a contributor can act on,
+# so they are debug lines, not a warning on every start (the catalog's Qwen GGUFs mark `</s>` as a
+# normal token; llama.cpp overrides its type).
+HANDLED_BY_LLAMA_CPP = ("was not control-type; this is probably a bug in the model",)
+
+
+def forward_log(level: int, text: bytes, _user: Any = None) -> None:
+    """One llama.cpp log line to our log: warnings and errors only, known-handled ones as debug."""
     # GGML_LOG_LEVEL_WARN = 3, ERROR = 4: the rest (model metadata dumps) is noise.
     if level in (3, 4):
         message = text.decode("utf-8", "replace").strip()
         if message:
-            event(log, "llama_cpp_log", level=30 if level == 3 else 40, message=message[:300])
+            severity = 30 if level == 3 else 40
+            if severity == 30 and any(known in message for known in HANDLED_BY_LLAMA_CPP):
+                severity = 10
+            event(log, "llama_cpp_log", level=severity, message=message[:300])
 
 
 def _make_log_callback() -> Any:
     import llama_cpp
 
-    return llama_cpp.llama_log_callback(_log_callback)
+    return llama_cpp.llama_log_callback(forward_log)
 
 
 _LOG_CALLBACK: Any = None
