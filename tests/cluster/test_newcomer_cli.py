@@ -300,7 +300,7 @@ def test_an_unknown_strategy_is_bad_input(tmp_path: Path) -> None:
 def test_a_failed_adapter_fetch_at_start_exits_like_a_failed_fetch(tmp_path: Path) -> None:
     node = start_process(tmp_path, 0)
     try:
-        fetched = _node("fetch", NOBODY_HAS, "--bootstrap", node.multiaddr, "--no-progress", "--timeout", "20",
+        fetched = _node("fetch", NOBODY_HAS, "--bootstrap", node.multiaddr, "--no-progress", "--timeout", "5",
                         "--data-dir", str(tmp_path / "client"), "-o", str(tmp_path / "got"))
         started = _node("start", "--adapter", f"x={NOBODY_HAS}", "--bootstrap", node.multiaddr, "--no-http",
                         "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir", str(tmp_path / "other"), timeout=180)
