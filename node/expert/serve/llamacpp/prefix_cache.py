@@ -59,10 +59,6 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    @property
-    def tokens(self) -> int:
-        return sum(len(e.tokens) for e in self._entries)
-
     def share(self, adapter: str | None, prompt: list[int], seq: int) -> int:
         """Copy the longest cached prefix of ``prompt`` into the empty ``seq``; how many tokens it holds."""
         best: _Entry | None = None
@@ -96,7 +92,7 @@ class PrefixCache:
         if not self._free:
             self._evict(min(self._entries, key=lambda e: e.used))
         worker = self._worker
-        if worker.kv_used + len(tokens) > worker.kv_tokens and not self.make_room(len(tokens)):
+        if not self.make_room(len(tokens)):
             return  # the cache is full of live generations and sessions: not worth evicting them
         entry = _Entry(seq=self._free.pop(), adapter=adapter, tokens=tokens, used=next(self._tick))
         worker.context.copy(seq, entry.seq, len(tokens))
