@@ -110,7 +110,7 @@ async def fan_out_query(host: object, coordinator: str, strategy: str, k: int, *
             async with aclosing(ask(host, coordinator, request)) as events:
                 async for event in events:
                     if isinstance(event, p.QueryResult):
-                        print(describe(event, time.monotonic() - started))  # shown with -s (docs/security.md)
+                        print(describe(event, time.monotonic() - started))  # shown with -n 0 -s (docs/security.md)
                         return event, time.monotonic() - started
     except QueryFailed as exc:
         assert exc.code in CLEAR_CODES and exc.message, (exc.code, exc.message)
