@@ -26,21 +26,24 @@ ATTACKERS = MAX_INBOUND_PER_IP + 6
 
 
 async def _run_host(host, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    async with host.run(listen_addrs=listen_multiaddrs(["/ip4/127.0.0.1/tcp/0"])):
-        task_status.started()
-        await trio.sleep_forever()
+    with trio.CancelScope() as scope:
+        async with host.run(listen_addrs=listen_multiaddrs(["/ip4/127.0.0.1/tcp/0"])):
+            task_status.started(scope)
+            await trio.sleep_forever()
 
 
-async def _connect_fresh_identity(nursery: trio.Nursery, addr: str) -> str:
+async def _connect_fresh_identity(nursery: trio.Nursery, addr: str, hosts: dict[str, trio.CancelScope]) -> str:
+    """A new identity on its own host, dialled to ``addr``; ``hosts`` maps it to the scope that stops it."""
     host = build_host(libp2p_key_pair(p.Identity.generate()), ["/ip4/127.0.0.1/tcp/0"])
-    await nursery.start(_run_host, host)
+    peer = host.get_id().to_base58()
+    hosts[peer] = await nursery.start(_run_host, host)
     for _ in range(3):  # a dial that timed out on a loaded box never reached the node: try again
         try:
             await dial(host, addr)
             break
         except Exception:
             await trio.sleep(0.5)
-    return host.get_id().to_base58()
+    return peer
 
 
 def known_addrs(host, peer: str) -> list:
@@ -57,7 +60,8 @@ async def test_one_address_holds_only_its_share_of_connections() -> None:
             victim = await cluster.add(0)
             victim.inbound_caps.exempt_loopback = False  # every attacker here is 127.0.0.1
             addr = victim.full_multiaddrs()[0]
-            attackers = [await _connect_fresh_identity(nursery, addr) for _ in range(ATTACKERS)]
+            hosts: dict[str, trio.CancelScope] = {}
+            attackers = [await _connect_fresh_identity(nursery, addr, hosts) for _ in range(ATTACKERS)]
 
             def held() -> int:
                 return len(connected_peers(victim.host) & set(attackers))
@@ -74,9 +78,14 @@ async def test_one_address_holds_only_its_share_of_connections() -> None:
             assert not any(known_addrs(victim.host, peer) for peer in refused)
             assert victim.inbound_caps.held("127.0.0.1") == MAX_INBOUND_PER_IP
 
-            # A slot freed is a slot for the next newcomer: the caps count live connections.
-            await victim.host.disconnect(victim.host.get_network().get_connections()[0].muxed_conn.peer_id)
-            late = await _connect_fresh_identity(nursery, addr)
+            # A slot freed is a slot for the next newcomer: the caps count live connections.  The
+            # refused and the dropped hosts stop first: their own auto-connectors redial the node, and
+            # on a loaded box one of them took the freed slot before the newcomer came.
+            leaving = sorted(connected_peers(victim.host) & set(attackers))[0]
+            for peer in refused | {leaving}:
+                hosts[peer].cancel()
+            await victim.host.disconnect(ID.from_base58(leaving))
+            late = await _connect_fresh_identity(nursery, addr, hosts)
             with trio.fail_after(20):
                 while late not in victim.inbound_caps._ip_of:
                     await trio.sleep(0.1)
