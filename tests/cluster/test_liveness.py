@@ -32,6 +32,8 @@ async def test_a_slow_live_expert_is_waited_on_and_a_stopped_one_is_failed_over(
             monkeypatch.setattr(coordinator, "_first_token_timeout", BUDGET)
             monkeypatch.setattr(coordinator.spot_checks, "due", lambda *peers: False)  # no extra forwards
             worker = next(s for s in c.base.services if isinstance(s, ExpertService)).worker
+            # Its thread makes the llama.cpp context after the node is up: wait for the loop to run.
+            await trio.to_thread.run_sync(worker.between_steps(lambda: None).result, 60)
             # The model step of either engine: the torch worker's forward, llama.cpp's llama_decode.
             owner, name = (worker.context, "decode") if worker.name == "llama.cpp" else (worker, "_forward")
             real_step = getattr(owner, name)
