@@ -54,16 +54,17 @@ class CompletionText:
         end = len(self._decoded)
         if self._decoded.endswith(_REPLACEMENT):
             end -= 1
-        held = self._stop_prefix_length(self._decoded[:end])
-        repeat = repeat_at_end(self._decoded[:end]) if self._loop_guard else None
-        kept = end if repeat is None else kept_length(self._decoded[:end], repeat)
+        settled = self._decoded[:end]  # one copy per token, shared by the checks below
+        held = self._stop_prefix_length(settled)
+        repeat = repeat_at_end(settled) if self._loop_guard else None
+        kept = end if repeat is None else kept_length(settled, repeat)
         if repeat is not None and repeat.is_loop():
             self.stopped, self.stop_reason = True, "repetition"
             # The looping unit said once (what was held back since its second copy began).
             self._decoded = self._decoded[: max(kept, self._released)]
             return self._release(len(self._decoded))
         if self._loop_guard:  # what may be the start of a loop's next copy is not released yet
-            held = max(held, end - kept, held_back(self._decoded[:end]))
+            held = max(held, end - kept, held_back(settled))
         return self._release(max(end - held, self._released))
 
     def finish(self) -> str:
