@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from . import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE
 from .choices import DEFAULT_MAX_TOKENS, STRATEGY_NAMES
+
+if TYPE_CHECKING:
+    from protocol import QueryResult
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -153,12 +157,25 @@ async def _main(args: argparse.Namespace, request) -> int:
         print(msgspec.json.encode(msgspec.to_builtins(result)).decode())
     else:
         print()
-        for prov in result.provenance:
-            adapter = f" + adapter {prov.adapter}" if prov.adapter else ""
-            print(f"-- served by {prov.served_by} ({prov.expert}: {prov.model}{adapter}); "
-                  f"{result.usage.completion_tokens} tokens in {result.usage.seconds:.2f} s, "
-                  f"finish={result.finish_reason}", file=sys.stderr)
+        for line in footer(result):
+            print(line, file=sys.stderr)
     return 0 if verified else EXIT_FAILED
+
+
+def footer(result: QueryResult) -> list[str]:
+    """Who answered (with the query's totals), then each other contributor with its role.
+
+    Provenance has one entry per (peer, adapter, role): on a one-node network a knowledge query
+    printed the same "served by" line three times (answer, knowledge card, plain answer)."""
+    lines = []
+    for index, prov in enumerate(result.provenance):
+        who = f"{prov.served_by} ({prov.expert}: {prov.model}{f' + adapter {prov.adapter}' if prov.adapter else ''})"
+        if index == 0:
+            lines.append(f"-- served by {who}; {result.usage.completion_tokens} tokens in "
+                         f"{result.usage.seconds:.2f} s, finish={result.finish_reason}")
+        else:
+            lines.append(f"--   {prov.role} by {who}")
+    return lines
 
 
 def verify_receipts(trace, text: str | None = None, author: str | None = None) -> bool:
